@@ -1,0 +1,233 @@
+"""Timing, machine limits, machine description and the result table of the benchmarks.
+
+Every figure goes through :func:`measure` (or :meth:`Timing.from_samples` for a time measured
+inside a child process), so all of them are min and median of per-call times over repetitions,
+taken with ``time.perf_counter_ns`` while the garbage collector is paused (as ``timeit`` does).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call times of the repetitions of one measurement, in nanoseconds."""
+
+    samples_ns: tuple[float, ...]
+    calls: int = 1
+    """Calls per repetition; each sample is the repetition's time divided by this."""
+
+    @classmethod
+    def from_samples(cls, samples_ns: Sequence[float], calls: int = 1) -> Timing:
+        """Wrap per-call times measured elsewhere (e.g. reported by a child process)."""
+        if not samples_ns:
+            raise ValueError("a Timing needs at least one sample")
+        return cls(tuple(float(s) for s in samples_ns), calls)
+
+    @property
+    def min_ns(self) -> float:
+        """Fastest repetition: the least disturbed estimate of the cost."""
+        return min(self.samples_ns)
+
+    @property
+    def median_ns(self) -> float:
+        """Typical repetition."""
+        return statistics.median(self.samples_ns)
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    repeat: int,
+    calls: int = 1,
+    setup: Callable[[], object] | None = None,
+    warmup: int = 1,
+) -> Timing:
+    """Time ``fn()``: *warmup* untimed repetitions, then *repeat* timed ones of *calls* calls each.
+
+    *setup* runs untimed before every repetition (warm-up ones included), e.g. to evict a file
+    from the page cache or to start from an empty cache directory. The loop itself costs a few
+    tens of nanoseconds per call; compare sub-microsecond figures with a raw-call row measured
+    the same way.
+    """
+    samples: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    for index in range(warmup + repeat):
+        if setup is not None:
+            setup()
+        gc.disable()
+        try:
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                fn()
+            elapsed = time.perf_counter_ns() - start
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        if index >= warmup:
+            samples.append(elapsed / calls)
+    return Timing.from_samples(samples, calls)
+
+
+# --- machine limits ----------------------------------------------------------------------------
+
+
+def memory_read(arr: np.ndarray, *, repeat: int) -> Timing:
+    """One read pass over *arr*'s memory (``arr.sum()``): the floor for hashing it."""
+    return measure(arr.sum, repeat=repeat)
+
+
+def evict(path: Path) -> None:
+    """Flush *path* and drop it from the page cache, so that its next read is cold."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path) -> int:
+    """Read all of *path* into one preallocated buffer; return the number of bytes read."""
+    buffer = memoryview(bytearray(path.stat().st_size))
+    done = 0
+    with path.open("rb", buffering=0) as file:
+        while done < len(buffer) and (got := file.readinto(buffer[done:])):
+            done += got
+    return done
+
+
+def file_read(
+    path: Callable[[], Path], *, repeat: int, setup: Callable[[], object] | None = None
+) -> Timing:
+    """Read the file ``path()`` once per repetition: the floor for hashing its content.
+
+    Pass a *setup* that evicts the file (or writes a fresh one) to measure a cold read.
+    """
+    return measure(lambda: read_file(path()), repeat=repeat, setup=setup)
+
+
+# --- machine description -----------------------------------------------------------------------
+
+
+def describe_machine() -> list[str]:
+    """One line per fact: CPU model, cores, memory, OS, Python and library versions."""
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    versions = ", ".join(f"{name} {_version(name)}" for name in ("numpy", "joblib", "xxhash"))
+    return [
+        f"CPU: {_cpu_model()}; {cores} logical cores ({usable} usable)",
+        f"memory: {_memory_gib():.1f} GiB",
+        f"OS: {platform.platform()}",
+        f"Python: {sys.version.split()[0]} ({platform.python_implementation()}); {versions}",
+    ]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return float("nan")
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+# --- result table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured figure, with the labels of the rows it is compared with."""
+
+    label: str
+    timing: Timing
+    limit: str | None = None
+    """Label of the machine-limit row of the same section to divide by."""
+    peers: tuple[str, ...] = ()
+    """Labels of peer rows of the same section to divide by."""
+    note: str = ""
+
+
+@dataclass
+class Section:
+    """The rows of one case, printed as one table."""
+
+    name: str
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def format_time(ns: float) -> str:
+    """Nanoseconds as a short human figure with three significant digits."""
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.3g} ns"
+
+
+def format_ratio(ratio: float) -> str:
+    """A ratio of times, as ``0.0412x`` / ``1.04x`` / ``23.1x`` / ``1234x``."""
+    return f"{ratio:.0f}x" if ratio >= 1000 else f"{ratio:.3g}x"
+
+
+def format_section(section: Section) -> str:
+    """A section as a Markdown table (readable in a terminal, pasteable into the docs).
+
+    Ratios divide minimum times: ``÷ limit`` below 1.5x means close to what the machine allows;
+    ``÷ peers`` below 1x means faster than that peer.
+    """
+    by_label = {row.label: row for row in section.rows}
+
+    def ratio(row: Row, other: str | None) -> str:
+        reference = by_label.get(other) if other is not None else None
+        if reference is None or reference is row:
+            return ""
+        return format_ratio(row.timing.min_ns / reference.timing.min_ns)
+
+    header = ("what", "min", "median", "runs", "÷ limit", "÷ peers", "how / note")
+    lines = [f"### {section.name}: {section.title}", "", _cells(header), _cells(["---"] * 7)]
+    for row in section.rows:
+        t = row.timing
+        runs = f"{len(t.samples_ns)}x{t.calls}" if t.calls > 1 else str(len(t.samples_ns))
+        peers = ", ".join(
+            f"{r} {p}" for p in row.peers if (r := ratio(row, p))
+        )  # e.g. "0.04x kwneuro 1.0, 0.9x joblib"
+        cells = (row.label, format_time(t.min_ns), format_time(t.median_ns), runs,
+                 ratio(row, row.limit), peers, row.note)  # fmt: skip
+        lines.append(_cells(cells))
+    if section.notes:
+        lines.append("")
+        lines.extend(f"- {note}" for note in section.notes)
+    return "\n".join(lines) + "\n"
+
+
+def _cells(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

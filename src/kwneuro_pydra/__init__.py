@@ -1,0 +1,19 @@
+"""kwneuro-pydra: content-addressed caching of neuroimaging pipeline steps.
+
+The same `cacheable` steps run eagerly inside ``with Cache(...)`` and as nodes of Pydra 1.0
+workflows (`kwneuro_pydra.pydra`), sharing one cache.
+"""
+
+from kwneuro_pydra._fingerprint import fingerprint
+from kwneuro_pydra._store import Entry
+from kwneuro_pydra.cache import Cache, CacheSpec, Explanation, cacheable, current_cache
+
+__all__ = [
+    "Cache",
+    "CacheSpec",
+    "Entry",
+    "Explanation",
+    "cacheable",
+    "current_cache",
+    "fingerprint",
+]

@@ -1,0 +1,127 @@
+"""Content digests of files on disk, memoised under a stat key.
+
+The memo key is (device, inode, size, mtime_ns, ctime_ns). Users cannot set ctime, so an
+in-place edit that restores the mtime still changes the key. The key never becomes the
+identity: the digest is of the content alone, so identical files anywhere digest alike.
+
+A file modified within the filesystem's timestamp granularity of being hashed could keep its
+key while its content changes ("racy" files, as git calls them). Such files are hashed but
+not memoised until their timestamps are at least `RACY_WINDOW_NS` old.
+
+The memo lives in process memory and, while a `Cache` is active, also in files under that
+cache's directory (`memo_directory`), so a warm check in a new process costs a stat and a
+small read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
+
+import xxhash
+
+__all__ = ["RACY_WINDOW_NS", "file_digest", "memo_directory"]
+
+RACY_WINDOW_NS = 1_000_000_000
+"""Files changed less than this long ago (in ns) are hashed but not memoised."""
+
+_StatKey = tuple[int, int, int, int, int]
+
+_memory: dict[_StatKey, str] = {}
+_memo_dir: ContextVar[Path | None] = ContextVar("kwneuro_pydra_memo_dir", default=None)
+
+
+@contextlib.contextmanager
+def memo_directory(directory: Path) -> Iterator[None]:
+    """Persist file digests under ``directory`` while the context is active.
+
+    Args:
+        directory: Directory for memo files; created on first write.
+    """
+    token = _memo_dir.set(directory)
+    try:
+        yield
+    finally:
+        _memo_dir.reset(token)
+
+
+def _stat_key(st: os.stat_result) -> _StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_file(path: Path, size: int) -> str:
+    with path.open("rb") as handle:
+        if size == 0:
+            return xxhash.xxh3_128_hexdigest(b"")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return xxhash.xxh3_128_hexdigest(mapped)
+
+
+def _memo_file(directory: Path, key: _StatKey) -> Path:
+    name = xxhash.xxh3_128_hexdigest(":".join(map(str, key)).encode())
+    return directory / name[:2] / name
+
+
+def _read_persistent(directory: Path, key: _StatKey) -> str | None:
+    try:
+        text = _memo_file(directory, key).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _write_persistent(directory: Path, key: _StatKey, digest: str) -> None:
+    target = _memo_file(directory, key)
+    with contextlib.suppress(OSError):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            os.write(fd, digest.encode("ascii"))
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+
+
+def file_digest(path: Path) -> str:
+    """Return the xxh3-128 hex digest of a regular file's content, memoised by stat key.
+
+    Args:
+        path: Path of an existing regular file.
+
+    Returns:
+        32 lowercase hex characters.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is not a regular file.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise IsADirectoryError(f"not a regular file: {path}")
+    key = _stat_key(st)
+    digest = _memory.get(key)
+    if digest is not None:
+        return digest
+    directory = _memo_dir.get()
+    if directory is not None:
+        digest = _read_persistent(directory, key)
+        if digest is not None:
+            _memory[key] = digest
+            return digest
+    digest = _hash_file(path, st.st_size)
+    if _stable(st) and _stat_key(os.stat(path)) == key:
+        _memory[key] = digest
+        if directory is not None:
+            _write_persistent(directory, key, digest)
+    return digest
+
+
+def _stable(st: os.stat_result) -> bool:
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_WINDOW_NS

@@ -1,0 +1,261 @@
+"""Content fingerprints: any supported value -> 64 hex characters.
+
+A fingerprint is the sha256 of a small, self-describing *token*: a canonical byte record of
+the value's type and content. Large payloads (array memory, file content) enter the token as
+an xxh3-128 digest, so hashing runs at memory speed while the outer digest stays sha256.
+Nothing depends on ``id()``, ``hash()`` randomisation, insertion order or pickle, so equal
+values give equal fingerprints in every process and on every machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import math
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import PurePath
+from typing import Any, TypeVar
+
+import attrs
+import numpy as np
+import xxhash
+
+from kwneuro_pydra._filedigest import file_digest
+
+__all__ = ["Unfingerprintable", "fingerprint", "memory_digest"]
+
+_T = TypeVar("_T")
+
+
+class Unfingerprintable(TypeError):
+    """Raised inside tokenisation when a value (or a part of it) has no fingerprint."""
+
+
+def memory_digest(array: np.ndarray[Any, Any]) -> str:
+    """Return the xxh3-128 hex digest of an array's memory, copying only non-contiguous views.
+
+    Args:
+        array: Any numpy array whose dtype is not ``object``.
+
+    Returns:
+        32 hex characters over the raw bytes in the array's own (C or Fortran) memory order.
+    """
+    if not (array.flags.c_contiguous or array.flags.f_contiguous):
+        array = np.ascontiguousarray(array)
+    return xxhash.xxh3_128_hexdigest(array.reshape(-1, order="A").view(np.uint8).data)
+
+
+def _record(tag: str, *parts: bytes) -> bytes:
+    """Frame a tag and its parts with length prefixes so no two records can collide."""
+    out = [tag.encode(), b"("]
+    for part in parts:
+        out.append(struct.pack("<Q", len(part)))
+        out.append(part)
+    out.append(b")")
+    return b"".join(out)
+
+
+def _qualname(cls: type) -> bytes:
+    return f"{cls.__module__}.{cls.__qualname__}".encode()
+
+
+@functools.singledispatch
+def _token(value: object) -> bytes:
+    """Return the canonical token of ``value``; raise `Unfingerprintable` when there is none."""
+    method = getattr(type(value), "__fingerprint__", None)
+    if method is not None:
+        return _record("custom", _qualname(type(value)), _token(method(value)))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = [f.name for f in dataclasses.fields(value)]
+        return _fields_token("dataclass", value, names)
+    if attrs.has(type(value)):
+        return _fields_token("attrs", value, [a.name for a in attrs.fields(type(value))])
+    raise Unfingerprintable(type(value).__qualname__)
+
+
+def _fields_token(tag: str, value: object, names: list[str]) -> bytes:
+    parts = [_record("field", name.encode(), _token(getattr(value, name))) for name in names]
+    return _record(tag, _qualname(type(value)), *parts)
+
+
+@_token.register(type(None))
+def _(value: None) -> bytes:
+    return b"none()"
+
+
+@_token.register(bool)
+def _(value: bool) -> bytes:
+    return b"bool(1)" if value else b"bool(0)"
+
+
+@_token.register(int)
+def _(value: int) -> bytes:
+    if isinstance(value, enum.Enum):
+        return _enum_token(value)
+    if type(value) is not int:
+        return _record("int-subclass", _qualname(type(value)), str(int(value)).encode())
+    return _record("int", str(value).encode())
+
+
+@_token.register(float)
+def _(value: float) -> bytes:
+    return _record("float", value.hex().encode() if math.isfinite(value) else repr(value).encode())
+
+
+@_token.register(complex)
+def _(value: complex) -> bytes:
+    return _record("complex", _token(value.real), _token(value.imag))
+
+
+@_token.register(str)
+def _(value: str) -> bytes:
+    return _record("str", value.encode("utf-8", "surrogatepass"))
+
+
+@_token.register(bytes)
+@_token.register(bytearray)
+@_token.register(memoryview)
+def _(value: bytes | bytearray | memoryview) -> bytes:
+    return _record("bytes", xxhash.xxh3_128_digest(value), str(len(value)).encode())
+
+
+@_token.register(enum.Enum)
+def _enum_token(value: enum.Enum) -> bytes:
+    return _record("enum", _qualname(type(value)), value.name.encode())
+
+
+@_token.register(PurePath)
+def _(value: PurePath) -> bytes:
+    """An existing file by content; a directory, a missing path or a pure path by its string."""
+    from pathlib import Path
+
+    if isinstance(value, Path):
+        try:
+            return _record("file", file_digest(value).encode())
+        except (IsADirectoryError, FileNotFoundError, NotADirectoryError, PermissionError):
+            pass
+    return _record("path", str(value).encode())
+
+
+@_token.register(np.ndarray)
+def _(value: np.ndarray[Any, Any]) -> bytes:
+    if value.dtype.hasobject:
+        raise Unfingerprintable("ndarray of dtype object")
+    order = b"F" if value.flags.f_contiguous and not value.flags.c_contiguous else b"C"
+    return _record(
+        "ndarray",
+        _dtype_descr(value.dtype),
+        ",".join(map(str, value.shape)).encode(),
+        order,
+        memory_digest(value).encode(),
+    )
+
+
+@_token.register(np.generic)
+def _(value: np.generic) -> bytes:
+    if value.dtype.hasobject:
+        raise Unfingerprintable("numpy object scalar")
+    return _record("npscalar", _dtype_descr(value.dtype), bytes(np.asarray(value).data))
+
+
+@_token.register(np.dtype)
+def _(value: np.dtype[Any]) -> bytes:
+    return _record("dtype", _dtype_descr(value))
+
+
+def _dtype_descr(dtype: np.dtype[Any]) -> bytes:
+    return (repr(dtype.descr) if dtype.fields else dtype.str).encode()
+
+
+def _sequence(tag: str, items: Iterable[object]) -> bytes:
+    return _record(tag, *(_token(item) for item in items))
+
+
+@_token.register(list)
+def _(value: list[Any]) -> bytes:
+    return _sequence("list", value)
+
+
+@_token.register(tuple)
+def _(value: tuple[Any, ...]) -> bytes:
+    if type(value) is not tuple:  # named tuples keep their class identity
+        return _record("namedtuple", _qualname(type(value)), _sequence("tuple", value))
+    return _sequence("tuple", value)
+
+
+@_token.register(set)
+@_token.register(frozenset)
+def _(value: set[Any] | frozenset[Any]) -> bytes:
+    return _record(type(value).__name__, *sorted(_token(item) for item in value))
+
+
+@_token.register(dict)
+def _(value: dict[Any, Any]) -> bytes:
+    pairs = sorted(_record("item", _token(k), _token(v)) for k, v in value.items())
+    return _record("dict", *pairs)
+
+
+class _Fingerprint:
+    """The public `fingerprint` callable, with a registry for user types."""
+
+    def __call__(self, value: object) -> str | None:
+        """Return the 64-hex content fingerprint of ``value``, or None when it has none.
+
+        Supported: None, bool, int, float (exact), complex, str, bytes, enums, numpy arrays of
+        any non-object dtype and memory order, numpy scalars and dtypes, paths (an existing
+        file by content, anything else by its string), list, tuple, dict, set, frozenset,
+        dataclass and attrs instances (class and every field), types registered with
+        `fingerprint.register`, and objects with a ``__fingerprint__`` method. A value
+        containing anything else (or a reference cycle) has no fingerprint.
+
+        Args:
+            value: The value to fingerprint.
+
+        Returns:
+            64 lowercase hex characters, or None.
+        """
+        try:
+            token = _token(value)
+        except (Unfingerprintable, RecursionError):
+            return None
+        return hashlib.sha256(token).hexdigest()
+
+    def register(self, cls: type[_T]) -> Callable[[Callable[[_T], object]], Callable[[_T], object]]:
+        """Register how to fingerprint instances of ``cls`` (and its subclasses).
+
+        The decorated function returns a *stand-in*: any fingerprintable value that captures
+        everything the instance's meaning depends on (for example a tuple of an array and a
+        dict of parameters, or the `Path` of a file). The class identity is mixed in.
+
+        Example:
+            >>> from kwneuro_pydra import fingerprint
+            >>> class Roi:
+            ...     def __init__(self, label: int) -> None:
+            ...         self.label = label
+            >>> @fingerprint.register(Roi)
+            ... def _roi(roi: Roi) -> object:
+            ...     return roi.label
+            >>> fingerprint(Roi(3)) == fingerprint(Roi(3)) != fingerprint(Roi(4))
+            True
+
+        Args:
+            cls: The class to register.
+
+        Returns:
+            A decorator that registers the stand-in function and returns it unchanged.
+        """
+
+        def decorator(function: Callable[[_T], object]) -> Callable[[_T], object]:
+            def token(value: _T) -> bytes:
+                return _record("registered", _qualname(type(value)), _token(function(value)))
+
+            _token.register(cls, token)
+            return function
+
+        return decorator
+
+
+fingerprint = _Fingerprint()

@@ -1,0 +1,101 @@
+"""Inter-process lock of one cache entry, safe against crashes.
+
+The lock is an ``flock`` on a lock file. The kernel releases it when its holder exits for any
+reason, SIGKILL included, so a lock left by a dead process is recovered by the next waiter
+without guessing from pids or ages. The holder writes who it is (host, pid, time) into the
+file, so a waiter can say what it waits for. On NFS, Linux maps ``flock`` to POSIX locks that
+the server's lock manager recovers when a client dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["EntryLock", "read_owner"]
+
+_log = logging.getLogger("kwneuro_pydra")
+
+
+def read_owner(path: Path) -> dict[str, object] | None:
+    """Return the owner record of a lock file (host, pid, time), or None if unreadable."""
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+class EntryLock:
+    """Exclusive lock on ``path``, usable as a context manager.
+
+    Args:
+        path: Lock file; created when acquired and removed when released.
+        what: Human-readable name of what is locked, for the waiting message.
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Block until the lock is held by this process."""
+        announced = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not announced:
+                    _log.info("waiting for %s, locked by %s", self.what, read_owner(self.path))
+                    announced = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._is_current(fd):
+                break
+            os.close(fd)  # the holder removed this file on release: lock the new one
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": _now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        self._fd = fd
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> EntryLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _now() -> str:
+    return datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds")

@@ -1,0 +1,338 @@
+"""Cache entries on disk: layout, sidecar format, atomic publish, locks, listing and pruning.
+
+Layout of one cache directory::
+
+    <cache_dir>/<step>/<key>/<output files>        one complete entry
+    <cache_dir>/<step>/<key>/<step>.params.json    its sidecar, written last
+    <cache_dir>/<step>/.<key>.lock                 held while the entry is computed
+    <cache_dir>/<step>/.tmp-<key>-<random>/         an entry being written
+    <cache_dir>/.kwneuro/digests/                   the persistent file-digest memo
+
+An entry is written into a hidden temporary directory and renamed into place, so it appears
+whole or not at all. The sidecar records the size and content digest of every output file;
+a lookup checks them (through the stat-keyed memo, so a warm check costs one stat per file),
+so a file truncated or edited after publishing is a miss, never a wrong hit.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kwneuro_pydra._filedigest import file_digest
+from kwneuro_pydra._lock import EntryLock
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Entry",
+    "Store",
+    "decode_scalar",
+    "encode_scalar",
+    "entry_key",
+]
+
+FORMAT_VERSION = 1
+"""Version of the sidecar format; a sidecar of another version is a miss."""
+
+Scalar = bool | int | float | str | None
+_NONFINITE = "float"
+
+
+def encode_scalar(value: Scalar) -> Any:
+    """Return the JSON form of a scalar; non-finite floats become ``{"float": "nan"}`` etc."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_NONFINITE: repr(value)}
+    return value
+
+
+def decode_scalar(value: Any) -> Scalar:
+    """Invert `encode_scalar`."""
+    if isinstance(value, dict):
+        return float(value[_NONFINITE])
+    return value  # type: ignore[no-any-return]
+
+
+def entry_key(scalars: Mapping[str, Any], hashes: Mapping[str, str]) -> str:
+    """Return the 64-hex key of the entry that these (JSON-encoded) arguments select."""
+    record = json.dumps({"scalars": scalars, "hashes": hashes}, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(record.encode()).hexdigest()
+
+
+@attrs.frozen
+class Entry:
+    """One stored entry of a step, as its sidecar describes it.
+
+    Attributes:
+        step: Step name.
+        key: Entry key (64 hex).
+        path: Entry directory.
+        scalars: Scalar arguments, decoded.
+        hashes: Fingerprints of the other arguments.
+        code: Fingerprint of the step's code when the entry was made, or None.
+        files: Output file name -> {"size": int, "digest": str}.
+        created: Creation time, ISO 8601 UTC.
+        duration: Seconds the step took to compute.
+        library: Library name and version that wrote the entry.
+    """
+
+    step: str
+    key: str
+    path: Path
+    scalars: dict[str, Scalar]
+    hashes: dict[str, str]
+    code: str | None
+    files: dict[str, dict[str, Any]]
+    created: str
+    duration: float
+    library: str
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of the output files in bytes."""
+        return sum(int(f["size"]) for f in self.files.values())
+
+
+def _sidecar_name(step: str) -> str:
+    return f"{step}.params.json"
+
+
+def _parse_sidecar(path: Path, step: str, key: str, entry_dir: Path) -> Entry:
+    return _entry(json.loads(path.read_text(encoding="utf-8")), step, key, entry_dir)
+
+
+def _entry(raw: Any, step: str, key: str, entry_dir: Path) -> Entry:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
+        version = raw.get("format") if isinstance(raw, dict) else None
+        raise ValueError(f"unknown sidecar format version {version!r}")
+    return Entry(
+        step=step,
+        key=key,
+        path=entry_dir,
+        scalars={k: decode_scalar(v) for k, v in raw["scalars"].items()},
+        hashes=dict(raw["hashes"]),
+        code=raw.get("code"),
+        files=dict(raw["files"]),
+        created=str(raw["created"]),
+        duration=float(raw["duration"]),
+        library=str(raw["library"]),
+    )
+
+
+class Store:
+    """The entries of one cache directory.
+
+    Args:
+        root: The cache directory.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def memo_dir(self) -> Path:
+        """Directory of the persistent file-digest memo."""
+        return self.root / ".kwneuro" / "digests"
+
+    def entry_dir(self, step: str, key: str) -> Path:
+        """Return the directory of the entry ``key`` of ``step``."""
+        return self.root / step / key
+
+    def lock(self, step: str, key: str) -> EntryLock:
+        """Return the lock that guards computing the entry ``key`` of ``step``."""
+        (self.root / step).mkdir(parents=True, exist_ok=True)
+        return EntryLock(self.root / step / f".{key}.lock", f"{step} entry {key[:12]}")
+
+    def read(self, step: str, key: str) -> Entry | None:
+        """Return the entry's sidecar, or None if it has no entry; warn if it is unreadable."""
+        entry_dir = self.entry_dir(step, key)
+        sidecar = entry_dir / _sidecar_name(step)
+        try:
+            return _parse_sidecar(sidecar, step, key, entry_dir)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            warnings.warn(
+                f"cache sidecar {sidecar} is unreadable ({error}); treated as a miss and "
+                "replaced when the step runs",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+
+    def damage(self, entry: Entry, files: list[str]) -> str | None:
+        """Return why ``entry`` cannot serve a hit for ``files``, or None when it is intact."""
+        for name in files:
+            recorded = entry.files.get(name)
+            if recorded is None:
+                return f"output file {name!r} is not recorded in the sidecar"
+            try:
+                digest = _content_digest(entry.path / name)
+            except OSError:
+                return f"output file {name!r} is missing"
+            if digest != recorded["digest"]:
+                return f"output file {name!r} changed after it was stored (truncated or edited)"
+        return None
+
+    def lookup(self, step: str, key: str, files: list[str], code: str | None) -> Entry | None:
+        """Return the intact entry ``key`` of ``step`` made by ``code``, or None on a miss.
+
+        Args:
+            step: Step name.
+            key: Entry key.
+            files: Output files the entry must hold.
+            code: Required code fingerprint, or None to accept any.
+
+        Returns:
+            The entry, or None. A damaged entry is a miss with a `UserWarning`.
+        """
+        entry = self.read(step, key)
+        if entry is None or (code is not None and entry.code != code):
+            return None
+        damage = self.damage(entry, files)
+        if damage is not None:
+            warnings.warn(
+                f"cache entry {entry.path} of step {step!r} is damaged: {damage}; "
+                "treated as a miss and recomputed",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
+        return entry
+
+    def publish(
+        self,
+        step: str,
+        key: str,
+        files: list[str],
+        write: Callable[[Path], None],
+        record: Mapping[str, Any],
+    ) -> Entry:
+        """Write an entry aside with ``write``, then rename it into place, sidecar included.
+
+        The caller holds the entry's lock.
+
+        Args:
+            step: Step name.
+            key: Entry key.
+            files: Output files ``write`` must create, relative to the directory it is given.
+            write: Writes the outputs into the directory it is given.
+            record: Sidecar fields: scalars (JSON-encoded), hashes, code, duration.
+
+        Returns:
+            The published entry.
+
+        Raises:
+            FileNotFoundError: ``write`` did not create every file of ``files``.
+        """
+        step_dir = self.root / step
+        for leftover in step_dir.glob(f".tmp-{key}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=step_dir))
+        try:
+            write(tmp)
+            sidecar = {
+                "format": FORMAT_VERSION,
+                "step": step,
+                **record,
+                "files": {name: _describe(tmp / name, step) for name in files},
+                "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "library": _library(),
+            }
+            text = json.dumps(sidecar, indent=2, sort_keys=True, allow_nan=False)
+            (tmp / _sidecar_name(step)).write_text(text + "\n", encoding="utf-8")
+            self._swap_in(tmp, self.entry_dir(step, key))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return _entry(sidecar, step, key, self.entry_dir(step, key))
+
+    @staticmethod
+    def _swap_in(tmp: Path, target: Path) -> None:
+        trash = None
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".trash-{target.name}-", dir=target.parent))
+            os.rename(target, trash / "old")
+        os.rename(tmp, target)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def steps(self) -> list[str]:
+        """Return the names of the steps that have a directory in this cache."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _visible(p))
+
+    def entries(self, step: str) -> Iterator[Entry]:
+        """Yield the readable entries of ``step``, oldest first."""
+        step_dir = self.root / step
+        if not step_dir.is_dir():
+            return
+        found = []
+        for path in step_dir.iterdir():
+            if path.is_dir() and _visible(path):
+                entry = self.read(step, path.name)
+                if entry is not None:
+                    found.append(entry)
+        yield from sorted(found, key=lambda e: e.created)
+
+    def remove(self, entry: Entry) -> None:
+        """Remove one entry (atomically hidden first, then deleted)."""
+        if entry.path.is_dir():
+            trash = Path(tempfile.mkdtemp(prefix=f".trash-{entry.key}-", dir=entry.path.parent))
+            os.rename(entry.path, trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def leftovers(self, step: str, *, older_than: float = 3600.0) -> list[Path]:
+        """Return temporary and trash directories of ``step`` older than ``older_than`` s.
+
+        A crash between writing an entry aside and publishing it leaves one behind.
+        """
+        step_dir = self.root / step
+        if not step_dir.is_dir():
+            return []
+        cutoff = time.time() - older_than
+        return [
+            p
+            for p in step_dir.iterdir()
+            if p.name.startswith((".tmp-", ".trash-")) and p.stat().st_mtime < cutoff
+        ]
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _describe(path: Path, step: str) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"step {step!r} did not write its declared output file {path.name!r}"
+        ) from None
+    return {"size": size, "digest": _content_digest(path)}
+
+
+def _content_digest(path: Path) -> str:
+    return f"xxh3_128:{file_digest(path)}"
+
+
+@functools.cache
+def _library() -> str:
+    try:
+        return f"kwneuro-pydra {version('kwneuro-pydra')}"
+    except PackageNotFoundError:
+        return "kwneuro-pydra (not installed)"

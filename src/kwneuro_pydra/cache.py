@@ -1,0 +1,473 @@
+"""The eager cache API: `Cache`, `CacheSpec` and `cacheable`.
+
+``with Cache("derivatives/sub-01"): dti = estimate_dti(dwi)`` stores the result of every
+`cacheable` step called inside the block under the cache directory and reuses it when the
+step is called again with the same arguments (by content) and the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar, Token
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, overload
+
+import attrs
+
+from kwneuro_pydra._filedigest import memo_directory
+from kwneuro_pydra._step import CacheSpec, Step, StepArguments
+from kwneuro_pydra._store import Entry, Store, decode_scalar, encode_scalar, entry_key
+
+__all__ = [
+    "Cache",
+    "CacheSpec",
+    "Explanation",
+    "cacheable",
+    "current_cache",
+    "handling_steps",
+    "step_of",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_log = logging.getLogger("kwneuro_pydra")
+
+
+class StepHandler(Protocol):
+    """Whatever runs `cacheable` steps while it is active: a `Cache`, or a workflow builder."""
+
+    def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+
+
+_HANDLER: ContextVar[StepHandler | None] = ContextVar("kwneuro_pydra_handler", default=None)
+_STEPS: dict[str, Step] = {}
+
+
+@contextlib.contextmanager
+def handling_steps(handler: StepHandler) -> Iterator[None]:
+    """Route every `cacheable` call in this context to ``handler`` (used by the Pydra adapter).
+
+    Args:
+        handler: An object with ``_run_step(step, args, kwargs)``.
+    """
+    token = _HANDLER.set(handler)
+    try:
+        yield
+    finally:
+        _HANDLER.reset(token)
+
+
+def current_cache() -> Cache | None:
+    """Return the innermost active `Cache`, or None outside any ``with Cache(...)`` block."""
+    handler = _HANDLER.get()
+    return handler if isinstance(handler, Cache) else None
+
+
+def step_of(fn: Callable[..., Any]) -> Step | None:
+    """Return the `Step` behind a `cacheable`-decorated function, or None for any other."""
+    step = getattr(fn, "__kwneuro_step__", None)
+    return step if isinstance(step, Step) else None
+
+
+@attrs.frozen
+class Explanation:
+    """Why a call of a step would hit or miss, as `Cache.explain` finds it.
+
+    Attributes:
+        step: Step name.
+        key: Entry key the call selects ("" when it cannot be keyed).
+        hit: True when the call would be served from the cache.
+        reasons: What differs from the closest stored entry (empty on a hit).
+        closest: The stored entry compared against, or None.
+    """
+
+    step: str
+    key: str
+    hit: bool
+    reasons: tuple[str, ...]
+    closest: Entry | None
+
+    def __str__(self) -> str:
+        if self.hit:
+            return f"{self.step}: hit (entry {self.key[:12]})"
+        lines = [f"{self.step}: miss"] + [f"  - {reason}" for reason in self.reasons]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Cache:
+    """Context manager that activates caching for all @cacheable-decorated functions.
+
+    Scalar arguments and imaging data arguments are fingerprinted automatically. Changes to
+    either trigger a cache miss on the next run. Arguments that cannot be fingerprinted issue
+    a UserWarning. Each distinct set of arguments gets its own entry under
+    ``<cache_dir>/<step_name>/<key>/``; several processes may share one cache directory.
+
+    Example:
+        >>> import tempfile
+        >>> @cacheable(CacheSpec(
+        ...     files=["n.txt"],
+        ...     save=lambda n, d: (d / "n.txt").write_text(str(n)),
+        ...     load=lambda d: int((d / "n.txt").read_text()),
+        ... ))
+        ... def square(n: int) -> int:
+        ...     return n * n
+        >>> with Cache(tempfile.mkdtemp()) as cache:
+        ...     square(4), square(4), cache.status([square])
+        (16, 16, {'square': True})
+
+    Raises:
+        NotADirectoryError: ``cache_dir`` exists and is not a directory.
+        PermissionError: ``cache_dir`` cannot be created or written.
+        TypeError: ``force`` is neither a bool nor a set of step names.
+    """
+
+    cache_dir: Path
+    """Directory where cached outputs and per-step sidecar files are stored. Created
+    automatically."""
+    force: bool | set[str] = False
+    """Cache bypass control. False uses all cached outputs, True recomputes everything, a set
+    of step names recomputes only those steps."""
+    _: dataclasses.KW_ONLY
+    check_code: bool = True
+    """When True (default), an entry made by other code of the step is a miss. When False,
+    entries are reused whatever code made them (the sidecar still records it).
+
+    .. versionadded:: 0.1"""
+    nifti_compression: bool = True
+    """Store images of cache entries as ``.nii.gz`` (True) or uncompressed ``.nii`` (False).
+
+    .. versionadded:: 0.1"""
+
+    def __post_init__(self) -> None:
+        self.cache_dir = _prepare_directory(Path(self.cache_dir))
+        if isinstance(self.force, str) or not isinstance(self.force, bool | Iterable):
+            raise TypeError(
+                f"Cache(force=...) takes a bool or a set of step names, not {self.force!r}"
+            )
+        if not isinstance(self.force, bool):
+            self.force = set(self.force)
+            unknown = sorted(self.force - _STEPS.keys())
+            if unknown:
+                warnings.warn(
+                    f"Cache(force=...) names steps that no @cacheable function defines: "
+                    f"{', '.join(unknown)} (known: {', '.join(sorted(_STEPS)) or 'none'})",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        self._store = Store(self.cache_dir)
+        self._tokens: list[tuple[Token[StepHandler | None], contextlib.ExitStack]] = []
+
+    def __enter__(self) -> Cache:
+        memo = contextlib.ExitStack()
+        memo.enter_context(memo_directory(self._store.memo_dir))
+        self._tokens.append((_HANDLER.set(self), memo))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token, memo = self._tokens.pop()
+        memo.close()
+        _HANDLER.reset(token)
+
+    def is_forced(self, step_name: str) -> bool:
+        """Return True if this step should bypass the cache."""
+        return self.force is True or (not isinstance(self.force, bool) and step_name in self.force)
+
+    def is_cached(
+        self,
+        step_name: str,
+        files: list[str],
+        scalars: dict[str, Any] | None = None,
+        hashes: dict[str, str] | None = None,
+    ) -> bool:
+        """Return True when all output files exist, the step is not forced, and the stored fingerprint matches.
+
+        The sidecar file stores two sections: "scalars" for human-readable scalar argument
+        values and "hashes" for sha256 content fingerprints. A mismatch in either section, or
+        a missing sidecar when params are expected, is treated as a cache miss.
+
+        Args:
+            step_name: Name of the cache step, used to locate the sidecar file.
+            files: Output filenames relative to the entry directory that must all exist (and
+                be intact) for a cache hit.
+            scalars: Scalar argument values to compare against the stored sidecar, or None.
+            hashes: Content fingerprints to compare against the stored sidecar, or None.
+
+        Returns:
+            True on a cache hit, False on a miss.
+        """
+        if self.is_forced(step_name):
+            return False
+        encoded = {name: encode_scalar(value) for name, value in (scalars or {}).items()}
+        key = entry_key(encoded, hashes or {})
+        return self._store.lookup(step_name, key, files, self._code_of(_STEPS.get(step_name)))
+
+    def status(self, steps: list[Callable[..., Any]]) -> dict[str, bool]:
+        """Return a mapping of each step's qualified name to whether all its cached output files exist.
+
+        A step counts as cached when it has at least one complete, intact entry (made by its
+        current code, unless ``check_code`` is False). Non-decorated callables in steps are
+        silently skipped.
+
+        Args:
+            steps: List of cacheable-decorated functions to check.
+
+        Returns:
+            Dict mapping ``fn.__qualname__`` to True if all cached outputs exist, False
+            otherwise.
+        """
+        result = {}
+        for fn in steps:
+            step = step_of(fn)
+            if step is not None:
+                files, code = step.files(), self._code_of(step)
+                result[fn.__qualname__] = any(
+                    self._store.lookup(step.name, e.key, files, code) for e in self.entries(fn)
+                )
+        return result
+
+    def entries(self, step: Callable[..., Any] | str) -> list[Entry]:
+        """Return the stored entries of a step, oldest first.
+
+        .. versionadded:: 0.1
+
+        Args:
+            step: A `cacheable` function or a step name.
+        """
+        return list(self._store.entries(_step_name(step)))
+
+    def explain(self, step: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Explanation:
+        """Tell whether ``step(*args, **kwargs)`` would hit, and if not, what differs.
+
+        The call is not run. On a miss, the reasons compare it with the closest stored
+        entry: which arguments changed (old and new scalar values, or fingerprints), whether
+        the step's code changed, or whether the entry was damaged.
+
+        .. versionadded:: 0.1
+
+        Args:
+            step: A `cacheable` function.
+            *args: Positional arguments of the call.
+            **kwargs: Keyword arguments of the call.
+
+        Raises:
+            TypeError: ``step`` is not a `cacheable` function.
+        """
+        found = step_of(step)
+        if found is None:
+            raise TypeError(f"{step!r} is not a @cacheable step")
+        arguments = found.arguments(args, kwargs)
+        if arguments is None:
+            reasons = ("an argument cannot be fingerprinted: the call is never cached",)
+            return Explanation(found.name, "", False, reasons, None)
+        key = entry_key(arguments.scalars, arguments.hashes)
+        stored = self.entries(found.name)
+        closest = min(stored, key=lambda e: len(_differences(found, arguments, e, self)), default=None)
+        if self.is_forced(found.name):
+            return Explanation(found.name, key, False, ("the step is forced",), closest)
+        if closest is None:
+            return Explanation(found.name, key, False, ("no entry of this step is stored",), None)
+        reasons = _differences(found, arguments, closest, self)
+        return Explanation(found.name, key, not reasons, tuple(reasons), closest)
+
+    def clear(self, step: Callable[..., Any] | str | None = None) -> int:
+        """Remove every entry of ``step`` (or of every step); return how many were removed.
+
+        .. versionadded:: 0.1
+        """
+        names = [_step_name(step)] if step is not None else self._store.steps()
+        removed = 0
+        for name in names:
+            for entry in self._store.entries(name):
+                self._store.remove(entry)
+                removed += 1
+        return removed
+
+    def prune(self, *, keep: int | None = None, older_than: float | None = None) -> list[Path]:
+        """Remove leftovers of crashed writes and entries beyond a retention policy.
+
+        .. versionadded:: 0.1
+
+        Args:
+            keep: Keep only this many most recent entries per step.
+            older_than: Remove entries created more than this many seconds ago.
+
+        Returns:
+            The directories removed.
+        """
+        removed: list[Path] = []
+        cutoff = time.time() - older_than if older_than is not None else None
+        for name in self._store.steps():
+            entries = list(self._store.entries(name))
+            doomed = entries[: max(len(entries) - keep, 0)] if keep is not None else []
+            if cutoff is not None:
+                doomed += [e for e in entries if _timestamp(e) < cutoff and e not in doomed]
+            for entry in doomed:
+                self._store.remove(entry)
+                removed.append(entry.path)
+            for leftover in self._store.leftovers(name):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover)
+        return removed
+
+    def _code_of(self, step: Step | None) -> str | None:
+        return step.code if self.check_code and step is not None else None
+
+    def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        arguments = step.arguments(args, kwargs)
+        if arguments is None:
+            return step.fn(*args, **kwargs)
+        key = entry_key(arguments.scalars, arguments.hashes)
+        files, code = step.files(), self._code_of(step)
+        forced = self.is_forced(step.name)
+        if not forced and (entry := self._store.lookup(step.name, key, files, code)):
+            return step.load(entry.path)
+        with self._store.lock(step.name, key):
+            if not forced and (entry := self._store.lookup(step.name, key, files, code)):
+                return step.load(entry.path)
+            _log.info("%s: computing entry %s in %s", step.name, key[:12], self.cache_dir)
+            start = time.perf_counter()
+            result = step.fn(*args, **kwargs)
+            record = {
+                "scalars": arguments.scalars,
+                "hashes": arguments.hashes,
+                "code": step.code,
+                "function": f"{step.fn.__module__}.{step.fn.__qualname__}",
+                "duration": time.perf_counter() - start,
+            }
+            entry = self._store.publish(
+                step.name, key, files, functools.partial(step.save, result), record
+            )
+        return step.load(entry.path)
+
+
+def _prepare_directory(path: Path) -> Path:
+    path = path.absolute()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"Cache(cache_dir={str(path)!r}): exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PermissionError(
+            f"Cache(cache_dir={str(path)!r}): cannot create the directory ({error.strerror})"
+        ) from error
+    if not _writable(path):
+        raise PermissionError(f"Cache(cache_dir={str(path)!r}): the directory is not writable")
+    return path
+
+
+def _writable(path: Path) -> bool:
+    try:
+        with open(path / ".kwneuro-write-test", "wb"):
+            pass
+        (path / ".kwneuro-write-test").unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _step_name(step: Callable[..., Any] | str) -> str:
+    if isinstance(step, str):
+        return step
+    found = step_of(step)
+    if found is None:
+        raise TypeError(f"{step!r} is not a @cacheable step")
+    return found.name
+
+
+def _timestamp(entry: Entry) -> float:
+    return datetime.fromisoformat(entry.created).timestamp()
+
+
+def _differences(step: Step, arguments: StepArguments, entry: Entry, cache: Cache) -> list[str]:
+    reasons = []
+    for name in sorted(arguments.scalars.keys() | entry.scalars.keys()):
+        new, old = arguments.scalars.get(name, "<absent>"), entry.scalars.get(name, "<absent>")
+        if name not in entry.scalars or name not in arguments.scalars or decode_scalar(new) != old:
+            reasons.append(f"argument {name!r} changed: {old!r} -> {decode_scalar(new)!r}")
+    for name in sorted(arguments.hashes.keys() | entry.hashes.keys()):
+        new_hash, old_hash = arguments.hashes.get(name, "<absent>"), entry.hashes.get(name, "<absent>")
+        if new_hash != old_hash:
+            reasons.append(
+                f"argument {name!r} content changed: fingerprint {old_hash[:12]} -> {new_hash[:12]}"
+            )
+    code = cache._code_of(step)
+    if code is not None and entry.code != code:
+        reasons.append("the step's code changed since the entry was made")
+    if not reasons:
+        damage = cache._store.damage(entry, step.files())
+        if damage is not None:
+            reasons.append(damage)
+    return reasons
+
+
+@overload
+def cacheable(fn_or_spec: F) -> F: ...
+@overload
+def cacheable(fn_or_spec: CacheSpec[T]) -> Callable[[F], F]: ...
+def cacheable(fn_or_spec: Callable[..., Any] | CacheSpec[Any]) -> Any:
+    """Decorator that adds transparent caching when a Cache context is active.
+
+    Outside a ``with Cache(...)`` block the function runs normally with no overhead. Scalar
+    and dataclass arguments are fingerprinted automatically; a change in either causes a
+    cache miss. Arguments that cannot be fingerprinted trigger a UserWarning (and that call
+    runs without the cache).
+
+    Can be used in two ways. As a bare decorator when the return type implements the cache
+    protocol (``_cache_files``, ``_cache_save``, ``_cache_load``)::
+
+        @cacheable
+        def estimate_dti(dwi: Dwi, mask: VolumeResource | None = None) -> Dti: ...
+
+    Or with an explicit `CacheSpec` for return types that cannot carry the protocol::
+
+        @cacheable(CacheSpec(files=[...], save=..., load=...))
+        def compute_csd_peaks(...) -> tuple[VolumeResource, VolumeResource]: ...
+
+    Args:
+        fn_or_spec: The function to decorate, or a `CacheSpec`.
+
+    Returns:
+        The wrapped function (``functools.wraps`` semantics), or a decorator.
+
+    Raises:
+        ValueError: The step name is not a safe file name, or ``CacheSpec.files`` holds an
+            absolute path or ``..``.
+        TypeError: (on first use inside a cache) the return annotation is missing,
+            unresolvable, or its type lacks the cache protocol.
+    """
+    if isinstance(fn_or_spec, CacheSpec):
+        spec = fn_or_spec
+        return lambda fn: _decorate(fn, spec)
+    return _decorate(fn_or_spec, None)
+
+
+def _decorate(fn: Callable[..., Any], spec: CacheSpec[Any] | None) -> Callable[..., Any]:
+    step = Step(fn, spec)
+    _STEPS[step.name] = step
+    get_handler = _HANDLER.get
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        handler = get_handler()
+        if handler is None:
+            return fn(*args, **kwargs)
+        return handler._run_step(step, args, kwargs)
+
+    wrapper.__kwneuro_step__ = step  # type: ignore[attr-defined]
+    return wrapper
