@@ -71,8 +71,9 @@ def _token(value: object) -> bytes:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         names = [f.name for f in dataclasses.fields(value)]
         return _fields_token("dataclass", value, names)
-    if attrs.has(type(value)):
-        return _fields_token("attrs", value, [a.name for a in attrs.fields(type(value))])
+    cls = type(value)
+    if attrs.has(cls):
+        return _fields_token("attrs", value, [a.name for a in attrs.fields(cls)])
     raise Unfingerprintable(type(value).__qualname__)
 
 
@@ -223,7 +224,9 @@ class _Fingerprint:
             return None
         return hashlib.sha256(token).hexdigest()
 
-    def register(self, cls: type[_T]) -> Callable[[Callable[[_T], object]], Callable[[_T], object]]:
+    def register(
+        self, cls: type[_T]
+    ) -> Callable[[Callable[[_T], object]], Callable[[_T], object]]:
         """Register how to fingerprint instances of ``cls`` (and its subclasses).
 
         The decorated function returns a *stand-in*: any fingerprintable value that captures

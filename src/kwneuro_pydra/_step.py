@@ -40,7 +40,7 @@ class CacheSpec(Generic[T]):
         ...     save=lambda r, d: (d / "stats.json").write_text(json.dumps(r)),
         ...     load=lambda d: json.loads((d / "stats.json").read_text()),
         ... )
-    """
+    """  # noqa: E501
 
     files: list[str]
     """Output filenames relative to the cache directory."""
@@ -151,7 +151,7 @@ class Step:
                 f"@cacheable step {self.fn.__qualname__} returned {type(result).__qualname__}, "
                 f"expected {self.return_type.__qualname__} (its return annotation)"
             )
-        result._cache_save(directory, self.name)
+        result._cache_save(directory, self.name)  # type: ignore[attr-defined]
 
     def load(self, directory: Path) -> Any:
         """Reconstruct a result from an entry directory."""

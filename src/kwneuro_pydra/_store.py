@@ -100,6 +100,10 @@ class Entry:
     duration: float
     library: str
 
+    def lacks(self, files: list[str]) -> bool:
+        """Return True when some of ``files`` are not outputs of this entry."""
+        return not self.files.keys() >= set(files)
+
     @property
     def nbytes(self) -> int:
         """Total size of the output files in bytes."""
@@ -175,10 +179,10 @@ class Store:
 
     def damage(self, entry: Entry, files: list[str]) -> str | None:
         """Return why ``entry`` cannot serve a hit for ``files``, or None when it is intact."""
+        if entry.lacks(files):
+            return f"the entry holds {sorted(entry.files)}, not {sorted(files)}"
         for name in files:
-            recorded = entry.files.get(name)
-            if recorded is None:
-                return f"output file {name!r} is not recorded in the sidecar"
+            recorded = entry.files[name]
             try:
                 digest = _content_digest(entry.path / name)
             except OSError:
@@ -200,7 +204,7 @@ class Store:
             The entry, or None. A damaged entry is a miss with a `UserWarning`.
         """
         entry = self.read(step, key)
-        if entry is None or (code is not None and entry.code != code):
+        if entry is None or (code is not None and entry.code != code) or entry.lacks(files):
             return None
         damage = self.damage(entry, files)
         if damage is not None:

@@ -210,12 +210,13 @@ class Cache:
 
         Returns:
             True on a cache hit, False on a miss.
-        """
+        """  # noqa: E501
         if self.is_forced(step_name):
             return False
         encoded = {name: encode_scalar(value) for name, value in (scalars or {}).items()}
         key = entry_key(encoded, hashes or {})
-        return self._store.lookup(step_name, key, files, self._code_of(_STEPS.get(step_name)))
+        code = self._code_of(_STEPS.get(step_name))
+        return self._store.lookup(step_name, key, files, code) is not None
 
     def status(self, steps: list[Callable[..., Any]]) -> dict[str, bool]:
         """Return a mapping of each step's qualified name to whether all its cached output files exist.
@@ -230,7 +231,7 @@ class Cache:
         Returns:
             Dict mapping ``fn.__qualname__`` to True if all cached outputs exist, False
             otherwise.
-        """
+        """  # noqa: E501
         result = {}
         for fn in steps:
             step = step_of(fn)
@@ -277,13 +278,15 @@ class Cache:
             return Explanation(found.name, "", False, reasons, None)
         key = entry_key(arguments.scalars, arguments.hashes)
         stored = self.entries(found.name)
-        closest = min(stored, key=lambda e: len(_differences(found, arguments, e, self)), default=None)
+        closest = min(
+            stored, key=lambda e: len(_differences(found, arguments, e, self)), default=None
+        )
         if self.is_forced(found.name):
             return Explanation(found.name, key, False, ("the step is forced",), closest)
         if closest is None:
             return Explanation(found.name, key, False, ("no entry of this step is stored",), None)
-        reasons = _differences(found, arguments, closest, self)
-        return Explanation(found.name, key, not reasons, tuple(reasons), closest)
+        differences = tuple(_differences(found, arguments, closest, self))
+        return Explanation(found.name, key, not differences, differences, closest)
 
     def clear(self, step: Callable[..., Any] | str | None = None) -> int:
         """Remove every entry of ``step`` (or of every step); return how many were removed.
@@ -401,10 +404,14 @@ def _differences(step: Step, arguments: StepArguments, entry: Entry, cache: Cach
         if name not in entry.scalars or name not in arguments.scalars or decode_scalar(new) != old:
             reasons.append(f"argument {name!r} changed: {old!r} -> {decode_scalar(new)!r}")
     for name in sorted(arguments.hashes.keys() | entry.hashes.keys()):
-        new_hash, old_hash = arguments.hashes.get(name, "<absent>"), entry.hashes.get(name, "<absent>")
+        new_hash, old_hash = (
+            arguments.hashes.get(name, "<absent>"),
+            entry.hashes.get(name, "<absent>"),
+        )
         if new_hash != old_hash:
             reasons.append(
-                f"argument {name!r} content changed: fingerprint {old_hash[:12]} -> {new_hash[:12]}"
+                f"argument {name!r} content changed: "
+                f"fingerprint {old_hash[:12]} -> {new_hash[:12]}"
             )
     code = cache._code_of(step)
     if code is not None and entry.code != code:

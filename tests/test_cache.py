@@ -1,0 +1,607 @@
+"""Tests of the eager cache API (`Cache`, `CacheSpec`, `cacheable`), reference page first."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kwneuro_pydra
+from kwneuro_pydra import Cache, CacheSpec, cacheable, fingerprint
+from kwneuro_pydra import cache as cache_module
+
+Calls = list[tuple[Any, ...]]
+
+
+def npy_spec(name: str = "out.npy", step_name: str = "") -> CacheSpec[np.ndarray]:
+    return CacheSpec(
+        files=[name],
+        save=lambda a, d: np.save(d / name, a),
+        load=lambda d: np.load(d / name),
+        step_name=step_name,
+    )
+
+
+class TextFile:
+    """A file-backed result implementing the cache protocol (like the imaging resources)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> str:
+        return self.path.read_text()
+
+    def __fingerprint__(self) -> object:
+        return self.path
+
+    @classmethod
+    def _cache_files(cls, step_name: str) -> list[str]:
+        return [f"{step_name}.txt"]
+
+    def _cache_save(self, cache_dir: Path, step_name: str) -> None:
+        (cache_dir / f"{step_name}.txt").write_text(self.read())
+
+    @classmethod
+    def _cache_load(cls, cache_dir: Path, step_name: str) -> TextFile:
+        return cls(cache_dir / f"{step_name}.txt")
+
+
+def text(value: str, where: Path) -> TextFile:
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_text(value)
+    return TextFile(where)
+
+
+# --- the reference page ---------------------------------------------------------------------
+
+
+def test_public_names_are_pinned() -> None:
+    assert kwneuro_pydra.__all__ == sorted(kwneuro_pydra.__all__)
+    assert set(kwneuro_pydra.__all__) == {
+        "Cache", "CacheSpec", "Entry", "Explanation", "cacheable", "current_cache", "fingerprint",
+    }  # fmt: skip
+    for name in ("Cache", "CacheSpec", "cacheable"):
+        assert getattr(cache_module, name) is getattr(kwneuro_pydra, name)
+    assert "pydra" not in sys.modules or "kwneuro_pydra.pydra" in sys.modules
+
+
+def test_cachespec_fields_and_defaults() -> None:
+    spec = CacheSpec(files=["a.npy"], save=np.save, load=np.load)
+    assert spec.files == ["a.npy"]
+    assert spec.step_name == ""
+    assert CacheSpec[np.ndarray] is not None
+
+
+def test_cache_fields_defaults_and_directory_creation(tmp_path: Path) -> None:
+    cache = Cache(str(tmp_path / "sub-01" / "deep"))
+    assert cache.cache_dir == tmp_path / "sub-01" / "deep"
+    assert isinstance(cache.cache_dir, Path)
+    assert cache.cache_dir.is_dir()
+    assert cache.force is False
+    assert cache.check_code is True
+    assert cache.nifti_compression is True
+
+
+def test_outside_a_cache_the_function_runs_as_if_undecorated(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def double(x: np.ndarray) -> np.ndarray:
+        """Double it."""
+        calls.append((x,))
+        return x * 2
+
+    assert double.__name__ == "double"
+    assert double.__doc__ == "Double it."
+    assert double.__wrapped__ is not None  # type: ignore[attr-defined]
+    double(np.ones(2))
+    double(np.ones(2))
+    assert len(calls) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hit_reuses_the_stored_result(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def double(x: np.ndarray) -> np.ndarray:
+        calls.append((x,))
+        return x * 2
+
+    with Cache(tmp_path):
+        first = double(np.arange(3))
+        second = double(np.arange(3))
+    np.testing.assert_array_equal(first, [0, 2, 4])
+    np.testing.assert_array_equal(second, [0, 2, 4])
+    assert len(calls) == 1
+
+
+def test_keyed_entries_a_b_a(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def scale(x: np.ndarray, factor: float = 2.0) -> np.ndarray:
+        calls.append((factor,))
+        return x * factor
+
+    with Cache(tmp_path) as cache:
+        a, b = scale(np.ones(2), 2.0), scale(np.ones(2), 3.0)
+        a_again = scale(np.ones(2), 2.0)
+        assert len(cache.entries(scale)) == 2
+    assert calls == [(2.0,), (3.0,)]
+    np.testing.assert_array_equal(a_again, a)
+    assert not np.array_equal(a, b)
+
+
+def test_positional_keyword_and_default_spellings_are_one_call(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def scale(x: np.ndarray, factor: float = 2.0, *, offset: int = 0) -> np.ndarray:
+        calls.append((factor, offset))
+        return x * factor + offset
+
+    with Cache(tmp_path):
+        scale(np.ones(2))
+        scale(np.ones(2), 2.0)
+        scale(x=np.ones(2), factor=2.0, offset=0)
+        scale(np.ones(2), factor=2)  # an int for a float parameter, as Pydra would convert it
+    assert calls == [(2.0, 0)]
+
+
+def test_sidecar_sections(tmp_path: Path) -> None:
+    @cacheable(npy_spec(step_name="threshold"))
+    def threshold_volume(
+        volume: np.ndarray, level: float, label: str, flag: bool, x: None
+    ) -> np.ndarray:
+        return volume > level
+
+    volume = np.arange(4.0)
+    with Cache(tmp_path) as cache:
+        threshold_volume(volume, 1.5, "brain", True, None)
+        (entry,) = cache.entries("threshold")
+    sidecar = json.loads((entry.path / "threshold.params.json").read_text())
+    assert sidecar["scalars"] == {"level": 1.5, "label": "brain", "flag": True, "x": None}
+    assert sidecar["hashes"] == {"volume": fingerprint(volume)}
+    assert sidecar["format"] == 1
+    assert sidecar["code"] == entry.code and len(entry.code or "") == 64
+    assert sidecar["library"].startswith("kwneuro-pydra ")
+    assert sidecar["created"] and sidecar["duration"] >= 0
+    assert set(sidecar["files"]) == {"out.npy"}
+    assert entry.path.parent == tmp_path / "threshold"
+
+
+def test_a_change_in_either_section_is_a_miss(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def scale(x: np.ndarray, factor: float) -> np.ndarray:
+        calls.append((factor,))
+        return x * factor
+
+    with Cache(tmp_path):
+        scale(np.ones(3), 2.0)
+        scale(np.ones(3), 2.5)
+        scale(np.zeros(3), 2.5)
+        scale(np.ones((3, 1)), 2.5)
+        scale(np.ones(3, dtype=np.float32), 2.5)
+    assert len(calls) == 5
+
+
+def test_non_finite_scalars_round_trip(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def fill(value: float) -> np.ndarray:
+        calls.append((value,))
+        return np.full(2, value)
+
+    with Cache(tmp_path) as cache:
+        for value in (float("nan"), float("inf"), float("-inf"), float("nan")):
+            fill(value)
+        stored = sorted(repr(e.scalars["value"]) for e in cache.entries(fill))
+    assert len(calls) == 3
+    assert stored == ["-inf", "inf", "nan"]
+
+
+def test_is_cached_answers_for_the_entry_the_arguments_select(tmp_path: Path) -> None:
+    @cacheable(npy_spec())
+    def scale(x: np.ndarray, factor: float) -> np.ndarray:
+        return x * factor
+
+    x = np.ones(3)
+    with Cache(tmp_path) as cache:
+        hashes = {"x": fingerprint(x)}
+        assert not cache.is_cached("scale", ["out.npy"], {"factor": 2.0}, hashes)
+        scale(x, 2.0)
+        assert cache.is_cached("scale", ["out.npy"], {"factor": 2.0}, hashes)
+        assert not cache.is_cached("scale", ["out.npy"], {"factor": 3.0}, hashes)
+        assert not cache.is_cached("scale", ["out.npy"], {"factor": 2.0}, {"x": "0" * 64})
+        assert not cache.is_cached("scale", ["other.npy"], {"factor": 2.0}, hashes)
+        assert not cache.is_cached("scale", ["out.npy"])  # params expected, none given
+    assert not Cache(tmp_path, force=True).is_cached("scale", ["out.npy"], {"factor": 2.0}, hashes)
+    with pytest.warns(UserWarning, match="other"):
+        other = Cache(tmp_path, force={"other"})
+    assert other.is_cached("scale", ["out.npy"], {"factor": 2.0}, hashes)
+
+
+def test_is_cached_without_params(tmp_path: Path) -> None:
+    @cacheable(npy_spec())
+    def constant() -> np.ndarray:
+        return np.zeros(2)
+
+    with Cache(tmp_path) as cache:
+        assert not cache.is_cached("constant", ["out.npy"])
+        constant()
+        assert cache.is_cached("constant", ["out.npy"])
+
+
+def test_force_true_set_and_is_forced(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def alpha(x: int) -> np.ndarray:
+        calls.append(("alpha",))
+        return np.full(1, x)
+
+    @cacheable(npy_spec())
+    def beta(x: int) -> np.ndarray:
+        calls.append(("beta",))
+        return np.full(1, x)
+
+    with Cache(tmp_path):
+        alpha(1), beta(1)
+    with Cache(tmp_path, force={"beta"}) as cache:
+        assert cache.is_forced("beta") and not cache.is_forced("alpha")
+        alpha(1), beta(1)
+    with Cache(tmp_path, force=True) as cache:
+        assert cache.is_forced("alpha") and cache.is_forced("beta")
+        alpha(1), beta(1)
+    assert calls == [("alpha",), ("beta",), ("beta",), ("alpha",), ("beta",)]
+
+
+def test_status_by_qualname_skipping_undecorated(tmp_path: Path) -> None:
+    @cacheable(npy_spec())
+    def done(x: int) -> np.ndarray:
+        return np.full(1, x)
+
+    @cacheable(npy_spec())
+    def pending(x: int) -> np.ndarray:
+        return np.full(1, x)
+
+    def plain(x: int) -> int:
+        return x
+
+    with Cache(tmp_path) as cache:
+        done(1)
+        status = cache.status([done, pending, plain])
+    assert status == {done.__qualname__: True, pending.__qualname__: False}
+
+
+def test_bare_decorator_uses_the_return_types_protocol(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable
+    def greet(name: str, where: Path) -> TextFile:
+        calls.append((name,))
+        return text(f"hello {name}", where / "greeting.txt")
+
+    with Cache(tmp_path / "cache") as cache:
+        first = greet("ada", tmp_path / "work")
+        second = greet("ada", tmp_path / "work")
+        assert cache.status([greet]) == {greet.__qualname__: True}
+    assert first.read() == second.read() == "hello ada"
+    assert first.path.parent.parent == tmp_path / "cache" / "greet"  # file-backed from the entry
+    assert len(calls) == 1
+
+
+class NoProtocol:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("annotation", "message"),
+    [
+        (None, "no return annotation"),
+        ("NoProtocol", "does not implement the cache protocol"),
+        ("Undefined", "cannot be resolved"),
+    ],
+)
+def test_bare_decorator_without_a_protocol_type_raises_typeerror_on_first_use(
+    annotation: str | None, message: str, tmp_path: Path
+) -> None:
+    def step(x: int):  # type: ignore[no-untyped-def]
+        return x
+
+    if annotation is not None:
+        step.__annotations__["return"] = annotation
+    wrapped = cacheable(step)
+    assert wrapped(1) == 1  # outside a cache: no check, runs as if undecorated
+    with Cache(tmp_path), pytest.raises(TypeError, match=message) as error:
+        wrapped(1)
+    assert "step" in str(error.value)
+
+
+def test_unfingerprintable_argument_warns_naming_parameter_type_and_step(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def use(model: object, n: int) -> np.ndarray:
+        calls.append((n,))
+        return np.zeros(n)
+
+    with Cache(tmp_path) as cache:
+        for _ in range(2):
+            with pytest.warns(UserWarning, match=r"'model' of step 'use' \(object\)"):
+                use(object(), 2)
+        assert cache.entries(use) == []
+    assert len(calls) == 2
+
+
+# --- going further: content, chains, code ---------------------------------------------------
+
+
+def test_chained_steps_never_go_stale(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable
+    def write(value: str, where: Path) -> TextFile:
+        calls.append(("write", value))
+        return text(value + os.environ.get("KWNEURO_TEST_NONCE", ""), where / "w.txt")
+
+    @cacheable
+    def shout(source: TextFile, where: Path) -> TextFile:
+        calls.append(("shout", source.read()))
+        return text(source.read().upper(), where / "s.txt")
+
+    def pipeline(value: str) -> str:
+        return shout(write(value, tmp_path / "work"), tmp_path / "work").read()
+
+    with Cache(tmp_path / "cache"):
+        assert pipeline("a") == "A"
+        assert pipeline("a") == "A"  # unchanged upstream: downstream hits
+        assert pipeline("b") == "B"  # changed upstream: downstream recomputes
+    os.environ["KWNEURO_TEST_NONCE"] = "x"
+    try:
+        with Cache(tmp_path / "cache", force={"write"}):
+            assert pipeline("a") == "AX"  # forced upstream with new behaviour
+    finally:
+        del os.environ["KWNEURO_TEST_NONCE"]
+    assert calls == [
+        ("write", "a"), ("shout", "a"), ("write", "b"), ("shout", "b"),
+        ("write", "a"), ("shout", "ax"),
+    ]  # fmt: skip
+
+
+def test_path_arguments_are_keyed_by_content(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def size_of(path: Path) -> np.ndarray:
+        calls.append((path.read_bytes(),))
+        return np.array([len(path.read_bytes())])
+
+    data = tmp_path / "in.txt"
+    with Cache(tmp_path / "cache"):
+        data.write_text("abc")
+        size_of(data)
+        size_of(data)
+        data.write_text("abcd")
+        size_of(data)
+        size_of(str(data))  # a str for a Path parameter is that path, as in Pydra
+    assert calls == [(b"abc",), (b"abcd",)]
+
+
+def _load_module(path: Path, source: str, name: str) -> Any:
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STEP_SOURCE = """
+import numpy as np
+from kwneuro_pydra import CacheSpec, cacheable
+CALLS = []
+spec = CacheSpec(files=["o.npy"], save=lambda a, d: np.save(d / "o.npy", a),
+                 load=lambda d: np.load(d / "o.npy"), step_name="versioned")
+
+@cacheable(spec)
+def versioned(x: int) -> np.ndarray:
+    {doc}
+    CALLS.append(x)  {comment}
+    return np.full(2, x {op} 1)
+"""
+
+
+def test_code_changes_are_misses_but_comments_docstrings_formatting_are_not(
+    tmp_path: Path,
+) -> None:
+    variants = [
+        ("", "", "+"),
+        ('"""Now documented."""', "# a comment", "+"),
+        ('"""Now documented."""', "# a comment", "  +  "),
+        ("", "", "-"),
+    ]
+    ran = []
+    for i, (doc, comment, op) in enumerate(variants):
+        source = STEP_SOURCE.format(doc=doc, comment=comment, op=op)
+        module = _load_module(tmp_path / f"steps_v{i}.py", source, f"steps_v{i}")
+        with Cache(tmp_path / "cache"):
+            result = module.versioned(5)
+        ran.append(bool(module.CALLS))
+        assert result.tolist() == ([4, 4] if op.strip() == "-" else [6, 6])
+    assert ran == [True, False, False, True]
+
+
+def test_check_code_false_reuses_entries_of_other_code(tmp_path: Path) -> None:
+    old = _load_module(tmp_path / "old.py", STEP_SOURCE.format(doc="", comment="", op="+"), "old")
+    new = _load_module(tmp_path / "new.py", STEP_SOURCE.format(doc="", comment="", op="*"), "new")
+    with Cache(tmp_path / "cache"):
+        old.versioned(5)
+    with Cache(tmp_path / "cache", check_code=False):
+        assert new.versioned(5).tolist() == [6, 6]
+    assert new.CALLS == []
+
+
+def test_explain_names_what_differs(tmp_path: Path) -> None:
+    @cacheable(npy_spec())
+    def scale(x: np.ndarray, factor: float, mode: str = "a") -> np.ndarray:
+        return x * factor
+
+    with Cache(tmp_path) as cache:
+        assert "no entry" in str(cache.explain(scale, np.ones(2), 2.0))
+        scale(np.ones(2), 2.0)
+        assert cache.explain(scale, np.ones(2), 2.0).hit
+        why = cache.explain(scale, np.ones(2), 3.0)
+        assert not why.hit
+        assert why.reasons == ("argument 'factor' changed: 2.0 -> 3.0",)
+        why = cache.explain(scale, np.zeros(2), 2.0, mode="b")
+        assert any("'x' content changed" in r for r in why.reasons)
+        assert any("'mode' changed: 'a' -> 'b'" in r for r in why.reasons)
+    assert "forced" in str(Cache(tmp_path, force=True).explain(scale, np.ones(2), 2.0))
+
+
+def test_list_prune_and_clear(tmp_path: Path) -> None:
+    @cacheable(npy_spec())
+    def fill(n: int) -> np.ndarray:
+        return np.full(2, n)
+
+    with Cache(tmp_path) as cache:
+        for n in range(5):
+            fill(n)
+        entries = cache.entries(fill)
+        assert [e.scalars["n"] for e in entries] == [0, 1, 2, 3, 4]
+        assert all(e.nbytes > 0 for e in entries)
+        removed = cache.prune(keep=2)
+        assert sorted(removed) == sorted(e.path for e in entries[:3])
+        assert [e.scalars["n"] for e in cache.entries(fill)] == [3, 4]
+        leftover = tmp_path / "fill" / ".tmp-crashed"
+        leftover.mkdir()
+        os.utime(leftover, (0, 0))
+        assert cache.prune() == [leftover]
+        assert cache.prune(older_than=0) != []
+        fill(7)
+        assert cache.clear(fill) == 1
+        assert cache.entries(fill) == []
+
+
+def test_damaged_entries_are_misses_with_a_warning(tmp_path: Path) -> None:
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def fill(n: int) -> np.ndarray:
+        calls.append((n,))
+        return np.full(1000, n)
+
+    with Cache(tmp_path) as cache:
+        fill(1)
+        (entry,) = cache.entries(fill)
+        with (entry.path / "out.npy").open("r+b") as handle:
+            handle.truncate(100)
+        with pytest.warns(UserWarning, match="damaged"):
+            assert fill(1).tolist() == [1] * 1000
+        (entry,) = cache.entries(fill)
+        (entry.path / "fill.params.json").write_text("{not json")
+        with pytest.warns(UserWarning, match="unreadable"):
+            fill(1)
+        (entry,) = cache.entries(fill)
+        sidecar = json.loads((entry.path / "fill.params.json").read_text())
+        (entry.path / "fill.params.json").write_text(json.dumps({**sidecar, "format": 99}))
+        with pytest.warns(UserWarning, match="format version 99"):
+            fill(1)
+        assert fill(1).tolist() == [1] * 1000
+    assert len(calls) == 4
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["/abs/out.npy", "../escape.npy", "a/../../b.npy", ""])
+def test_cachespec_files_escaping_the_entry_are_refused_when_decorating(name: str) -> None:
+    spec = CacheSpec(files=[name], save=np.save, load=np.load)
+    with pytest.raises(ValueError, match=r"step 'leak'.*relative path inside the cache entry"):
+
+        @cacheable(spec)
+        def leak(x: int) -> int:
+            return x
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", ".hidden", "with space", "<lambda>"])
+def test_unsafe_step_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="not a safe file name"):
+        cacheable(CacheSpec(files=["x"], save=np.save, load=np.load, step_name=name))(len)
+
+
+def test_cache_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="exists and is not a directory"):
+        Cache(tmp_path / "file")
+    with pytest.raises(PermissionError, match="cannot create"):
+        Cache(tmp_path / "file" / "sub")
+
+
+def test_unwritable_cache_dir(tmp_path: Path) -> None:
+    with pytest.raises(PermissionError, match=r"cannot create|not writable"):
+        Cache("/proc/kwneuro-cache")
+    with pytest.raises(PermissionError, match="not writable"):
+        Cache("/proc/self")
+
+
+def test_force_with_unknown_steps_warns_and_wrong_type_raises(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="no_such_step"):
+        Cache(tmp_path, force={"no_such_step"})
+    with pytest.raises(TypeError, match="force"):
+        Cache(tmp_path, force="estimate_dti")  # type: ignore[arg-type]
+
+
+def test_wrong_arguments_name_the_step(tmp_path: Path) -> None:
+    @cacheable(npy_spec())
+    def scale(x: np.ndarray, factor: float) -> np.ndarray:
+        return x * factor
+
+    with Cache(tmp_path), pytest.raises(TypeError, match="scale"):
+        scale(np.ones(2))
+
+
+def test_protocol_step_returning_the_wrong_type(tmp_path: Path) -> None:
+    @cacheable
+    def bad(x: int) -> TextFile:
+        return "not a file"  # type: ignore[return-value]
+
+    with Cache(tmp_path), pytest.raises(TypeError, match="returned str, expected TextFile"):
+        bad(1)
+    assert list((tmp_path / "bad").glob("[!.]*")) == []
+
+
+def test_save_that_skips_a_declared_file(tmp_path: Path) -> None:
+    @cacheable(CacheSpec(files=["a.npy", "b.npy"], save=lambda r, d: np.save(d / "a.npy", r),
+                         load=np.load))  # fmt: skip
+    def half(x: int) -> np.ndarray:
+        return np.zeros(x)
+
+    with Cache(tmp_path) as cache, pytest.raises(FileNotFoundError, match=r"'b\.npy'"):
+        half(2)
+    assert cache.entries(half) == []
+    assert list((tmp_path / "half").iterdir()) == []
+
+
+def test_nothing_is_written_outside_the_cache_dir(tmp_path: Path) -> None:
+    @cacheable(npy_spec())
+    def scale(x: np.ndarray, factor: float) -> np.ndarray:
+        return x * factor
+
+    (tmp_path / "cache").mkdir()
+    before = set(tmp_path.iterdir())
+    with Cache(tmp_path / "cache"):
+        scale(np.ones(3), 2.0)
+        scale(np.ones(3), 2.0)
+    assert set(tmp_path.iterdir()) == before
