@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import stat
 import tempfile
 import time
@@ -32,6 +33,7 @@ __all__ = ["RACY_WINDOW_NS", "file_digest", "memo_directory"]
 RACY_WINDOW_NS = 1_000_000_000
 """Files changed less than this long ago (in ns) are hashed but not memoised."""
 
+_HEX32 = re.compile(rb"[0-9a-f]{32}")
 _StatKey = tuple[int, int, int, int, int]
 
 _memory: dict[_StatKey, str] = {}
@@ -56,8 +58,8 @@ def _stat_key(st: os.stat_result) -> _StatKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _hash_file(path: Path, size: int) -> str:
-    with path.open("rb") as handle:
+def _hash_file(path: str | Path, size: int) -> str:
+    with open(path, "rb") as handle:
         if size == 0:
             return xxhash.xxh3_128_hexdigest(b"")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
@@ -71,10 +73,11 @@ def _memo_file(directory: Path, key: _StatKey) -> Path:
 
 def _read_persistent(directory: Path, key: _StatKey) -> str | None:
     try:
-        text = _memo_file(directory, key).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
+        with open(_memo_file(directory, key), "rb") as handle:
+            raw = handle.read(33)
+    except OSError:
         return None
-    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+    return raw.decode("latin-1") if _HEX32.fullmatch(raw) else None
 
 
 def _write_persistent(directory: Path, key: _StatKey, digest: str) -> None:
@@ -89,11 +92,13 @@ def _write_persistent(directory: Path, key: _StatKey, digest: str) -> None:
         os.replace(tmp, target)
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: str | Path, *, settled: bool = False) -> str:
     """Return the xxh3-128 hex digest of a regular file's content, memoised by stat key.
 
     Args:
         path: Path of an existing regular file.
+        settled: The caller guarantees nobody writes the file any more (a cache output whose
+            writer has returned): memoise it even if it changed within the racy window.
 
     Returns:
         32 lowercase hex characters.
@@ -116,7 +121,7 @@ def file_digest(path: Path) -> str:
             _memory[key] = digest
             return digest
     digest = _hash_file(path, st.st_size)
-    if _stable(st) and _stat_key(os.stat(path)) == key:
+    if (settled or _stable(st)) and _stat_key(os.stat(path)) == key:
         _memory[key] = digest
         if directory is not None:
             _write_persistent(directory, key, digest)

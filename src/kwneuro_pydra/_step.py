@@ -159,6 +159,40 @@ class Step:
             return self.spec.load(directory)
         return self.return_type._cache_load(directory, self.name)  # type: ignore[attr-defined]
 
+    @functools.cached_property
+    def _accepted(self) -> dict[str, set[Any]]:
+        hints = self._hints if isinstance(self._hints, dict) else {}
+        return {name: _classes(hint) for name, hint in hints.items() if name != "return"}
+
+    @functools.cached_property
+    def _simple_signature(self) -> tuple[tuple[str, ...], dict[str, Any]] | None:
+        """Positional names and defaults, when every parameter is plain (the common case)."""
+        parameters = self.signature.parameters.values()
+        if any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in parameters):
+            return None
+        positional = tuple(p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD)
+        defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+        return positional, defaults
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Map a call's arguments to parameter names, defaults applied (`Signature.bind`)."""
+        simple = self._simple_signature
+        if simple is not None and len(args) <= len(simple[0]):
+            positional, defaults = simple
+            bound = dict(zip(positional, args, strict=False))
+            if not bound.keys() & kwargs.keys():
+                bound.update(kwargs)
+                for name, default in defaults.items():
+                    bound.setdefault(name, default)
+                if bound.keys() == self.signature.parameters.keys():
+                    return bound
+        try:
+            full = self.signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{self.fn.__qualname__}(): {error}") from None
+        full.apply_defaults()
+        return full.arguments
+
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> StepArguments | None:
         """Return the key material of a call, or None (with a warning) if it cannot be keyed.
 
@@ -170,16 +204,11 @@ class Step:
         Raises:
             TypeError: The arguments do not fit the signature.
         """
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as error:
-            raise TypeError(f"{self.fn.__qualname__}(): {error}") from None
-        bound.apply_defaults()
-        hints = self._hints if isinstance(self._hints, dict) else {}
+        accepted = self._accepted
         scalars: dict[str, Any] = {}
         hashes: dict[str, str] = {}
-        for name, raw in bound.arguments.items():
-            value = _normalise(hints.get(name), raw)
+        for name, raw in self._bind(args, kwargs).items():
+            value = _normalise(accepted.get(name), raw)
             if type(value) in _SCALARS:
                 scalars[name] = encode_scalar(value)
                 continue
@@ -212,10 +241,9 @@ def _classes(annotation: Any) -> set[Any]:
     return {typing.get_origin(annotation) or annotation}
 
 
-def _normalise(annotation: Any, value: Any) -> Any:
-    if annotation is None:
+def _normalise(accepted: set[Any] | None, value: Any) -> Any:
+    if accepted is None:
         return value
-    accepted = _classes(annotation)
     if type(value) is int and float in accepted and int not in accepted:
         return float(value)
     if type(value) is str and str not in accepted and accepted & {Path, PurePath}:

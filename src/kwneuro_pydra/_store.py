@@ -114,8 +114,9 @@ def _sidecar_name(step: str) -> str:
     return f"{step}.params.json"
 
 
-def _parse_sidecar(path: Path, step: str, key: str, entry_dir: Path) -> Entry:
-    return _entry(json.loads(path.read_text(encoding="utf-8")), step, key, entry_dir)
+def _parse_sidecar(path: str, step: str, key: str, entry_dir: str) -> Entry:
+    with open(path, "rb") as handle:
+        return _entry(json.loads(handle.read()), step, key, Path(entry_dir))
 
 
 def _entry(raw: Any, step: str, key: str, entry_dir: Path) -> Entry:
@@ -145,6 +146,7 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = str(root)
 
     @property
     def memo_dir(self) -> Path:
@@ -162,8 +164,8 @@ class Store:
 
     def read(self, step: str, key: str) -> Entry | None:
         """Return the entry's sidecar, or None if it has no entry; warn if it is unreadable."""
-        entry_dir = self.entry_dir(step, key)
-        sidecar = entry_dir / _sidecar_name(step)
+        entry_dir = os.path.join(self._root, step, key)
+        sidecar = os.path.join(entry_dir, _sidecar_name(step))
         try:
             return _parse_sidecar(sidecar, step, key, entry_dir)
         except FileNotFoundError:
@@ -184,7 +186,7 @@ class Store:
         for name in files:
             recorded = entry.files[name]
             try:
-                digest = _content_digest(entry.path / name)
+                digest = _content_digest(os.path.join(entry.path, name))
             except OSError:
                 return f"output file {name!r} is missing"
             if digest != recorded["digest"]:
@@ -327,11 +329,11 @@ def _describe(path: Path, step: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"step {step!r} did not write its declared output file {path.name!r}"
         ) from None
-    return {"size": size, "digest": _content_digest(path)}
+    return {"size": size, "digest": _content_digest(path, settled=True)}
 
 
-def _content_digest(path: Path) -> str:
-    return f"xxh3_128:{file_digest(path)}"
+def _content_digest(path: str | Path, *, settled: bool = False) -> str:
+    return f"xxh3_128:{file_digest(path, settled=settled)}"
 
 
 @functools.cache
