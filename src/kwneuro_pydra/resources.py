@@ -452,7 +452,7 @@ class InMemoryVolumeResource(VolumeResource):
         return (self.array, self.affine, _meaningful_header(self.metadata, self.array.ndim))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class NiftiVolumeResource(VolumeResource):
     """A volume stored in a NIfTI-1 file (``.nii`` or ``.nii.gz``), read lazily.
 
@@ -479,8 +479,9 @@ class NiftiVolumeResource(VolumeResource):
         default=None, init=False, repr=False, compare=False
     )
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", normalize_path(self.path))
+    def __init__(self, path: PathLike) -> None:
+        object.__setattr__(self, "path", normalize_path(path))
+        object.__setattr__(self, "_header_memo", None)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle only the path (never a cached header or open image).
@@ -813,7 +814,7 @@ class InMemoryBvalResource(BvalResource):
         return self.array
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FslBvalResource(BvalResource):
     """B-values in an FSL text file (numbers separated by white space; one row or one column).
 
@@ -832,8 +833,8 @@ class FslBvalResource(BvalResource):
 
     path: Path
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", normalize_path(self.path))
+    def __init__(self, path: PathLike) -> None:
+        object.__setattr__(self, "path", normalize_path(path))
 
     def get(self) -> NDArray[np.floating[Any]]:
         """Read and return the b-values.
@@ -985,7 +986,7 @@ class InMemoryBvecResource(BvecResource):
         return self.array
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FslBvecResource(BvecResource):
     """B-vectors in an FSL text file: three rows (x, y and z of every volume).
 
@@ -1007,8 +1008,8 @@ class FslBvecResource(BvecResource):
 
     path: Path
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", normalize_path(self.path))
+    def __init__(self, path: PathLike) -> None:
+        object.__setattr__(self, "path", normalize_path(path))
 
     def get(self) -> NDArray[np.floating[Any]]:
         """Read and return the b-vectors.
