@@ -99,24 +99,36 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def read_file(path: Path) -> int:
-    """Read all of *path* into one preallocated buffer; return the number of bytes read."""
-    buffer = memoryview(bytearray(path.stat().st_size))
+def read_into(path: Path, buffer: memoryview) -> int:
+    """Read *path* into *buffer* (at least the file's size); return the number of bytes read."""
     done = 0
     with path.open("rb", buffering=0) as file:
-        while done < len(buffer) and (got := file.readinto(buffer[done:])):
+        while got := file.readinto(buffer[done:]):
             done += got
     return done
 
 
 def file_read(
-    path: Callable[[], Path], *, repeat: int, setup: Callable[[], object] | None = None
+    path: Callable[[], Path], size: int, *, repeat: int, setup: Callable[[], object] | None = None
 ) -> Timing:
-    """Read the file ``path()`` once per repetition: the floor for hashing its content.
+    """Read the *size*-byte file ``path()`` once per repetition: the floor for hashing it.
 
+    The buffer is allocated once and faulted in by the warm-up, so only the read is timed.
     Pass a *setup* that evicts the file (or writes a fresh one) to measure a cold read.
     """
-    return measure(lambda: read_file(path()), repeat=repeat, setup=setup)
+    buffer = memoryview(bytearray(size + 1))  # one spare byte: the last read sees EOF
+    return measure(lambda: read_into(path(), buffer), repeat=repeat, setup=setup)
+
+
+def settle(path: Path, seconds: float = 1.1) -> None:
+    """Wait until *path* last changed at least *seconds* ago.
+
+    File memos rightly refuse to trust a file changed within the timestamp granularity
+    ("racy" files, as git calls them): a warm figure needs a settled file.
+    """
+    st = path.stat()
+    changed = max(st.st_mtime_ns, st.st_ctime_ns) / 1e9
+    time.sleep(max(0.0, changed + seconds - time.time()))
 
 
 # --- machine description -----------------------------------------------------------------------
