@@ -605,3 +605,51 @@ def test_nothing_is_written_outside_the_cache_dir(tmp_path: Path) -> None:
         scale(np.ones(3), 2.0)
         scale(np.ones(3), 2.0)
     assert set(tmp_path.iterdir()) == before
+
+
+def test_an_entry_left_in_trash_by_a_crashed_replacement_is_restored(tmp_path: Path) -> None:
+    # Where rename-exchange is unsupported (NFS), a forced replacement renames the old entry
+    # to .trash-<key>-*/old first; a crash right after leaves it there.
+    calls: Calls = []
+
+    @cacheable(npy_spec())
+    def fill(n: int) -> np.ndarray:
+        calls.append((n,))
+        return np.full(3, n)
+
+    with Cache(tmp_path) as cache:
+        fill(1)
+        (entry,) = cache.entries(fill)
+        trash = entry.path.parent / f".trash-{entry.key}-crashed"
+        trash.mkdir()
+        entry.path.rename(trash / "old")
+        assert fill(1).tolist() == [1, 1, 1]
+        assert entry.path.is_dir()
+    assert calls == [(1,)]
+
+
+def test_forced_replacement_swaps_entries_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kwneuro_pydra import _store
+
+    swaps: list[tuple[Path, Path]] = []
+    real = _store.exchange
+
+    def recording(a: Path, b: Path) -> bool:
+        swaps.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(_store, "exchange", recording)
+
+    @cacheable(npy_spec())
+    def fill(n: int) -> np.ndarray:
+        return np.full(3, n)
+
+    with Cache(tmp_path) as cache:
+        fill(1)
+    with Cache(tmp_path, force=True):
+        fill(1)
+    (entry,) = cache.entries(fill)
+    assert [b for _, b in swaps] == [entry.path]
+    assert sorted(p.name for p in entry.path.parent.iterdir()) == [entry.key]

@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 
+from kwneuro_pydra._exchange import exchange
 from kwneuro_pydra._filedigest import file_digest
 from kwneuro_pydra._lock import EntryLock
 
@@ -268,13 +269,31 @@ class Store:
 
     @staticmethod
     def _swap_in(tmp: Path, target: Path) -> None:
-        trash = None
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".trash-{target.name}-", dir=target.parent))
-            os.rename(target, trash / "old")
+        """Put ``tmp`` at ``target``, replacing any old entry in one atomic step.
+
+        Where the filesystem cannot exchange atomically, the old entry is first renamed to
+        ``.trash-<key>-*/old``; a crash right then leaves it there for `recover` to restore.
+        """
+        if not target.exists():
+            os.rename(tmp, target)
+            return
+        if exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        trash = Path(tempfile.mkdtemp(prefix=f".trash-{target.name}-", dir=target.parent))
+        os.rename(target, trash / "old")
         os.rename(tmp, target)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def recover(self, step: str, key: str) -> None:
+        """Restore an entry that a crash left in trash mid-replacement (caller holds the lock)."""
+        target = self.entry_dir(step, key)
+        if target.exists():
+            return
+        for old in (self.root / step).glob(f".trash-{key}-*/old"):
+            if (old / _sidecar_name(step)).exists():
+                os.rename(old, target)
+                return
 
     def steps(self) -> list[str]:
         """Return the names of the steps that have a directory in this cache."""

@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -242,6 +244,13 @@ class Cache:
                 )
         return result
 
+    def steps(self) -> list[str]:
+        """Return the names of the steps that have a directory in this cache.
+
+        .. versionadded:: 0.1
+        """
+        return self._store.steps()
+
     def entries(self, step: Callable[..., Any] | str) -> list[Entry]:
         """Return the stored entries of a step, oldest first.
 
@@ -293,7 +302,7 @@ class Cache:
 
         .. versionadded:: 0.1
         """
-        names = [_step_name(step)] if step is not None else self._store.steps()
+        names = [_step_name(step)] if step is not None else self.steps()
         removed = 0
         for name in names:
             for entry in self._store.entries(name):
@@ -315,7 +324,7 @@ class Cache:
         """
         removed: list[Path] = []
         cutoff = time.time() - older_than if older_than is not None else None
-        for name in self._store.steps():
+        for name in self.steps():
             entries = list(self._store.entries(name))
             doomed = entries[: max(len(entries) - keep, 0)] if keep is not None else []
             if cutoff is not None:
@@ -339,8 +348,11 @@ class Cache:
         files, code = step.files(), self._code_of(step)
         forced = self.is_forced(step.name)
         if not forced and (entry := self._store.lookup(step.name, key, files, code)):
-            return step.load(entry.path)
+            loaded = _load_unless_replaced(step, entry)
+            if loaded is not _REPLACED:
+                return loaded
         with self._store.lock(step.name, key):
+            self._store.recover(step.name, key)
             if not forced and (entry := self._store.lookup(step.name, key, files, code)):
                 return step.load(entry.path)
             _log.info("%s: computing entry %s in %s", step.name, key[:12], self.cache_dir)
@@ -357,6 +369,20 @@ class Cache:
                 step.name, key, files, functools.partial(step.save, result), record
             )
         return step.load(entry.path)
+
+
+_REPLACED = object()
+
+
+def _load_unless_replaced(step: Step, entry: Entry) -> Any:
+    """Load a hit without the lock, or return `_REPLACED` if a writer swapped the entry."""
+    try:
+        before = os.stat(entry.path).st_ino
+        loaded = step.load(entry.path)
+        after = os.stat(entry.path).st_ino
+    except OSError:
+        return _REPLACED
+    return loaded if before == after else _REPLACED
 
 
 def _prepare_directory(path: Path) -> Path:
@@ -376,12 +402,10 @@ def _prepare_directory(path: Path) -> Path:
 
 def _writable(path: Path) -> bool:
     try:
-        with open(path / ".kwneuro-write-test", "wb"):
-            pass
-        (path / ".kwneuro-write-test").unlink()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kwneuro-write-test-"):
+            return True
     except OSError:
         return False
-    return True
 
 
 def _step_name(step: Callable[..., Any] | str) -> str:
