@@ -1,0 +1,231 @@
+"""`cacheable` steps as Pydra python tasks (imports Pydra)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import logging
+import os
+import time
+import traceback
+import typing
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cloudpickle  # type: ignore[import-untyped]
+from pydra.compose import python  # type: ignore[import-untyped]
+
+import kwneuro_pydra._pydra_hash  # noqa: F401  (registers our hashing in every process)
+from kwneuro_pydra import cache as _cache
+from kwneuro_pydra._step import CacheSpec, Step
+
+__all__ = ["FORCE_ENV", "RESERVED", "node_step", "output_names", "step_function", "to_task"]
+
+_log = logging.getLogger("kwneuro_pydra.pydra")
+
+RESERVED = frozenset({"function", "split", "combine", "cache_dir", "code_digest"})
+"""Parameter names a step cannot have: Pydra's own, and the inputs the adapter adds."""
+FORCE_ENV = "KWNEURO_PYDRA_FORCE"
+"""Environment variable naming (comma-separated) the steps a running node must recompute."""
+ERRORS_DIR = ".kwneuro-pydra-errors"
+"""Directory under a node's cache directory where a failing step records its exception."""
+
+_STEPS: weakref.WeakKeyDictionary[Callable[..., Any], Step] = weakref.WeakKeyDictionary()
+
+
+def node_step(function: Callable[..., Any]) -> Step:
+    """Return the `Step` of a function decorated by our `cacheable` or upstream kwneuro's.
+
+    Raises:
+        TypeError: ``function`` is not a decorated step.
+    """
+    step = _cache.step_of(function)
+    if step is not None:
+        return step
+    try:
+        return _STEPS[function]
+    except (KeyError, TypeError):
+        pass
+    info, inner = getattr(function, "_cache_info", None), getattr(function, "__wrapped__", None)
+    if info is None or inner is None or not isinstance(getattr(info, "step_name", None), str):
+        raise TypeError(f"{function!r} is not a @cacheable step")
+    # upstream kwneuro 1.0: the CacheSpec (if any) is a free variable of the wrapper
+    upstream = inspect.getclosurevars(function).nonlocals.get("spec")
+    spec = None
+    if upstream is not None:
+        spec = CacheSpec(list(upstream.files), upstream.save, upstream.load, info.step_name)
+    elif info.step_name != inner.__name__:
+        raise TypeError(f"{function!r}: unexpected upstream @cacheable wrapper")
+    step = Step(inner, spec)
+    _STEPS[function] = step
+    return step
+
+
+def _importable(module: str, qualname: str) -> Any:
+    if "<locals>" in qualname:
+        return None
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return found
+
+
+def _not_importable(step: Step) -> str:
+    return (
+        f"step {step.name!r} ({step.fn.__module__}.{step.fn.__qualname__}) cannot be "
+        "imported by name: Pydra workers load tasks by module and name, so define the step "
+        "at module level or as a static method of a module-level class"
+    )
+
+
+def step_function(step: Step) -> Callable[..., Any]:
+    """Return the importable decorated function whose `Step` is ``step``.
+
+    Raises:
+        ValueError: It cannot be imported by its module and qualified name.
+    """
+    found = _importable(step.fn.__module__, step.fn.__qualname__)
+    if found is None or node_step(found) is not step:
+        raise ValueError(_not_importable(step))
+    return found  # type: ignore[no-any-return]
+
+
+def _hints(step: Step) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(step.fn)
+    except Exception as error:  # user annotations that do not evaluate
+        raise TypeError(
+            f"step {step.name!r}: its annotations cannot be resolved ({error})"
+        ) from error
+
+
+def _outputs(step: Step) -> tuple[list[str], list[Any], type | None]:
+    returned = _hints(step).get("return", Any)
+    fields = getattr(returned, "_fields", None)
+    if isinstance(returned, type) and issubclass(returned, tuple) and fields:
+        hints = typing.get_type_hints(returned)
+        return list(fields), [hints.get(f, Any) for f in fields], returned
+    args = typing.get_args(returned)
+    if typing.get_origin(returned) is tuple and args and ... not in args:
+        return [f"out{i}" for i in range(1, len(args) + 1)], list(args), None
+    return ["out"], [returned], None
+
+
+def output_names(function: Callable[..., Any]) -> list[str]:
+    """Names of the outputs `to_task` gives the task of a step."""
+    return _outputs(node_step(function))[0]
+
+
+def _check(step: Step) -> None:
+    for param in step.signature.parameters.values():
+        where = f"step {step.name!r}: parameter {param.name!r}"
+        if param.name in RESERVED:
+            raise ValueError(
+                f"{where} has a name reserved by Pydra or by the adapter "
+                f"({', '.join(sorted(RESERVED))}): rename it"
+            )
+        if param.kind is param.POSITIONAL_ONLY:
+            raise ValueError(
+                f"{where} is positional-only: Pydra passes every input by keyword, remove "
+                "the '/' from the signature"
+            )
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ValueError(f"{where}: *args and **kwargs cannot be Pydra inputs")
+
+
+PYDRA_DOC = "The kwneuro {kind} {name}."
+"""Docstring of generated runners: Pydra parses a docstring's sections and chokes on some."""
+
+
+@functools.cache
+def to_task(function: Callable[..., Any]) -> Any:
+    """Return the Pydra python task class of a `cacheable` step (cached per step).
+
+    See `kwneuro_pydra.pydra.to_task` for the contract.
+    """
+    step = node_step(function)
+    _check(step)
+    if _importable(step.fn.__module__, step.fn.__qualname__) is not function:
+        raise ValueError(_not_importable(step))
+    names, types, named = _outputs(step)
+    hints = _hints(step)
+
+    # One runner per step, carrying wraps(): Pydra hashes a python task's function from its
+    # source, following __wrapped__ to the step's own code. The body stays one call of a
+    # module-level function: cloudpickle pickles the runner by value with its globals.
+    @functools.wraps(function, updated=())
+    def runner(**kwargs: Any) -> Any:
+        return _run_node(function, kwargs)
+
+    runner.__doc__ = PYDRA_DOC.format(kind="step", name=step.name)  # Pydra parses docstrings
+
+    params = [
+        p.replace(annotation=hints.get(p.name, Any)) for p in step.signature.parameters.values()
+    ]
+    cache_dir = inspect.Parameter(
+        "cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None
+    )
+    returned = types[0] if len(types) == 1 else tuple[tuple(types)]  # type: ignore[misc]
+    runner.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [*params, cache_dir], return_annotation=returned
+    )
+    runner.__annotations__ = {p.name: p.annotation for p in params}
+    runner.__annotations__.update(cache_dir=str | None, **{"return": returned})
+    for extra in ("__kwneuro_step__", "_cache_info"):  # never pickle a Step by value
+        runner.__dict__.pop(extra, None)
+    # The step name goes into each output's help: the Outputs class is part of the task
+    # checksum, the step name otherwise is not (identical bodies would share results).
+    outputs = {
+        n: python.out(name=n, type=t, help=f"output {n} of kwneuro step {step.name}")
+        for n, t in zip(names, types, strict=True)
+    }
+    task = python.define(runner, outputs=outputs, name=step.name)
+    task._kwneuro_named_tuple = named
+    return task
+
+
+def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Run one step as a node: inside ``Cache(cache_dir)``, or plainly without one."""
+    step = node_step(function)
+    cache_dir = kwargs.pop("cache_dir", None)
+    start = time.perf_counter()
+    where = f"[{Path(cache_dir).name}] " if cache_dir else ""
+    try:
+        if cache_dir is None:
+            # a plain call, even inside a surrounding Cache (the debug worker shares the thread)
+            with _cache.handling_steps(None):  # type: ignore[arg-type]
+                result = step.fn(**kwargs)
+        else:
+            forced = {s for s in os.environ.get(FORCE_ENV, "").split(",") if s}
+            with _cache.Cache(cache_dir, force=forced & {step.name}) as cache:
+                result = cache._run_step(step, (), kwargs)
+    except BaseException as error:
+        error.add_note(f"[kwneuro] step {step.name!r} failed (cache_dir={cache_dir})")
+        _log.info("%s%s: failed (%s: %s)", where, step.name, type(error).__name__, error)
+        if cache_dir is not None:
+            _record_failure(Path(cache_dir), step.name, error)
+        raise
+    _log.info("%s%s: done in %.2f s", where, step.name, time.perf_counter() - start)
+    if len(output_names(function)) > 1:
+        return tuple(result)
+    return result
+
+
+def _record_failure(cache_dir: Path, step: str, error: BaseException) -> None:
+    text = "".join(traceback.format_exception(error))
+    try:
+        payload = cloudpickle.dumps({"step": step, "exception": error, "traceback": text})
+    except Exception:
+        stand_in = RuntimeError(f"{type(error).__qualname__}: {error}")
+        payload = cloudpickle.dumps({"step": step, "exception": stand_in, "traceback": text})
+    directory = cache_dir / ERRORS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{step}.{os.getpid()}.tmp"
+    tmp.write_bytes(payload)
+    os.replace(tmp, directory / f"{step}.pkl")

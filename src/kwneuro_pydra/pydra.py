@@ -1,0 +1,403 @@
+"""Pydra 1.0 adapter: `cacheable` steps as workflow nodes, pipelines as workflows, many subjects.
+
+The same steps run eagerly under ``with Cache(...)`` and as Pydra nodes, sharing one cache:
+a node given ``cache_dir`` runs its step inside ``Cache(cache_dir)``, so Pydra only schedules.
+
+Example:
+    >>> from kwneuro_pydra.pydra import run_subjects  # doctest: +SKIP
+    >>> subjects = {"sub-01": {"dwi": dwi1}}  # doctest: +SKIP
+    >>> results = run_subjects(pipeline, subjects, "derivatives")  # doctest: +SKIP
+
+Importing this module imports Pydra (``import kwneuro_pydra`` alone does not), sets
+``NO_ET=1`` (no telemetry request) unless ``NO_ET`` is set, and registers our hashing of
+numpy arrays, paths and fingerprintable classes with Pydra (see `register_pydra_hash`).
+Requires ``pydra==1.0a12`` and ``cloudpickle<3.1.3``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+os.environ.setdefault("NO_ET", "1")  # before any Submitter: Pydra checks once per process
+
+import cloudpickle  # type: ignore[import-untyped]
+from pydra.engine.result import load_result  # type: ignore[import-untyped]
+from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+
+from kwneuro_pydra import _pydra_task, _pydra_workflow
+from kwneuro_pydra._pydra_hash import register_pydra_hash
+from kwneuro_pydra._pydra_lazy import LazyValueError
+
+__all__ = [
+    "LazyValueError",
+    "StepFailure",
+    "SubjectResult",
+    "register_pydra_hash",
+    "run_subjects",
+    "to_task",
+    "to_workflow",
+]
+
+_log = logging.getLogger("kwneuro_pydra.pydra")
+_SUBJECT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
+
+
+def to_task(step: Callable[..., Any]) -> Any:
+    """Return the Pydra python task class of a `cacheable` step.
+
+    The class is named after the step. Its inputs are the step's parameters with their
+    annotations and defaults, plus ``cache_dir: str | None = None``: given, the node runs
+    the step inside ``Cache(cache_dir)`` (an eager run with the same directory and the node
+    reuse each other's entries); omitted, the step runs plainly. Outputs: ``out``; for a
+    step annotated to return ``tuple[A, B]``, ``out1`` and ``out2``; for a ``NamedTuple``
+    return type, its field names. Works for bare and `CacheSpec` steps, static methods, and
+    functions decorated by upstream kwneuro 1.0's ``cacheable``. The class is built once
+    per step.
+
+    Pydra writes a hash memo under ``$PYDRA_HASH_CACHE`` (default: under your home) whenever
+    it hashes: set it when you submit these tasks yourself (`run_subjects` does).
+
+    Args:
+        step: A `cacheable`-decorated function, importable by module and qualified name.
+
+    Returns:
+        A Pydra 1.0 python task class.
+
+    Raises:
+        TypeError: ``step`` is not a `cacheable` step, or its annotations do not resolve.
+        ValueError: A parameter is named ``function``, ``split``, ``combine``,
+            ``cache_dir`` or ``code_digest``, is positional-only or variadic; or the step
+            cannot be imported by name (Pydra workers load it that way).
+    """
+    return _pydra_task.to_task(step)
+
+
+def to_workflow(pipeline: Callable[..., Any]) -> Any:
+    """Return a Pydra workflow class built from a plain pipeline function.
+
+    The pipeline calls `cacheable` steps, e.g.
+    ``def pipeline(dwi): mask = brain_mask(dwi); return estimate_dti(dwi, mask=mask)``, and
+    still runs eagerly (under ``with Cache(...)`` or not). While Pydra constructs the
+    workflow, each step call becomes a node (named after the step; ``name_2`` ... when a
+    step is called again) and returns stand-ins of its outputs. Passing a stand-in to
+    another step, or returning it, is all a pipeline may do with it: any other use (``if``,
+    attribute access, formatting, arithmetic ...) raises `LazyValueError` naming the value.
+
+    Inputs: the pipeline's parameters, plus ``cache_dir: str | None`` (handed to every node)
+    and ``code_digest`` (defaults to a digest of the steps' code: after a step is edited the
+    workflow's own cached result is not reused). Outputs: ``out``, or ``out1`` ... ``outN``
+    when the pipeline returns a tuple. The class is built once per pipeline.
+
+    Args:
+        pipeline: A function whose parameters are positional-or-keyword or keyword-only.
+
+    Returns:
+        A Pydra 1.0 workflow class named after the pipeline.
+
+    Raises:
+        ValueError: A parameter name is reserved or the parameter kind unsupported; a step
+            it calls cannot be a Pydra task (see `to_task`).
+        LazyValueError: The pipeline uses a step's result other than by passing it on.
+    """
+    return _pydra_workflow.to_workflow(pipeline)
+
+
+@attrs.frozen
+class StepFailure:
+    """Why a subject failed.
+
+    Attributes:
+        subject: The subject id.
+        step: Name of the step that raised, or None when the failure came from elsewhere.
+        exception: The exception raised (a `RuntimeError` stand-in when it could not be
+            transferred from the worker).
+        traceback: The formatted traceback.
+    """
+
+    subject: str
+    step: str | None
+    exception: BaseException
+    traceback: str
+
+    def __str__(self) -> str:
+        where = f"step {self.step!r}" if self.step else "the workflow"
+        return f"{self.subject}: {where} failed: {type(self.exception).__name__}: {self.exception}"
+
+
+@attrs.frozen
+class SubjectResult:
+    """The outcome of one subject of `run_subjects`.
+
+    Attributes:
+        subject: The subject id.
+        outputs: What the pipeline returned (a tuple for several outputs); None on failure.
+        failure: Why it failed, or None.
+        cache_dir: The subject's cache directory, ``cache_root/<subject>``.
+    """
+
+    subject: str
+    outputs: Any
+    failure: StepFailure | None
+    cache_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        """True when the subject's pipeline completed."""
+        return self.failure is None
+
+
+def run_subjects(
+    pipeline: Callable[..., Any],
+    subjects: Mapping[str, Mapping[str, Any]],
+    cache_root: str | os.PathLike[str],
+    *,
+    worker: str = "cf",
+    force: set[str] | frozenset[str] = frozenset(),
+    progress: bool | None = None,
+    **worker_options: Any,
+) -> dict[str, SubjectResult]:
+    """Run a pipeline for many subjects as one Pydra workflow split over subjects.
+
+    Each subject's steps are cached under ``cache_root/<subject>/`` (the same entries an
+    eager ``with Cache(cache_root / subject)`` run makes and reuses); Pydra's own job
+    directories go under ``cache_root/.pydra`` and its hash memo under
+    ``cache_root/.pydra-hashes`` (unless ``PYDRA_HASH_CACHE`` is set). A failing subject is
+    reported while the others' results are kept; a rerun recomputes only what failed or is
+    missing. Progress: INFO records on the ``kwneuro_pydra.pydra`` logger (one per node,
+    from the process that runs it) and a progress line on stderr.
+
+    Args:
+        pipeline: A pipeline function (see `to_workflow`).
+        subjects: Inputs of the pipeline by subject id. Ids must be safe directory names.
+        cache_root: Directory of the per-subject caches.
+        worker: A Pydra worker: ``"cf"`` (processes; ``n_procs=``), ``"debug"`` (in
+            process, subject after subject), ``"slurm"`` (``sbatch_args=``, ``poll_delay=``),
+            ``"sge"``.
+        force: Step names to recompute for every subject, with every step depending on
+            them; nothing else is recomputed.
+        progress: Show the progress line; default: when stderr is a terminal.
+        **worker_options: Passed to Pydra's ``Submitter``.
+
+    Returns:
+        A `SubjectResult` per subject id, in the order of ``subjects``.
+
+    Raises:
+        ValueError: A subject id is not a safe name, inputs are missing or unknown, or
+            ``force`` names a step the pipeline does not call.
+        LazyValueError: The pipeline uses a step's result other than by passing it on.
+    """
+    root = Path(cache_root).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    workflow_class = to_workflow(pipeline)
+    ids = list(subjects)
+    inputs = {s: _inputs_of(pipeline, s, subjects[s]) for s in ids}
+    with _pydra_environment(root):
+        plans = {s: _pydra_workflow.discover(pipeline, inputs[s]) for s in ids}
+        known = set().union(*(p.steps for p in plans.values())) if plans else set()
+        unknown = sorted(set(force) - known)
+        if unknown:
+            raise ValueError(
+                f"force names steps {pipeline.__name__} does not call: {', '.join(unknown)} "
+                f"(its steps: {', '.join(sorted(known))})"
+            )
+        forced: set[str] = set()
+        for plan in plans.values():
+            forced |= plan.dependents(set(force)) if force else set()
+        tasks = {}
+        for s in ids:
+            cache_dir = root / s
+            _clear_failures(cache_dir)
+            tasks[s] = dict(inputs[s], cache_dir=str(cache_dir), code_digest=plans[s].digest)
+        n_nodes = sum(len(p.steps) for p in plans.values())
+        _log.info(
+            "running %s for %d subject(s) (%d step(s)) with worker %r in %s%s",
+            pipeline.__name__, len(ids), n_nodes, worker, root,
+            f", forcing {', '.join(sorted(forced))}" if forced else "",
+        )  # fmt: skip
+        start = time.perf_counter()
+        with _forcing(forced), _progress(root / ".pydra", progress, n_nodes):
+            _submit(workflow_class, tasks, root / ".pydra", worker, bool(forced), worker_options)
+        results = {s: _collect(workflow_class, s, tasks[s], root) for s in ids}
+    failed = [r for r in results.values() if not r.ok]
+    _log.info(
+        "%s: %d subject(s) done, %d failed in %.2f s%s",
+        pipeline.__name__, len(ids) - len(failed), len(failed), time.perf_counter() - start,
+        "".join(f"\n  {r.failure}" for r in failed),
+    )  # fmt: skip
+    return results
+
+
+def _inputs_of(
+    pipeline: Callable[..., Any], subject: str, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    if not _SUBJECT.match(subject):
+        raise ValueError(
+            f"subject id {subject!r} is not a safe directory name: use letters, digits, '_', "
+            "'.', '+' or '-'"
+        )
+    import inspect
+
+    params = inspect.signature(pipeline).parameters
+    unknown = sorted(set(given) - set(params))
+    missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in given)
+    if unknown or missing:
+        raise ValueError(
+            f"subject {subject!r}: "
+            + "; ".join(
+                ([f"unknown inputs {', '.join(unknown)}"] if unknown else [])
+                + ([f"missing inputs {', '.join(missing)}"] if missing else [])
+            )
+            + f" (inputs of {pipeline.__name__}: {', '.join(params)})"
+        )
+    return {n: given.get(n, p.default) for n, p in params.items()}
+
+
+_SET_BY_US: set[str] = set()
+
+
+@contextlib.contextmanager
+def _pydra_environment(root: Path) -> Iterator[None]:
+    """Point Pydra's hash memo under ``root`` (unless the user set it) for this run."""
+    prior = os.environ.get("PYDRA_HASH_CACHE")
+    if prior is not None and prior not in _SET_BY_US:
+        yield
+        return
+    ours = str(root / ".pydra-hashes")
+    _SET_BY_US.add(ours)
+    os.environ["PYDRA_HASH_CACHE"] = ours
+    try:
+        yield
+    finally:
+        if prior is None:
+            os.environ.pop("PYDRA_HASH_CACHE", None)
+        else:
+            os.environ["PYDRA_HASH_CACHE"] = prior
+
+
+@contextlib.contextmanager
+def _forcing(steps: set[str]) -> Iterator[None]:
+    prior = os.environ.pop(_pydra_task.FORCE_ENV, None)
+    if steps:
+        os.environ[_pydra_task.FORCE_ENV] = ",".join(sorted(steps))
+    try:
+        yield
+    finally:
+        os.environ.pop(_pydra_task.FORCE_ENV, None)
+        if prior is not None:
+            os.environ[_pydra_task.FORCE_ENV] = prior
+
+
+def _submit(
+    workflow_class: Any,
+    tasks: dict[str, dict[str, Any]],
+    pydra_root: Path,
+    worker: str,
+    rerun: bool,
+    options: dict[str, Any],
+) -> None:
+    def submit(task: Any) -> None:
+        with Submitter(cache_root=pydra_root, worker=worker, **options) as submitter:
+            try:
+                submitter(task, raise_errors=False, rerun=rerun)
+            except Exception as error:  # a failed subject: collected per subject below
+                _log.debug("Pydra reported: %s", error)
+
+    if worker == "debug":  # fail-fast within one submission: one submission per subject
+        for values in tasks.values():
+            submit(workflow_class(**values))
+        return
+    names = list(next(iter(tasks.values())))
+    columns = {n: [values[n] for values in tasks.values()] for n in names}
+    submit(workflow_class().split(tuple(names), **columns))
+
+
+def _clear_failures(cache_dir: Path) -> None:
+    errors = cache_dir / _pydra_task.ERRORS_DIR
+    if errors.is_dir():
+        for record in errors.iterdir():
+            record.unlink(missing_ok=True)
+
+
+def _collect(
+    workflow_class: Any, subject: str, values: dict[str, Any], root: Path
+) -> SubjectResult:
+    cache_dir = root / subject
+    task = workflow_class(**values)
+    result = load_result(task._checksum, [root / ".pydra"], retries=1, polling_interval=0)
+    if result is not None and not result.errored:
+        names = [name for name in ("out", "out1") if hasattr(result.outputs, name)]
+        if names == ["out"]:
+            outputs: Any = result.outputs.out
+        else:
+            count = len([n for n in dir(result.outputs) if re.fullmatch(r"out\d+", n)])
+            outputs = tuple(getattr(result.outputs, f"out{i}") for i in range(1, count + 1))
+        return SubjectResult(subject, outputs, None, cache_dir)
+    return SubjectResult(subject, None, _failure(subject, cache_dir, result), cache_dir)
+
+
+def _failure(subject: str, cache_dir: Path, result: Any) -> StepFailure:
+    records = sorted(
+        (cache_dir / _pydra_task.ERRORS_DIR).glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns
+    ) if (cache_dir / _pydra_task.ERRORS_DIR).is_dir() else []  # fmt: skip
+    for path in records:
+        try:
+            record = cloudpickle.loads(path.read_bytes())
+        except Exception:  # unreadable record: fall back to what Pydra kept
+            continue
+        return StepFailure(subject, record["step"], record["exception"], record["traceback"])
+    text = ""
+    if result is not None and result.errors:
+        text = "".join(result.errors.get("error message", []))
+    found = re.search(r"\[kwneuro\] step '([^']+)'", text)
+    message = text.strip().splitlines()[-1] if text.strip() else "no result was produced"
+    return StepFailure(subject, found and found.group(1), RuntimeError(message), text)
+
+
+@contextlib.contextmanager
+def _progress(pydra_root: Path, show: bool | None, total: int) -> Iterator[None]:
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        yield
+        return
+    start, stop = time.time(), threading.Event()
+
+    def line() -> str:
+        done = failed = 0
+        with contextlib.suppress(OSError):
+            for job in pydra_root.glob("python-*"):
+                with contextlib.suppress(OSError):
+                    if (job / "_error.pklz").exists():
+                        failed += 1
+                    elif (job / "_result.pklz").stat().st_mtime >= start:
+                        done += 1
+        return (
+            f"\r[kwneuro-pydra] {done}/{total} nodes computed, {failed} failed, "
+            f"{time.time() - start:.1f} s"
+        )
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            sys.stderr.write(line())
+            sys.stderr.flush()
+
+    thread = threading.Thread(target=poll, name="kwneuro-pydra-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        sys.stderr.write(line() + "\n")
+        sys.stderr.flush()

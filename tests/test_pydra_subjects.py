@@ -1,0 +1,255 @@
+"""Tests of `run_subjects`, workers, pickled jobs, pins and where Pydra writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pydra")
+
+from kwneuro_pydra import Cache
+from kwneuro_pydra import pydra as adapter
+from kwneuro_pydra.pydra import SubjectResult, run_subjects, to_task
+from tests import _pydra_steps as steps
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBJECTS = {"sub-01": {"dwi": "a"}, "sub-02": {"dwi": "bad"}, "sub-03": {"dwi": "c"}}
+
+
+@pytest.fixture
+def counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    where = tmp_path / "counts"
+    where.mkdir()
+    monkeypatch.setenv("KWNEURO_TEST_COUNTS", str(where))
+    monkeypatch.delenv("PYDRA_HASH_CACHE", raising=False)
+    return where
+
+
+def tally(counts: Path) -> dict[str, int]:
+    return {f.name: steps.executions(counts, f.name) for f in sorted(counts.iterdir())}
+
+
+def python(code: str, env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYDRA_HASH_CACHE", "NO_ET")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(("worker", "options"), [("debug", {}), ("cf", {"n_procs": 2})])
+def test_failures_are_reported_reruns_resume_and_force_follows_dependents(
+    worker: str, options: dict[str, Any], counts: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "derivatives"
+    results = run_subjects(steps.pipeline3, SUBJECTS, root, worker=worker, **options)
+    assert list(results) == list(SUBJECTS)
+    ok = results["sub-01"]
+    assert ok.ok and ok.outputs == ("dti(a,mask(a,0.5))", "fa(dti(a,mask(a,0.5)))")
+    assert ok.cache_dir == root / "sub-01" and results["sub-03"].ok
+    bad = results["sub-02"]
+    assert not bad.ok and bad.outputs is None and bad.failure is not None
+    assert (bad.failure.subject, bad.failure.step) == ("sub-02", "brain_mask")
+    assert isinstance(bad.failure.exception, ValueError)
+    assert "cannot mask bad" in str(bad.failure.exception)
+    assert 'in brain_mask\n    raise ValueError(f"cannot mask {dwi}")' in bad.failure.traceback
+    assert tally(counts) == {"brain_mask": 3, "estimate_dti": 2, "fa_map": 2}
+    assert {p.name for p in root.iterdir()} == {".pydra", ".pydra-hashes", *SUBJECTS}
+
+    fixed = dict(SUBJECTS, **{"sub-02": {"dwi": "b"}})
+    again = run_subjects(steps.pipeline3, fixed, root, worker=worker, **options)
+    assert all(r.ok for r in again.values())
+    assert tally(counts) == {"brain_mask": 4, "estimate_dti": 3, "fa_map": 3}
+
+    forced = run_subjects(steps.pipeline3, fixed, root, worker=worker, force={"estimate_dti"})
+    assert {s: r.outputs for s, r in forced.items()} == {s: r.outputs for s, r in again.items()}
+    assert tally(counts) == {"brain_mask": 4, "estimate_dti": 6, "fa_map": 6}
+    run_subjects(steps.pipeline3, fixed, root, worker=worker, force={"fa_map"})
+    assert tally(counts) == {"brain_mask": 4, "estimate_dti": 6, "fa_map": 9}
+    with pytest.raises(ValueError, match="force names steps pipeline3 does not call: nope"):
+        run_subjects(steps.pipeline3, fixed, root, force={"nope"})
+
+    with Cache(root / "sub-02"):  # the workflow's entries serve eager calls
+        assert steps.pipeline3("b") == again["sub-02"].outputs
+    assert tally(counts)["brain_mask"] == 4
+
+
+def test_eager_entries_are_reused_by_run_subjects(counts: Path, tmp_path: Path) -> None:
+    with Cache(tmp_path / "sub-01"):
+        steps.chain4(1.0)
+    results = run_subjects(steps.chain4, {"sub-01": {"x": 1}}, tmp_path, worker="debug")
+    assert results["sub-01"].outputs == 10.0
+    assert tally(counts) == {"add_one": 2, "double": 2}
+
+
+def test_progress_is_visible(
+    counts: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: Any
+) -> None:
+    with caplog.at_level(logging.INFO, logger="kwneuro_pydra"):
+        run_subjects(steps.pipeline, SUBJECTS, tmp_path, worker="debug", progress=True)
+    err = capfd.readouterr().err
+    assert "[kwneuro-pydra] 4/6 nodes computed, 1 failed" in err
+    messages = [r.getMessage() for r in caplog.records]
+    assert "[sub-01] brain_mask: done in" in "\n".join(messages)
+    assert any("2 subject(s) done, 1 failed" in m and "sub-02: step 'brain_mask' failed" in m
+               for m in messages)  # fmt: skip
+
+
+def test_inputs_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a safe directory name"):
+        run_subjects(steps.pipeline, {"../x": {"dwi": "a"}}, tmp_path)
+    with pytest.raises(ValueError, match="unknown inputs dwj; missing inputs dwi"):
+        run_subjects(steps.pipeline, {"s": {"dwj": "a"}}, tmp_path)
+
+
+def test_slurm_and_sge_pass_through(
+    counts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Recording:
+        def __init__(self, **kwargs: Any) -> None:
+            seen.append(kwargs)
+
+        def __enter__(self) -> Recording:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def __call__(self, task: Any, **kwargs: Any) -> None:
+            seen[-1]["call"] = kwargs
+
+    monkeypatch.setattr(adapter, "Submitter", Recording)
+    for worker, options in (("slurm", {"sbatch_args": "-p x", "poll_delay": 1}),
+                            ("sge", {"poll_for_result_file": False})):  # fmt: skip
+        results = run_subjects(steps.pipeline, {"s": {"dwi": "a"}}, tmp_path, worker=worker,
+                               **options)  # fmt: skip
+        assert not results["s"].ok  # nothing ran: reported, not raised
+        assert seen[-1] == {
+            "cache_root": tmp_path / ".pydra", "worker": worker, **options,
+            "call": {"raise_errors": False, "rerun": False},
+        }  # fmt: skip
+
+
+def test_a_pickled_job_runs_in_a_fresh_interpreter(
+    counts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydra.engine.job import Job
+    from pydra.engine.result import load_result, save
+    from pydra.engine.submitter import Submitter
+
+    monkeypatch.setenv("PYDRA_HASH_CACHE", str(tmp_path / "h"))
+    task = to_task(steps.describe)(a=np.arange(6.0).reshape(2, 3), cache_dir=str(tmp_path / "s"))
+    job = Job(task, submitter=Submitter(cache_root=tmp_path / "p", worker="debug"), name="d")
+    scripts = tmp_path / "p" / "slurm_scripts" / job.uid
+    save(scripts, job=job)  # what SlurmWorker._prepare_runscripts does
+    python(
+        f"""
+        import sys
+        from pydra.engine.job import load_and_run
+        load_and_run({str(scripts / "_job.pklz")!r})
+        assert "kwneuro_pydra._pydra_hash" in sys.modules
+        """,
+        child_env(KWNEURO_TEST_COUNTS=str(counts), PYDRA_HASH_CACHE=str(tmp_path / "h")),
+        cwd=Path("/"),
+    )
+    result = load_result(job.checksum, [tmp_path / "p"])
+    assert result is not None and result.outputs.out == "float64[2, 3]:15.0"
+    assert tally(counts) == {"describe": 1}
+
+
+def test_pins_checksums_agree_across_processes(tmp_path: Path) -> None:
+    """Pydra 1.0a12 with cloudpickle < 3.1.3: a task built in one process, or unpickled in
+    another (as every worker does), has the same checksum there."""
+    from importlib.metadata import version
+
+    import cloudpickle
+
+    assert version("pydra") == "1.0a12"
+    assert tuple(int(p) for p in cloudpickle.__version__.split(".")[:3]) < (3, 1, 3)
+    code = """
+        import sys
+        import cloudpickle
+        import numpy as np
+        from kwneuro_pydra.pydra import to_task, to_workflow
+        from tests import _pydra_steps as s
+        tasks = [
+            to_task(s.describe)(a=np.arange(6).reshape(2, 3)),
+            to_task(s.make_volume)(n=3, cache_dir="/x"),
+            to_workflow(s.pipeline3)(dwi="a", cache_dir="/x"),
+        ]
+        if len(sys.argv) > 1:
+            with open(sys.argv[1], "wb") as f:
+                cloudpickle.dump(tasks, f)
+        print(*[t._checksum for t in tasks])
+    """
+    env = child_env(PYDRA_HASH_CACHE=str(tmp_path / "h"))
+    pickled = tmp_path / "tasks.pkl"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(pickled)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, check=True)  # fmt: skip
+    built_here = done.stdout.split()
+    built_again = python(code, env, tmp_path).split()
+    unpickled = python(
+        f"""
+        import cloudpickle
+        with open({str(pickled)!r}, "rb") as f:
+            print(*[t._checksum for t in cloudpickle.load(f)])
+        """,
+        env,
+        tmp_path,
+    ).split()
+    assert len(built_here) == 3 and built_here == built_again == unpickled
+
+
+def test_nothing_is_written_outside_the_cache_root(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "root"
+    home.mkdir()
+    out = python(
+        f"""
+        import os
+        from kwneuro_pydra.pydra import run_subjects
+        from tests import _pydra_steps as s
+        r = run_subjects(s.pipeline, {{"s1": {{"dwi": "a"}}, "s2": {{"dwi": "b"}}}},
+                         {str(root)!r}, worker="cf", n_procs=2)
+        assert all(x.ok for x in r.values())
+        print(os.environ.get("NO_ET"), os.environ.get("PYDRA_HASH_CACHE"))
+        """,
+        child_env(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache")),
+        cwd=tmp_path,
+    )
+    assert out.split() == ["1", "None"]
+    assert list(home.iterdir()) == []
+    assert {p.name for p in root.iterdir()} == {".pydra", ".pydra-hashes", "s1", "s2"}
+
+
+def test_importing_the_package_does_not_import_pydra(tmp_path: Path) -> None:
+    out = python(
+        """
+        import sys
+        import kwneuro_pydra
+        print(sorted(m for m in sys.modules if m == "pydra" or m.startswith("pydra.")))
+        """,
+        child_env(),
+        cwd=tmp_path,
+    )
+    assert out.strip() == "[]"
+
+
+def test_subject_result_is_a_small_value() -> None:
+    result = SubjectResult("s", 1, None, Path("/x"))
+    assert result.ok and result.outputs == 1
