@@ -1,0 +1,103 @@
+"""Tests of the ready DTI workflow, eagerly, in Pydra, and through the demo command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kwneuro_pydra import Cache
+from kwneuro_pydra.cli import main
+from kwneuro_pydra.resources import Dwi
+from kwneuro_pydra.workflows import brain_mask, dti_pipeline, estimate_dti, mean_b0
+from kwneuro_pydra.workflows.demo import make_demo_subject
+
+
+@pytest.fixture(scope="module")
+def subjects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Dwi]]:
+    root = tmp_path_factory.mktemp("data")
+    return {
+        f"sub-{i}": {"dwi": make_demo_subject(root / f"sub-{i}", i, shape=(16, 16, 10))}
+        for i in (1, 2)
+    }
+
+
+def test_dti_of_the_phantom_is_anisotropic_inside_and_empty_outside(
+    subjects: dict[str, dict[str, Dwi]], tmp_path: Path
+) -> None:
+    dwi = subjects["sub-1"]["dwi"]
+    with Cache(tmp_path):
+        mask = brain_mask(dwi).get_array()
+        fa, md = (v.get_array() for v in dti_pipeline(dwi))
+        b0 = mean_b0(dwi).get_array()
+    inside = mask != 0
+    assert 0.1 < inside.mean() < 0.5
+    assert 0.6 < np.median(fa[inside]) < 0.9  # prolate tensor, eigenvalues ~1.6e-3, ~3.5e-4
+    assert 6e-4 < np.median(md[inside]) < 9e-4
+    assert (fa[~inside] == 0).all()
+    assert b0[inside].mean() > 10 * b0[~inside].mean()
+
+
+def test_estimate_dti_rejects_a_mask_of_another_shape(
+    subjects: dict[str, dict[str, Dwi]], tmp_path: Path
+) -> None:
+    from kwneuro_pydra.resources import InMemoryVolumeResource
+
+    with pytest.raises(ValueError, match=r"estimate_dti: mask shape \(2, 2, 2\)"):
+        estimate_dti(subjects["sub-1"]["dwi"], InMemoryVolumeResource(np.ones((2, 2, 2))))
+
+
+def test_workflow_run_reuses_the_eager_entries(
+    subjects: dict[str, dict[str, Dwi]], tmp_path: Path
+) -> None:
+    from kwneuro_pydra.pydra import run_subjects
+
+    with Cache(tmp_path / "sub-1"):
+        eager_fa, _ = dti_pipeline(subjects["sub-1"]["dwi"])
+    results = run_subjects(dti_pipeline, subjects, tmp_path, worker="debug")
+    assert all(r.ok for r in results.values())
+    fa, _ = results["sub-1"].outputs
+    assert fa.path == eager_fa.path  # the same cache entry served both
+    for subject in subjects:
+        entries = Cache(tmp_path / subject).entries("estimate_dti")
+        assert len(entries) == 1
+
+
+def test_demo_command_runs_twice_and_lists_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["demo", str(tmp_path), "--subjects", "2", "--worker", "debug"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "sub-01" in first and "sub-02" in first
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[1:3] == first.splitlines()[1:3]
+    assert main(["ls", str(tmp_path / "derivatives" / "sub-01")]) == 0
+    listing = capsys.readouterr().out
+    assert "brain_mask" in listing and "estimate_dti" in listing and "threshold=0.2" in listing
+
+
+def test_cli_ls_prune_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dwi = make_demo_subject(tmp_path / "data", 3, shape=(8, 8, 6))
+    with Cache(tmp_path / "cache"):
+        brain_mask(dwi, 0.1)
+        brain_mask(dwi, 0.2)
+    assert main(["ls", str(tmp_path / "cache"), "--json"]) == 0
+    assert capsys.readouterr().out.count('"step": "brain_mask"') == 2
+    assert main(["prune", str(tmp_path / "cache"), "--keep", "1"]) == 0
+    assert "1 removed" in capsys.readouterr().out
+    assert main(["clear", str(tmp_path / "cache")]) == 0
+    assert "1 entries removed" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no cache directory"):
+        main(["ls", str(tmp_path / "nowhere")])
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "kwneuro_pydra.cli", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert "demo" in out.stdout and "prune" in out.stdout
