@@ -109,7 +109,7 @@ class FslBvalResource(FslTable, BvalResource):
     Args:
         path: The file; made absolute (``~`` expanded, links resolved).
 
-    Raises (on use):
+    Raises:
         FileNotFoundError: the file does not exist.
         ResourceFileError: the file is empty or holds something other than numbers.
         ValueError: the values are not finite or are negative.
@@ -155,7 +155,7 @@ class FslBvecResource(FslTable, BvecResource):
     Args:
         path: The file; made absolute (``~`` expanded, links resolved).
 
-    Raises (on use):
+    Raises:
         FileNotFoundError: the file does not exist.
         ResourceFileError: the file is empty, holds something other than numbers, or is not
             a 3 x N (or N x 3) table.

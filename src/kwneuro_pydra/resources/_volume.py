@@ -210,7 +210,7 @@ class NiftiVolumeResource(VolumeResource):
     Args:
         path: The file; made absolute (``~`` expanded, links resolved).
 
-    Raises (on use):
+    Raises:
         FileNotFoundError: the file does not exist (the message names it).
         ResourceFileError: the file is not NIfTI, or is truncated or corrupted.
 
