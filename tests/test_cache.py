@@ -609,7 +609,7 @@ def test_nothing_is_written_outside_the_cache_dir(tmp_path: Path) -> None:
 
 def test_an_entry_left_in_trash_by_a_crashed_replacement_is_restored(tmp_path: Path) -> None:
     # Where rename-exchange is unsupported (NFS), a forced replacement renames the old entry
-    # to .trash-<key>-*/old first; a crash right after leaves it there.
+    # to .swap-<key> first; a crash right after leaves it there.
     calls: Calls = []
 
     @cacheable(npy_spec())
@@ -620,9 +620,7 @@ def test_an_entry_left_in_trash_by_a_crashed_replacement_is_restored(tmp_path: P
     with Cache(tmp_path) as cache:
         fill(1)
         (entry,) = cache.entries(fill)
-        trash = entry.path.parent / f".trash-{entry.key}-crashed"
-        trash.mkdir()
-        entry.path.rename(trash / "old")
+        entry.path.rename(entry.path.parent / f".swap-{entry.key}")
         assert fill(1).tolist() == [1, 1, 1]
         assert entry.path.is_dir()
     assert calls == [(1,)]

@@ -5,7 +5,7 @@ Layout of one cache directory::
     <cache_dir>/<step>/<key>/<output files>        one complete entry
     <cache_dir>/<step>/<key>/<step>.params.json    its sidecar, written last
     <cache_dir>/<step>/.<key>.lock                 held while the entry is computed
-    <cache_dir>/<step>/.tmp-<key>-<random>/         an entry being written
+    <cache_dir>/<step>/.tmp-<key>/                  an entry being written
     <cache_dir>/.kwneuro/digests/                   the persistent file-digest memo
 
 An entry is written into a hidden temporary directory and renamed into place, so it appears
@@ -245,10 +245,9 @@ class Store:
         Raises:
             FileNotFoundError: ``write`` did not create every file of ``files``.
         """
-        step_dir = self.root / step
-        for leftover in step_dir.glob(f".tmp-{key}-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=step_dir))
+        tmp = self.root / step / f".tmp-{key}"  # one writer per key: the caller holds the lock
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a writer that crashed
+        tmp.mkdir()
         try:
             write(tmp)
             sidecar = {
@@ -256,7 +255,7 @@ class Store:
                 "step": step,
                 **record,
                 "files": {name: _describe(tmp / name, step) for name in files},
-                "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "created": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "library": _library(),
             }
             text = json.dumps(sidecar, indent=2, sort_keys=True, allow_nan=False)
@@ -272,7 +271,7 @@ class Store:
         """Put ``tmp`` at ``target``, replacing any old entry in one atomic step.
 
         Where the filesystem cannot exchange atomically, the old entry is first renamed to
-        ``.trash-<key>-*/old``; a crash right then leaves it there for `recover` to restore.
+        ``.swap-<key>``; a crash right then leaves it there for `recover` to restore.
         """
         if not target.exists():
             os.rename(tmp, target)
@@ -280,20 +279,23 @@ class Store:
         if exchange(tmp, target):
             shutil.rmtree(tmp, ignore_errors=True)
             return
-        trash = Path(tempfile.mkdtemp(prefix=f".trash-{target.name}-", dir=target.parent))
-        os.rename(target, trash / "old")
+        aside = target.parent / f".swap-{target.name}"
+        os.rename(target, aside)
         os.rename(tmp, target)
-        shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def recover(self, step: str, key: str) -> None:
-        """Restore an entry that a crash left in trash mid-replacement (caller holds the lock)."""
-        target = self.entry_dir(step, key)
-        if target.exists():
-            return
-        for old in (self.root / step).glob(f".trash-{key}-*/old"):
-            if (old / _sidecar_name(step)).exists():
-                os.rename(old, target)
-                return
+        """Restore an entry a crash left aside mid-replacement (the caller holds the lock).
+
+        Only the fallback of `_swap_in` (no atomic exchange, e.g. on NFS) leaves one.
+        """
+        aside = self.root / step / f".swap-{key}"
+        if aside.is_dir():
+            target = self.entry_dir(step, key)
+            if target.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.rename(aside, target)
 
     def steps(self) -> list[str]:
         """Return the names of the steps that have a directory in this cache."""
@@ -333,7 +335,7 @@ class Store:
         return [
             p
             for p in step_dir.iterdir()
-            if p.name.startswith((".tmp-", ".trash-")) and p.stat().st_mtime < cutoff
+            if p.name.startswith((".tmp-", ".trash-", ".swap-")) and p.stat().st_mtime < cutoff
         ]
 
 
