@@ -316,10 +316,20 @@ def test_nothing_is_memoised_outside_the_cache_directory(
 ) -> None:
     (tmp_path / "data").mkdir()
     path = tmp_path / "data" / "t1.nii"
-    path.write_bytes(b"x" * 100)
+    path.write_bytes(b"x" * (2 << 20))
     time.sleep(short_racy_window)
     fingerprint(path)
     with Cache(tmp_path / "cache"):
         fingerprint(path)
+    assert list((tmp_path / "cache" / ".kwneuro" / "digests").rglob("*"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data"]
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["t1.nii"]
+
+
+def test_small_files_are_not_memoised_on_disk(tmp_path: Path, short_racy_window: float) -> None:
+    path = tmp_path / "small.bval"
+    path.write_bytes(b"0 1000 1000")
+    time.sleep(short_racy_window)
+    with Cache(tmp_path / "cache"):
+        fingerprint(path)
+    assert not (tmp_path / "cache" / ".kwneuro" / "digests").exists()

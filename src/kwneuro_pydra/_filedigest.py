@@ -28,10 +28,14 @@ from pathlib import Path
 
 import xxhash
 
-__all__ = ["RACY_WINDOW_NS", "file_digest", "memo_directory"]
+__all__ = ["PERSIST_MIN_SIZE", "RACY_WINDOW_NS", "file_digest", "memo_directory"]
 
 RACY_WINDOW_NS = 1_000_000_000
 """Files changed less than this long ago (in ns) are hashed but not memoised."""
+
+PERSIST_MIN_SIZE = 1 << 20
+"""Files smaller than this (bytes) are hashed faster than a memo file is read: kept in
+process memory only."""
 
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 _StatKey = tuple[int, int, int, int, int]
@@ -114,7 +118,7 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
     digest = _memory.get(key)
     if digest is not None:
         return digest
-    directory = _memo_dir.get()
+    directory = _memo_dir.get() if st.st_size >= PERSIST_MIN_SIZE else None
     if directory is not None:
         digest = _read_persistent(directory, key)
         if digest is not None:
