@@ -40,6 +40,7 @@ process memory only."""
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 _StatKey = tuple[int, int, int, int, int]
 
+_MEMORY_LIMIT = 200_000  # about 40 MB of keys and digests
 _memory: dict[_StatKey, str] = {}
 _memo_dir: ContextVar[Path | None] = ContextVar("kwneuro_pydra_memo_dir", default=None)
 
@@ -126,6 +127,8 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
             return digest
     digest = _hash_file(path, st.st_size)
     if (settled or _stable(st)) and _stat_key(os.stat(path)) == key:
+        if len(_memory) >= _MEMORY_LIMIT:
+            _memory.clear()
         _memory[key] = digest
         if directory is not None:
             _write_persistent(directory, key, digest)
