@@ -185,6 +185,20 @@ class Row:
     peers: tuple[str, ...] = ()
     """Labels of peer rows of the same section to divide by."""
     note: str = ""
+    unit: str = "ns"
+    """What the samples count: ``"ns"`` (times, the default) or ``"B"`` (bytes on disk)."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One measured cost as a function of a size, for the scaling plot."""
+
+    name: str
+    """What is measured, e.g. ``"fully cached rerun, ours"``."""
+    unit: str
+    """``"s"``, ``"ms"`` or ``"MB"``: the curves of one unit share a panel."""
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
 
 
 @dataclass
@@ -195,6 +209,8 @@ class Section:
     title: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
+    """Cost-versus-size curves the case measured (drawn by ``--plot``)."""
 
 
 def format_time(ns: float) -> str:
@@ -203,6 +219,19 @@ def format_time(ns: float) -> str:
         if ns >= scale:
             return f"{ns / scale:.3g} {unit}"
     return f"{ns:.3g} ns"
+
+
+def format_bytes(nbytes: float) -> str:
+    """Bytes as a short human figure with three significant digits (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.3g} B"
+
+
+def format_value(value: float, unit: str) -> str:
+    """A sample in its unit: a time (``"ns"``) or a size (``"B"``)."""
+    return format_bytes(value) if unit == "B" else format_time(value)
 
 
 def format_ratio(ratio: float) -> str:
@@ -232,8 +261,8 @@ def format_section(section: Section) -> str:
         peers = ", ".join(
             f"{r} {p}" for p in row.peers if (r := ratio(row, p))
         )  # e.g. "0.04x kwneuro 1.0, 0.9x joblib"
-        cells = (row.label, format_time(t.min_ns), format_time(t.median_ns), runs,
-                 ratio(row, row.limit), peers, row.note)  # fmt: skip
+        low, typical = format_value(t.min_ns, row.unit), format_value(t.median_ns, row.unit)
+        cells = (row.label, low, typical, runs, ratio(row, row.limit), peers, row.note)
         lines.append(_cells(cells))
     if section.notes:
         lines.append("")
