@@ -267,35 +267,35 @@ _SET_BY_US: set[str] = set()
 
 
 @contextlib.contextmanager
-def _pydra_environment(root: Path) -> Iterator[None]:
-    """Point Pydra's hash memo under ``root`` (unless the user set it) for this run."""
-    prior = os.environ.get("PYDRA_HASH_CACHE")
-    if prior is not None and prior not in _SET_BY_US:
-        yield
-        return
-    ours = str(root / ".pydra-hashes")
-    _SET_BY_US.add(ours)
-    os.environ["PYDRA_HASH_CACHE"] = ours
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) an environment variable for the context; then restore it."""
+    prior = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
     try:
         yield
     finally:
         if prior is None:
-            os.environ.pop("PYDRA_HASH_CACHE", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["PYDRA_HASH_CACHE"] = prior
+            os.environ[name] = prior
 
 
-@contextlib.contextmanager
-def _forcing(steps: set[str]) -> Iterator[None]:
-    prior = os.environ.pop(_pydra_task.FORCE_ENV, None)
-    if steps:
-        os.environ[_pydra_task.FORCE_ENV] = ",".join(sorted(steps))
-    try:
-        yield
-    finally:
-        os.environ.pop(_pydra_task.FORCE_ENV, None)
-        if prior is not None:
-            os.environ[_pydra_task.FORCE_ENV] = prior
+def _pydra_environment(root: Path) -> contextlib.AbstractContextManager[None]:
+    """Point Pydra's hash memo under ``root`` (unless the user set it) for this run."""
+    prior = os.environ.get("PYDRA_HASH_CACHE")
+    if prior is not None and prior not in _SET_BY_US:
+        return contextlib.nullcontext()
+    ours = str(root / ".pydra-hashes")
+    _SET_BY_US.add(ours)
+    return _environment("PYDRA_HASH_CACHE", ours)
+
+
+def _forcing(steps: set[str]) -> contextlib.AbstractContextManager[None]:
+    """Tell the nodes (through their environment) which steps to recompute."""
+    return _environment(_pydra_task.FORCE_ENV, ",".join(sorted(steps)) or None)
 
 
 def _submit(
