@@ -235,24 +235,16 @@ def bad_fstring(dwi: str) -> str:
     return estimate_dti(dwi, mask=f"{mask}.nii")
 
 
-# --- steps decorated by upstream kwneuro 1.0's own `cacheable` (when its cache.py is found) ---
+# --- steps decorated by upstream kwneuro 1.0's own `cacheable` ---------------------------------
 def _upstream_cache_module() -> object | None:
-    import importlib.util
-    import sys
+    """Upstream kwneuro 1.0's cache.py, installed on first use as the benchmarks do."""
+    from benchmarks._peers import Unavailable
+    from benchmarks._peers import upstream as load_upstream
 
-    candidates = [os.environ.get("KWNEURO_UPSTREAM_CACHE", ""), "/tmp/kwn/whl/kwneuro/cache.py"]
-    found = importlib.util.find_spec("kwneuro")
-    if found is not None and found.origin:
-        candidates.insert(0, str(Path(found.origin).parent / "cache.py"))
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            spec = importlib.util.spec_from_file_location("_kwneuro_upstream_cache", candidate)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            return module
-    return None
+    try:
+        return load_upstream()
+    except Unavailable:  # no package index reachable
+        return None
 
 
 upstream = _upstream_cache_module()
