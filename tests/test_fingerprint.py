@@ -333,3 +333,37 @@ def test_small_files_are_not_memoised_on_disk(tmp_path: Path, short_racy_window:
     with Cache(tmp_path / "cache"):
         fingerprint(path)
     assert not (tmp_path / "cache" / ".kwneuro" / "digests").exists()
+
+
+@given(values, values)
+def test_different_values_give_different_fingerprints(a: Any, b: Any) -> None:
+    if fingerprint(a) == fingerprint(b):
+        assert type(a) is type(b)
+        assert _structurally_equal(a, b)
+
+
+def _structurally_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.tobytes(order="A") == b.tobytes(order="A")
+        )
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(map(_structurally_equal, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_structurally_equal(a[k], b[k]) for k in a)
+    if isinstance(a, float):
+        return a.hex() == b.hex() or (a != a and b != b)
+    return bool(a == b)
+
+
+@given(st.floats(allow_nan=False), st.lists(st.integers(), max_size=3), st.data())
+def test_any_field_change_changes_a_dataclass_fingerprint(
+    sigma: float, labels: list[int], data: Any
+) -> None:
+    base = Params(sigma, labels)
+    other_sigma = data.draw(st.floats(allow_nan=False).filter(lambda s: s.hex() != sigma.hex()))
+    assert fingerprint(Params(other_sigma, labels)) != fingerprint(base)
+    assert fingerprint(Params(sigma, [*labels, 0])) != fingerprint(base)
+    assert fingerprint(OtherParams(sigma, labels)) != fingerprint(base)

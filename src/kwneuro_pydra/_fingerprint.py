@@ -16,7 +16,7 @@ import hashlib
 import math
 import struct
 from collections.abc import Callable, Iterable
-from pathlib import PurePath
+from pathlib import PosixPath, PurePath
 from typing import Any, TypeVar
 
 import attrs
@@ -262,3 +262,13 @@ class _Fingerprint:
 
 
 fingerprint = _Fingerprint()
+
+
+def _prime() -> None:
+    """Do the one-time work of a first call at import: dispatch of common types, OpenSSL."""
+    for cls in (PosixPath, np.ndarray, str, int, float, bool, type(None), tuple, list, dict):
+        _token.dispatch(cls)
+    hashlib.sha256(b"").hexdigest()
+
+
+_prime()
