@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -395,17 +394,9 @@ def _prepare_directory(path: Path) -> Path:
         raise PermissionError(
             f"Cache(cache_dir={str(path)!r}): cannot create the directory ({error.strerror})"
         ) from error
-    if not _writable(path):
+    if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"Cache(cache_dir={str(path)!r}): the directory is not writable")
     return path
-
-
-def _writable(path: Path) -> bool:
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".kwneuro-write-test-"):
-            return True
-    except OSError:
-        return False
 
 
 def _step_name(step: Callable[..., Any] | str) -> str:
