@@ -96,17 +96,8 @@ def step_function(step: Step) -> Callable[..., Any]:
     return found  # type: ignore[no-any-return]
 
 
-def _hints(step: Step) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(step.fn)
-    except Exception as error:  # user annotations that do not evaluate
-        raise TypeError(
-            f"step {step.name!r}: its annotations cannot be resolved ({error})"
-        ) from error
-
-
 def _outputs(step: Step) -> tuple[list[str], list[Any], type | None]:
-    returned = _hints(step).get("return", Any)
+    returned = step.type_hints().get("return", Any)
     fields = getattr(returned, "_fields", None)
     if isinstance(returned, type) and issubclass(returned, tuple) and fields:
         hints = typing.get_type_hints(returned)
@@ -154,7 +145,7 @@ def to_task(function: Callable[..., Any]) -> Any:
     if _importable(step.fn.__module__, step.fn.__qualname__) is not function:
         raise ValueError(_not_importable(step))
     names, types, named = _outputs(step)
-    hints = _hints(step)
+    hints = step.type_hints()
 
     # One runner per step, carrying wraps(): Pydra hashes a python task's function from its
     # source, following __wrapped__ to the step's own code. The body stays one call of a

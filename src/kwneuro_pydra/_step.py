@@ -103,6 +103,19 @@ class Step:
         except Exception as error:  # any error of user code evaluating annotations
             return error
 
+    def type_hints(self) -> dict[str, Any]:
+        """The function's annotations, evaluated.
+
+        Raises:
+            TypeError: They cannot be evaluated (an undefined name, say).
+        """
+        if isinstance(self._hints, Exception):
+            raise TypeError(
+                f"@cacheable step {self.fn.__qualname__}: its annotations cannot be resolved "
+                f"({self._hints})"
+            ) from self._hints
+        return self._hints
+
     @functools.cached_property
     def return_type(self) -> type:
         """The return annotation, checked to implement the cache protocol.
@@ -111,11 +124,7 @@ class Step:
             TypeError: It is missing, unresolvable, or lacks the protocol.
         """
         where = f"@cacheable step {self.fn.__qualname__}"
-        if isinstance(self._hints, Exception):
-            raise TypeError(
-                f"{where}: its annotations cannot be resolved ({self._hints})"
-            ) from self._hints
-        annotation = self._hints.get("return", inspect.Signature.empty)
+        annotation = self.type_hints().get("return", inspect.Signature.empty)
         if annotation is inspect.Signature.empty:
             raise TypeError(
                 f"{where} has no return annotation: annotate a type implementing the cache "
