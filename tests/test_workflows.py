@@ -101,3 +101,18 @@ def test_console_script_is_installed() -> None:
     )
     assert out.returncode == 0
     assert "demo" in out.stdout and "prune" in out.stdout
+
+
+@pytest.mark.parametrize("worker", ["debug", "cf"])
+def test_a_cleared_subject_cache_is_recomputed_not_served_from_pydras_job_cache(
+    subjects: dict[str, dict[str, Dwi]], tmp_path: Path, worker: str
+) -> None:
+    from kwneuro_pydra.pydra import run_subjects
+
+    first = run_subjects(dti_pipeline, subjects, tmp_path, worker=worker)
+    assert Cache(tmp_path / "sub-1").clear() == 2
+    again = run_subjects(dti_pipeline, subjects, tmp_path, worker=worker)
+    assert all(r.ok for r in again.values())
+    fa, _ = again["sub-1"].outputs
+    np.testing.assert_array_equal(fa.get_array(), first["sub-1"].outputs[0].get_array())
+    assert len(Cache(tmp_path / "sub-1").entries("estimate_dti")) == 1

@@ -36,6 +36,7 @@ from pydra.engine.result import load_result  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
 from kwneuro_pydra import _pydra_task, _pydra_workflow
+from kwneuro_pydra._fingerprint import fingerprint
 from kwneuro_pydra._pydra_hash import register_pydra_hash
 from kwneuro_pydra._pydra_lazy import LazyValueError
 
@@ -227,8 +228,24 @@ def run_subjects(
         )  # fmt: skip
         start = time.perf_counter()
         with _forcing(forced), _progress(root / ".pydra", progress, n_nodes):
-            _submit(workflow_class, tasks, root / ".pydra", worker, bool(forced), worker_options)
-        results = {s: _collect(workflow_class, s, tasks[s], root) for s in ids}
+            returned = _submit(
+                workflow_class, tasks, root / ".pydra", worker, bool(forced), worker_options
+            )
+            names = _output_names(plans[ids[0]].n_outputs) if ids else []
+            results = {
+                s: _collect(workflow_class, s, tasks[s], root, names, returned.get(s))
+                for s in ids
+            }
+            stale = {s: tasks[s] for s in ids if results[s].ok and not _intact(results[s])}
+            if stale:  # Pydra's job cache outlived the subject's cache entries
+                _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
+                returned = _submit(
+                    workflow_class, stale, root / ".pydra", worker, True, worker_options
+                )
+                results.update(
+                    (s, _collect(workflow_class, s, stale[s], root, names, returned.get(s)))
+                    for s in stale
+                )
     failed = [r for r in results.values() if not r.ok]
     _log.info(
         "%s: %d subject(s) done, %d failed in %.2f s%s",
@@ -305,21 +322,54 @@ def _submit(
     worker: str,
     rerun: bool,
     options: dict[str, Any],
-) -> None:
-    def submit(task: Any) -> None:
+) -> dict[str, Any]:
+    """Run the subjects' workflows; return the outputs objects that came back, by subject.
+
+    A subject missing from the answer (it failed, or the split as a whole errored) is
+    looked up in Pydra's job cache by `_collect`.
+    """
+
+    def submit(task: Any) -> Any:
         with Submitter(cache_root=pydra_root, worker=worker, **options) as submitter:
             try:
-                submitter(task, raise_errors=False, rerun=rerun)
+                result = submitter(task, raise_errors=False, rerun=rerun)
             except Exception as error:  # a failed subject: collected per subject below
                 _log.debug("Pydra reported: %s", error)
+                return None
+        return None if result is None or result.errored else result.outputs
 
     if worker == "debug":  # fail-fast within one submission: one submission per subject
-        for values in tasks.values():
-            submit(workflow_class(**values))
-        return
+        return {s: submit(workflow_class(**values)) for s, values in tasks.items()}
     names = list(next(iter(tasks.values())))
     columns = {n: [values[n] for values in tasks.values()] for n in names}
-    submit(workflow_class().split(tuple(names), **columns))
+    outputs = submit(workflow_class().split(tuple(names), **columns))
+    if outputs is None:
+        return {}
+    return {s: _SplitRow(outputs, i) for i, s in enumerate(tasks)}
+
+
+@attrs.frozen
+class _SplitRow:
+    """One subject's outputs in the outputs of a split workflow (one list per output)."""
+
+    outputs: Any
+    index: int
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.outputs, name)[self.index]
+
+
+def _intact(result: SubjectResult) -> bool:
+    """True unless a file-backed output of ``result`` lost its file (its entry was removed)."""
+    try:
+        fingerprint(result.outputs)
+    except OSError:
+        return False
+    return True
+
+
+def _output_names(n_outputs: int) -> list[str]:
+    return ["out"] if n_outputs == 1 else [f"out{i}" for i in range(1, n_outputs + 1)]
 
 
 def _clear_failures(cache_dir: Path) -> None:
@@ -330,19 +380,24 @@ def _clear_failures(cache_dir: Path) -> None:
 
 
 def _collect(
-    workflow_class: Any, subject: str, values: dict[str, Any], root: Path
+    workflow_class: Any,
+    subject: str,
+    values: dict[str, Any],
+    root: Path,
+    names: list[str],
+    outputs: Any,
 ) -> SubjectResult:
+    """A subject's result: from the outputs Pydra returned, or else from its job cache."""
     cache_dir = root / subject
-    task = workflow_class(**values)
-    result = load_result(task._checksum, [root / ".pydra"], retries=1, polling_interval=0)
-    if result is not None and not result.errored:
-        names = [name for name in ("out", "out1") if hasattr(result.outputs, name)]
-        if names == ["out"]:
-            outputs: Any = result.outputs.out
-        else:
-            count = len([n for n in dir(result.outputs) if re.fullmatch(r"out\d+", n)])
-            outputs = tuple(getattr(result.outputs, f"out{i}") for i in range(1, count + 1))
-        return SubjectResult(subject, outputs, None, cache_dir)
+    result = None
+    if outputs is None:
+        task = workflow_class(**values)
+        result = load_result(task._checksum, [root / ".pydra"], retries=1, polling_interval=0)
+        if result is not None and not result.errored:
+            outputs = result.outputs
+    if outputs is not None:
+        value = tuple(getattr(outputs, n) for n in names)
+        return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
     return SubjectResult(subject, None, _failure(subject, cache_dir, result), cache_dir)
 
 

@@ -74,8 +74,9 @@ __all__ = [
 
 # The public names report this package as their module (as httpx does): a fingerprint mixes
 # in the class's module and name, so moving code between the private modules never changes
-# a cache key, and pickles refer to the public name. The modules defining them evaluate annotations eagerly (no
-# ``from __future__ import annotations``), so `typing.get_type_hints` needs no lookup here.
+# a cache key, and pickles refer to the public name. The modules defining them evaluate
+# annotations eagerly (no ``from __future__ import annotations``), so `typing.get_type_hints`
+# needs no lookup here.
 for _name in __all__:
     _public = globals()[_name]
     if callable(_public):  # the classes and `normalize_path`
