@@ -434,7 +434,7 @@ def test_code_changes_are_misses_but_comments_docstrings_formatting_are_not(
     ran = []
     for i, (doc, comment, op) in enumerate(variants):
         source = STEP_SOURCE.format(doc=doc, comment=comment, op=op)
-        module = _load_module(tmp_path / f"steps_v{i}.py", source, f"steps_v{i}")
+        module = _load_module(tmp_path / f"steps_v{i}.py", source, "steps_versioned")
         with Cache(tmp_path / "cache"):
             result = module.versioned(5)
         ran.append(bool(module.CALLS))

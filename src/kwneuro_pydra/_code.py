@@ -10,15 +10,20 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from kwneuro_pydra._fingerprint import fingerprint
+
 __all__ = ["code_fingerprint"]
 
 
 def code_fingerprint(function: Callable[..., Any]) -> str:
     """Return a 64-hex fingerprint of ``function``'s code.
 
-    The source is parsed and its syntax tree dumped without docstrings, decorators and
-    positions, so edits to comments, docstrings, formatting or the decorator line do not
-    count. Without source (built in a REPL, say) the compiled code object is used instead.
+    It covers the function's module and qualified name, its source parsed into a syntax tree
+    without docstrings, positions and the ``@cacheable`` decorator (so comments, docstrings
+    and formatting do not count, while every other decorator does), and the values its
+    closure captures (functions by their own code fingerprint). Without source (a function
+    built by ``exec``, say) the compiled code object stands in for it. Helpers the function
+    calls by name are not covered.
 
     Args:
         function: A plain Python function.
@@ -26,20 +31,49 @@ def code_fingerprint(function: Callable[..., Any]) -> str:
     Returns:
         64 lowercase hex characters.
     """
+    return _fingerprint(function, set())
+
+
+def _fingerprint(function: Callable[..., Any], seen: set[int]) -> str:
+    seen.add(id(function))
+    parts = [f"{function.__module__}.{function.__qualname__}".encode(), _source(function)]
+    for cell in getattr(function, "__closure__", None) or ():
+        parts.append(_cell(cell, seen))
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+def _source(function: Callable[..., Any]) -> bytes:
     try:
-        source = textwrap.dedent(inspect.getsource(function))
-        tree = ast.parse(source)
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     except (OSError, TypeError, SyntaxError):
-        return hashlib.sha256(_code_bytes(function)).hexdigest()
+        return _code_bytes(function)
+    for outer in tree.body[:1]:
+        if isinstance(outer, _DEFINITIONS):
+            outer.decorator_list = [d for d in outer.decorator_list if not _is_cacheable(d)]
     for node in ast.walk(tree):
-        if isinstance(node, _DEFINITIONS):
-            node.decorator_list = []
-            if _is_docstring(node.body[0]):
-                node.body = node.body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+        if isinstance(node, _DEFINITIONS) and _is_docstring(node.body[0]):
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False).encode()
+
+
+def _cell(cell: types.CellType, seen: set[int]) -> bytes:
+    try:
+        value = cell.cell_contents
+    except ValueError:  # an empty cell
+        return b"<empty>"
+    if isinstance(value, types.FunctionType):
+        return b"<self>" if id(value) in seen else _fingerprint(value, seen).encode()
+    digest = fingerprint(value)
+    return digest.encode() if digest is not None else type(value).__qualname__.encode()
 
 
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _is_cacheable(decorator: ast.expr) -> bool:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+    return name == "cacheable"
 
 
 def _is_docstring(statement: ast.stmt) -> bool:

@@ -43,6 +43,7 @@ def memory_digest(array: np.ndarray[Any, Any]) -> str:
     Returns:
         32 hex characters over the raw bytes in the array's own (C or Fortran) memory order.
     """
+    array = np.asarray(array)  # a plain view of a subclass (matrix, memmap): no subclass hooks
     if not (array.flags.c_contiguous or array.flags.f_contiguous):
         array = np.ascontiguousarray(array)
     return xxhash.xxh3_128_hexdigest(array.reshape(-1, order="A").view(np.uint8).data)
@@ -62,12 +63,24 @@ def _qualname(cls: type) -> bytes:
     return f"{cls.__module__}.{cls.__qualname__}".encode()
 
 
-@functools.singledispatch
 def _token(value: object) -> bytes:
-    """Return the canonical token of ``value``; raise `Unfingerprintable` when there is none."""
-    method = getattr(type(value), "__fingerprint__", None)
+    """Return the canonical token of ``value``; raise `Unfingerprintable` when there is none.
+
+    A ``__fingerprint__`` method wins over everything. A value whose exact class has no
+    handler of its own (a subclass of ``str``, ``dict``, ``ndarray`` ...) gets its class
+    mixed in, so it never fingerprints like an instance of the base class.
+    """
+    cls = type(value)
+    method = getattr(cls, "__fingerprint__", None)
     if method is not None:
-        return _record("custom", _qualname(type(value)), _token(method(value)))
+        return _record("custom", _qualname(cls), _token(method(value)))
+    token: bytes = _by_type.dispatch(cls)(value)
+    return token if cls in _by_type.registry else _record("as", _qualname(cls), token)
+
+
+@functools.singledispatch
+def _by_type(value: object) -> bytes:
+    """Tokens of dataclass and attrs instances; the handlers of other types register here."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         names = [f.name for f in dataclasses.fields(value)]
         return _fields_token("dataclass", value, names)
@@ -82,17 +95,17 @@ def _fields_token(tag: str, value: object, names: list[str]) -> bytes:
     return _record(tag, _qualname(type(value)), *parts)
 
 
-@_token.register(type(None))
+@_by_type.register(type(None))
 def _(value: None) -> bytes:
     return b"none()"
 
 
-@_token.register(bool)
+@_by_type.register(bool)
 def _(value: bool) -> bytes:
     return b"bool(1)" if value else b"bool(0)"
 
 
-@_token.register(int)
+@_by_type.register(int)
 def _(value: int) -> bytes:
     if isinstance(value, enum.Enum):
         return _enum_token(value)
@@ -101,34 +114,34 @@ def _(value: int) -> bytes:
     return _record("int", str(value).encode())
 
 
-@_token.register(float)
+@_by_type.register(float)
 def _(value: float) -> bytes:
     return _record("float", value.hex().encode() if math.isfinite(value) else repr(value).encode())
 
 
-@_token.register(complex)
+@_by_type.register(complex)
 def _(value: complex) -> bytes:
     return _record("complex", _token(value.real), _token(value.imag))
 
 
-@_token.register(str)
+@_by_type.register(str)
 def _(value: str) -> bytes:
     return _record("str", value.encode("utf-8", "surrogatepass"))
 
 
-@_token.register(bytes)
-@_token.register(bytearray)
-@_token.register(memoryview)
+@_by_type.register(bytes)
+@_by_type.register(bytearray)
+@_by_type.register(memoryview)
 def _(value: bytes | bytearray | memoryview) -> bytes:
     return _record("bytes", xxhash.xxh3_128_digest(value), str(len(value)).encode())
 
 
-@_token.register(enum.Enum)
+@_by_type.register(enum.Enum)
 def _enum_token(value: enum.Enum) -> bytes:
     return _record("enum", _qualname(type(value)), value.name.encode())
 
 
-@_token.register(PurePath)
+@_by_type.register(PurePath)
 def _(value: PurePath) -> bytes:
     """An existing file by content; a directory, a missing path or a pure path by its string."""
     from pathlib import Path
@@ -141,7 +154,7 @@ def _(value: PurePath) -> bytes:
     return _record("path", str(value).encode())
 
 
-@_token.register(np.ndarray)
+@_by_type.register(np.ndarray)
 def _(value: np.ndarray[Any, Any]) -> bytes:
     if value.dtype.hasobject:
         raise Unfingerprintable("ndarray of dtype object")
@@ -155,45 +168,63 @@ def _(value: np.ndarray[Any, Any]) -> bytes:
     )
 
 
-@_token.register(np.generic)
+_by_type.register(np.memmap, _by_type.dispatch(np.ndarray))  # a mapped array is an array
+
+
+@_by_type.register(np.ma.MaskedArray)
+def _(value: np.ma.MaskedArray[Any, Any]) -> bytes:
+    return _record("masked", _token(value.data), _token(np.ma.getmaskarray(value)))
+
+
+@_by_type.register(np.generic)
 def _(value: np.generic) -> bytes:
     if value.dtype.hasobject:
         raise Unfingerprintable("numpy object scalar")
-    return _record("npscalar", _dtype_descr(value.dtype), bytes(np.asarray(value).data))
+    raw = np.asarray(value).reshape(1).view(np.uint8).tobytes()
+    return _record("npscalar", _dtype_descr(value.dtype), raw)
 
 
-@_token.register(np.dtype)
+@_by_type.register(np.dtype)
 def _(value: np.dtype[Any]) -> bytes:
     return _record("dtype", _dtype_descr(value))
 
 
 def _dtype_descr(dtype: np.dtype[Any]) -> bytes:
-    return (repr(dtype.descr) if dtype.fields else dtype.str).encode()
+    """Byte order, kind, size and unit; for structured dtypes every field, by offset."""
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return _record("subarray", _dtype_descr(base), repr(shape).encode())
+    if dtype.fields is None:
+        return dtype.str.encode()
+    fields = sorted(dtype.fields.items(), key=lambda item: item[1][1])
+    parts = [_record("field", name.encode(), _dtype_descr(f[0]), str(f[1]).encode())
+             for name, f in fields]  # fmt: skip
+    return _record("struct", str(dtype.itemsize).encode(), *parts)
 
 
 def _sequence(tag: str, items: Iterable[object]) -> bytes:
     return _record(tag, *(_token(item) for item in items))
 
 
-@_token.register(list)
+@_by_type.register(list)
 def _(value: list[Any]) -> bytes:
     return _sequence("list", value)
 
 
-@_token.register(tuple)
+@_by_type.register(tuple)
 def _(value: tuple[Any, ...]) -> bytes:
     if type(value) is not tuple:  # named tuples keep their class identity
         return _record("namedtuple", _qualname(type(value)), _sequence("tuple", value))
     return _sequence("tuple", value)
 
 
-@_token.register(set)
-@_token.register(frozenset)
+@_by_type.register(set)
+@_by_type.register(frozenset)
 def _(value: set[Any] | frozenset[Any]) -> bytes:
     return _record(type(value).__name__, *sorted(_token(item) for item in value))
 
 
-@_token.register(dict)
+@_by_type.register(dict)
 def _(value: dict[Any, Any]) -> bytes:
     pairs = sorted(_record("item", _token(k), _token(v)) for k, v in value.items())
     return _record("dict", *pairs)
@@ -220,7 +251,7 @@ class _Fingerprint:
         """
         try:
             token = _token(value)
-        except (Unfingerprintable, RecursionError):
+        except (TypeError, ValueError, RecursionError):  # Unfingerprintable is a TypeError
             return None
         return hashlib.sha256(token).hexdigest()
 
@@ -255,7 +286,7 @@ class _Fingerprint:
             def token(value: _T) -> bytes:
                 return _record("registered", _qualname(type(value)), _token(function(value)))
 
-            _token.register(cls, token)
+            _by_type.register(cls, token)
             return function
 
         return decorator
@@ -267,7 +298,7 @@ fingerprint = _Fingerprint()
 def _prime() -> None:
     """Do the one-time work of a first call at import: dispatch of common types, OpenSSL."""
     for cls in (PosixPath, np.ndarray, str, int, float, bool, type(None), tuple, list, dict):
-        _token.dispatch(cls)
+        _by_type.dispatch(cls)
     hashlib.sha256(b"").hexdigest()
 
 

@@ -23,13 +23,13 @@ import numpy as np
 from pydra.utils.hash import Cache as HashCache  # type: ignore[import-untyped]
 from pydra.utils.hash import bytes_repr, register_serializer
 
-from kwneuro_pydra._fingerprint import _token, fingerprint
+from kwneuro_pydra._fingerprint import _by_type, fingerprint
 
 __all__ = ["register_pydra_hash"]
 
 _PREFIX = b"kwneuro-fingerprint:"
 _PYDRA_DEFAULT = bytes_repr.dispatch(object)
-_TOKEN_DEFAULT = _token.dispatch(object)
+_TOKEN_DEFAULT = _by_type.dispatch(object)
 
 
 def _fingerprint_bytes(obj: object, cache: HashCache) -> Iterator[bytes]:
@@ -63,7 +63,7 @@ def register_pydra_hash(cls: type) -> type:
 
 def _generic(obj: object, cache: HashCache) -> Iterator[bytes]:
     cls = type(obj)
-    if getattr(cls, "__fingerprint__", None) is not None or _token.dispatch(cls) is not (
+    if getattr(cls, "__fingerprint__", None) is not None or _by_type.dispatch(cls) is not (
         _TOKEN_DEFAULT
     ):
         return _fingerprint_bytes(obj, cache)
@@ -74,6 +74,7 @@ def _register() -> None:
     if bytes_repr.dispatch(object) is _generic:
         return
     register_pydra_hash(np.ndarray)
+    register_pydra_hash(np.generic)
     register_pydra_hash(pathlib.PurePath)
     register_serializer(object, _generic)
 

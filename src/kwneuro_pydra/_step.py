@@ -90,11 +90,9 @@ class Step:
         if spec is not None:
             _check_files(self.name, spec.files)
         self.signature = inspect.signature(fn)
-
-    @functools.cached_property
-    def code(self) -> str:
-        """Fingerprint of the function's code (comments, docstrings, formatting ignored)."""
-        return code_fingerprint(self.fn)
+        self.code = code_fingerprint(fn)
+        """Fingerprint of the code that runs (comments, docstrings, formatting ignored), taken
+        when the function is decorated: an edit of its file afterwards does not change it."""
 
     @functools.cached_property
     def _hints(self) -> dict[str, Any] | Exception:
@@ -250,10 +248,18 @@ def _classes(annotation: Any) -> set[Any]:
     return {typing.get_origin(annotation) or annotation}
 
 
+def _exact(value: int) -> bool:
+    """True when ``float(value)`` is ``value`` exactly (Pydra's conversion loses nothing)."""
+    try:
+        return float(value) == value
+    except OverflowError:
+        return False
+
+
 def _normalise(accepted: set[Any] | None, value: Any) -> Any:
     if accepted is None:
         return value
-    if type(value) is int and float in accepted and int not in accepted:
+    if type(value) is int and float in accepted and int not in accepted and _exact(value):
         return float(value)
     if type(value) is str and str not in accepted and accepted & {Path, PurePath}:
         return Path(value)

@@ -67,10 +67,11 @@ def decode_scalar(value: Any) -> Scalar:
     return value  # type: ignore[no-any-return]
 
 
-def entry_key(scalars: Mapping[str, Any], hashes: Mapping[str, str]) -> str:
-    """Return the 64-hex key of the entry that these (JSON-encoded) arguments select."""
-    record = json.dumps({"scalars": scalars, "hashes": hashes}, sort_keys=True, allow_nan=False)
-    return hashlib.sha256(record.encode()).hexdigest()
+def entry_key(scalars: Mapping[str, Any], hashes: Mapping[str, str], code: str) -> str:
+    """Return the 64-hex key of the entry of these (JSON-encoded) arguments and this code."""
+    record = {"scalars": scalars, "hashes": hashes, "code": code}
+    text = json.dumps(record, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @attrs.frozen
@@ -100,6 +101,11 @@ class Entry:
     created: str
     duration: float
     library: str
+
+    def selected_by(self, scalars: Mapping[str, Any], hashes: Mapping[str, str]) -> bool:
+        """True when these (JSON-encoded) arguments are the entry's."""
+        stored = {name: encode_scalar(value) for name, value in self.scalars.items()}
+        return self.hashes == hashes and stored == scalars
 
     def lacks(self, files: list[str]) -> bool:
         """Return True when some of ``files`` are not outputs of this entry."""
@@ -194,20 +200,19 @@ class Store:
                 return f"output file {name!r} changed after it was stored (truncated or edited)"
         return None
 
-    def lookup(self, step: str, key: str, files: list[str], code: str | None) -> Entry | None:
-        """Return the intact entry ``key`` of ``step`` made by ``code``, or None on a miss.
+    def lookup(self, step: str, key: str, files: list[str]) -> Entry | None:
+        """Return the intact entry ``key`` of ``step``, or None on a miss.
 
         Args:
             step: Step name.
             key: Entry key.
             files: Output files the entry must hold.
-            code: Required code fingerprint, or None to accept any.
 
         Returns:
             The entry, or None. A damaged entry is a miss with a `UserWarning`.
         """
         entry = self.read(step, key)
-        if entry is None or (code is not None and entry.code != code) or entry.lacks(files):
+        if entry is None or entry.lacks(files):
             return None
         damage = self.damage(entry, files)
         if damage is not None:

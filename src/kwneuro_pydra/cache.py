@@ -215,9 +215,8 @@ class Cache:
         if self.is_forced(step_name):
             return False
         encoded = {name: encode_scalar(value) for name, value in (scalars or {}).items()}
-        key = entry_key(encoded, hashes or {})
-        code = self._code_of(_STEPS.get(step_name))
-        return self._store.lookup(step_name, key, files, code) is not None
+        arguments = StepArguments(encoded, dict(hashes or {}))
+        return self._find(step_name, arguments, files, _STEPS.get(step_name)) is not None
 
     def status(self, steps: list[Callable[..., Any]]) -> dict[str, bool]:
         """Return a mapping of each step's qualified name to whether all its cached output files exist.
@@ -237,9 +236,11 @@ class Cache:
         for fn in steps:
             step = step_of(fn)
             if step is not None:
-                files, code = step.files(), self._code_of(step)
+                files = step.files()
                 result[fn.__qualname__] = any(
-                    self._store.lookup(step.name, e.key, files, code) for e in self.entries(fn)
+                    self._store.lookup(step.name, e.key, files)
+                    for e in self.entries(fn)
+                    if e.code == step.code or not self.check_code
                 )
         return result
 
@@ -284,7 +285,7 @@ class Cache:
         if arguments is None:
             reasons = ("an argument cannot be fingerprinted: the call is never cached",)
             return Explanation(found.name, "", False, reasons, None)
-        key = entry_key(arguments.scalars, arguments.hashes)
+        key = entry_key(arguments.scalars, arguments.hashes, found.code)
         stored = self.entries(found.name)
         closest = min(
             stored, key=lambda e: len(_differences(found, arguments, e, self)), default=None
@@ -336,38 +337,71 @@ class Cache:
                 removed.append(leftover)
         return removed
 
-    def _code_of(self, step: Step | None) -> str | None:
-        return step.code if self.check_code and step is not None else None
+    def _find(
+        self, name: str, arguments: StepArguments, files: list[str], step: Step | None
+    ) -> Entry | None:
+        """The intact entry of these arguments: of the step's current code when it is known
+        and ``check_code`` holds, else the newest entry of any code."""
+        if step is not None and self.check_code:
+            key = entry_key(arguments.scalars, arguments.hashes, step.code)
+            return self._store.lookup(name, key, files)
+        for entry in reversed(list(self._store.entries(name))):
+            if entry.selected_by(arguments.scalars, arguments.hashes):
+                return self._store.lookup(name, entry.key, files)
+        return None
 
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         arguments = step.arguments(args, kwargs)
         if arguments is None:
             return step.fn(*args, **kwargs)
-        key = entry_key(arguments.scalars, arguments.hashes)
-        files, code = step.files(), self._code_of(step)
+        files = step.files()
         forced = self.is_forced(step.name)
-        if not forced and (entry := self._store.lookup(step.name, key, files, code)):
+        if not forced and (entry := self._find(step.name, arguments, files, step)):
             loaded = _load_unless_replaced(step, entry)
             if loaded is not _REPLACED:
                 return loaded
+        key = entry_key(arguments.scalars, arguments.hashes, step.code)
         with self._store.lock(step.name, key):
             self._store.recover(step.name, key)
-            if not forced and (entry := self._store.lookup(step.name, key, files, code)):
+            if not forced and (entry := self._find(step.name, arguments, files, step)):
                 return step.load(entry.path)
             _log.info("%s: computing entry %s in %s", step.name, key[:12], self.cache_dir)
             start = time.perf_counter()
             result = step.fn(*args, **kwargs)
+            duration = time.perf_counter() - start
+            changed = _changed(arguments, step.arguments(args, kwargs))
+            if changed:
+                warnings.warn(
+                    f"step {step.name!r}: argument {changed!r} changed while it ran; the "
+                    "result is returned but not stored",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return result
             record = {
                 "scalars": arguments.scalars,
                 "hashes": arguments.hashes,
                 "code": step.code,
                 "function": f"{step.fn.__module__}.{step.fn.__qualname__}",
-                "duration": time.perf_counter() - start,
+                "duration": duration,
             }
             entry = self._store.publish(
                 step.name, key, files, functools.partial(step.save, result), record
             )
         return step.load(entry.path)
+
+
+def _changed(before: StepArguments, after: StepArguments | None) -> str | None:
+    """Name the first argument whose value differs between two keyings of one call."""
+    if after is None:
+        return "<unfingerprintable>"
+    for name in sorted(before.scalars.keys() | before.hashes.keys()):
+        if (before.scalars.get(name), before.hashes.get(name)) != (
+            after.scalars.get(name),
+            after.hashes.get(name),
+        ):
+            return name
+    return None
 
 
 _REPLACED = object()
@@ -416,7 +450,7 @@ def _differences(step: Step, arguments: StepArguments, entry: Entry, cache: Cach
     reasons = []
     for name in sorted(arguments.scalars.keys() | entry.scalars.keys()):
         new, old = arguments.scalars.get(name, "<absent>"), entry.scalars.get(name, "<absent>")
-        if name not in entry.scalars or name not in arguments.scalars or decode_scalar(new) != old:
+        if name not in entry.scalars or name not in arguments.scalars or new != encode_scalar(old):
             reasons.append(f"argument {name!r} changed: {old!r} -> {decode_scalar(new)!r}")
     for name in sorted(arguments.hashes.keys() | entry.hashes.keys()):
         new_hash, old_hash = (
@@ -428,8 +462,7 @@ def _differences(step: Step, arguments: StepArguments, entry: Entry, cache: Cach
                 f"argument {name!r} content changed: "
                 f"fingerprint {old_hash[:12]} -> {new_hash[:12]}"
             )
-    code = cache._code_of(step)
-    if code is not None and entry.code != code:
+    if cache.check_code and entry.code != step.code:
         reasons.append("the step's code changed since the entry was made")
     if not reasons:
         damage = cache._store.damage(entry, step.files())
