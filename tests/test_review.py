@@ -327,11 +327,6 @@ def rv_volume_pipeline(n: int) -> Any:
     return steps.scale_volume(steps.make_volume(n))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_subjects trusts Pydra's job cache: a rerun returns the old file-backed "
-    "output without the entry's digest check, so an edited entry file is served",
-)
 def test_run_subjects_rerun_checks_the_entries_it_returns(tmp_path: Path) -> None:
     from kwneuro_pydra.pydra import run_subjects
 
@@ -341,7 +336,8 @@ def test_run_subjects_rerun_checks_the_entries_it_returns(tmp_path: Path) -> Non
     raw = bytearray(stored.read_bytes())
     raw[-8:] = bytes(8)  # damaged after publishing: same size, other content
     stored.write_bytes(bytes(raw))
-    again = run_subjects(rv_volume_pipeline, {"s": {"n": 64}}, tmp_path, worker="debug")
+    with pytest.warns(UserWarning, match="damaged"):
+        again = run_subjects(rv_volume_pipeline, {"s": {"n": 64}}, tmp_path, worker="debug")
     np.testing.assert_array_equal(np.asarray(again["s"].outputs.array), expected)
 
 

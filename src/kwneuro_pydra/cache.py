@@ -350,16 +350,57 @@ class Cache:
                 return self._store.lookup(name, entry.key, files)
         return None
 
+    def load(self, step: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Return the stored result of ``step(*args, **kwargs)`` without ever computing it.
+
+        .. versionadded:: 0.1
+
+        Args:
+            step: A `cacheable` function.
+            *args: Positional arguments of the call.
+            **kwargs: Keyword arguments of the call.
+
+        Returns:
+            The result, loaded from its entry, exactly as a hit returns it.
+
+        Raises:
+            TypeError: ``step`` is not a `cacheable` function.
+            KeyError: The call has no intact entry (or the step is forced).
+        """
+        found = step_of(step)
+        if found is None:
+            raise TypeError(f"{step!r} is not a @cacheable step")
+        return self._stored(found, args, kwargs)
+
+    def _stored(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        arguments = step.arguments(args, kwargs)
+        loaded = _MISS if arguments is None else self._hit(step, arguments, step.files())
+        if loaded is _MISS:
+            raise KeyError(f"no stored result of step {step.name!r} for these arguments")
+        return loaded
+
+    def _hit(self, step: Step, arguments: StepArguments, files: list[str]) -> Any:
+        """Load the entry of a call without the lock; `_MISS` if there is none to serve."""
+        if self.is_forced(step.name) or not (
+            entry := self._find(step.name, arguments, files, step)
+        ):
+            return _MISS
+        try:
+            before = os.stat(entry.path).st_ino
+            loaded = step.load(entry.path)
+            after = os.stat(entry.path).st_ino
+        except OSError:
+            return _MISS
+        return loaded if before == after else _MISS  # a writer swapped it in: ask under lock
+
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         arguments = step.arguments(args, kwargs)
         if arguments is None:
             return step.fn(*args, **kwargs)
         files = step.files()
         forced = self.is_forced(step.name)
-        if not forced and (entry := self._find(step.name, arguments, files, step)):
-            loaded = _load_unless_replaced(step, entry)
-            if loaded is not _REPLACED:
-                return loaded
+        if (loaded := self._hit(step, arguments, files)) is not _MISS:
+            return loaded
         key = entry_key(arguments.scalars, arguments.hashes, step.code)
         with self._store.lock(step.name, key):
             self._store.recover(step.name, key)
@@ -404,18 +445,7 @@ def _changed(before: StepArguments, after: StepArguments | None) -> str | None:
     return None
 
 
-_REPLACED = object()
-
-
-def _load_unless_replaced(step: Step, entry: Entry) -> Any:
-    """Load a hit without the lock, or return `_REPLACED` if a writer swapped the entry."""
-    try:
-        before = os.stat(entry.path).st_ino
-        loaded = step.load(entry.path)
-        after = os.stat(entry.path).st_ino
-    except OSError:
-        return _REPLACED
-    return loaded if before == after else _REPLACED
+_MISS = object()
 
 
 def _prepare_directory(path: Path) -> Path:

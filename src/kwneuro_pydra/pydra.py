@@ -36,9 +36,10 @@ from pydra.engine.result import load_result  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
 from kwneuro_pydra import _pydra_task, _pydra_workflow
-from kwneuro_pydra._fingerprint import fingerprint
 from kwneuro_pydra._pydra_hash import register_pydra_hash
 from kwneuro_pydra._pydra_lazy import LazyValueError
+from kwneuro_pydra._step import Step
+from kwneuro_pydra.cache import Cache, handling_steps
 
 __all__ = [
     "LazyValueError",
@@ -228,31 +229,21 @@ def run_subjects(
         )  # fmt: skip
         start = time.perf_counter()
         with _forcing(forced), _progress(root / ".pydra", progress, n_nodes):
-            returned = _submit(
-                workflow_class, tasks, root / ".pydra", worker, bool(forced), worker_options
-            )
-            names = _output_names(plans[ids[0]].n_outputs) if ids else []
-            results = {
-                s: _collect(workflow_class, s, tasks[s], root, names, returned.get(s))
-                for s in ids
-            }
-            stale = {s: tasks[s] for s in ids if results[s].ok and not _intact(results[s])}
-            if stale:  # Pydra's job cache outlived the subject's cache entries
+            _submit(workflow_class, tasks, root / ".pydra", worker, bool(forced), worker_options)
+            results = {s: _replay(pipeline, s, inputs[s], root) for s in ids}
+            stale = {s: tasks[s] for s in ids if results[s] is None and not _failed(root / s)}
+            if stale:  # Pydra's job cache outlived entries of the subjects' caches
                 _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
-                returned = _submit(
-                    workflow_class, stale, root / ".pydra", worker, True, worker_options
-                )
-                results.update(
-                    (s, _collect(workflow_class, s, stale[s], root, names, returned.get(s)))
-                    for s in stale
-                )
-    failed = [r for r in results.values() if not r.ok]
+                _submit(workflow_class, stale, root / ".pydra", worker, True, worker_options)
+                results.update((s, _replay(pipeline, s, inputs[s], root)) for s in stale)
+        outcomes = {s: results[s] or _failure(workflow_class, s, tasks[s], root) for s in ids}
+    failed = [r for r in outcomes.values() if not r.ok]
     _log.info(
         "%s: %d subject(s) done, %d failed in %.2f s%s",
         pipeline.__name__, len(ids) - len(failed), len(failed), time.perf_counter() - start,
         "".join(f"\n  {r.failure}" for r in failed),
     )  # fmt: skip
-    return results
+    return outcomes
 
 
 def _inputs_of(
@@ -322,54 +313,57 @@ def _submit(
     worker: str,
     rerun: bool,
     options: dict[str, Any],
-) -> dict[str, Any]:
-    """Run the subjects' workflows; return the outputs objects that came back, by subject.
+) -> None:
+    """Run the subjects' workflows; failures are read back per subject afterwards."""
 
-    A subject missing from the answer (it failed, or the split as a whole errored) is
-    looked up in Pydra's job cache by `_collect`.
-    """
-
-    def submit(task: Any) -> Any:
+    def submit(task: Any) -> None:
         with Submitter(cache_root=pydra_root, worker=worker, **options) as submitter:
             try:
-                result = submitter(task, raise_errors=False, rerun=rerun)
-            except Exception as error:  # a failed subject: collected per subject below
+                submitter(task, raise_errors=False, rerun=rerun)
+            except Exception as error:  # a failed subject: reported per subject
                 _log.debug("Pydra reported: %s", error)
-                return None
-        return None if result is None or result.errored else result.outputs
 
     if worker == "debug":  # fail-fast within one submission: one submission per subject
-        return {s: submit(workflow_class(**values)) for s, values in tasks.items()}
+        for values in tasks.values():
+            submit(workflow_class(**values))
+        return
     names = list(next(iter(tasks.values())))
     columns = {n: [values[n] for values in tasks.values()] for n in names}
-    outputs = submit(workflow_class().split(tuple(names), **columns))
-    if outputs is None:
-        return {}
-    return {s: _SplitRow(outputs, i) for i, s in enumerate(tasks)}
+    submit(workflow_class().split(tuple(names), **columns))
 
 
-@attrs.frozen
-class _SplitRow:
-    """One subject's outputs in the outputs of a split workflow (one list per output)."""
+class _Replay:
+    """Handler that serves every step call of a pipeline from a cache, never computing."""
 
-    outputs: Any
-    index: int
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.outputs, name)[self.index]
+    def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.cache._stored(step, args, kwargs)
 
 
-def _intact(result: SubjectResult) -> bool:
-    """True unless a file-backed output of ``result`` lost its file (its entry was removed)."""
+def _replay(
+    pipeline: Callable[..., Any], subject: str, inputs: dict[str, Any], root: Path
+) -> SubjectResult | None:
+    """A subject's result read from its cache (intact entries only), or None if incomplete.
+
+    Pydra schedules; the cache owns the results: an entry removed, damaged or superseded
+    (an upstream step forced eagerly, say) since Pydra's job cache recorded the subject is
+    caught here, whatever Pydra remembers.
+    """
+    cache = Cache(root / subject)
     try:
-        fingerprint(result.outputs)
-    except OSError:
-        return False
-    return True
+        with handling_steps(_Replay(cache)):
+            outputs = pipeline(**inputs)
+    except KeyError:
+        return None
+    return SubjectResult(subject, outputs, None, cache.cache_dir)
 
 
-def _output_names(n_outputs: int) -> list[str]:
-    return ["out"] if n_outputs == 1 else [f"out{i}" for i in range(1, n_outputs + 1)]
+def _failed(cache_dir: Path) -> bool:
+    """True when a step of this subject recorded a failure in this run."""
+    errors = cache_dir / _pydra_task.ERRORS_DIR
+    return errors.is_dir() and any(errors.iterdir())
 
 
 def _clear_failures(cache_dir: Path) -> None:
@@ -379,29 +373,17 @@ def _clear_failures(cache_dir: Path) -> None:
             record.unlink(missing_ok=True)
 
 
-def _collect(
-    workflow_class: Any,
-    subject: str,
-    values: dict[str, Any],
-    root: Path,
-    names: list[str],
-    outputs: Any,
+def _failure(
+    workflow_class: Any, subject: str, values: dict[str, Any], root: Path
 ) -> SubjectResult:
-    """A subject's result: from the outputs Pydra returned, or else from its job cache."""
+    """The result of a subject whose outputs are not in its cache: why, as best known."""
+    task = workflow_class(**values)
+    result = load_result(task._checksum, [root / ".pydra"], retries=1, polling_interval=0)
     cache_dir = root / subject
-    result = None
-    if outputs is None:
-        task = workflow_class(**values)
-        result = load_result(task._checksum, [root / ".pydra"], retries=1, polling_interval=0)
-        if result is not None and not result.errored:
-            outputs = result.outputs
-    if outputs is not None:
-        value = tuple(getattr(outputs, n) for n in names)
-        return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
-    return SubjectResult(subject, None, _failure(subject, cache_dir, result), cache_dir)
+    return SubjectResult(subject, None, _why(subject, cache_dir, result), cache_dir)
 
 
-def _failure(subject: str, cache_dir: Path, result: Any) -> StepFailure:
+def _why(subject: str, cache_dir: Path, result: Any) -> StepFailure:
     records = sorted(
         (cache_dir / _pydra_task.ERRORS_DIR).glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns
     ) if (cache_dir / _pydra_task.ERRORS_DIR).is_dir() else []  # fmt: skip
