@@ -262,9 +262,11 @@ def test_ndarray_subclass_is_not_confused_with_ndarray(tmp_path: Path) -> None:
     values = [[1, 2], [3, 4]]
     with Cache(tmp_path):
         assert rv_square(np.array(values)) == [[1, 4], [9, 16]]
-        with pytest.warns(PendingDeprecationWarning):  # np.matrix warns; so does its product
+        with pytest.warns(PendingDeprecationWarning):
             matrix = np.matrix(values)
-            assert rv_square(matrix) == [[7, 10], [15, 22]]
+        with pytest.warns(PendingDeprecationWarning):  # the matrix product warns too
+            product = rv_square(matrix)
+        assert product == [[7, 10], [15, 22]]
 
 
 class _Color(enum.StrEnum):
