@@ -343,11 +343,6 @@ def test_run_subjects_rerun_checks_the_entries_it_returns(tmp_path: Path) -> Non
     np.testing.assert_array_equal(np.asarray(again["s"].outputs.array), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="to_task does not make cache_dir absolute: a relative one is resolved in the "
-    "node's job directory (its cwd), so the node neither sees nor feeds the eager cache",
-)
 def test_to_task_node_shares_a_relative_cache_dir_with_eager_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

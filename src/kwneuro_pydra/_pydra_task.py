@@ -22,7 +22,15 @@ import kwneuro_pydra._pydra_hash  # noqa: F401  (registers our hashing in every 
 from kwneuro_pydra import cache as _cache
 from kwneuro_pydra._step import CacheSpec, Step
 
-__all__ = ["FORCE_ENV", "RESERVED", "node_step", "output_names", "step_function", "to_task"]
+__all__ = [
+    "FORCE_ENV",
+    "RESERVED",
+    "absolute_cache_dir",
+    "node_step",
+    "output_names",
+    "step_function",
+    "to_task",
+]
 
 _log = logging.getLogger("kwneuro_pydra.pydra")
 
@@ -176,9 +184,26 @@ def to_task(function: Callable[..., Any]) -> Any:
         n: python.out(name=n, type=t, help=f"output {n} of kwneuro step {step.name}")
         for n, t in zip(names, types, strict=True)
     }
-    task = python.define(runner, outputs=outputs, name=step.name)
+    cache_dir_input = python.arg(
+        name="cache_dir", type=str | None, default=None, converter=absolute_cache_dir
+    )
+    task = python.define(
+        runner, inputs={"cache_dir": cache_dir_input}, outputs=outputs, name=step.name
+    )
     task._kwneuro_named_tuple = named
     return task
+
+
+def absolute_cache_dir(value: Any) -> Any:
+    """Converter of every ``cache_dir`` input: absolute where the task is built.
+
+    Hashed as a location (its string), never by content: it fills up while nodes run. A
+    relative one is resolved now, since a node runs with its job directory as working
+    directory.
+    """
+    if isinstance(value, str | os.PathLike):
+        return str(Path(value).absolute())
+    return value  # None, or what Pydra passes while it splits (a state array, a lazy field)
 
 
 def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:

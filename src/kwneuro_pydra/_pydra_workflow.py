@@ -18,6 +18,7 @@ from kwneuro_pydra._pydra_lazy import Lazy, producers_of, unwrap
 from kwneuro_pydra._pydra_task import (
     PYDRA_DOC,
     RESERVED,
+    absolute_cache_dir,
     node_step,
     output_names,
     step_function,
@@ -199,4 +200,9 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
     constructor.__signature__ = inspect.Signature(params + extra)  # type: ignore[attr-defined]
     constructor.__annotations__ = {p.name: p.annotation for p in params + extra}
     names = ["out"] if plan.n_outputs == 1 else [f"out{i}" for i in range(1, plan.n_outputs + 1)]
-    return workflow.define(constructor, outputs=names, name=pipeline.__name__)
+    cache_dir_input = workflow.arg(
+        name="cache_dir", type=str | None, default=None, converter=absolute_cache_dir
+    )
+    return workflow.define(
+        constructor, inputs={"cache_dir": cache_dir_input}, outputs=names, name=pipeline.__name__
+    )
