@@ -273,28 +273,6 @@ def paused() -> Iterator[Any]:
         call.close()
 
 
-def test_cache_constructed_while_another_process_constructs_one(
-    tmp_path: Path, paused: Any
-) -> None:
-    cache_dir = tmp_path / "cache"
-    cache_dir.mkdir()
-    other = paused(
-        {
-            "cache_dir": str(cache_dir),
-            "nonce": "",
-            "call": "unlink",
-            "inside": "__post_init__",
-            "nth": 1,
-        }
-    )
-    message = other.message()
-    if message["event"] == "paused":  # the other one stopped inside Cache(): make one now
-        Cache(cache_dir)
-        other.resume()
-        message = other.message()
-    assert message["event"] == "done", message.get("traceback")
-
-
 def test_reader_loading_a_hit_while_another_process_forces_a_recompute(
     tmp_path: Path, paused: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

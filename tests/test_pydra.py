@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -151,11 +152,14 @@ def test_numpy_hash_tells_shape_dtype_and_order_apart(counts: Path) -> None:
     assert task(a=a.copy())._checksum == sums[0]
 
 
+_SCRATCH = itertools.count()
+
+
 class Opaque:
-    """Pydra's default hash would read ``scratch``; our fingerprint ignores it."""
+    """Pydra's default hash would read ``scratch`` (different in every instance); ours not."""
 
     def __init__(self, value: int) -> None:
-        self.value, self.scratch = value, object()
+        self.value, self.scratch = value, next(_SCRATCH)
 
     def __fingerprint__(self) -> object:
         return self.value
@@ -163,7 +167,7 @@ class Opaque:
 
 class Registered:
     def __init__(self, value: int) -> None:
-        self.value, self.scratch = value, object()
+        self.value, self.scratch = value, next(_SCRATCH)
 
 
 @fingerprint.register(Registered)
