@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 
@@ -287,3 +288,16 @@ def test_a_step_edit_invalidates_the_workflow_result(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout.split()[-1])
     assert outputs == ["2.0", "101.0"]
+
+
+@attrs.define
+class Settings:
+    sigma: float
+    weights: list[float] = attrs.field(eq=False)
+
+
+def test_dataclass_and_attrs_inputs_hash_through_fingerprint(counts: Path) -> None:
+    task = to_task(take)
+    first = task(thing=Settings(1.0, [1.0]))._checksum
+    assert task(thing=Settings(1.0, [1.0]))._checksum == first
+    assert task(thing=Settings(1.0, [2.0]))._checksum != first  # an eq=False field counts

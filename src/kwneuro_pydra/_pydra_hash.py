@@ -9,16 +9,19 @@ fresh interpreter loading a Slurm job) register too.
 - ``pathlib.PurePath``: Pydra hashes a path by its string; ours hashes an existing file by
   content (memoized by stat), like the eager cache key. Otherwise a node (or a per-subject
   workflow) whose input file was rewritten would return its stale result.
-- Any other class that has ``__fingerprint__`` or was registered with ``fingerprint.register``:
-  through a wrapper around Pydra's generic default serializer (the ``object`` entry). Classes
-  without either keep Pydra's default unchanged.
+- Dataclasses, attrs classes, and any other class that has ``__fingerprint__`` or was
+  registered with ``fingerprint.register`` (Pydra's own hash of attrs instances skips fields
+  declared ``eq=False``): through a wrapper around Pydra's generic default serializer (the
+  ``object`` entry). Other classes keep Pydra's default unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Iterator
 
+import attrs
 import numpy as np
 from pydra.utils.hash import Cache as HashCache  # type: ignore[import-untyped]
 from pydra.utils.hash import bytes_repr, register_serializer
@@ -63,8 +66,11 @@ def register_pydra_hash(cls: type) -> type:
 
 def _generic(obj: object, cache: HashCache) -> Iterator[bytes]:
     cls = type(obj)
-    if getattr(cls, "__fingerprint__", None) is not None or _by_type.dispatch(cls) is not (
-        _TOKEN_DEFAULT
+    if (
+        getattr(cls, "__fingerprint__", None) is not None
+        or _by_type.dispatch(cls) is not _TOKEN_DEFAULT
+        or dataclasses.is_dataclass(cls)
+        or attrs.has(cls)
     ):
         return _fingerprint_bytes(obj, cache)
     return _PYDRA_DEFAULT(obj, cache)  # type: ignore[no-any-return]
