@@ -77,13 +77,19 @@ def _producer(resources: ModuleType, value: Any) -> Any:
     return make_dwi
 
 
-@case("fingerprint-dwi")
-def fingerprint_dwi(sizes: Sizes, workdir: Path) -> Section:
-    """Fingerprint of an in-memory DWI (volume, b-values, b-vectors) against a read pass."""
+def _section_with_ours() -> tuple[Section, dict[str, Any]]:
+    """A new section and the participants' APIs; `Unavailable` when ours cannot load."""
     section = Section("", "")
     found = apis(section)
     if OURS not in found:
         raise _peers.Unavailable(section.notes[0])
+    return section, found
+
+
+@case("fingerprint-dwi")
+def fingerprint_dwi(sizes: Sizes, workdir: Path) -> Section:
+    """Fingerprint of an in-memory DWI (volume, b-values, b-vectors) against a read pass."""
+    section, found = _section_with_ours()
     dwi = in_memory_dwi(_resources(), sizes.array_shape)
     arr = dwi.volume.get_array()
     section.name = "fingerprint-dwi"
@@ -107,10 +113,7 @@ def fingerprint_dwi(sizes: Sizes, workdir: Path) -> Section:
 @case("hit-file-backed")
 def hit_file_backed(sizes: Sizes, workdir: Path) -> Section:
     """Hit and miss latency of a step whose input is a file-backed DWI from a cache entry."""
-    section = Section("", "")
-    found = apis(section)
-    if OURS not in found:
-        raise _peers.Unavailable(section.notes[0])
+    section, found = _section_with_ours()
     ours, resources = found[OURS], _resources()
     memory_dwi = in_memory_dwi(resources, sizes.array_shape)
     nbytes = memory_dwi.volume.get_array().nbytes
@@ -166,10 +169,7 @@ def hit_file_backed(sizes: Sizes, workdir: Path) -> Section:
 @case("dwi-entry-storage")
 def dwi_entry_storage(sizes: Sizes, workdir: Path) -> Section:
     """Save and load time and size on disk of a DWI cache entry: .nii.gz versus .nii."""
-    section = Section("", "")
-    found = apis(section)
-    if OURS not in found:
-        raise _peers.Unavailable(section.notes[0])
+    section, found = _section_with_ours()
     ours, resources = found[OURS], _resources()
     memory_dwi = in_memory_dwi(resources, sizes.array_shape)
     arr = memory_dwi.volume.get_array()
