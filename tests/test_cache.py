@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -651,3 +652,35 @@ def test_forced_replacement_swaps_entries_atomically(
     (entry,) = cache.entries(fill)
     assert [b for _, b in swaps] == [entry.path]
     assert sorted(p.name for p in entry.path.parent.iterdir()) == [entry.key]
+
+
+def test_settled_sidecars_are_parsed_once_and_in_place_edits_are_seen(
+    tmp_path: Path, short_racy_window: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kwneuro_pydra import _store
+
+    parsed: list[str] = []
+    real = _store._parse_sidecar
+
+    def counting(path: str, *args: Any) -> Any:
+        parsed.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(_store, "_parse_sidecar", counting)
+
+    @cacheable(npy_spec())
+    def fill(n: int) -> np.ndarray:
+        return np.full(3, n)
+
+    with Cache(tmp_path) as cache:
+        fill(1)
+        time.sleep(short_racy_window)
+        parsed.clear()
+        for _ in range(3):
+            fill(1)
+        assert len(parsed) == 1
+        (entry,) = cache.entries(fill)
+        sidecar = entry.path / "fill.params.json"
+        sidecar.write_text(sidecar.read_text().replace('"format": 1', '"format": 7'))
+        with pytest.warns(UserWarning, match="format version 7"):
+            fill(1)

@@ -215,13 +215,6 @@ def test_fingerprints_agree_across_processes_and_hash_seeds() -> None:
 
 
 @pytest.fixture
-def short_racy_window(monkeypatch: pytest.MonkeyPatch) -> float:
-    """Shrink the racy window so tests can age a file in 0.1 s."""
-    monkeypatch.setattr(_filedigest, "RACY_WINDOW_NS", 50_000_000)
-    return 0.1
-
-
-@pytest.fixture
 def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Record every full read of a file by the digest memo."""
     calls: list[Path] = []

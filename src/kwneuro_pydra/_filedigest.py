@@ -28,7 +28,15 @@ from pathlib import Path
 
 import xxhash
 
-__all__ = ["PERSIST_MIN_SIZE", "RACY_WINDOW_NS", "file_digest", "memo_directory"]
+__all__ = [
+    "PERSIST_MIN_SIZE",
+    "RACY_WINDOW_NS",
+    "StatKey",
+    "file_digest",
+    "is_settled",
+    "memo_directory",
+    "stat_key",
+]
 
 RACY_WINDOW_NS = 1_000_000_000
 """Files changed less than this long ago (in ns) are hashed but not memoised."""
@@ -38,10 +46,10 @@ PERSIST_MIN_SIZE = 1 << 20
 process memory only."""
 
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
-_StatKey = tuple[int, int, int, int, int]
+StatKey = tuple[int, int, int, int, int]
 
 _MEMORY_LIMIT = 200_000  # about 40 MB of keys and digests
-_memory: dict[_StatKey, str] = {}
+_memory: dict[StatKey, str] = {}
 _memo_dir: ContextVar[Path | None] = ContextVar("kwneuro_pydra_memo_dir", default=None)
 
 
@@ -59,7 +67,8 @@ def memo_directory(directory: Path) -> Iterator[None]:
         _memo_dir.reset(token)
 
 
-def _stat_key(st: os.stat_result) -> _StatKey:
+def stat_key(st: os.stat_result) -> StatKey:
+    """The memo key of a file: (device, inode, size, mtime_ns, ctime_ns)."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -71,12 +80,12 @@ def _hash_file(path: str | Path, size: int) -> str:
             return xxhash.xxh3_128_hexdigest(mapped)
 
 
-def _memo_file(directory: Path, key: _StatKey) -> Path:
+def _memo_file(directory: Path, key: StatKey) -> Path:
     name = xxhash.xxh3_128_hexdigest(":".join(map(str, key)).encode())
     return directory / name[:2] / name
 
 
-def _read_persistent(directory: Path, key: _StatKey) -> str | None:
+def _read_persistent(directory: Path, key: StatKey) -> str | None:
     try:
         with open(_memo_file(directory, key), "rb") as handle:
             raw = handle.read(33)
@@ -85,7 +94,7 @@ def _read_persistent(directory: Path, key: _StatKey) -> str | None:
     return raw.decode("latin-1") if _HEX32.fullmatch(raw) else None
 
 
-def _write_persistent(directory: Path, key: _StatKey, digest: str) -> None:
+def _write_persistent(directory: Path, key: StatKey, digest: str) -> None:
     target = _memo_file(directory, key)
     with contextlib.suppress(OSError):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +124,7 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise IsADirectoryError(f"not a regular file: {path}")
-    key = _stat_key(st)
+    key = stat_key(st)
     digest = _memory.get(key)
     if digest is not None:
         return digest
@@ -126,7 +135,7 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
             _memory[key] = digest
             return digest
     digest = _hash_file(path, st.st_size)
-    if (settled or _stable(st)) and _stat_key(os.stat(path)) == key:
+    if (settled or is_settled(st)) and stat_key(os.stat(path)) == key:
         if len(_memory) >= _MEMORY_LIMIT:
             _memory.clear()
         _memory[key] = digest
@@ -135,5 +144,6 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
     return digest
 
 
-def _stable(st: os.stat_result) -> bool:
+def is_settled(st: os.stat_result) -> bool:
+    """True when the file last changed at least `RACY_WINDOW_NS` ago (safe to memoise)."""
     return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_WINDOW_NS

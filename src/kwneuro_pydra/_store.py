@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from kwneuro_pydra._exchange import exchange
-from kwneuro_pydra._filedigest import file_digest
+from kwneuro_pydra._filedigest import StatKey, file_digest, is_settled, stat_key
 from kwneuro_pydra._lock import EntryLock
 
 __all__ = [
@@ -117,6 +117,11 @@ class Entry:
         return sum(int(f["size"]) for f in self.files.values())
 
 
+_SIDECAR_LIMIT = 50_000
+_SIDECARS: dict[tuple[str, StatKey], Entry] = {}
+"""Parsed sidecars by path and stat key: a warm hit reads no JSON."""
+
+
 def _sidecar_name(step: str) -> str:
     return f"{step}.params.json"
 
@@ -174,7 +179,9 @@ class Store:
         entry_dir = os.path.join(self._root, step, key)
         sidecar = os.path.join(entry_dir, _sidecar_name(step))
         try:
-            return _parse_sidecar(sidecar, step, key, entry_dir)
+            st = os.stat(sidecar)
+            memo_key = (sidecar, stat_key(st))
+            entry = _SIDECARS.get(memo_key) or _parse_sidecar(sidecar, step, key, entry_dir)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -185,6 +192,11 @@ class Store:
                 stacklevel=4,
             )
             return None
+        if memo_key not in _SIDECARS and is_settled(st):  # entries change only by rename
+            if len(_SIDECARS) >= _SIDECAR_LIMIT:
+                _SIDECARS.clear()
+            _SIDECARS[memo_key] = entry
+        return entry
 
     def damage(self, entry: Entry, files: list[str]) -> str | None:
         """Return why ``entry`` cannot serve a hit for ``files``, or None when it is intact."""
