@@ -16,6 +16,7 @@ import pytest
 import kwneuro_pydra
 from kwneuro_pydra import Cache, CacheSpec, cacheable, fingerprint
 from kwneuro_pydra import cache as cache_module
+from kwneuro_pydra.cache import step_of
 
 Calls = list[tuple[Any, ...]]
 
@@ -684,3 +685,18 @@ def test_settled_sidecars_are_parsed_once_and_in_place_edits_are_seen(
         sidecar.write_text(sidecar.read_text().replace('"format": 1', '"format": 7'))
         with pytest.warns(UserWarning, match="format version 7"):
             fill(1)
+
+
+def test_prune_stale_code_keeps_only_entries_of_the_current_code(tmp_path: Path) -> None:
+    sources = [STEP_SOURCE.format(doc="", comment="", op=op) for op in ("+", "-")]
+    old = _load_module(tmp_path / "old.py", sources[0], "steps_pruned")
+    with Cache(tmp_path / "cache"):
+        old.versioned(1), old.versioned(2)
+    new = _load_module(tmp_path / "new.py", sources[1], "steps_pruned")
+    with Cache(tmp_path / "cache") as cache:
+        new.versioned(1)
+        assert len(cache.entries("versioned")) == 3
+        removed = cache.prune(stale_code=True)
+        (kept,) = cache.entries("versioned")
+    assert len(removed) == 2
+    assert kept.code == step_of(new.versioned).code  # type: ignore[union-attr]

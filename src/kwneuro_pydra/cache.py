@@ -310,7 +310,13 @@ class Cache:
                 removed += 1
         return removed
 
-    def prune(self, *, keep: int | None = None, older_than: float | None = None) -> list[Path]:
+    def prune(
+        self,
+        *,
+        keep: int | None = None,
+        older_than: float | None = None,
+        stale_code: bool = False,
+    ) -> list[Path]:
         """Remove leftovers of crashed writes and entries beyond a retention policy.
 
         .. versionadded:: 0.1
@@ -318,6 +324,8 @@ class Cache:
         Args:
             keep: Keep only this many most recent entries per step.
             older_than: Remove entries created more than this many seconds ago.
+            stale_code: Remove the entries made by other code than the step's current code
+                (for the steps decorated in this process; others are left alone).
 
         Returns:
             The directories removed.
@@ -328,8 +336,10 @@ class Cache:
             entries = list(self._store.entries(name))
             doomed = entries[: max(len(entries) - keep, 0)] if keep is not None else []
             if cutoff is not None:
-                doomed += [e for e in entries if _timestamp(e) < cutoff and e not in doomed]
-            for entry in doomed:
+                doomed += [e for e in entries if _timestamp(e) < cutoff]
+            if stale_code and (step := _STEPS.get(name)) is not None:
+                doomed += [e for e in entries if e.code != step.code]
+            for entry in {e.path: e for e in doomed}.values():
                 self._store.remove(entry)
                 removed.append(entry.path)
             for leftover in self._store.leftovers(name):
