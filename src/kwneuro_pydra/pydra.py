@@ -3,10 +3,12 @@
 The same steps run eagerly under ``with Cache(...)`` and as Pydra nodes, sharing one cache:
 a node given ``cache_dir`` runs its step inside ``Cache(cache_dir)``, so Pydra only schedules.
 
-Example:
-    >>> from kwneuro_pydra.pydra import run_subjects  # doctest: +SKIP
-    >>> subjects = {"sub-01": {"dwi": dwi1}}  # doctest: +SKIP
-    >>> results = run_subjects(pipeline, subjects, "derivatives")  # doctest: +SKIP
+Example::
+
+    from kwneuro_pydra.pydra import run_subjects
+    from kwneuro_pydra.workflows import dti_pipeline
+
+    results = run_subjects(dti_pipeline, {"sub-01": {"dwi": dwi1}}, "derivatives")
 
 Importing this module imports Pydra (``import kwneuro_pydra`` alone does not), sets
 ``NO_ET=1`` (no telemetry request) unless ``NO_ET`` is set, and registers our hashing of
