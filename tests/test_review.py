@@ -1,7 +1,7 @@
-"""Adversarial review: each test shows one way a hit can serve a result it should not.
+"""Adversarial review: each test shows one way a hit could serve a result it should not.
 
-Every test here fails on the current code and is marked ``xfail(strict=True)`` with the
-problem in its reason; the fix proposed for each is in the review report.
+Every test here failed before the fix it pins (code fingerprints, keys, fingerprint type
+confusion, entries replaced under readers, inputs changed under writers, Pydra's job cache).
 """
 
 from __future__ import annotations
