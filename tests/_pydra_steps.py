@@ -264,3 +264,21 @@ if upstream is not None:
     def up_volume(n: int) -> NpyVolume:
         _count("up_volume")
         return NpyVolume.create(np.arange(n, dtype=np.float32))
+
+
+class Unhashable:
+    """A value `fingerprint` cannot take (it has no fingerprint), but Pydra can pickle."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+@cacheable(json_spec("shout"))
+def shout(thing: Unhashable) -> str:
+    _count("shout")
+    return thing.text.upper()
+
+
+def shouting(thing: Unhashable) -> str:
+    """A pipeline whose only step runs uncached: its argument has no fingerprint."""
+    return shout(thing)

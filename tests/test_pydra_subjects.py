@@ -255,3 +255,14 @@ def test_importing_the_package_does_not_import_pydra(tmp_path: Path) -> None:
 def test_subject_result_is_a_small_value() -> None:
     result = SubjectResult("s", 1, None, Path("/x"))
     assert result.ok and result.outputs == 1
+
+
+def test_a_step_that_runs_uncached_still_returns_its_result(
+    counts: Path, tmp_path: Path
+) -> None:
+    with pytest.warns(UserWarning, match="cannot be fingerprinted"):
+        results = run_subjects(
+            steps.shouting, {"s": {"thing": steps.Unhashable("hi")}}, tmp_path, worker="debug"
+        )
+    assert results["s"].ok, results["s"].failure
+    assert results["s"].outputs == "HI"

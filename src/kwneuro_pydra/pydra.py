@@ -238,7 +238,10 @@ def run_subjects(
                 _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
                 _submit(workflow_class, stale, root / ".pydra", worker, True, worker_options)
                 results.update((s, _replay(pipeline, s, inputs[s], root)) for s in stale)
-        outcomes = {s: results[s] or _failure(workflow_class, s, tasks[s], root) for s in ids}
+        names = _output_names(plans[ids[0]].n_outputs) if ids else []
+        outcomes = {
+            s: results[s] or _from_pydra(workflow_class, s, tasks[s], root, names) for s in ids
+        }
     failed = [r for r in outcomes.values() if not r.ok]
     _log.info(
         "%s: %d subject(s) done, %d failed in %.2f s%s",
@@ -375,14 +378,25 @@ def _clear_failures(cache_dir: Path) -> None:
             record.unlink(missing_ok=True)
 
 
-def _failure(
-    workflow_class: Any, subject: str, values: dict[str, Any], root: Path
+def _from_pydra(
+    workflow_class: Any, subject: str, values: dict[str, Any], root: Path, names: list[str]
 ) -> SubjectResult:
-    """The result of a subject whose outputs are not in its cache: why, as best known."""
+    """A subject whose outputs are not in its cache: Pydra's result, else why it failed.
+
+    Pydra's result stands in only where a step ran uncached (an argument that cannot be
+    fingerprinted); for a failed subject it carries the error.
+    """
     task = workflow_class(**values)
     result = load_result(task._checksum, [root / ".pydra"], retries=1, polling_interval=0)
     cache_dir = root / subject
+    if result is not None and not result.errored:
+        value = tuple(getattr(result.outputs, name) for name in names)
+        return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
     return SubjectResult(subject, None, _why(subject, cache_dir, result), cache_dir)
+
+
+def _output_names(n_outputs: int) -> list[str]:
+    return ["out"] if n_outputs == 1 else [f"out{i}" for i in range(1, n_outputs + 1)]
 
 
 def _why(subject: str, cache_dir: Path, result: Any) -> StepFailure:
