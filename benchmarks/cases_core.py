@@ -180,11 +180,23 @@ def _fingerprint_array(order: str, sizes: Sizes, workdir: Path) -> Section:
         upstream_fingerprint = found[UPSTREAM]._compute_fingerprint
         fingerprints.append((UPSTREAM, upstream_fingerprint, "sha256 of arr.tobytes()"))
     fingerprints.append((JOBLIB, joblib.hash, "joblib.hash(arr): md5"))
+    fingerprint_rows(section, fingerprints, arr, limit=limit, repeat=sizes.repeat)
+    return section
+
+
+def fingerprint_rows(
+    section: Section,
+    fingerprints: Sequence[tuple[str, Callable[[Any], object], str]],
+    value: Any,
+    *,
+    limit: str,
+    repeat: int,
+) -> None:
+    """Time each participant's fingerprint of ``value``; ours is compared with the peers."""
     for label, fingerprint, how in fingerprints:
-        timing = measure(functools.partial(fingerprint, arr), repeat=sizes.repeat)
+        timing = measure(functools.partial(fingerprint, value), repeat=repeat)
         peers = (UPSTREAM, JOBLIB) if label == OURS else ()
         section.rows.append(Row(label, timing, limit=limit, peers=peers, note=how))
-    return section
 
 
 CASES["fingerprint-array-C"] = functools.partial(_fingerprint_array, "C")

@@ -35,7 +35,7 @@ from benchmarks._common import (
     tree_bytes,
 )
 from benchmarks._harness import Row, Section, Timing, file_read, measure, memory_read
-from benchmarks.cases_core import hit_and_miss
+from benchmarks.cases_core import fingerprint_rows, hit_and_miss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +103,7 @@ def fingerprint_dwi(sizes: Sizes, workdir: Path) -> Section:
         rows.append((UPSTREAM, found[UPSTREAM]._compute_fingerprint,
                      "its dataclass walk: sha256 of tobytes() (an F-order copy)"))  # fmt: skip
     rows.append((JOBLIB, joblib.hash, "joblib.hash(dwi): pickle + md5"))
-    for label, fingerprint, how in rows:
-        timing = measure(functools.partial(fingerprint, dwi), repeat=sizes.repeat)
-        peers = (UPSTREAM, JOBLIB) if label == OURS else ()
-        section.rows.append(Row(label, timing, limit=limit, peers=peers, note=how))
+    fingerprint_rows(section, rows, dwi, limit=limit, repeat=sizes.repeat)
     return section
 
 
