@@ -1,0 +1,187 @@
+"""Write BIDS-Derivatives: named links to cache entries, JSON sidecars, the dataset description."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kwneuro_pydra.bids._discover import DwiSeries
+
+__all__ = [
+    "DERIVATIVES",
+    "Derivative",
+    "place",
+    "write_dataset_description",
+    "write_derivatives",
+    "write_json",
+]
+
+_LINK_FAILURES = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES}
+
+
+@attrs.frozen
+class Derivative:
+    """How one output of the pipeline is named in the derivatives.
+
+    Attributes:
+        output: The pipeline's output (a result attribute name, e.g. ``fa``).
+        entities: What follows the source entities, e.g. ``model-tensor_param-fa_dwimap``.
+        description: The sidecar's ``Description``.
+        units: The sidecar's ``Units``, or "" when the map has none.
+    """
+
+    output: str
+    entities: str
+    description: str
+    units: str = ""
+
+
+def _tensor(param: str, description: str, units: str = "") -> Derivative:
+    return Derivative(param, f"model-tensor_param-{param}_dwimap", description, units)
+
+
+DERIVATIVES: tuple[Derivative, ...] = (
+    Derivative("mask", "desc-brain_mask", "Brain mask (1 inside the brain)"),
+    _tensor("fa", "Fractional anisotropy of the diffusion tensor"),
+    _tensor("md", "Mean diffusivity of the diffusion tensor", "mm^2/s"),
+)
+"""Pipeline output -> BIDS-Derivatives name (BEP016 for model maps); one line per map."""
+
+
+def place(source: Path, target: Path) -> None:
+    """Make ``target`` a hard link to ``source`` (a copy across file systems), atomically.
+
+    A reader of ``target`` sees the old file or the new one, never a partial one; nothing is
+    done when ``target`` already is ``source``.
+
+    Args:
+        source: An existing file (a cache entry's output).
+        target: The derivative's path; its folder is created.
+
+    Raises:
+        OSError: Neither a link nor a copy could be made.
+    """
+    with contextlib.suppress(OSError):
+        if os.path.samefile(source, target):
+            return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError as error:
+            if error.errno not in _LINK_FAILURES:
+                raise
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path``, atomically; untouched when it is equal.
+
+    Args:
+        path: The file; its folder is created.
+        data: JSON-serialisable mapping.
+    """
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8") == text:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_dataset_description(
+    output_dir: Path, bids_dir: Path, *, version: str, source_name: str | None = None
+) -> Path:
+    """Write ``OUTPUT_DIR/dataset_description.json`` of a derivative dataset.
+
+    Args:
+        output_dir: The derivatives folder.
+        bids_dir: The source dataset.
+        version: kwneuro-pydra's version (``GeneratedBy``).
+        source_name: The source dataset's ``Name``, if it has one.
+
+    Returns:
+        The file written.
+    """
+    path = output_dir / "dataset_description.json"
+    raw = bids_dir.absolute().as_uri()
+    write_json(
+        path,
+        {
+            "Name": f"kwneuro-pydra DTI derivatives of {source_name or bids_dir.name}",
+            "BIDSVersion": "1.10.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [
+                {
+                    "Name": "kwneuro-pydra",
+                    "Version": version,
+                    "Description": "Diffusion tensor maps and brain masks, with a visual report",
+                }
+            ],
+            "SourceDatasets": [{"URL": raw}],
+            "DatasetLinks": {"raw": raw},
+        },
+    )
+    return path
+
+
+def write_derivatives(
+    series: DwiSeries,
+    outputs: Mapping[str, Any],
+    output_dir: Path,
+    *,
+    parameters: Mapping[str, Any],
+) -> list[Path]:
+    """Link a series' outputs into ``output_dir`` under BIDS-Derivatives names, with sidecars.
+
+    For each `DERIVATIVES` row whose output is present in ``outputs`` (an object with a
+    ``path``, e.g. a `NiftiVolumeResource` served from the cache):
+    ``OUTPUT_DIR/sub-<label>/[ses-<label>/]dwi/<source entities>_<entities>.nii.gz`` and a
+    ``.json`` sidecar beside it.
+
+    Args:
+        series: The source series.
+        outputs: Output name -> file-backed result.
+        output_dir: The derivatives folder.
+        parameters: The pipeline's options, recorded in every sidecar.
+
+    Returns:
+        The derivative image files written or refreshed.
+    """
+    folder = output_dir / series.directory
+    written = []
+    for row in DERIVATIVES:
+        if row.output not in outputs:
+            continue
+        source = Path(outputs[row.output].path)
+        extension = ".nii.gz" if source.name.endswith(".nii.gz") else source.suffix
+        target = folder / f"{series.name}_{row.entities}{extension}"
+        place(source, target)
+        sidecar: dict[str, Any] = {
+            "Description": row.description,
+            "Sources": [f"bids:raw:{series.source}"],
+        }
+        if row.units:
+            sidecar["Units"] = row.units
+        sidecar["Parameters"] = dict(parameters)
+        write_json(target.with_name(target.name.removesuffix(extension) + ".json"), sidecar)
+        written.append(target)
+    return written

@@ -1,0 +1,192 @@
+"""Find every DWI series of a BIDS dataset, with its b-values and b-vectors, via bids2table."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import attrs
+
+from kwneuro_pydra.resources import Dwi, FslBvalResource, FslBvecResource, NiftiVolumeResource
+
+__all__ = ["BidsError", "DwiSeries", "SeriesError", "discover"]
+
+_NIFTI = (".nii.gz", ".nii")
+
+
+class BidsError(ValueError):
+    """The dataset cannot be used at all (missing, not BIDS, or an unknown label asked for)."""
+
+
+class SeriesError(ValueError):
+    """One DWI series cannot be loaded (missing b-table, wrong shape, unreadable file)."""
+
+
+@attrs.frozen
+class DwiSeries:
+    """One DWI series of a BIDS dataset: a unit of work (subject x session x acq x run ...).
+
+    Attributes:
+        root: The dataset root.
+        entities: The series' BIDS entities as bids2table parses them (``sub``, ``ses``,
+            ``acq``, ``run`` ...), without ``datatype``, ``suffix`` and ``ext``.
+        nifti: The DWI image.
+        bval: Its b-values file found by BIDS inheritance, or None.
+        bvec: Its b-vectors file found by BIDS inheritance, or None.
+    """
+
+    root: Path
+    entities: dict[str, str]
+    nifti: Path
+    bval: Path | None
+    bvec: Path | None
+
+    @property
+    def subject(self) -> str:
+        """The subject label (without ``sub-``)."""
+        return self.entities["sub"]
+
+    @property
+    def session(self) -> str | None:
+        """The session label (without ``ses-``), or None."""
+        return self.entities.get("ses")
+
+    @property
+    def name(self) -> str:
+        """The source entities as they start the file name, e.g. ``sub-01_ses-2_run-1``."""
+        return self.nifti.name.split("_dwi.nii")[0]
+
+    @property
+    def directory(self) -> Path:
+        """The series' folder relative to the dataset root, e.g. ``sub-01/ses-2/dwi``."""
+        return self.nifti.parent.relative_to(self.root)
+
+    @property
+    def source(self) -> str:
+        """The DWI's path relative to the dataset root."""
+        return str(self.nifti.relative_to(self.root))
+
+    def load(self) -> Dwi:
+        """Return the series as a file-backed `Dwi` (reads headers and b-tables only).
+
+        Raises:
+            SeriesError: No b-values or b-vectors file applies to the series, or the files
+                do not make a DWI (not 4-D, counts disagree, unreadable); the message names
+                the file.
+        """
+        missing = [ext for ext, path in ((".bval", self.bval), (".bvec", self.bvec)) if not path]
+        if missing:
+            raise SeriesError(
+                f"{self.source}: no {' or '.join(missing)} file applies to it "
+                "(looked beside it and in its parent folders, by BIDS inheritance)"
+            )
+        assert self.bval is not None and self.bvec is not None
+        try:
+            return Dwi(
+                NiftiVolumeResource(self.nifti), FslBvalResource(self.bval),
+                FslBvecResource(self.bvec),
+            )  # fmt: skip
+        except (OSError, ValueError) as error:
+            raise SeriesError(f"{self.source}: {error}") from error
+
+
+def discover(
+    bids_dir: str | Path,
+    *,
+    participants: Sequence[str] = (),
+    sessions: Sequence[str] = (),
+) -> list[DwiSeries]:
+    """Index a BIDS dataset with bids2table and return its DWI series.
+
+    Each DWI image (``*_dwi.nii[.gz]`` in a ``dwi`` folder) is one series; its ``.bval``
+    and ``.bvec`` files are found by the BIDS inheritance principle (the nearest file whose
+    entities are a subset of the image's, from its folder up to the dataset root).
+
+    Args:
+        bids_dir: The dataset root (holding ``dataset_description.json``).
+        participants: Only these subject labels (with or without ``sub-``); all when empty.
+        sessions: Only these session labels (with or without ``ses-``); all when empty.
+
+    Returns:
+        The series sorted by file path.
+
+    Raises:
+        BidsError: ``bids_dir`` does not exist or has no ``dataset_description.json``; a
+            requested participant or session does not exist (the message lists those that do).
+    """
+    import bids2table  # type: ignore[import-untyped]
+
+    root = Path(bids_dir).absolute()
+    if not root.is_dir():
+        raise BidsError(f"BIDS_DIR {root} does not exist or is not a folder")
+    if not (root / "dataset_description.json").is_file():
+        raise BidsError(
+            f"BIDS_DIR {root} is not a BIDS dataset: it has no dataset_description.json"
+        )
+    rows = bids2table.index_dataset(root).select(["sub", "ses", "path", "root"]).to_pylist()
+    wanted_subjects = _labels(participants, "sub-")
+    _check_known("participant", wanted_subjects, {r["sub"] for r in rows if r["sub"]})
+    wanted_sessions = _labels(sessions, "ses-")
+    _check_known("session", wanted_sessions, {r["ses"] for r in rows if r["ses"]})
+    candidates = functools.cache(_candidates)
+    series = []
+    for row in rows:
+        path = Path(row["root"]) / row["path"]
+        entities = {
+            k: v for k, v in bids2table.parse_bids_entities(path).items() if v is not None
+        }
+        if (
+            entities.pop("datatype", None) != "dwi"
+            or entities.pop("suffix", None) != "dwi"
+            or entities.pop("ext", None) not in _NIFTI
+            or (wanted_subjects and entities["sub"] not in wanted_subjects)
+            or (wanted_sessions and entities.get("ses") not in wanted_sessions)
+        ):
+            continue
+        bval = _inherited(path, root, ".bval", candidates)
+        bvec = _inherited(path, root, ".bvec", candidates)
+        series.append(DwiSeries(root, entities, path, bval, bvec))
+    return sorted(series, key=lambda s: s.nifti)
+
+
+def _labels(given: Iterable[str], prefix: str) -> set[str]:
+    return {label.removeprefix(prefix) for label in given}
+
+
+def _check_known(kind: str, wanted: set[str], known: set[str]) -> None:
+    unknown = sorted(wanted - known)
+    if unknown:
+        have = ", ".join(sorted(known)) or "none"
+        raise BidsError(
+            f"no {kind} {', '.join(unknown)} in the dataset ({kind}s found: {have})"
+        )
+
+
+def _inherited(
+    image: Path, root: Path, ext: str, candidates: Callable[[Path, str], list[Path]]
+) -> Path | None:
+    """The file of extension ``ext`` that applies to ``image`` by BIDS inheritance, or None.
+
+    ``candidates(folder, pattern)`` lists a folder's files matching a glob pattern, most
+    specific (longest name) first.
+    """
+    import bids2table
+
+    wanted = {k: v for k, v in bids2table.parse_bids_entities(image).items() if v is not None}
+    wanted.pop("datatype", None)
+    folder = image.parent
+    while True:
+        for candidate in candidates(folder, f"*{wanted['suffix']}{ext}"):
+            entities = bids2table.parse_bids_entities(candidate)
+            entities.pop("datatype", None)
+            entities.pop("ext", None)
+            if all(wanted.get(k) == v for k, v in entities.items()):
+                return candidate
+        if folder == root or folder.parent == folder:
+            return None
+        folder = folder.parent
+
+
+def _candidates(folder: Path, pattern: str) -> list[Path]:
+    return sorted(folder.glob(pattern), key=lambda p: (-len(p.name), p.name))

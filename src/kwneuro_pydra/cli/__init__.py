@@ -1,0 +1,95 @@
+"""The ``kwneuro-pydra`` command: the DTI BIDS app, its status, cache maintenance, the demo.
+
+One module per command (`run`, `status`, `ls`, `prune`, `clear`, `demo`), each with
+``add_parser(commands, parents)`` and ``run(args) -> int``. Errors are one line on stderr
+(a traceback with ``-v``); exit status 0 on success, 1 when something failed, 2 for usage
+errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib.metadata import version
+from typing import NoReturn
+
+from kwneuro_pydra.cli import clear, demo, ls, prune, run, status
+from kwneuro_pydra.cli._common import UsageError, setup_logging
+
+__all__ = ["main"]
+
+_COMMANDS = (run, status, ls, prune, clear, demo)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    verbosity = _Parser(add_help=False)
+    group = verbosity.add_argument_group("output")
+    group.add_argument(
+        "-v", "--verbose", dest="verbosity", action="count", default=0,
+        help="more detail (-vv for debug); tracebacks on errors",
+    )  # fmt: skip
+    group.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+        help="only errors and where the results are",
+    )  # fmt: skip
+    parser = _Parser(
+        prog="kwneuro-pydra",
+        description="DTI on BIDS datasets with a content-addressed cache; cache maintenance.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version('kwneuro-pydra')}"
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    for command in _COMMANDS:
+        command.add_parser(commands, [verbosity])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kwneuro-pydra`` command line.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The exit status: 0 success, 1 a failure (e.g. a subject failed), 2 a usage error.
+    """
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbosity)
+    try:
+        status: int = args.run(args)
+    except UsageError as error:
+        sys.stderr.write(f"kwneuro-pydra {args.command}: error: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"kwneuro-pydra {args.command}: interrupted\n")
+        return 130
+    except Exception as error:
+        if args.verbosity > 0:
+            traceback.print_exc()
+        else:
+            logging.getLogger(__name__).debug("traceback", exc_info=True)
+        reason = str(error).splitlines()[0] if str(error) else ""
+        sys.stderr.write(
+            f"kwneuro-pydra {args.command}: error: {type(error).__name__}: {reason}"
+            f"{'' if args.verbosity > 0 else ' (-v shows the traceback)'}\n"
+        )
+        return 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

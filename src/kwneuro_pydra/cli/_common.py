@@ -1,0 +1,175 @@
+"""What every command shares: errors, wording, the console and logging, finding caches."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from kwneuro_pydra.cache import Cache
+
+__all__ = [
+    "UsageError",
+    "caches_under",
+    "console",
+    "plural",
+    "positive_float",
+    "positive_int",
+    "setup_logging",
+    "size",
+]
+
+_MAX_DEPTH = 3
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: one line on stderr, exit status 2."""
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 entry``, ``2 entries``: the count with the right form of ``word``.
+
+    Args:
+        count: How many.
+        word: The singular.
+        many: The plural when it is not ``word + "s"`` (``entries``, ``series``).
+
+    Returns:
+        The phrase.
+    """
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+def size(nbytes: float) -> str:
+    """A byte count for people: ``512 B``, ``1.5 MB``.
+
+    Args:
+        nbytes: Bytes.
+
+    Returns:
+        The size with a decimal unit.
+    """
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def positive_int(text: str) -> int:
+    """Argument type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Argument type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+_CONSOLE = None
+
+
+def console() -> "rich.console.Console":  # type: ignore[name-defined]  # noqa: F821, UP037
+    """The stderr console that progress, tables and log lines share (never interleaved).
+
+    Returns:
+        A `rich.console.Console` on stderr.
+    """
+    global _CONSOLE
+    from rich.console import Console
+
+    if _CONSOLE is None or _CONSOLE.file is not sys.stderr:
+        _CONSOLE = Console(stderr=True, highlight=False)
+    return _CONSOLE
+
+
+class _ThisProcess(logging.Filter):
+    """Let through only records of the process that set up logging.
+
+    Pydra's ``cf`` workers are forked from it and inherit its handlers: their lines would
+    cut into the live display. Their progress shows in the display, their failures in the
+    summary.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pid = os.getpid()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return os.getpid() == self.pid
+
+
+def setup_logging(verbosity: int) -> None:
+    """Route logging (and Python warnings) through the shared console.
+
+    Args:
+        verbosity: -1 quiet (errors), 0 warnings, 1 ``-v`` (info), 2 ``-vv`` (debug).
+    """
+    from rich.logging import RichHandler
+
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = RichHandler(
+        console=console(), show_time=verbosity > 0, show_path=verbosity > 1, markup=False
+    )
+    handler.addFilter(_ThisProcess())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, RichHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def _is_cache(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    found = Cache(path)
+    return any(found.entries(step) for step in found.steps())
+
+
+def caches_under(path: Path) -> list[Path]:
+    """The caches at ``path``: itself when it is one subject's cache, else those below it.
+
+    A run's work folder (``OUTPUT_DIR/.kwneuro-cache``) holds one cache per series; the
+    demo's output folder holds the work folder; both are searched a few levels deep.
+
+    Args:
+        path: A folder given on the command line.
+
+    Returns:
+        The cache folders, sorted (empty when there is none).
+
+    Raises:
+        UsageError: ``path`` does not exist or is not a folder.
+    """
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder")
+    return sorted(_walk(path, 0))
+
+
+def _walk(path: Path, depth: int) -> Iterator[Path]:
+    if _is_cache(path):
+        yield path
+        return
+    if depth >= _MAX_DEPTH:
+        return
+    for child in sorted(path.iterdir()):
+        if child.is_dir() and not child.name.startswith(".pydra"):
+            yield from _walk(child, depth + 1)

@@ -1,0 +1,307 @@
+"""``kwneuro-pydra run BIDS_DIR OUTPUT_DIR participant``: the BIDS app.
+
+Discover the DWI series, serve what the cache holds, compute the rest with Pydra, then write
+BIDS-Derivatives (hard links to the cache entries), the reports and a summary per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from kwneuro_pydra.bids import write_dataset_description, write_derivatives
+from kwneuro_pydra.cache import Cache
+from kwneuro_pydra.cli._common import UsageError, console, plural, positive_int
+from kwneuro_pydra.cli._series import (
+    Unit,
+    app,
+    describe,
+    look_up,
+    units,
+    write_record,
+)
+
+__all__ = ["WORKERS", "add_parser", "run"]
+
+WORKERS = ("debug", "cf", "slurm", "sge")
+"""Pydra workers ``--worker`` accepts."""
+
+LOAD = "(load DWI)"
+"""The summary's row for series that could not be loaded."""
+
+
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``run`` to the command line."""
+    parser = commands.add_parser(
+        "run", parents=parents, help="run the DTI BIDS app on a dataset",
+        description="Fit DTI to every DWI series of a BIDS dataset; write BIDS-Derivatives "
+        "(maps, masks, JSON sidecars), sub-<label>.html reports and report.html. Reruns reuse "
+        "every cached step.",
+    )  # fmt: skip
+    parser.add_argument("bids_dir", type=Path, help="the BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="where the derivatives and reports go")
+    parser.add_argument("analysis_level", choices=["participant"], help="participant")
+    add_selection(parser)
+    execution = parser.add_argument_group("execution")
+    execution.add_argument(
+        "-w", "--work-dir", type=Path, metavar="DIR",
+        help="the cache (default: OUTPUT_DIR/.kwneuro-cache)",
+    )  # fmt: skip
+    execution.add_argument(
+        "--worker", choices=WORKERS, default="cf", help="Pydra worker (default: cf)"
+    )
+    execution.add_argument(
+        "--n-procs", type=positive_int, metavar="N", help="processes of the cf worker"
+    )
+    execution.add_argument(
+        "--force", type=_steps, default=[], metavar="STEP[,STEP]",
+        help="recompute these steps (and what depends on them)",
+    )  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def add_selection(parser: argparse.ArgumentParser) -> None:
+    """The BIDS-Apps options choosing participants and sessions (shared with ``status``)."""
+    selection = parser.add_argument_group("selection")
+    selection.add_argument(
+        "--participant-label", "--participant_label", nargs="+", default=[], metavar="LABEL",
+        help="only these subjects (with or without sub-)",
+    )  # fmt: skip
+    selection.add_argument(
+        "--session-label", "--session_label", nargs="+", default=[], metavar="LABEL",
+        help="only these sessions (with or without ses-)",
+    )  # fmt: skip
+
+
+def _steps(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _folder(path: Path, what: str) -> Path:
+    """``path`` made and writable, or a `UsageError` naming it."""
+    path = path.absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".kwneuro-write-test-{time.time_ns()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"{what} {path} cannot be written: {error.strerror}") from None
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the BIDS app; return 0 when every series succeeded, else 1."""
+    bids_app = app()
+    known = [s.__name__ for s in bids_app.STEPS]
+    unknown = [s for s in args.force if s not in known]
+    if unknown:
+        raise UsageError(f"--force: unknown step {', '.join(unknown)} (steps: {', '.join(known)})")
+    all_units = units(args.bids_dir, args.participant_label, args.session_label)
+    output_dir = _folder(args.output_dir, "OUTPUT_DIR")
+    work_dir = _folder(args.work_dir or output_dir / ".kwneuro-cache", "the work folder")
+    parameters: dict[str, Any] = {}
+    start = time.time()
+    pending = [
+        u for u in all_units
+        if u.dwi is not None and (not look_up(u, work_dir, parameters).complete or args.force)
+    ]  # fmt: skip
+    if pending:
+        _compute(pending, work_dir, parameters, args)
+    for unit in pending:
+        if unit.failure is None and not look_up(unit, work_dir, parameters).complete:
+            unit.failure = "its results are not in the cache (a step could not be cached)"
+    write_record(work_dir, all_units)
+    steps = _step_records(all_units, known, start)
+    reports = _write_outputs(all_units, steps, args.bids_dir, output_dir, work_dir, parameters)
+    _summary(all_units, steps, reports, time.time() - start, args.verbosity)
+    return 0 if all(u.failure is None for u in all_units) else 1
+
+
+def _compute(
+    pending: list[Unit], work_dir: Path, parameters: dict[str, Any], args: argparse.Namespace
+) -> None:
+    from kwneuro_pydra.pydra import run_subjects
+
+    options = {"n_procs": args.n_procs} if args.n_procs else {}
+    subjects = {u.name: {"dwi": u.dwi, **parameters} for u in pending}
+    with _live(pending, work_dir, args.verbosity):
+        results = run_subjects(
+            app().bids_dti, subjects, work_dir, worker=args.worker, force=set(args.force),
+            progress=False, **options,
+        )  # fmt: skip
+    for unit in pending:
+        failure = results[unit.name].failure
+        if failure is not None:
+            unit.failure = f"step {failure.step!r} failed: " if failure.step else ""
+            unit.failure += f"{type(failure.exception).__name__}: {failure.exception}"
+            unit.failed_step = failure.step
+
+
+@contextlib.contextmanager
+def _live(pending: list[Unit], work_dir: Path, verbosity: int) -> Iterator[None]:
+    """Show subjects x steps (reused, computed, to do) while Pydra runs, on a terminal."""
+    out = console()
+    if verbosity < 0 or not out.is_terminal:
+        yield
+        return
+    from rich.live import Live
+    from rich.table import Table
+
+    started = time.time()
+    names = [s.__name__ for s in app().STEPS]
+
+    def view() -> Table:
+        table = Table(title=f"Computing {plural(len(pending), 'DWI series', 'DWI series')} "
+                      f"· {time.time() - started:.0f} s", title_justify="left")  # fmt: skip
+        for column in ("step", "reused", "computed", "to do"):
+            table.add_column(column, justify="left" if column == "step" else "right")
+        for name in names:
+            reused = sum(u.plan is not None and u.plan.states[name] == "cached" for u in pending)
+            computed = sum(_made_since(work_dir / u.name, name, started) for u in pending)
+            table.add_row(name, str(reused), str(computed),
+                          str(max(0, len(pending) - reused - computed)))  # fmt: skip
+        return table
+
+    with Live(get_renderable=view, console=out, refresh_per_second=2, transient=True):
+        yield
+
+
+def _made_since(cache_dir: Path, step: str, since: float) -> int:
+    """Entries of ``step`` in ``cache_dir`` created at or after ``since``."""
+    if not (cache_dir / step).is_dir():
+        return 0
+    return sum(
+        datetime.fromisoformat(e.created).timestamp() >= since
+        for e in Cache(cache_dir).entries(step)
+    )
+
+
+def _step_records(all_units: list[Unit], steps: list[str], start: float) -> dict[str, list[Any]]:
+    """Per unit: a `StepRecord` per step (computed in this run, reused, failed, not run)."""
+    from kwneuro_pydra.report._html import StepRecord
+
+    records: dict[str, list[Any]] = {}
+    for unit in all_units:
+        rows = []
+        for step in steps if unit.dwi is not None else []:
+            entry = unit.plan.entries.get(step) if unit.plan is not None else None
+            if entry is not None:
+                made = datetime.fromisoformat(entry.created).timestamp() >= start
+                rows.append(StepRecord(step, "computed" if made else "reused", entry.duration))
+            else:
+                rows.append(StepRecord(step, "failed" if step == unit.failed_step else "not run"))
+        records[unit.name] = rows
+    return records
+
+
+def _write_outputs(
+    all_units: list[Unit],
+    steps: dict[str, list[Any]],
+    bids_dir: Path,
+    output_dir: Path,
+    work_dir: Path,
+    parameters: dict[str, Any],
+) -> list[Path]:
+    from kwneuro_pydra.report import group_distributions
+    from kwneuro_pydra.report._html import SeriesReport, write_reports
+
+    bids_app = app()
+    source = _source_name(bids_dir)
+    write_dataset_description(
+        output_dir, bids_dir, version=version("kwneuro-pydra"), source_name=source
+    )
+    reports = []
+    for unit in all_units:
+        series = unit.series
+        if unit.failure is not None or unit.plan is None:
+            reports.append(SeriesReport(
+                unit.name, series.subject, series.source, failure=unit.failure,
+                steps=steps[unit.name],
+            ))  # fmt: skip
+            continue
+        outputs = dict(zip(bids_app.OUTPUTS, unit.plan.outputs, strict=True))
+        written = write_derivatives(series, outputs, output_dir, parameters=parameters)
+        figures = {
+            label: (outputs[name].path, caption)
+            for name, (label, caption) in bids_app.FIGURES.items()
+        }
+        reports.append(SeriesReport(
+            unit.name, series.subject, series.source, stats=outputs["stats"], figures=figures,
+            steps=steps[unit.name],
+            derivatives=[p.relative_to(output_dir).as_posix() for p in written],
+        ))  # fmt: skip
+    done = {r.name: r.stats for r in reports if r.stats is not None}
+    distributions = None
+    if done:
+        with Cache(work_dir / "group"):
+            distributions = group_distributions(tuple(done), tuple(done.values())).path
+    return write_reports(
+        output_dir, reports, title=f"kwneuro-pydra DTI report: {source}",
+        summary=f"{describe(all_units)} from {bids_dir.absolute()} · kwneuro-pydra "
+        f"{version('kwneuro-pydra')}",
+        distributions=distributions, steps_table=_table(all_units, steps),
+    )  # fmt: skip
+
+
+def _source_name(bids_dir: Path) -> str:
+    try:
+        name = json.loads((bids_dir / "dataset_description.json").read_text("utf-8"))["Name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return bids_dir.absolute().name
+    return str(name)
+
+
+def _table(
+    all_units: Sequence[Unit], steps: dict[str, list[Any]]
+) -> list[tuple[str, int, int, int, float]]:
+    """Per step: (step, computed, reused, failed, seconds computing in this run)."""
+    rows: dict[str, list[Any]] = {}
+    unloadable = sum(u.dwi is None for u in all_units)
+    if unloadable:
+        rows[LOAD] = [LOAD, 0, 0, unloadable, 0.0]
+    for records in steps.values():
+        for record in records:
+            row = rows.setdefault(record.step, [record.step, 0, 0, 0, 0.0])
+            if record.state == "computed":
+                row[1] += 1
+                row[4] += record.seconds or 0.0
+            row[2] += record.state == "reused"
+            row[3] += record.state == "failed"
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows.values()]
+
+
+def _summary(
+    all_units: list[Unit], steps: dict[str, list[Any]], pages: list[Path], elapsed: float,
+    verbosity: int,
+) -> None:  # fmt: skip
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = Console(highlight=False)
+    failed = [u for u in all_units if u.failure is not None]
+    if verbosity >= 0:
+        table = Table(title=f"{describe(all_units)} in {elapsed:.1f} s", title_justify="left")
+        for column in ("step", "computed", "reused", "failed", "compute time"):
+            table.add_column(column, justify="left" if column == "step" else "right")
+        for step, computed, reused, fails, seconds in _table(all_units, steps):
+            table.add_row(step, str(computed), str(reused),
+                          f"[red]{fails}[/red]" if fails else "0", f"{seconds:.2f} s")  # fmt: skip
+        out.print(table)
+    for unit in failed:
+        console().print(f"[red]FAILED[/red] {escape(f'{unit.name}: {unit.failure}')}")
+    output_dir = pages[0].parent
+    ok = len(all_units) - len(failed)
+    out.print(f"{plural(ok, 'series', 'series')} succeeded, {len(failed)} failed. "
+              f"Derivatives: {output_dir}")  # fmt: skip
+    out.print(f"Report: {pages[0]}")
