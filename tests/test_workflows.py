@@ -1,16 +1,13 @@
-"""Tests of the ready DTI workflow, eagerly, in Pydra, and through the demo command."""
+"""Tests of the ready DTI workflow, eagerly and in Pydra (the commands: test_cli.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kwneuro_pydra import Cache
-from kwneuro_pydra.cli import main
 from kwneuro_pydra.resources import Dwi
 from kwneuro_pydra.workflows import brain_mask, dti_pipeline, estimate_dti, mean_b0
 from kwneuro_pydra.workflows.demo import make_demo_subject
@@ -64,43 +61,6 @@ def test_workflow_run_reuses_the_eager_entries(
     for subject in subjects:
         entries = Cache(tmp_path / subject).entries("estimate_dti")
         assert len(entries) == 1
-
-
-def test_demo_command_runs_twice_and_lists_entries(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = ["demo", str(tmp_path), "--subjects", "2", "--worker", "debug"]
-    assert main(args) == 0
-    first = capsys.readouterr().out
-    assert "sub-01" in first and "sub-02" in first
-    assert main(args) == 0
-    assert capsys.readouterr().out.splitlines()[1:3] == first.splitlines()[1:3]
-    assert main(["ls", str(tmp_path / "derivatives" / "sub-01")]) == 0
-    listing = capsys.readouterr().out
-    assert "brain_mask" in listing and "estimate_dti" in listing and "threshold=0.2" in listing
-
-
-def test_cli_ls_prune_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    dwi = make_demo_subject(tmp_path / "data", 3, shape=(8, 8, 6))
-    with Cache(tmp_path / "cache"):
-        brain_mask(dwi, 0.1)
-        brain_mask(dwi, 0.2)
-    assert main(["ls", str(tmp_path / "cache"), "--json"]) == 0
-    assert capsys.readouterr().out.count('"step": "brain_mask"') == 2
-    assert main(["prune", str(tmp_path / "cache"), "--keep", "1"]) == 0
-    assert "1 removed" in capsys.readouterr().out
-    assert main(["clear", str(tmp_path / "cache")]) == 0
-    assert "1 entries removed" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no cache directory"):
-        main(["ls", str(tmp_path / "nowhere")])
-
-
-def test_console_script_is_installed() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "kwneuro_pydra.cli", "--help"], capture_output=True, text=True
-    )
-    assert out.returncode == 0
-    assert "demo" in out.stdout and "prune" in out.stdout
 
 
 @pytest.mark.parametrize("worker", ["debug", "cf"])

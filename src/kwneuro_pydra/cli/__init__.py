@@ -89,7 +89,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The ``kwneuro-pydra`` command as a user meets it: run, status, ls, prune, clear, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kwneuro_pydra import Cache
+from kwneuro_pydra.bids import discover
+from kwneuro_pydra.cli import main
+from tests.bids_data import add_series, good_dataset
+
+MAPS = ("desc-brain_mask", "model-tensor_param-fa_dwimap", "model-tensor_param-md_dwimap")
+
+
+def kwneuro(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed command in a fresh process, as a user does."""
+    return subprocess.run(
+        [sys.executable, "-m", "kwneuro_pydra.cli", *args], capture_output=True, text=True,
+        input=stdin, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 3-subject dataset (sub-02 with two sessions) run once with the debug worker."""
+    root = tmp_path_factory.mktemp("cli")
+    bids_dir = good_dataset(root / "bids")
+    assert main(["run", str(bids_dir), str(root / "out"), "participant", "--worker", "debug"]) == 0
+    return bids_dir, root / "out"
+
+
+def test_run_writes_bids_derivatives_linked_to_the_cache(ran: tuple[Path, Path]) -> None:
+    bids_dir, out = ran
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "kwneuro-pydra"
+    assert description["SourceDatasets"] == [{"URL": bids_dir.absolute().as_uri()}]
+    for folder, name in [
+        ("sub-01/dwi", "sub-01"), ("sub-02/ses-1/dwi", "sub-02_ses-1"),
+        ("sub-02/ses-2/dwi", "sub-02_ses-2"), ("sub-03/dwi", "sub-03"),
+    ]:  # fmt: skip
+        for entities in MAPS:
+            image = out / folder / f"{name}_{entities}.nii.gz"
+            sidecar = json.loads(image.with_name(f"{name}_{entities}.json").read_text())
+            assert sidecar["Sources"] == [f"bids:raw:{folder}/{name}_dwi.nii.gz"]
+            assert image.stat().st_nlink == 2  # a hard link to its cache entry
+    fa = out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz"
+    (entry,) = Cache(out / ".kwneuro-cache" / "sub-01").entries("estimate_dti")
+    assert os.path.samefile(fa, entry.path / "fa.nii.gz")
+    md_file = out / "sub-03/dwi/sub-03_model-tensor_param-md_dwimap.nii.gz"
+    md = np.asanyarray(nib.load(md_file).dataobj)
+    assert 5e-4 < np.median(md[md > 0]) < 1.2e-3  # the phantoms' MD
+    for page in ("report.html", "sub-01.html", "sub-02.html", "sub-03.html"):
+        assert (out / page).is_file()
+
+
+def test_a_rerun_reuses_every_step_and_says_so(ran: tuple[Path, Path]) -> None:
+    bids_dir, out = ran
+    fa = out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz"
+    inode = fa.stat().st_ino
+    result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "estimate_dti" in line]
+    assert rows and rows[0].split("│")[2:4] == ["        0 ", "      4 "]  # computed, reused
+    assert f"Report: {out / 'report.html'}" in result.stdout
+    assert fa.stat().st_ino == inode
+    assert result.stderr == ""
+
+
+def test_participant_label_runs_only_those(tmp_path: Path, ran: tuple[Path, Path]) -> None:
+    bids_dir, _ = ran
+    out = tmp_path / "out"
+    code = main(["run", str(bids_dir), str(out), "participant", "--participant-label", "sub-03",
+                 "--worker", "debug", "-q"])  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in out.glob("sub-*.html")) == ["sub-03.html"]
+
+
+def test_bad_series_fail_one_by_one_while_the_others_finish(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    (bids_dir / "dwi.bval").unlink()  # sub-01 keeps its own table below
+    (bids_dir / "dwi.bvec").unlink()
+    add_series(bids_dir, "sub-01", volumes=32, table=32)
+    add_series(bids_dir, "sub-02", table=None)  # no b-values, no b-vectors
+    add_series(bids_dir, "sub-03", table=9)  # 8 volumes, 9 b-values
+    add_series(bids_dir, "sub-04", three_d=True)
+    add_series(bids_dir, "sub-05").write_bytes(b"\x1f\x8b garbage")  # unreadable NIfTI
+    add_series(bids_dir, "sub-06", b0=False)  # mean_b0 fails inside the pipeline
+    out = tmp_path / "out"
+    result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug")
+    assert result.returncode == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 5, result.stderr
+    assert "sub-02: sub-02/dwi/sub-02_dwi.nii.gz: no .bval or .bvec file" in failed[0]
+    assert "counts disagree" in failed[1] and "must be 4-D" in failed[2]
+    assert "sub-05" in failed[3]
+    assert "sub-06: step 'mean_b0' failed: ValueError: mean_b0: the DWI has no b=0" in failed[4]
+    assert "Traceback" not in result.stderr
+    assert (out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz").is_file()
+    report = (out / "report.html").read_text()
+    assert report.count('class="failed">failed') == 5
+    assert "no b=0 volume" in report and "counts disagree" in report
+    assert "no b=0 volume" in (out / "sub-06.html").read_text()
+    status = kwneuro("status", str(bids_dir), str(out))
+    assert status.returncode == 0
+    sub06 = next(line for line in status.stdout.splitlines() if "sub-06" in line)
+    assert "failed" in sub06
+    assert "cannot load" in next(line for line in status.stdout.splitlines() if "sub-04" in line)
+
+
+def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    before = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
+    assert before.returncode == 0, before.stderr
+    assert "8 steps missing" in before.stdout
+    assert not (tmp_path / "out").exists()  # status writes nothing
+    assert main(["run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker", "debug",
+                 "-q"]) == 0  # fmt: skip
+    after = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
+    assert "8 steps cached, 0 steps stale, 0 steps missing, 0 steps failed" in after.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "{tmp}/nowhere", "{tmp}/out", "participant"], "does not exist"),
+        (["run", "{tmp}", "{tmp}/out", "participant"], "no dataset_description.json"),
+        (["run", "{bids}", "{tmp}/out", "participant", "--participant-label", "09"],
+         "no participant 09 in the dataset (participants found: 01, 02, 03)"),
+        (["run", "{bids}", "{file}", "participant"], "is a file, not a folder"),
+        (["run", "{bids}", "/proc/kwneuro-out", "participant"], "cannot be written"),
+        (["run", "{bids}", "{tmp}/out", "participant", "--worker", "nosuch"], "invalid choice"),
+        (["run", "{bids}", "{tmp}/out", "participant", "--force", "nosuch"], "unknown step"),
+        (["run", "{bids}", "{tmp}/out", "group"], "invalid choice"),
+        (["demo", "{tmp}/demo", "--subjects", "0"], "must be at least 1"),
+        (["prune", "{tmp}", "--keep", "0"], "must be at least 1"),
+        (["prune", "{tmp}", "--keep", "-1"], "must be at least 1"),
+        (["prune", "{tmp}", "--older-than-days", "-1"], "must be above 0"),
+        (["ls", "{tmp}/nowhere"], "does not exist"),
+        (["ls", "{tmp}"], "no kwneuro-pydra cache in"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    tmp_path: Path, ran: tuple[Path, Path], args: list[str], message: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dataset_description.json.not").write_text("")
+    values = {"tmp": str(tmp_path), "bids": str(ran[0]), "file": str(tmp_path / "file")}
+    result = kwneuro(*(a.format(**values) for a in args))
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_needs_v(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kwneuro_pydra.cli import ls
+
+    def broken(args: object) -> int:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(ls, "run", broken)
+    assert main(["ls", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        "kwneuro-pydra ls: error: RuntimeError: disk on fire (-v shows the traceback)\n"
+    )
+    assert main(["ls", str(tmp_path), "-v"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_version() -> None:
+    result = kwneuro("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == "kwneuro-pydra 0.1.0"
+
+
+def test_ls_lists_a_cache_root_with_a_header_and_file_names(ran: tuple[Path, Path]) -> None:
+    _, out = ran
+    for where in (out / ".kwneuro-cache", out):
+        result = kwneuro("ls", str(where))
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].split() == ["CACHE", "STEP", "KEY", "CREATED", "(UTC)", "TIME", "SIZE",
+                                    "FILES"]  # fmt: skip
+        assert any("sub-02_ses-1" in line and "estimate_dti" in line and
+                   "fa.nii.gz md.nii.gz" in line for line in lines)  # fmt: skip
+        assert lines[-1].startswith("33 entries")  # 4 series x 8 steps + the group figure
+    one = kwneuro("ls", str(out / ".kwneuro-cache" / "sub-01"), "estimate_dti")
+    assert one.stdout.splitlines()[-1].startswith("1 entry, ")
+    assert "the cache" in one.stdout.splitlines()[-1]
+    unknown = kwneuro("ls", str(out), "estimate_dit")
+    assert unknown.returncode == 2
+    assert "unknown step estimate_dit: the steps in" in unknown.stderr
+
+
+def test_prune_and_clear_dry_run_confirmation_and_plurals(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    out = tmp_path / "out"
+    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q"]) == 0
+    cache = out / ".kwneuro-cache" / "sub-01"
+    from kwneuro_pydra.workflows.dti import brain_mask
+
+    with Cache(cache):
+        brain_mask(discover(bids_dir)[0].load(), threshold=0.3)  # a second entry of brain_mask
+    dry = kwneuro("prune", str(out), "--keep", "1", "--dry-run")
+    assert dry.returncode == 0
+    assert "1 entry would be removed" in dry.stdout
+    assert len(Cache(cache).entries("brain_mask")) == 2
+    pruned = kwneuro("prune", str(out), "--keep", "1")
+    assert "1 folder removed from 2 caches under" in pruned.stdout
+    assert len(Cache(cache).entries("brain_mask")) == 1
+    refused = kwneuro("clear", str(out), "brain_mask", stdin="")
+    assert refused.returncode == 2 and "confirm with --yes" in refused.stderr
+    assert len(Cache(cache).entries("brain_mask")) == 1
+    dry_clear = kwneuro("clear", str(out), "--dry-run")
+    assert "9 entries" in dry_clear.stdout and "would be removed" in dry_clear.stdout
+    cleared = kwneuro("clear", str(out), "brain_mask", "--yes")
+    assert cleared.returncode == 0
+    assert "1 entry removed from 2 caches" in cleared.stdout
+    assert Cache(cache).entries("brain_mask") == []
+
+
+def test_demo_prints_where_the_report_is(tmp_path: Path) -> None:
+    result = kwneuro("demo", str(tmp_path / "demo"), "--subjects", "2", "--worker", "debug")
+    assert result.returncode == 0, result.stderr
+    report = tmp_path / "demo" / "derivatives" / "report.html"
+    assert result.stdout.splitlines()[-1] == f"Report: {report}"
+    bids_dir = tmp_path / "demo" / "bids"
+    assert (bids_dir / "sub-02" / "ses-2" / "dwi" / "sub-02_ses-2_dwi.nii.gz").is_file()
+
+
+def test_console_script_help_lists_the_commands() -> None:
+    result = kwneuro("--help")
+    assert result.returncode == 0
+    for command in ("run", "status", "ls", "prune", "clear", "demo"):
+        assert command in result.stdout
