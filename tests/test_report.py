@@ -1,0 +1,159 @@
+"""The visual report: figures made by cached steps, pages that open cleanly in a real browser."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kwneuro_pydra import Cache
+from kwneuro_pydra.cli import main
+from kwneuro_pydra.report import b0_mosaic, gradient_sphere
+from kwneuro_pydra.resources import (
+    Dwi,
+    InMemoryBvalResource,
+    InMemoryBvecResource,
+    InMemoryVolumeResource,
+)
+from tests.bids_data import add_series, good_dataset
+
+_CHECK = """<script>
+window.addEventListener("load", () => {
+  const broken = [...document.images]
+    .filter((image) => !(image.complete && image.naturalWidth > 0))
+    .map((image) => image.getAttribute("src"));
+  document.title = "CHECKED " + JSON.stringify(broken);
+});
+</script>"""
+
+
+def chromium() -> str:
+    """The Chromium executable; a skip without it, a failure under CI (which installs it)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing: .ci/run installs the Debian package chromium")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def open_in_chromium(page: Path) -> tuple[list[str], list[str]]:
+    """Load ``page`` in headless Chromium; return its broken images and console messages.
+
+    A copy of the page with a checking script goes beside it (so relative links resolve
+    alike); the script writes the broken images into the title, which ``--dump-dom`` shows.
+    """
+    probe = page.with_name(f".check-{page.name}")
+    probe.write_text(page.read_text().replace("</body>", _CHECK + "</body>"))
+    try:
+        result = subprocess.run(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
+             probe.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        probe.unlink()
+    found = re.search(r"<title>CHECKED (.*?)</title>", result.stdout)
+    assert found is not None, f"the page did not finish loading:\n{result.stderr[-2000:]}"
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    return json.loads(found.group(1).replace("&quot;", '"')), console
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a run over 2 good subjects and one that fails."""
+    root = tmp_path_factory.mktemp("report")
+    bids_dir = good_dataset(root / "bids", subjects=2)
+    add_series(bids_dir, "sub-03", b0=False)
+    code = main(["run", str(bids_dir), str(root / "out"), "participant", "--worker", "debug",
+                 "-q"])  # fmt: skip
+    assert code == 1
+    return root / "out"
+
+
+@pytest.mark.slow
+def test_pages_open_in_chromium_without_broken_images_or_console_errors(
+    reported: Path,
+) -> None:
+    pages = ["report.html", "sub-01.html", "sub-02.html", "sub-03.html"]
+    for page in pages:
+        broken, console = open_in_chromium(reported / page)
+        assert broken == [], page
+        assert console == [], page
+    group = (reported / "report.html").read_text()
+    assert group.count("<img ") == 2 * 3 + 1  # two thumbnails per good series + distributions
+
+
+@pytest.mark.slow
+def test_the_browser_check_catches_a_broken_image_and_a_console_error(tmp_path: Path) -> None:
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<html><body><img src="sub-01/figures/missing.png">'
+        '<script>console.error("boom")</script></body></html>'
+    )
+    broken, console = open_in_chromium(page)
+    assert broken == ["sub-01/figures/missing.png"]
+    assert len(console) == 1 and '"boom"' in console[0]
+
+
+def test_figures_are_relative_links_to_files_under_the_subject_folder(reported: Path) -> None:
+    page = (reported / "sub-02.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 8  # two sessions x four figures
+    for source in sources:
+        assert source.startswith("sub-02/figures/sub-02_ses-")
+        assert (reported / source).stat().st_nlink == 2  # linked to its cache entry
+
+
+def test_the_report_shows_numbers_steps_and_failures(reported: Path) -> None:
+    page = (reported / "sub-01.html").read_text()
+    for text in ("Voxels in mask", "Median FA", "Median MD", "b=0 (2), b=1000 (30)",
+                 "estimate_dti</td><td>computed"):  # fmt: skip
+        assert text in page
+    group = (reported / "report.html").read_text()
+    assert "3 succeeded" in group and "1 failed" in group  # sub-02 has two sessions
+    assert "mean_b0: the DWI has no b=0 volume" in group
+
+
+def _png_pixels(data: bytes) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return np.asarray(imread(io.BytesIO(data), format="png"))
+
+
+def test_the_b0_mosaic_outlines_the_mask_in_red(tmp_path: Path) -> None:
+    b0 = np.zeros((20, 20, 20), np.float32)
+    b0[5:15, 5:15, 5:15] = 100.0
+    mask = (b0 > 0).astype(np.uint8)
+    affine = np.eye(4)
+    with Cache(tmp_path):
+        png = b0_mosaic(InMemoryVolumeResource(b0, affine), InMemoryVolumeResource(mask, affine))
+        again = b0_mosaic(InMemoryVolumeResource(b0, affine), InMemoryVolumeResource(mask, affine))
+    assert png.path == again.path  # the rerun is served from the cache
+    pixels = _png_pixels(png.read())[..., :3]
+    red = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.3)
+    white = pixels.min(axis=-1) > 0.9
+    assert red.any() and white.any()
+    assert pixels.shape[0] == 4 * (3 * 20 + 3 * 4)  # three planes, 4x enlarged (64 px tiles)
+
+
+def test_the_gradient_sphere_draws_a_multi_shell_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    bvecs = rng.normal(size=(13, 3))
+    bvecs /= np.linalg.norm(bvecs, axis=1, keepdims=True)
+    bvecs[0] = 0
+    bvals = np.array([0.0] + [1000.0] * 6 + [2000.0] * 6)
+    dwi = Dwi(
+        InMemoryVolumeResource(np.ones((2, 2, 2, 13), np.float32), np.eye(4)),
+        InMemoryBvalResource(bvals), InMemoryBvecResource(bvecs),
+    )  # fmt: skip
+    pixels = _png_pixels(gradient_sphere(dwi).read())
+    assert pixels.shape[:2] == (340, 360)
