@@ -8,27 +8,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import NDArray
 
-from kwneuro_pydra.resources import (
-    Dwi,
-    FslBvalResource,
-    FslBvecResource,
-    InMemoryBvalResource,
-    InMemoryBvecResource,
-    InMemoryVolumeResource,
-    NiftiVolumeResource,
-)
+from kwneuro_pydra.resources import Dwi, FslBvalResource, FslBvecResource, NiftiVolumeResource
 
 from .dti import dti_pipeline
+from .phantom import write_phantom
 
-__all__ = ["make_demo_subject", "run_demo"]
+__all__ = ["DEMO_MASK_OPTIONS", "make_demo_subject", "run_demo"]
 
-
-def _directions(count: int, rng: np.random.Generator) -> NDArray[np.float64]:
-    vectors = rng.normal(size=(count, 3))
-    unit: NDArray[np.float64] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return unit
+DEMO_MASK_OPTIONS = {"median_radius": 2, "numpass": 2}
+"""`dti_pipeline` mask options for demo subjects: dipy's defaults (radius 4, 4 passes) are
+for brains about 60 voxels or more across and erode the 40 x 40 x 24 demo phantom's."""
 
 
 def make_demo_subject(
@@ -36,9 +26,9 @@ def make_demo_subject(
 ) -> Dwi:
     """Write a synthetic DWI phantom (NIfTI + FSL b-values/b-vectors) and return it.
 
-    The phantom is an ellipsoid of anisotropic tissue (a prolate tensor along x whose
-    eigenvalues vary with ``seed``) in empty background, sampled with 2 b=0 and 30
-    b=1000 volumes, with Gaussian noise. Existing files are reused.
+    The phantom is `kwneuro_pydra.workflows.phantom.write_phantom`'s (six tissue types
+    with known tensors, curved bundles, Rician noise at SNR 30), sampled with 2 b=0 and 30
+    b=1000 volumes. Existing files are reused.
 
     Args:
         directory: Where ``dwi.nii.gz``, ``dwi.bval`` and ``dwi.bvec`` go.
@@ -51,18 +41,7 @@ def make_demo_subject(
     paths = [directory / f"dwi{suffix}" for suffix in (".nii.gz", ".bval", ".bvec")]
     if not all(p.exists() for p in paths):
         directory.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(seed)
-        bvals = np.array([0.0, 0.0] + [1000.0] * 30)
-        bvecs = np.vstack([np.zeros((2, 3)), _directions(30, rng)])
-        grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-        inside = ((grid / np.array([0.8, 0.7, 0.6])[:, None, None, None]) ** 2).sum(0) < 1
-        l1, l2 = 1.5e-3 + 2e-4 * rng.random(), 3e-4 + 1e-4 * rng.random()
-        attenuation = np.exp(-bvals * (l1 * bvecs[:, 0] ** 2 + l2 * (1 - bvecs[:, 0] ** 2)))
-        signal = 1000.0 * inside[..., None] * attenuation + rng.normal(0, 10, (*shape, 32))
-        volume = InMemoryVolumeResource(np.abs(signal).astype(np.float32), np.diag([2, 2, 2, 1]))
-        NiftiVolumeResource.save(volume, paths[0])
-        FslBvalResource.save(InMemoryBvalResource(bvals), paths[1])
-        FslBvecResource.save(InMemoryBvecResource(bvecs), paths[2])
+        write_phantom(*paths, shape=shape, seed=seed)
     return Dwi(NiftiVolumeResource(paths[0]), FslBvalResource(paths[1]), FslBvecResource(paths[2]))
 
 
@@ -84,7 +63,10 @@ def run_demo(output: Path, *, subjects: int = 4, worker: str = "cf") -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     inputs = {
-        f"sub-{i + 1:02d}": {"dwi": make_demo_subject(output / "data" / f"sub-{i + 1:02d}", i)}
+        f"sub-{i + 1:02d}": {
+            "dwi": make_demo_subject(output / "data" / f"sub-{i + 1:02d}", i),
+            **DEMO_MASK_OPTIONS,
+        }
         for i in range(subjects)
     }
     start = time.perf_counter()
@@ -95,7 +77,7 @@ def run_demo(output: Path, *, subjects: int = 4, worker: str = "cf") -> int:
         if not outcome.ok:
             print(f"{subject:<10} FAILED: {outcome.failure}")
             continue
-        fa, md = (v.get_array() for v in outcome.outputs)
+        fa, md = outcome.outputs.fa.get_array(), outcome.outputs.md.get_array()
         print(f"{subject:<10} {np.median(fa[fa > 0]):>10.3f} {np.median(md[md > 0]):>18.2e}")
     print(f"{len(results)} subjects in {elapsed:.1f} s; derivatives in {output / 'derivatives'}")
     return 0 if all(r.ok for r in results.values()) else 1
