@@ -17,7 +17,9 @@ from kwneuro_pydra.resources import (
 )
 from kwneuro_pydra.workflows.demo import write_demo_dataset
 
-SHAPE = (12, 12, 8)
+SHAPE = (16, 16, 10)
+MASK = ("--mask-median-radius", "1", "--mask-numpass", "1")
+"""Brain mask options for phantoms this small (dipy's defaults erode them)."""
 
 
 def good_dataset(root: Path, subjects: int = 3) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from kwneuro_pydra import Cache
 from kwneuro_pydra.bids import discover
 from kwneuro_pydra.cli import main
-from tests.bids_data import add_series, good_dataset
+from tests.bids_data import MASK, add_series, good_dataset
 
 MAPS = ("desc-brain_mask", "model-tensor_param-fa_dwimap", "model-tensor_param-md_dwimap")
 
@@ -33,7 +33,8 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 3-subject dataset (sub-02 with two sessions) run once with the debug worker."""
     root = tmp_path_factory.mktemp("cli")
     bids_dir = good_dataset(root / "bids")
-    assert main(["run", str(bids_dir), str(root / "out"), "participant", "--worker", "debug"]) == 0
+    args = ["run", str(bids_dir), str(root / "out"), "participant", "--worker", "debug", *MASK]
+    assert main(args) == 0
     return bids_dir, root / "out"
 
 
@@ -54,10 +55,11 @@ def test_run_writes_bids_derivatives_linked_to_the_cache(ran: tuple[Path, Path])
             assert image.stat().st_nlink == 2  # a hard link to its cache entry
     fa = out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz"
     (entry,) = Cache(out / ".kwneuro-cache" / "sub-01").entries("estimate_dti")
-    assert os.path.samefile(fa, entry.path / "fa.nii.gz")
+    assert any(os.path.samefile(fa, entry.path / name) for name in entry.files)
     md_file = out / "sub-03/dwi/sub-03_model-tensor_param-md_dwimap.nii.gz"
     md = np.asanyarray(nib.load(md_file).dataobj)
-    assert 5e-4 < np.median(md[md > 0]) < 1.2e-3  # the phantoms' MD
+    mask = np.asanyarray(nib.load(out / "sub-03/dwi/sub-03_desc-brain_mask.nii.gz").dataobj)
+    assert 5e-4 < np.median(md[mask > 0]) < 1.2e-3  # the phantoms' MD
     for page in ("report.html", "sub-01.html", "sub-02.html", "sub-03.html"):
         assert (out / page).is_file()
 
@@ -66,7 +68,7 @@ def test_a_rerun_reuses_every_step_and_says_so(ran: tuple[Path, Path]) -> None:
     bids_dir, out = ran
     fa = out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz"
     inode = fa.stat().st_ino
-    result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug")
+    result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug", *MASK)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if "estimate_dti" in line]
     assert rows and rows[0].split("│")[2:4] == ["        0 ", "      4 "]  # computed, reused
@@ -79,7 +81,7 @@ def test_participant_label_runs_only_those(tmp_path: Path, ran: tuple[Path, Path
     bids_dir, _ = ran
     out = tmp_path / "out"
     code = main(["run", str(bids_dir), str(out), "participant", "--participant-label", "sub-03",
-                 "--worker", "debug", "-q"])  # fmt: skip
+                 "--worker", "debug", "-q", *MASK])  # fmt: skip
     assert code == 0
     assert sorted(p.name for p in out.glob("sub-*.html")) == ["sub-03.html"]
 
@@ -95,21 +97,21 @@ def test_bad_series_fail_one_by_one_while_the_others_finish(tmp_path: Path) -> N
     add_series(bids_dir, "sub-05").write_bytes(b"\x1f\x8b garbage")  # unreadable NIfTI
     add_series(bids_dir, "sub-06", b0=False)  # mean_b0 fails inside the pipeline
     out = tmp_path / "out"
-    result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug")
+    result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug", *MASK)
     assert result.returncode == 1
     failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 5, result.stderr
     assert "sub-02: sub-02/dwi/sub-02_dwi.nii.gz: no .bval or .bvec file" in failed[0]
     assert "counts disagree" in failed[1] and "must be 4-D" in failed[2]
     assert "sub-05" in failed[3]
-    assert "sub-06: step 'mean_b0' failed: ValueError: mean_b0: the DWI has no b=0" in failed[4]
+    assert "sub-06: step 'mean_b0' failed: ValueError: mean_b0: no b=0 volume" in failed[4]
     assert "Traceback" not in result.stderr
     assert (out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz").is_file()
     report = (out / "report.html").read_text()
     assert report.count('class="failed">failed') == 5
     assert "no b=0 volume" in report and "counts disagree" in report
     assert "no b=0 volume" in (out / "sub-06.html").read_text()
-    status = kwneuro("status", str(bids_dir), str(out))
+    status = kwneuro("status", str(bids_dir), str(out), *MASK)
     assert status.returncode == 0
     sub06 = next(line for line in status.stdout.splitlines() if "sub-06" in line)
     assert "failed" in sub06
@@ -118,14 +120,14 @@ def test_bad_series_fail_one_by_one_while_the_others_finish(tmp_path: Path) -> N
 
 def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
     bids_dir = good_dataset(tmp_path / "bids", subjects=1)
-    before = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
+    before = kwneuro("status", str(bids_dir), str(tmp_path / "out"), *MASK)
     assert before.returncode == 0, before.stderr
-    assert "8 steps missing" in before.stdout
+    assert "9 steps missing" in before.stdout
     assert not (tmp_path / "out").exists()  # status writes nothing
     assert main(["run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker", "debug",
-                 "-q"]) == 0  # fmt: skip
-    after = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
-    assert "8 steps cached, 0 steps stale, 0 steps missing, 0 steps failed" in after.stdout
+                 "-q", *MASK]) == 0  # fmt: skip
+    after = kwneuro("status", str(bids_dir), str(tmp_path / "out"), *MASK)
+    assert "9 steps cached, 0 steps stale, 0 steps missing, 0 steps failed" in after.stdout
 
 
 @pytest.mark.parametrize(
@@ -193,8 +195,8 @@ def test_ls_lists_a_cache_root_with_a_header_and_file_names(ran: tuple[Path, Pat
         assert lines[0].split() == ["CACHE", "STEP", "KEY", "CREATED", "(UTC)", "TIME", "SIZE",
                                     "FILES"]  # fmt: skip
         assert any("sub-02_ses-1" in line and "estimate_dti" in line and
-                   "fa.nii.gz md.nii.gz" in line for line in lines)  # fmt: skip
-        assert lines[-1].startswith("33 entries")  # 4 series x 8 steps + the group figure
+                   "estimate_dti_fa.nii.gz" in line for line in lines)  # fmt: skip
+        assert lines[-1].startswith("37 entries")  # 4 series x 9 steps + the group figure
     one = kwneuro("ls", str(out / ".kwneuro-cache" / "sub-01"), "estimate_dti")
     assert one.stdout.splitlines()[-1].startswith("1 entry, ")
     assert "the cache" in one.stdout.splitlines()[-1]
@@ -206,12 +208,13 @@ def test_ls_lists_a_cache_root_with_a_header_and_file_names(ran: tuple[Path, Pat
 def test_prune_and_clear_dry_run_confirmation_and_plurals(tmp_path: Path) -> None:
     bids_dir = good_dataset(tmp_path / "bids", subjects=1)
     out = tmp_path / "out"
-    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q"]) == 0
+    args = ["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q", *MASK]
+    assert main(args) == 0
     cache = out / ".kwneuro-cache" / "sub-01"
     from kwneuro_pydra.workflows.dti import brain_mask
 
     with Cache(cache):
-        brain_mask(discover(bids_dir)[0].load(), threshold=0.3)  # a second entry of brain_mask
+        brain_mask(discover(bids_dir)[0].load(), median_radius=2)  # a second entry of brain_mask
     dry = kwneuro("prune", str(out), "--keep", "1", "--dry-run")
     assert dry.returncode == 0
     assert "1 entry would be removed" in dry.stdout
@@ -223,7 +226,7 @@ def test_prune_and_clear_dry_run_confirmation_and_plurals(tmp_path: Path) -> Non
     assert refused.returncode == 2 and "confirm with --yes" in refused.stderr
     assert len(Cache(cache).entries("brain_mask")) == 1
     dry_clear = kwneuro("clear", str(out), "--dry-run")
-    assert "9 entries" in dry_clear.stdout and "would be removed" in dry_clear.stdout
+    assert "10 entries" in dry_clear.stdout and "would be removed" in dry_clear.stdout
     cleared = kwneuro("clear", str(out), "brain_mask", "--yes")
     assert cleared.returncode == 0
     assert "1 entry removed from 2 caches" in cleared.stdout

@@ -22,7 +22,7 @@ from kwneuro_pydra.resources import (
     InMemoryBvecResource,
     InMemoryVolumeResource,
 )
-from tests.bids_data import add_series, good_dataset
+from tests.bids_data import MASK, add_series, good_dataset
 
 _CHECK = """<script>
 window.addEventListener("load", () => {
@@ -74,7 +74,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bids_dir = good_dataset(root / "bids", subjects=2)
     add_series(bids_dir, "sub-03", b0=False)
     code = main(["run", str(bids_dir), str(root / "out"), "participant", "--worker", "debug",
-                 "-q"])  # fmt: skip
+                 "-q", *MASK])  # fmt: skip
     assert code == 1
     return root / "out"
 
@@ -107,7 +107,7 @@ def test_the_browser_check_catches_a_broken_image_and_a_console_error(tmp_path: 
 def test_figures_are_relative_links_to_files_under_the_subject_folder(reported: Path) -> None:
     page = (reported / "sub-02.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == 8  # two sessions x four figures
+    assert len(sources) == 10  # two sessions x five figures
     for source in sources:
         assert source.startswith("sub-02/figures/sub-02_ses-")
         assert (reported / source).stat().st_nlink == 2  # linked to its cache entry
@@ -120,7 +120,7 @@ def test_the_report_shows_numbers_steps_and_failures(reported: Path) -> None:
         assert text in page
     group = (reported / "report.html").read_text()
     assert "3 succeeded" in group and "1 failed" in group  # sub-02 has two sessions
-    assert "mean_b0: the DWI has no b=0 volume" in group
+    assert "mean_b0: no b=0 volume" in group
 
 
 def _png_pixels(data: bytes) -> np.ndarray:

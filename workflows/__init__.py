@@ -3,8 +3,25 @@
 Each pipeline here is a plain function of `cacheable` steps: it runs eagerly inside
 ``with Cache(...)`` and becomes a Pydra workflow through `kwneuro_pydra.pydra.to_workflow`
 or `kwneuro_pydra.pydra.run_subjects`. Installed as ``kwneuro_pydra.workflows``.
+
+- `dti_pipeline`: `brain_mask` (median-Otsu) then `estimate_dti` (dipy's WLS or OLS tensor
+  fit), returning a `DtiResult` of FA, MD, AD, RD, eigenvalues, eigenvectors, tensor, S0
+  and colour FA maps; `mean_b0` averages the b=0 volumes.
+- `kwneuro_pydra.workflows.phantom`: DWI phantoms with known tensors, for tests and the demo.
 """
 
-from .dti import brain_mask, dti_pipeline, estimate_dti, mean_b0
+from ._result import DtiResult
+from .dti import FIT_METHODS, brain_mask, dti_pipeline, estimate_dti, mean_b0
 
-__all__ = ["brain_mask", "dti_pipeline", "estimate_dti", "mean_b0"]
+__all__ = [
+    "FIT_METHODS",
+    "DtiResult",
+    "brain_mask",
+    "dti_pipeline",
+    "estimate_dti",
+    "mean_b0",
+]
+
+# Fingerprints and pickles name a class by its module: report the public one, so that
+# moving code between the private modules never changes a cache key.
+DtiResult.__module__ = __name__

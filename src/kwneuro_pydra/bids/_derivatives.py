@@ -50,9 +50,19 @@ def _tensor(param: str, description: str, units: str = "") -> Derivative:
 
 
 DERIVATIVES: tuple[Derivative, ...] = (
-    Derivative("mask", "desc-brain_mask", "Brain mask (1 inside the brain)"),
+    Derivative("mask", "desc-brain_mask", "Brain mask (1 inside the brain), median-Otsu"),
     _tensor("fa", "Fractional anisotropy of the diffusion tensor"),
-    _tensor("md", "Mean diffusivity of the diffusion tensor", "mm^2/s"),
+    _tensor("md", "Mean diffusivity: the mean eigenvalue of the tensor", "mm^2/s"),
+    _tensor("ad", "Axial diffusivity: the largest eigenvalue of the tensor", "mm^2/s"),
+    _tensor("rd", "Radial diffusivity: the mean of the two smaller eigenvalues", "mm^2/s"),
+    _tensor("s0", "Signal at b=0 estimated by the tensor fit", "arbitrary"),
+    _tensor(
+        "tensor",
+        "The tensor's six elements (4th axis) in dipy's order Dxx, Dxy, Dyy, Dxz, Dyz, Dzz",
+        "mm^2/s",
+    ),
+    _tensor("evals", "Eigenvalues in descending order (4th axis)", "mm^2/s"),
+    _tensor("evecs", "Eigenvectors as columns (axes 4 and 5: component, eigenvector)"),
 )
 """Pipeline output -> BIDS-Derivatives name (BEP016 for model maps); one line per map."""
 

@@ -15,6 +15,7 @@ __all__ = [
     "UsageError",
     "caches_under",
     "console",
+    "natural",
     "plural",
     "positive_float",
     "positive_int",
@@ -67,6 +68,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def natural(text: str) -> int:
+    """Argument type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 

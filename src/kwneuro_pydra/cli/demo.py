@@ -32,13 +32,17 @@ def run(args: argparse.Namespace) -> int:
     """Write the dataset, then run the app on it; return the app's exit status."""
     from kwneuro_pydra.cli import main
     from kwneuro_pydra.cli.run import _folder
-    from kwneuro_pydra.workflows.demo import write_demo_dataset  # type: ignore[import-not-found,unused-ignore]
+    from kwneuro_pydra.workflows.demo import (  # type: ignore[import-not-found,unused-ignore]
+        DEMO_MASK_OPTIONS,
+        write_demo_dataset,
+    )
 
     output = _folder(args.output, "OUTPUT")
     bids_dir: Path = write_demo_dataset(output / "bids", subjects=args.subjects)
     verbosity = ["-q"] if args.verbosity < 0 else ["-v"] * args.verbosity
     status: int = main([
         "run", str(bids_dir), str(output / "derivatives"), "participant", "--worker", args.worker,
-        *verbosity,
+        "--mask-median-radius", str(DEMO_MASK_OPTIONS["median_radius"]),
+        "--mask-numpass", str(DEMO_MASK_OPTIONS["numpass"]), *verbosity,
     ])  # fmt: skip
     return status

@@ -18,7 +18,14 @@ from typing import Any
 
 from kwneuro_pydra.bids import write_dataset_description, write_derivatives
 from kwneuro_pydra.cache import Cache
-from kwneuro_pydra.cli._common import UsageError, console, plural, positive_int
+from kwneuro_pydra.cli._common import (
+    UsageError,
+    console,
+    natural,
+    plural,
+    positive_float,
+    positive_int,
+)
 from kwneuro_pydra.cli._series import (
     Unit,
     app,
@@ -28,7 +35,7 @@ from kwneuro_pydra.cli._series import (
     write_record,
 )
 
-__all__ = ["WORKERS", "add_parser", "run"]
+__all__ = ["WORKERS", "add_dti_options", "add_parser", "add_selection", "parameters_of", "run"]
 
 WORKERS = ("debug", "cf", "slurm", "sge")
 """Pydra workers ``--worker`` accepts."""
@@ -49,6 +56,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("output_dir", type=Path, help="where the derivatives and reports go")
     parser.add_argument("analysis_level", choices=["participant"], help="participant")
     add_selection(parser)
+    add_dti_options(parser)
     execution = parser.add_argument_group("execution")
     execution.add_argument(
         "-w", "--work-dir", type=Path, metavar="DIR",
@@ -80,6 +88,36 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_dti_options(parser: argparse.ArgumentParser) -> None:
+    """The pipeline's options (shared with ``status``, which must look up the same entries)."""
+    from kwneuro_pydra.workflows.dti import FIT_METHODS  # type: ignore[import-not-found,unused-ignore]
+
+    dti = parser.add_argument_group("DTI")
+    dti.add_argument(
+        "--fit-method", choices=FIT_METHODS, default="WLS", help="tensor fit (default: WLS)"
+    )
+    dti.add_argument(
+        "--bmax", type=positive_float, default=1500.0, metavar="B",
+        help="highest shell to fit, s/mm² (default: 1500)",
+    )  # fmt: skip
+    dti.add_argument(
+        "--mask-median-radius", type=natural, default=4, metavar="R",
+        help="median filter radius of the median-Otsu brain mask, voxels (default: 4)",
+    )  # fmt: skip
+    dti.add_argument(
+        "--mask-numpass", type=positive_int, default=4, metavar="N",
+        help="median filter passes of the brain mask (default: 4)",
+    )  # fmt: skip
+
+
+def parameters_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's keyword arguments from the DTI options."""
+    return {
+        "fit_method": args.fit_method, "bmax": args.bmax,
+        "median_radius": args.mask_median_radius, "numpass": args.mask_numpass,
+    }  # fmt: skip
+
+
 def _steps(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
@@ -109,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     all_units = units(args.bids_dir, args.participant_label, args.session_label)
     output_dir = _folder(args.output_dir, "OUTPUT_DIR")
     work_dir = _folder(args.work_dir or output_dir / ".kwneuro-cache", "the work folder")
-    parameters: dict[str, Any] = {}
+    parameters = parameters_of(args)
     start = time.time()
     pending = [
         u for u in all_units
@@ -230,7 +268,8 @@ def _write_outputs(
             ))  # fmt: skip
             continue
         outputs = dict(zip(bids_app.OUTPUTS, unit.plan.outputs, strict=True))
-        written = write_derivatives(series, outputs, output_dir, parameters=parameters)
+        maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
+        written = write_derivatives(series, maps, output_dir, parameters=parameters)
         figures = {
             label: (outputs[name].path, caption)
             for name, (label, caption) in bids_app.FIGURES.items()
@@ -299,9 +338,10 @@ def _summary(
                           f"[red]{fails}[/red]" if fails else "0", f"{seconds:.2f} s")  # fmt: skip
         out.print(table)
     for unit in failed:
-        console().print(f"[red]FAILED[/red] {escape(f'{unit.name}: {unit.failure}')}")
+        console().print(f"[red]FAILED[/red] {escape(f'{unit.name}: {unit.failure}')}",
+                        soft_wrap=True)  # fmt: skip
     output_dir = pages[0].parent
     ok = len(all_units) - len(failed)
     out.print(f"{plural(ok, 'series', 'series')} succeeded, {len(failed)} failed. "
-              f"Derivatives: {output_dir}")  # fmt: skip
-    out.print(f"Report: {pages[0]}")
+              f"Derivatives: {output_dir}", soft_wrap=True)  # fmt: skip
+    out.print(f"Report: {pages[0]}", soft_wrap=True)

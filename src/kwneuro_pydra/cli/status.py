@@ -8,7 +8,7 @@ from typing import Any
 
 from kwneuro_pydra.cli._common import plural
 from kwneuro_pydra.cli._series import app, describe, look_up, read_record, units
-from kwneuro_pydra.cli.run import add_selection
+from kwneuro_pydra.cli.run import add_dti_options, add_selection, parameters_of
 
 __all__ = ["add_parser", "run"]
 
@@ -30,6 +30,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="the cache (default: OUTPUT_DIR/.kwneuro-cache)",
     )  # fmt: skip
     add_selection(parser)
+    add_dti_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(unit.name, f"[red]cannot load: {unit.failure}[/red]")
             counts["failed"] += 1
             continue
-        states = dict(look_up(unit, work_dir, {}).states)
+        states = dict(look_up(unit, work_dir, parameters_of(args)).states)
         failed_step = failures.get(unit.name, {}).get("step")
         if failed_step in states and states[failed_step] != "cached":
             states[failed_step] = "failed"

@@ -1,8 +1,10 @@
 """The visual report: figures made by `cacheable` steps, and the HTML pages.
 
-- Figures and numbers (`b0_mosaic`, `fa_mosaic`, `md_mosaic`, `gradient_sphere`,
-  `dti_statistics`, `group_distributions`) are steps: a rerun reuses them from the cache.
-  They import matplotlib (Agg canvas, never a display) only when they run.
+- Figures (`b0_mosaic`, `gradient_sphere`, `group_distributions`) are steps: a rerun
+  reuses them from the cache. `map_mosaic` and `summarise` render a map and compute a
+  series' numbers for the steps of a pipeline (``kwneuro_pydra.workflows.bids_app``), which
+  store them with the `PNG` and `STATS` specs. matplotlib (Agg canvas, never a display) is
+  imported only when a figure is drawn.
 - `write_reports` writes ``OUTPUT_DIR/sub-<label>.html`` per subject (figures under
   ``sub-<label>/figures/``) and ``OUTPUT_DIR/report.html`` for the group.
 """
@@ -10,25 +12,27 @@
 from kwneuro_pydra.report._figures import (
     FA_BINS,
     MD_BINS,
+    PNG,
+    STATS,
     Png,
     SeriesStats,
     b0_mosaic,
-    dti_statistics,
-    fa_mosaic,
     gradient_sphere,
     group_distributions,
-    md_mosaic,
+    map_mosaic,
+    summarise,
 )
 
 __all__ = [
     "FA_BINS",
     "MD_BINS",
+    "PNG",
+    "STATS",
     "Png",
     "SeriesStats",
     "b0_mosaic",
-    "dti_statistics",
-    "fa_mosaic",
     "gradient_sphere",
     "group_distributions",
-    "md_mosaic",
+    "map_mosaic",
+    "summarise",
 ]

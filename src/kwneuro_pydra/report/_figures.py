@@ -21,14 +21,15 @@ from kwneuro_pydra.resources import B0_THRESHOLD, Dwi, VolumeResource
 __all__ = [
     "FA_BINS",
     "MD_BINS",
+    "PNG",
+    "STATS",
     "Png",
     "SeriesStats",
     "b0_mosaic",
-    "dti_statistics",
-    "fa_mosaic",
     "gradient_sphere",
     "group_distributions",
-    "md_mosaic",
+    "map_mosaic",
+    "summarise",
 ]
 
 FA_BINS = np.linspace(0.0, 1.0, 51)
@@ -62,9 +63,10 @@ def _save_png(png: Png, directory: Path) -> None:
     (directory / "figure.png").write_bytes(png.read())
 
 
-_PNG: CacheSpec[Png] = CacheSpec(
+PNG: CacheSpec[Png] = CacheSpec(
     files=["figure.png"], save=_save_png, load=lambda d: Png(path=d / "figure.png")
 )
+"""How a step returning a `Png` stores it."""
 
 
 @attrs.frozen
@@ -106,8 +108,13 @@ def _load_stats(directory: Path) -> SeriesStats:
     return SeriesStats(**raw)
 
 
-@cacheable(CacheSpec(files=["stats.json"], save=_save_stats, load=_load_stats))
-def dti_statistics(
+STATS: CacheSpec[SeriesStats] = CacheSpec(
+    files=["stats.json"], save=_save_stats, load=_load_stats
+)
+"""How a step returning `SeriesStats` stores it."""
+
+
+def summarise(
     dwi: Dwi, mask: VolumeResource, fa: VolumeResource, md: VolumeResource
 ) -> SeriesStats:
     """Summarise a series: mask size, FA and MD inside the mask, shells, quality warnings.
@@ -232,7 +239,7 @@ def _colormap(data: NDArray[Any], low: float, high: float, name: str) -> NDArray
     return np.asarray(colormaps[name](scaled)[..., :3], np.float32)
 
 
-@cacheable(_PNG)
+@cacheable(PNG)
 def b0_mosaic(b0: VolumeResource, mask: VolumeResource) -> Png:
     """Mosaic of the mean b0 in three planes with the brain mask's outline in red.
 
@@ -248,41 +255,42 @@ def b0_mosaic(b0: VolumeResource, mask: VolumeResource) -> Png:
     return _mosaic(_gray(data, 0.0, float(np.percentile(data, 99.5)) or 1.0), inside, True)
 
 
-@cacheable(_PNG)
-def fa_mosaic(fa: VolumeResource, mask: VolumeResource) -> Png:
-    """Mosaic of the FA map (black 0 to white 1) in three planes.
+def map_mosaic(
+    volume: VolumeResource,
+    mask: VolumeResource,
+    *,
+    low: float = 0.0,
+    high: float = 1.0,
+    colormap: str | None = None,
+) -> Png:
+    """Mosaic of a map in three planes (six slices each through the mask), outside black.
 
     Args:
-        fa: The FA map.
-        mask: The brain mask (chooses the slices).
-
-    Returns:
-        The PNG.
-    """
-    return _mosaic(_gray(_canonical(fa), 0.0, 1.0), _canonical(mask) != 0, False)
-
-
-@cacheable(_PNG)
-def md_mosaic(md: VolumeResource, mask: VolumeResource) -> Png:
-    """Mosaic of the MD map (viridis, 0 to 3e-3 mm^2/s) in three planes.
-
-    Args:
-        md: The MD map.
-        mask: The brain mask (chooses the slices; outside is black).
+        volume: A 3-D map, or an RGB map (x, y, z, 3) of values in [0, 1].
+        mask: The brain mask (chooses the slices; outside it is black).
+        low: The value shown black (or at the colormap's start).
+        high: The value shown white (or at the colormap's end).
+        colormap: A matplotlib colormap name; grey when None.
 
     Returns:
         The PNG.
     """
     inside = _canonical(mask) != 0
-    rgb = _colormap(_canonical(md), 0.0, 3e-3, "viridis") * inside[..., None]
-    return _mosaic(rgb, inside, False)
+    data = _canonical(volume)
+    if data.ndim == 4:
+        rgb = np.clip(np.asarray(data, np.float32), 0, 1)
+    elif colormap is None:
+        rgb = _gray(data, low, high)
+    else:
+        rgb = _colormap(data, low, high, colormap)
+    return _mosaic(rgb * inside[..., None], inside, False)
 
 
 def _canvas(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
     return figure
 
@@ -293,7 +301,7 @@ def _png(figure: Any) -> Png:
     return Png(buffer.getvalue())
 
 
-@cacheable(_PNG)
+@cacheable(PNG)
 def gradient_sphere(dwi: Dwi) -> Png:
     """The gradient table on a sphere: each direction (and its antipode) at radius b/bmax.
 
@@ -308,6 +316,7 @@ def gradient_sphere(dwi: Dwi) -> Png:
     weighted = bvals > B0_THRESHOLD
     points = bvecs[weighted] * (bvals[weighted] / bvals.max())[:, None]
     figure = _canvas(3.6, 3.4)
+    figure.subplots_adjust(left=0.0, right=0.92, bottom=0.04, top=0.92)
     axes = figure.add_subplot(projection="3d")
     colours = np.concatenate([bvals[weighted]] * 2)
     shown = axes.scatter(*np.vstack([points, -points]).T, c=colours, cmap="plasma", s=14)
@@ -324,7 +333,7 @@ def gradient_sphere(dwi: Dwi) -> Png:
     return _png(figure)
 
 
-@cacheable(_PNG)
+@cacheable(PNG)
 def group_distributions(labels: tuple[str, ...], stats: tuple[SeriesStats, ...]) -> Png:
     """FA and MD distributions inside the mask, one line per series, for the group report.
 
@@ -336,6 +345,7 @@ def group_distributions(labels: tuple[str, ...], stats: tuple[SeriesStats, ...])
         The PNG.
     """
     figure = _canvas(8.0, 3.0)
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.9, wspace=0.2)
     fa_axes, md_axes = figure.subplots(1, 2)
     for label, series in zip(labels, stats, strict=True):
         for axes, edges, counts in (

@@ -43,8 +43,9 @@ class Dwi:
 
     Raises:
         ValueError: the volume is not 4-D; the volume, b-value and b-vector counts disagree
-            (the message names all three); a b-vector whose b-value is above 0 is not of unit
-            length (within `BVEC_NORM_TOLERANCE`).
+            (the message names all three); a b-vector whose b-value is above `B0_THRESHOLD`
+            is not of unit length (within `BVEC_NORM_TOLERANCE`); the b-vectors of b=0
+            volumes may be anything, zero or nan included, as dipy accepts them.
         FileNotFoundError: a file-backed part is missing.
         ResourceFileError: a file-backed part cannot be read.
 
@@ -72,19 +73,21 @@ class Dwi:
                 "DWI counts disagree: "
                 f"volume has {n_volumes} diffusion volumes ({source_of(self.volume)}), "
                 f"bval has {n_bvals} b-values ({source_of(self.bval)}), "
-                f"bvec has {n_bvecs} b-vectors ({source_of(self.bvec)})"
+                f"bvec has {n_bvecs} b-vectors ({source_of(self.bvec)}); every volume "
+                "needs one b-value and one b-vector: check that the three files belong together"
             )
             raise ValueError(msg)
-        weighted = np.asarray(bvals) > 0
+        weighted = np.asarray(bvals) > B0_THRESHOLD  # b=0 rows may be zero or nan (dipy)
         norms = np.linalg.norm(np.asarray(bvecs, dtype=np.float64)[weighted], axis=1)
         bad = np.flatnonzero(~(np.abs(norms - 1.0) <= BVEC_NORM_TOLERANCE))  # nan is bad
         if bad.size:
             index = int(np.flatnonzero(weighted)[bad[0]])
             msg = (
-                "all b-vectors with nonzero b-values must be unit vectors: "
+                f"all b-vectors with b-values above {B0_THRESHOLD:g} must be unit vectors: "
                 f"{bad.size} are not, first at volume {index} "
                 f"(b={float(bvals[index]):g}, |bvec|={float(norms[bad[0]]):.6g}; "
-                f"{source_of(self.bvec)})"
+                f"{source_of(self.bvec)}); check that the b-vector file matches the b-values, "
+                "or normalise its vectors"
             )
             raise ValueError(msg)
 
