@@ -27,3 +27,10 @@ def test_readme_has_exactly_the_two_setup_commands() -> None:
         'python -m pip install -e ".[pydra]" && kwneuro-pydra demo demo-output',
         'python -m pip install -e ".[dev]" && python -m pytest',
     ]
+
+
+def test_readme_shows_the_report_screenshot() -> None:
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README.read_text())
+    assert "docs/_static/report.png" in images
+    png = README.parent / "docs" / "_static" / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -345,7 +345,7 @@ def group_distributions(labels: tuple[str, ...], stats: tuple[SeriesStats, ...])
         The PNG.
     """
     figure = _canvas(8.0, 3.0)
-    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.9, wspace=0.2)
+    figure.subplots_adjust(left=0.1, right=0.98, bottom=0.17, top=0.9, wspace=0.2)
     fa_axes, md_axes = figure.subplots(1, 2)
     for label, series in zip(labels, stats, strict=True):
         for axes, edges, counts in (

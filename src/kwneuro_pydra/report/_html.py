@@ -80,7 +80,8 @@ font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap}
 figure{margin:8px 0 14px}figure img{max-width:min(100%,640px);border:1px solid #dde1e7;
 background:#000}figcaption{color:#5a6472;font-size:12px;margin-top:2px}
 .grid{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
-img.thumb{width:220px;border:1px solid #dde1e7;background:#000}a{color:#1a5fb4}
+img.thumb{width:200px;border:1px solid #dde1e7;background:#000}a{color:#1a5fb4}
+.thumbs{display:flex;gap:8px;flex-wrap:nowrap}td.name{white-space:nowrap}
 .muted{color:#7a8391}
 """
 
@@ -231,7 +232,7 @@ def _group_body(
         )
         parts.append(
             "<table><tr><th>Step</th><th>Computed</th><th>Reused</th><th>Failed</th>"
-            f"<th>Compute time</th></tr>{step_rows}</table>"
+            f"<th>Time computing (this run)</th></tr>{step_rows}</table>"
         )
     parts.append("</section>")
     if distributions is not None:
@@ -267,9 +268,10 @@ def _group_body(
                              for w in (stats.warnings if stats else ()))
             )  # fmt: skip
             rows.append(
-                f'<tr><td><a href="sub-{html.escape(subject)}.html#{html.escape(report.name)}">'
-                f"{html.escape(report.name)}</a></td><td>{_status(report)}</td>{numbers}"
-                f'<td><div class="grid">{thumbs}</div>{detail}</td></tr>'
+                f'<tr><td class="name"><a href="sub-{html.escape(subject)}.html#'
+                f'{html.escape(report.name)}">{html.escape(report.name)}</a></td>'
+                f"<td>{_status(report)}</td>{numbers}"
+                f'<td><div class="thumbs">{thumbs}</div>{detail}</td></tr>'
             )
     parts.append(
         "<section><h2>Series</h2><table><tr><th>Series</th><th>Status</th><th>Voxels in mask"
