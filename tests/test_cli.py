@@ -247,3 +247,27 @@ def test_console_script_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("run", "status", "ls", "prune", "clear", "demo"):
         assert command in result.stdout
+
+
+def test_log_lines_go_through_the_display_console_and_forked_workers_stay_quiet(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    from kwneuro_pydra.cli._common import console, logging_to_console
+
+    with logging_to_console(0):
+        (handler,) = [h for h in logging.getLogger().handlers if isinstance(h, RichHandler)]
+        assert handler.console is console()  # the console the live display draws on
+        logging.getLogger("kwneuro_pydra.test").warning("from the main process")
+        pid = os.fork()
+        if pid == 0:  # a cf worker: forked, inheriting the handler
+            logging.getLogger("kwneuro_pydra.test").warning("from a worker")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        err = capfd.readouterr().err
+        assert "from the main process" in err
+        assert "from a worker" not in err
+    assert handler not in logging.getLogger().handlers

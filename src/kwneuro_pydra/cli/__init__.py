@@ -17,7 +17,7 @@ from importlib.metadata import version
 from typing import NoReturn
 
 from kwneuro_pydra.cli import clear, demo, ls, prune, run, status
-from kwneuro_pydra.cli._common import UsageError, setup_logging
+from kwneuro_pydra.cli._common import UsageError, logging_to_console
 
 __all__ = ["main"]
 
@@ -68,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 success, 1 a failure (e.g. a subject failed), 2 a usage error.
     """
     args = _parser().parse_args(argv)
-    setup_logging(args.verbosity)
+    with logging_to_console(args.verbosity):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         status: int = args.run(args)
     except UsageError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ __all__ = [
     "UsageError",
     "caches_under",
     "console",
+    "logging_to_console",
     "natural",
     "plural",
     "positive_float",
@@ -110,6 +112,16 @@ def console() -> "rich.console.Console":  # type: ignore[name-defined]  # noqa: 
     return _CONSOLE
 
 
+def _rich_handler() -> type[logging.Handler]:
+    from rich.logging import RichHandler
+
+    return RichHandler
+
+
+class _ConsoleHandler(_rich_handler()):  # type: ignore[misc]
+    """The command's log handler: rich's, on the shared console."""
+
+
 class _ThisProcess(logging.Filter):
     """Let through only records of the process that set up logging.
 
@@ -126,21 +138,38 @@ class _ThisProcess(logging.Filter):
         return os.getpid() == self.pid
 
 
+@contextlib.contextmanager
+def logging_to_console(verbosity: int) -> Iterator[None]:
+    """Route logging (and Python warnings) through the shared console for the context.
+
+    Args:
+        verbosity: -1 quiet (errors), 0 warnings, 1 ``-v`` (info), 2 ``-vv`` (debug).
+    """
+    root = logging.getLogger()
+    level = root.level
+    setup_logging(verbosity)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        logging.captureWarnings(False)
+
+
 def setup_logging(verbosity: int) -> None:
     """Route logging (and Python warnings) through the shared console.
 
     Args:
         verbosity: -1 quiet (errors), 0 warnings, 1 ``-v`` (info), 2 ``-vv`` (debug).
     """
-    from rich.logging import RichHandler
-
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = RichHandler(
+    handler = _ConsoleHandler(
         console=console(), show_time=verbosity > 0, show_path=verbosity > 1, markup=False
     )
     handler.addFilter(_ThisProcess())
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, RichHandler)]:
+    for old in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
