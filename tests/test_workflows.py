@@ -5,44 +5,48 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from kwneuro_pydra import Cache
 from kwneuro_pydra.cli import main
-from kwneuro_pydra.resources import Dwi
-from kwneuro_pydra.workflows import brain_mask, dti_pipeline, estimate_dti, mean_b0
-from kwneuro_pydra.workflows.demo import make_demo_subject
+from kwneuro_pydra.workflows import DtiResult, brain_mask, dti_pipeline, estimate_dti, mean_b0
+from kwneuro_pydra.workflows.demo import DEMO_MASK_OPTIONS, make_demo_subject
 
 
 @pytest.fixture(scope="module")
-def subjects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Dwi]]:
+def subjects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     root = tmp_path_factory.mktemp("data")
     return {
-        f"sub-{i}": {"dwi": make_demo_subject(root / f"sub-{i}", i, shape=(16, 16, 10))}
+        f"sub-{i}": {
+            "dwi": make_demo_subject(root / f"sub-{i}", i, shape=(24, 24, 16)),
+            **DEMO_MASK_OPTIONS,
+        }
         for i in (1, 2)
     }
 
 
 def test_dti_of_the_phantom_is_anisotropic_inside_and_empty_outside(
-    subjects: dict[str, dict[str, Dwi]], tmp_path: Path
+    subjects: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     dwi = subjects["sub-1"]["dwi"]
     with Cache(tmp_path):
-        mask = brain_mask(dwi).get_array()
-        fa, md = (v.get_array() for v in dti_pipeline(dwi))
+        mask = brain_mask(dwi, **DEMO_MASK_OPTIONS).get_array()
+        result = dti_pipeline(dwi, **DEMO_MASK_OPTIONS)
         b0 = mean_b0(dwi).get_array()
+    fa, md = result.fa.get_array(), result.md.get_array()
     inside = mask != 0
     assert 0.1 < inside.mean() < 0.5
-    assert 0.6 < np.median(fa[inside]) < 0.9  # prolate tensor, eigenvalues ~1.6e-3, ~3.5e-4
+    assert 0.4 < np.median(fa[inside]) < 0.6  # mostly deep white matter, FA ~0.46
     assert 6e-4 < np.median(md[inside]) < 9e-4
     assert (fa[~inside] == 0).all()
-    assert b0[inside].mean() > 10 * b0[~inside].mean()
+    assert b0[inside].mean() > 10 * np.median(b0[~inside])  # background: noise only
 
 
 def test_estimate_dti_rejects_a_mask_of_another_shape(
-    subjects: dict[str, dict[str, Dwi]], tmp_path: Path
+    subjects: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     from kwneuro_pydra.resources import InMemoryVolumeResource
 
@@ -51,16 +55,17 @@ def test_estimate_dti_rejects_a_mask_of_another_shape(
 
 
 def test_workflow_run_reuses_the_eager_entries(
-    subjects: dict[str, dict[str, Dwi]], tmp_path: Path
+    subjects: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     from kwneuro_pydra.pydra import run_subjects
 
     with Cache(tmp_path / "sub-1"):
-        eager_fa, _ = dti_pipeline(subjects["sub-1"]["dwi"])
+        eager = dti_pipeline(**subjects["sub-1"])
     results = run_subjects(dti_pipeline, subjects, tmp_path, worker="debug")
     assert all(r.ok for r in results.values())
-    fa, _ = results["sub-1"].outputs
-    assert fa.path == eager_fa.path  # the same cache entry served both
+    result = results["sub-1"].outputs
+    assert isinstance(result, DtiResult)
+    assert result.fa.path == eager.fa.path  # the same cache entry served both
     for subject in subjects:
         entries = Cache(tmp_path / subject).entries("estimate_dti")
         assert len(entries) == 1
@@ -77,14 +82,14 @@ def test_demo_command_runs_twice_and_lists_entries(
     assert capsys.readouterr().out.splitlines()[1:3] == first.splitlines()[1:3]
     assert main(["ls", str(tmp_path / "derivatives" / "sub-01")]) == 0
     listing = capsys.readouterr().out
-    assert "brain_mask" in listing and "estimate_dti" in listing and "threshold=0.2" in listing
+    assert "brain_mask" in listing and "estimate_dti" in listing and "median_radius=2" in listing
 
 
 def test_cli_ls_prune_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dwi = make_demo_subject(tmp_path / "data", 3, shape=(8, 8, 6))
     with Cache(tmp_path / "cache"):
-        brain_mask(dwi, 0.1)
-        brain_mask(dwi, 0.2)
+        brain_mask(dwi, median_radius=1)
+        brain_mask(dwi, median_radius=2)
     assert main(["ls", str(tmp_path / "cache"), "--json"]) == 0
     assert capsys.readouterr().out.count('"step": "brain_mask"') == 2
     assert main(["prune", str(tmp_path / "cache"), "--keep", "1"]) == 0
@@ -105,7 +110,7 @@ def test_console_script_is_installed() -> None:
 
 @pytest.mark.parametrize("worker", ["debug", "cf"])
 def test_a_cleared_subject_cache_is_recomputed_not_served_from_pydras_job_cache(
-    subjects: dict[str, dict[str, Dwi]], tmp_path: Path, worker: str
+    subjects: dict[str, dict[str, Any]], tmp_path: Path, worker: str
 ) -> None:
     from kwneuro_pydra.pydra import run_subjects
 
@@ -113,6 +118,33 @@ def test_a_cleared_subject_cache_is_recomputed_not_served_from_pydras_job_cache(
     assert Cache(tmp_path / "sub-1").clear() == 2
     again = run_subjects(dti_pipeline, subjects, tmp_path, worker=worker)
     assert all(r.ok for r in again.values())
-    fa, _ = again["sub-1"].outputs
-    np.testing.assert_array_equal(fa.get_array(), first["sub-1"].outputs[0].get_array())
+    fa = again["sub-1"].outputs.fa
+    np.testing.assert_array_equal(fa.get_array(), first["sub-1"].outputs.fa.get_array())
     assert len(Cache(tmp_path / "sub-1").entries("estimate_dti")) == 1
+
+
+@pytest.mark.parametrize("worker", ["debug", "cf"])
+def test_a_dti_result_flows_between_pydra_nodes_with_keyword_inputs(
+    subjects: dict[str, dict[str, Any]], tmp_path: Path, worker: str
+) -> None:
+    """A `DtiResult` is a node's output and another node's input; the pipeline's keyword
+    parameters (with defaults) are workflow inputs, and an eager run shares the entries."""
+    from kwneuro_pydra.pydra import run_subjects
+    from tests._dti_steps import white_matter, white_matter_pipeline
+
+    inputs = {s: {"dwi": v["dwi"], "fit_method": "OLS"} for s, v in subjects.items()}
+    results = run_subjects(white_matter_pipeline, inputs, tmp_path, worker=worker)
+    assert all(r.ok for r in results.values()), results
+    result, wm = results["sub-2"].outputs
+    assert isinstance(result, DtiResult)
+    np.testing.assert_array_equal(wm.get_array(), result.fa.get_array() > 0.3)
+    with Cache(tmp_path / "sub-2") as cache:
+        assert white_matter(result).path == wm.path  # the Pydra run's entry, reused
+        eager = estimate_dti(
+            subjects["sub-2"]["dwi"],
+            brain_mask(subjects["sub-2"]["dwi"], **DEMO_MASK_OPTIONS),
+            fit_method="OLS",
+        )
+        assert eager.fa.path == result.fa.path
+    (entry,) = cache.entries("estimate_dti")
+    assert entry.scalars["fit_method"] == "OLS"

@@ -138,27 +138,30 @@ def fit_signal(signal: NDArray[Any], design: Float64, method: FitMethod) -> dict
 
 
 def _weighted(log_s: Float64, design: Float64, beta_ols: Float64) -> Float64:
-    """One WLS pass with squared weights ``S_ols^2`` (scaled per voxel; the minimiser is not).
+    """One WLS pass with weights ``S_ols`` (scaled per voxel; the minimiser is not).
 
-    Solves the normal equations ``X^T W X b = X^T W log S``, equilibrated to unit diagonal;
-    a voxel whose system is not positive definite gets dipy's minimum-norm solution.
+    Solves the normal equations ``X^T W^2 X b = X^T W^2 log S``, equilibrated to unit
+    diagonal. A voxel whose system is not positive definite (weights that underflow) gets
+    dipy's own solution, ``pinv(W X) W log S``: the minimum-norm one.
     """
     log_w = design @ beta_ols
     log_w -= log_w.max(axis=0)
-    w = np.exp(2 * log_w)
+    weights = np.exp(log_w)
+    squared = weights * weights
     k = design.shape[1]
     products = (design[:, :, None] * design[:, None, :]).reshape(len(design), k * k)
-    gram = (products.T @ w).reshape(k, k, -1)
-    w *= log_s
-    rhs = design.T @ w
-    scale = 1 / np.sqrt(np.einsum("iin->in", gram))
-    gram *= scale[:, None, :] * scale[None, :, :]
-    rhs *= scale
-    solution, solved = solve_spd(gram, rhs)
-    if not solved.all():
-        rest = np.moveaxis(gram[:, :, ~solved], -1, 0)
-        solution[:, ~solved] = (np.linalg.pinv(rest, hermitian=True) @ rhs[:, ~solved].T[..., None])[..., 0].T
+    gram = (products.T @ squared).reshape(k, k, -1)
+    squared *= log_s
+    rhs = design.T @ squared
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero diagonal fails below
+        scale = 1 / np.sqrt(np.einsum("iin->in", gram))
+        gram *= scale[:, None, :] * scale[None, :, :]
+    solution, solved = solve_spd(gram, rhs * scale)
     beta: Float64 = solution * scale
+    if not solved.all():
+        w = weights[:, ~solved].T[:, :, None]
+        rest = np.linalg.pinv(design * w) @ (w * log_s[:, ~solved].T[:, :, None])
+        beta[:, ~solved] = rest[:, :, 0].T
     return beta
 
 
