@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from ._linalg import eigh3, solve_spd
 
@@ -130,7 +131,7 @@ def fit_signal(signal: NDArray[Any], design: Float64, method: FitMethod) -> dict
     """
     # Voxels along the last axis from here on: every step is a matrix product or a
     # whole-array operation on contiguous rows.
-    log_s = np.log(np.maximum(signal.T, MIN_POSITIVE_SIGNAL, dtype=np.float64))
+    log_s = np.log(np.maximum(signal.T, MIN_POSITIVE_SIGNAL, dtype=np.float64, order="C"))
     beta = np.linalg.pinv(design) @ log_s
     if method == "WLS":
         beta = _weighted(log_s, design, beta)
@@ -185,7 +186,7 @@ def _maps(beta: Float64, floor: float) -> dict[str, Float64]:
     }
 
 
-def voxel_blocks(
+def _voxel_blocks(
     inside: NDArray[np.bool_], voxels_per_block: int
 ) -> Iterator[tuple[slice, NDArray[np.bool_]]]:
     """Blocks of whole slices along the last spatial axis, about ``voxels_per_block`` each.
@@ -248,17 +249,37 @@ def fit_volume(
     """
     spatial = data.shape[:3]
     result = VolumeFit({n: np.zeros(spatial + s, np.float32) for n, s in MAP_SHAPES.items()})
-    for block, within in voxel_blocks(inside, voxels_per_block):
-        signal = data[:, :, block][within][:, keep]
-        finite = np.isfinite(signal).all(axis=1)
-        usable = finite & (signal > 0).any(axis=1)
-        result.nonfinite += int((~finite).sum())
-        result.empty += int((finite & ~usable).sum())
-        result.negative += int((usable & (signal < 0).any(axis=1)).sum())
-        if not usable.any():
-            continue
-        target = within.copy()
-        target[within] = usable
-        for name, values in fit_signal(signal[usable], design, method).items():
-            result.maps[name][:, :, block][target] = values
+    # One BLAS thread: the products are thin, and threads that wait for busy cores (other
+    # subjects, other jobs) made them ten times slower on a loaded machine.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for block, within in _voxel_blocks(inside, voxels_per_block):
+            _fit_block(data, block, within, keep, design, method, result)
     return result
+
+
+def _fit_block(
+    data: NDArray[Any],
+    block: slice,
+    within: NDArray[np.bool_],
+    keep: NDArray[np.bool_],
+    design: Float64,
+    method: FitMethod,
+    result: VolumeFit,
+) -> None:
+    """Fit the voxels ``within`` the slices ``block`` into ``result``, counting odd ones."""
+    signal = data[:, :, block][within]
+    if not keep.all():
+        signal = signal[:, keep]
+    with np.errstate(invalid="ignore"):
+        low, high = signal.min(axis=1), signal.max(axis=1)  # NaN wins both
+    finite = np.isfinite(low) & np.isfinite(high)
+    usable = finite & (high > 0)
+    result.nonfinite += int((~finite).sum())
+    result.empty += int((finite & ~usable).sum())
+    result.negative += int((usable & (low < 0)).sum())
+    if not usable.any():
+        return
+    target = within.copy()
+    target[within] = usable
+    for name, values in fit_signal(signal[usable], design, method).items():
+        result.maps[name][:, :, block][target] = values
