@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from ._linalg import eigh3, solve_spd
 
@@ -130,7 +131,7 @@ def fit_signal(signal: NDArray[Any], design: Float64, method: FitMethod) -> dict
     """
     # Voxels along the last axis from here on: every step is a matrix product or a
     # whole-array operation on contiguous rows.
-    log_s = np.log(np.maximum(signal.T, MIN_POSITIVE_SIGNAL, dtype=np.float64))
+    log_s = np.log(np.maximum(signal.T, MIN_POSITIVE_SIGNAL, dtype=np.float64, order="C"))
     beta = np.linalg.pinv(design) @ log_s
     if method == "WLS":
         beta = _weighted(log_s, design, beta)
@@ -138,27 +139,30 @@ def fit_signal(signal: NDArray[Any], design: Float64, method: FitMethod) -> dict
 
 
 def _weighted(log_s: Float64, design: Float64, beta_ols: Float64) -> Float64:
-    """One WLS pass with squared weights ``S_ols^2`` (scaled per voxel; the minimiser is not).
+    """One WLS pass with weights ``S_ols`` (scaled per voxel; the minimiser is not).
 
-    Solves the normal equations ``X^T W X b = X^T W log S``, equilibrated to unit diagonal;
-    a voxel whose system is not positive definite gets dipy's minimum-norm solution.
+    Solves the normal equations ``X^T W^2 X b = X^T W^2 log S``, equilibrated to unit
+    diagonal. A voxel whose system is not positive definite (weights that underflow) gets
+    dipy's own solution, ``pinv(W X) W log S``: the minimum-norm one.
     """
     log_w = design @ beta_ols
     log_w -= log_w.max(axis=0)
-    w = np.exp(2 * log_w)
+    weights = np.exp(log_w)
+    squared = weights * weights
     k = design.shape[1]
     products = (design[:, :, None] * design[:, None, :]).reshape(len(design), k * k)
-    gram = (products.T @ w).reshape(k, k, -1)
-    w *= log_s
-    rhs = design.T @ w
-    scale = 1 / np.sqrt(np.einsum("iin->in", gram))
-    gram *= scale[:, None, :] * scale[None, :, :]
-    rhs *= scale
-    solution, solved = solve_spd(gram, rhs)
-    if not solved.all():
-        rest = np.moveaxis(gram[:, :, ~solved], -1, 0)
-        solution[:, ~solved] = (np.linalg.pinv(rest, hermitian=True) @ rhs[:, ~solved].T[..., None])[..., 0].T
+    gram = (products.T @ squared).reshape(k, k, -1)
+    squared *= log_s
+    rhs = design.T @ squared
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero diagonal fails below
+        scale = 1 / np.sqrt(np.einsum("iin->in", gram))
+        gram *= scale[:, None, :] * scale[None, :, :]
+    solution, solved = solve_spd(gram, rhs * scale)
     beta: Float64 = solution * scale
+    if not solved.all():
+        w = weights[:, ~solved].T[:, :, None]
+        rest = np.linalg.pinv(design * w) @ (w * log_s[:, ~solved].T[:, :, None])
+        beta[:, ~solved] = rest[:, :, 0].T
     return beta
 
 
@@ -182,7 +186,7 @@ def _maps(beta: Float64, floor: float) -> dict[str, Float64]:
     }
 
 
-def voxel_blocks(
+def _voxel_blocks(
     inside: NDArray[np.bool_], voxels_per_block: int
 ) -> Iterator[tuple[slice, NDArray[np.bool_]]]:
     """Blocks of whole slices along the last spatial axis, about ``voxels_per_block`` each.
@@ -245,17 +249,37 @@ def fit_volume(
     """
     spatial = data.shape[:3]
     result = VolumeFit({n: np.zeros(spatial + s, np.float32) for n, s in MAP_SHAPES.items()})
-    for block, within in voxel_blocks(inside, voxels_per_block):
-        signal = data[:, :, block][within][:, keep]
-        finite = np.isfinite(signal).all(axis=1)
-        usable = finite & (signal > 0).any(axis=1)
-        result.nonfinite += int((~finite).sum())
-        result.empty += int((finite & ~usable).sum())
-        result.negative += int((usable & (signal < 0).any(axis=1)).sum())
-        if not usable.any():
-            continue
-        target = within.copy()
-        target[within] = usable
-        for name, values in fit_signal(signal[usable], design, method).items():
-            result.maps[name][:, :, block][target] = values
+    # One BLAS thread: the products are thin, and threads that wait for busy cores (other
+    # subjects, other jobs) made them ten times slower on a loaded machine.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for block, within in _voxel_blocks(inside, voxels_per_block):
+            _fit_block(data, block, within, keep, design, method, result)
     return result
+
+
+def _fit_block(
+    data: NDArray[Any],
+    block: slice,
+    within: NDArray[np.bool_],
+    keep: NDArray[np.bool_],
+    design: Float64,
+    method: FitMethod,
+    result: VolumeFit,
+) -> None:
+    """Fit the voxels ``within`` the slices ``block`` into ``result``, counting odd ones."""
+    signal = data[:, :, block][within]
+    if not keep.all():
+        signal = signal[:, keep]
+    with np.errstate(invalid="ignore"):
+        low, high = signal.min(axis=1), signal.max(axis=1)  # NaN wins both
+    finite = np.isfinite(low) & np.isfinite(high)
+    usable = finite & (high > 0)
+    result.nonfinite += int((~finite).sum())
+    result.empty += int((finite & ~usable).sum())
+    result.negative += int((usable & (low < 0)).sum())
+    if not usable.any():
+        return
+    target = within.copy()
+    target[within] = usable
+    for name, values in fit_signal(signal[usable], design, method).items():
+        result.maps[name][:, :, block][target] = values

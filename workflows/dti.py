@@ -156,8 +156,7 @@ def estimate_dti(
     """
     if fit_method not in FIT_METHODS:
         raise ValueError(
-            f"estimate_dti: fit_method must be one of {', '.join(FIT_METHODS)}, "
-            f"got {fit_method!r}"
+            f"estimate_dti: fit_method must be one of {', '.join(FIT_METHODS)}, got {fit_method!r}"
         )
     if not bmax > B0_THRESHOLD:
         raise ValueError(

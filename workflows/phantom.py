@@ -41,7 +41,14 @@ from kwneuro_pydra.resources import (
 
 from ._tensor import fractional_anisotropy
 
-__all__ = ["TISSUES", "Phantom", "PhantomTruth", "gradient_scheme", "make_phantom", "write_phantom"]
+__all__ = [
+    "TISSUES",
+    "Phantom",
+    "PhantomTruth",
+    "gradient_scheme",
+    "make_phantom",
+    "write_phantom",
+]
 
 TISSUES = ("background", "cortex", "deep white matter", "arched bundle", "U-shaped bundle",
            "straight bundles", "ventricles")  # fmt: skip
@@ -208,7 +215,7 @@ def make_phantom(
     signal = np.empty((*shape, len(bvals)), np.float32)
     sigma = np.float32(_REFERENCE_SIGNAL / snr)
     for z in range(shape[2]):  # one slice at a time keeps the temporaries small
-        clean = (_S0[labels[:, :, z]][..., None] * np.exp(-bvals * (tensors[:, :, z] @ dyads)))
+        clean = _S0[labels[:, :, z]][..., None] * np.exp(-bvals * (tensors[:, :, z] @ dyads))
         clean = clean.astype(np.float32)
         if np.isfinite(snr):  # Rician: the magnitude of complex Gaussian noise
             real = clean + sigma * rng.standard_normal(clean.shape, dtype=np.float32)
