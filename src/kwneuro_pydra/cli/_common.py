@@ -7,8 +7,9 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from kwneuro_pydra.cache import Cache
 
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 _MAX_DEPTH = 3
+T = TypeVar("T", int, float)
 
 
 class UsageError(Exception):
@@ -62,37 +64,30 @@ def size(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def positive_int(text: str) -> int:
-    """Argument type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(
+    convert: Callable[[str], T], low: T, kind: str, *, strict: bool = False
+) -> Callable[[str], T]:
+    """An argument type: ``convert(text)``, at least ``low`` (above it when ``strict``)."""
+
+    def parse(text: str) -> T:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if value < low or (strict and value == low) or value != value:
+            bound = "above" if strict else "at least"
+            raise argparse.ArgumentTypeError(f"must be {bound} {low:g}, got {text}")
+        return value
+
+    return parse
 
 
-def natural(text: str) -> int:
-    """Argument type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """Argument type: a number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
+positive_int = _at_least(int, 1, "a whole number")
+"""Argument type: an integer of at least 1."""
+natural = _at_least(int, 0, "a whole number")
+"""Argument type: an integer of at least 0."""
+positive_float = _at_least(float, 0.0, "a number", strict=True)
+"""Argument type: a number above 0."""
 
 
 _CONSOLE = None
