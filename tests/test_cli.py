@@ -128,6 +128,14 @@ def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
                  "-q", *MASK]) == 0  # fmt: skip
     after = kwneuro("status", str(bids_dir), str(tmp_path / "out"), *MASK)
     assert "9 steps cached, 0 steps stale, 0 steps missing, 0 steps failed" in after.stdout
+    (entry,) = Cache(tmp_path / "out" / ".kwneuro-cache" / "sub-01").entries("estimate_dti")
+    sidecar = entry.path / "estimate_dti.params.json"
+    record = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**record, "code": "0" * 64}))  # as if made by older code
+    stale = kwneuro("status", str(bids_dir), str(tmp_path / "out"), *MASK)
+    assert "3 steps cached, 1 step stale, 5 steps missing, 0 steps failed" in stale.stdout
+    row = next(line for line in stale.stdout.splitlines() if line.startswith("│ sub-01"))
+    assert row.split("│")[5].strip() == "stale"  # estimate_dti, the fourth step
 
 
 @pytest.mark.parametrize(
