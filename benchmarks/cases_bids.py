@@ -65,7 +65,7 @@ def bids_index(sizes: Sizes, workdir: Path) -> Section:
 
     label = "pybids: BIDSLayout + get"
     section.rows.append(Row(label, measure(pybids, repeat=1, warmup=0),
-                            note="its SQLite index; get_bval per series not included"))  # fmt: skip
+                            note="its SQLite index; get_bval per series not in"))  # fmt: skip
     section.rows[0] = Row(section.rows[0].label, section.rows[0].timing, peers=(label,),
                           note=section.rows[0].note)
     return section
