@@ -101,6 +101,7 @@ def test_bad_series_fail_one_by_one_while_the_others_finish(tmp_path: Path) -> N
     assert result.returncode == 1
     failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 5, result.stderr
+    assert failed == result.stderr.splitlines()  # one line each, nothing else (no Pydra noise)
     assert "sub-02: sub-02/dwi/sub-02_dwi.nii.gz: no .bval or .bvec file" in failed[0]
     assert "counts disagree" in failed[1] and "must be 4-D" in failed[2]
     assert "sub-05" in failed[3]

@@ -118,6 +118,9 @@ def test_the_report_shows_numbers_steps_and_failures(reported: Path) -> None:
     for text in ("Voxels in mask", "Median FA", "Median MD", "b=0 (2), b=1000 (30)",
                  "estimate_dti</td><td>computed"):  # fmt: skip
         assert text in page
+    failed = (reported / "sub-03.html").read_text()
+    assert "mean_b0</td><td>failed" in failed
+    assert "md_mosaic</td><td>not run" in failed
     group = (reported / "report.html").read_text()
     assert "3 succeeded" in group and "1 failed" in group  # sub-02 has two sessions
     assert "mean_b0: no b=0 volume" in group

@@ -140,15 +140,18 @@ def logging_to_console(verbosity: int) -> Iterator[None]:
     Args:
         verbosity: -1 quiet (errors), 0 warnings, 1 ``-v`` (info), 2 ``-vv`` (debug).
     """
-    root = logging.getLogger()
-    level = root.level
+    root, pydra = logging.getLogger(), logging.getLogger("pydra")
+    levels = root.level, pydra.level
     setup_logging(verbosity)
+    if verbosity < 1:  # a failed subject is reported once, by the command, not by Pydra too
+        pydra.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
         for handler in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:
             root.removeHandler(handler)
-        root.setLevel(level)
+        root.setLevel(levels[0])
+        pydra.setLevel(levels[1])
         logging.captureWarnings(False)
 
 

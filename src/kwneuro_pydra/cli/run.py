@@ -155,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if pending:
         _compute(pending, work_dir, parameters, args)
-    for unit in pending:
-        if unit.failure is None and not look_up(unit, work_dir, parameters).complete:
+    for unit in pending:  # what each step did, read back from the cache
+        complete = look_up(unit, work_dir, parameters).complete
+        if unit.failure is None and not complete:
             unit.failure = "its results are not in the cache (a step could not be cached)"
     write_record(work_dir, all_units)
     steps = _step_records(all_units, known, start)
