@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ def _slices(shape: tuple[int, ...], inside: NDArray[np.bool_]) -> list[list[tupl
 
 def _cut(volume: NDArray[Any], axis: int, index: int) -> NDArray[Any]:
     """One slice, rotated so that superior / anterior is up."""
-    return np.rot90(np.take(volume, index, axis=axis))
+    return np.rot90(volume[(slice(None),) * axis + (index,)])  # a view (np.take copies)
 
 
 def _outline(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -196,28 +197,43 @@ def _outline(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     return mask & ~inner
 
 
-def _mosaic(
-    rgb: NDArray[np.floating], inside: NDArray[np.bool_], outline: bool
-) -> Png:
-    """Compose a 3-row (sagittal, coronal, axial) mosaic of an RGB volume (x, y, z, 3)."""
-    from matplotlib.image import imsave
-
+def _tiles(volume: NDArray[Any], planes: list[list[tuple[int, int]]]) -> NDArray[Any]:
+    """The slices of ``planes`` laid out in rows (one per plane), zero-padded."""
     rows = []
-    for plane in _slices(rgb.shape[:3], inside):
-        tiles = []
-        for axis, index in plane:
-            tile = _cut(rgb, axis, index).copy()
-            if outline:
-                tile[_outline(_cut(inside, axis, index))] = _OUTLINE
-            tiles.append(tile)
+    for plane in planes:
+        tiles = [_cut(volume, axis, index) for axis, index in plane]
         height = max(t.shape[0] for t in tiles)
-        rows.append(np.hstack([_pad(t, height, t.shape[1]) for t in tiles]))
+        rows.append(np.hstack([_pad(t, height + 4, t.shape[1]) for t in tiles]))
     width = max(r.shape[1] for r in rows)
-    image = np.vstack([_pad(r, r.shape[0] + 4, width) for r in rows])
-    scale = max(1, int(np.ceil(_TILE / max(1, min(rgb.shape[:3])))))
-    image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    return np.vstack([_pad(r, r.shape[0], width) for r in rows])
+
+
+def _mosaic(
+    volume: NDArray[Any],
+    inside: NDArray[np.bool_],
+    colour: Callable[[NDArray[Any]], NDArray[np.floating]],
+    *,
+    outline: bool = False,
+) -> Png:
+    """A 3-row (sagittal, coronal, axial) mosaic of ``volume`` (x, y, z[, 3]), black outside
+    ``inside`` (or with its outline in red); ``colour`` maps the cut values to RGB in [0, 1].
+
+    Only the 18 slices shown are coloured; the PNG is written with fast compression.
+    """
+    from PIL import Image
+
+    planes = _slices(volume.shape[:3], inside)
+    mask = _tiles(inside, planes)
+    rgb = np.array(colour(_tiles(volume, planes)), np.float32)
+    if outline:
+        rgb[_outline(mask)] = _OUTLINE
+    else:
+        rgb[~mask] = 0.0
+    scale = max(1, round(_TILE / max(1, min(volume.shape[:3]))))
+    pixels = (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
     buffer = io.BytesIO()
-    imsave(buffer, np.clip(image, 0.0, 1.0), format="png")
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", compress_level=1)
     return Png(buffer.getvalue())
 
 
@@ -227,16 +243,26 @@ def _pad(tile: NDArray[Any], height: int, width: int) -> NDArray[Any]:
     return out
 
 
-def _gray(data: NDArray[Any], low: float, high: float) -> NDArray[np.float32]:
-    scaled = (np.asarray(data, np.float32) - low) / max(high - low, 1e-12)
-    return np.repeat(np.clip(scaled, 0, 1)[..., None], 3, axis=-1)
+def _gray(low: float, high: float) -> Callable[[NDArray[Any]], NDArray[np.float32]]:
+    def colour(data: NDArray[Any]) -> NDArray[np.float32]:
+        scaled = (np.asarray(data, np.float32) - low) / max(high - low, 1e-12)
+        return np.repeat(np.clip(scaled, 0, 1)[..., None], 3, axis=-1)
+
+    return colour
 
 
-def _colormap(data: NDArray[Any], low: float, high: float, name: str) -> NDArray[np.float32]:
+def _colormap(low: float, high: float, name: str) -> Callable[[NDArray[Any]], NDArray[Any]]:
     from matplotlib import colormaps
 
-    scaled = np.clip((np.asarray(data, np.float32) - low) / (high - low), 0, 1)
-    return np.asarray(colormaps[name](scaled)[..., :3], np.float32)
+    def colour(data: NDArray[Any]) -> NDArray[Any]:
+        scaled = np.clip((np.asarray(data, np.float32) - low) / (high - low), 0, 1)
+        return np.asarray(colormaps[name](scaled)[..., :3], np.float32)
+
+    return colour
+
+
+def _rgb(data: NDArray[Any]) -> NDArray[Any]:
+    return np.asarray(data, np.float32)
 
 
 @cacheable(PNG)
@@ -251,8 +277,8 @@ def b0_mosaic(b0: VolumeResource, mask: VolumeResource) -> Png:
         The PNG.
     """
     data = _canonical(b0)
-    inside = _canonical(mask) != 0
-    return _mosaic(_gray(data, 0.0, float(np.percentile(data, 99.5)) or 1.0), inside, True)
+    high = float(np.percentile(data, 99.5)) or 1.0
+    return _mosaic(data, _canonical(mask) != 0, _gray(0.0, high), outline=True)
 
 
 def map_mosaic(
@@ -275,22 +301,22 @@ def map_mosaic(
     Returns:
         The PNG.
     """
-    inside = _canonical(mask) != 0
     data = _canonical(volume)
+    colour: Callable[[NDArray[Any]], NDArray[Any]]
     if data.ndim == 4:
-        rgb = np.clip(np.asarray(data, np.float32), 0, 1)
+        colour = _rgb
     elif colormap is None:
-        rgb = _gray(data, low, high)
+        colour = _gray(low, high)
     else:
-        rgb = _colormap(data, low, high, colormap)
-    return _mosaic(rgb * inside[..., None], inside, False)
+        colour = _colormap(low, high, colormap)
+    return _mosaic(data, _canonical(mask) != 0, colour)
 
 
 def _canvas(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100)
+    figure = Figure(figsize=(width, height), dpi=90)
     FigureCanvasAgg(figure)
     return figure
 
@@ -321,7 +347,8 @@ def gradient_sphere(dwi: Dwi) -> Png:
     colours = np.concatenate([bvals[weighted]] * 2)
     shown = axes.scatter(*np.vstack([points, -points]).T, c=colours, cmap="plasma", s=14)
     axes.set_box_aspect((1, 1, 1), zoom=0.85)
-    axes.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xlabel="x", ylabel="y", zlabel="z")
+    axes.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xlabel="x", ylabel="y", zlabel="z",
+             xticks=[-1, 0, 1], yticks=[-1, 0, 1], zticks=[-1, 0, 1])  # fmt: skip
     shells = np.unique(np.round(bvals[weighted], -2))
     axes.set_title(
         f"{int(weighted.sum())} directions on {len(shells)} shell{'s' * (len(shells) != 1)}"
