@@ -37,6 +37,9 @@ ZLIB_LEVEL = 1
 MAX_THREADS = 2
 """Most threads compressing one file (ISA-L only; the bytes do not depend on it)."""
 
+THREADED_MIN_BYTES = 8 << 20
+"""Smaller files are compressed by one thread: a second one only adds hand-over latency."""
+
 ERRORS: tuple[type[BaseException], ...] = (zlib.error, EOFError) + (
     () if _isal_zlib is None else (_isal_zlib.error,)
 )
@@ -45,16 +48,19 @@ ERRORS: tuple[type[BaseException], ...] = (zlib.error, EOFError) + (
 _DEFLATE_MAX_RATIO = 1032  # deflate never expands a byte into more than ~1032 bytes
 
 
-def _threads() -> int:
+def _threads(size: int) -> int:
+    if size < THREADED_MIN_BYTES:
+        return 1
     return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
 
 
 @contextlib.contextmanager
-def gzip_writer(raw: io.RawIOBase) -> Iterator[IO[bytes] | gzip.GzipFile]:
+def gzip_writer(raw: io.RawIOBase, size: int) -> Iterator[IO[bytes] | gzip.GzipFile]:
     """A gzip stream whose compressed bytes go to ``raw``; finished (not ``raw``) on exit.
 
     Args:
         raw: A writable binary file object; it stays open.
+        size: About how many bytes will be written (picks the number of threads).
 
     Yields:
         A binary stream to write the uncompressed bytes to (not seekable).
@@ -63,7 +69,7 @@ def gzip_writer(raw: io.RawIOBase) -> Iterator[IO[bytes] | gzip.GzipFile]:
     if _igzip_threaded is None:
         stream = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=ZLIB_LEVEL, mtime=0)
     else:
-        stream = _igzip_threaded.open(raw, "wb", compresslevel=ISAL_LEVEL, threads=_threads())
+        stream = _igzip_threaded.open(raw, "wb", compresslevel=ISAL_LEVEL, threads=_threads(size))
     with stream:
         yield stream
 

@@ -173,7 +173,8 @@ def write_image(image: Nifti1Image, path: Path) -> None:
     with open(path, "wb") as handle:
         sink = _Forward(handle, hasher)
         if path.name.lower().endswith(".gz"):
-            with _gzip.gzip_writer(sink) as stream:
+            size = np.asanyarray(image.dataobj).nbytes  # an in-memory image: no copy
+            with _gzip.gzip_writer(sink, size) as stream:
                 _to_stream(image, _Forward(stream))
         else:
             _to_stream(image, sink)
