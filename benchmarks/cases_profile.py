@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,9 +281,16 @@ def _one(seconds: float) -> Timing:
     return Timing.from_samples([seconds * 1e9])
 
 
-def write_profile_plot(path: Path) -> str:
-    """Draw the profiles measured in this process as stacked bars; return a note."""
-    if not LAST:
+def write_profile_plot(path: Path, profiles: Sequence[tuple[str, Profile]] = ()) -> str:
+    """Draw profiles as stacked bars of shares, one per profile; return a note.
+
+    Args:
+        path: The PNG to write.
+        profiles: Labelled profiles; default: the one this process measured last.
+    """
+    if not profiles and LAST:
+        profiles = [("cold run", LAST[-1])]
+    if not profiles:
         return "profile plot not written: the profile case did not run"
     try:
         import matplotlib
@@ -292,29 +299,41 @@ def write_profile_plot(path: Path) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return f"profile plot not written: matplotlib is not installed ({path})"
-    profile = LAST[-1]
-    total = sum(profile.seconds.values())
-    fig, axis = plt.subplots(figsize=(9.0, 2.9))
-    left = 0.0
     colours = plt.get_cmap("tab10").colors
-    for index, name in enumerate(CATEGORIES):
-        value = profile.seconds[name]
-        axis.barh(0, value, left=left, color=colours[index % 10], label=f"{name} ({value:.1f} s)")
-        if value / total > 0.04:
-            axis.text(left + value / 2, 0, f"{value / total:.0%}", ha="center", va="center",
-                      fontsize=9, color="white")  # fmt: skip
-        left += value
-    axis.set_yticks([0], ["cold run"])
-    axis.set_xlabel("process-seconds (2 cf workers + the submitter)")
-    shape = " x ".join(map(str, profile.shape))
+    fig, axis = plt.subplots(figsize=(9.5, 1.5 + 0.9 * len(profiles)))
+    for row, (_, profile) in enumerate(profiles):
+        total = sum(profile.seconds.values())
+        left = 0.0
+        for index, name in enumerate(CATEGORIES):
+            share = 100 * profile.seconds[name] / total
+            axis.barh(row, share, left=left, color=colours[index % 10],
+                      label=name if row == 0 else None)  # fmt: skip
+            if share > 4:
+                axis.text(left + share / 2, row, f"{share:.0f}%", ha="center", va="center",
+                          fontsize=9, color="white")  # fmt: skip
+            left += share
+    axis.set_yticks(
+        range(len(profiles)),
+        [
+            f"{label}\n{sum(p.seconds.values()):.0f} process-s, {p.wall:.0f} s wall,\n"
+            f"cached rerun {p.rerun_wall:.2f} s"
+            for label, p in profiles
+        ],
+        fontsize=8,
+    )
+    axis.invert_yaxis()
+    axis.set_xlim(0, 100)
+    axis.set_xlabel("share of the process-seconds (2 cf workers + the submitter), %")
+    first = profiles[0][1]
+    shape = " x ".join(map(str, first.shape))
     axis.set_title(
-        f"run_subjects(dti_pipeline, worker='cf'): {profile.subjects} subjects of {shape}\n"
-        f"cold run {profile.wall:.1f} s wall; fully cached rerun {profile.rerun_wall:.2f} s",
+        f"run_subjects(dti_pipeline, worker='cf'): {first.subjects} subjects of {shape}, cold",
         fontsize=10,
     )
-    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8, frameon=False)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.4), ncol=5, fontsize=8,
+                frameon=False)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return f"profile plot written: {path}"

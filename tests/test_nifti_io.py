@@ -78,6 +78,20 @@ def settled_now(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def digest_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files the digest memo reads to hash them."""
+    reads: list[str] = []
+    real = _filedigest._hash_file
+
+    def counting(path: str | Path, size: int) -> str:
+        reads.append(Path(path).name)
+        return real(path, size)
+
+    monkeypatch.setattr(_filedigest, "_hash_file", counting)
+    return reads
+
+
+@pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Counts the decompressions of whole files."""
     calls: Counter[str] = Counter()
@@ -153,6 +167,17 @@ def test_several_gzip_members_read_as_their_concatenation(tmp_path: Path) -> Non
     split = tmp_path / "multi.nii.gz"
     split.write_bytes(gzip.compress(content[:500]) + gzip.compress(content[500:]))
     assert _bits(NiftiVolumeResource(split).get_array()) == _bits(_nibabel_voxels(split))
+
+
+def test_a_truncated_second_member_is_a_clear_error(tmp_path: Path) -> None:
+    content = _content(
+        NiftiVolumeResource.save(InMemoryVolumeResource(_array(np.int16)), tmp_path / "p.nii").path
+    )
+    second = gzip.compress(content[500:])
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(gzip.compress(content[:500]) + second[: len(second) // 2])
+    with pytest.raises(ResourceFileError, match=r"broken\.nii\.gz"):
+        NiftiVolumeResource(broken).get_array()
 
 
 def test_voxels_missing_from_a_complete_stream_is_a_clear_error(tmp_path: Path) -> None:
@@ -283,45 +308,29 @@ def test_unscaled_voxels_are_a_view_of_the_decompressed_bytes(tmp_path: Path) ->
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_digest_of_a_written_file_comes_from_the_written_bytes(
-    tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch, digest_reads: list[str]
 ) -> None:
-    reads: list[str] = []
-    real_hash = _filedigest._hash_file
-
-    def counting_hash(path: str | Path, size: int) -> str:
-        reads.append(Path(path).name)
-        return real_hash(path, size)
-
-    monkeypatch.setattr(_filedigest, "_hash_file", counting_hash)
     saved = NiftiVolumeResource.save(
         InMemoryVolumeResource(_array(np.int16)), tmp_path / f"v{suffix}"
     )
     recorded = file_digest(saved.path)
-    assert reads == []  # the memo held it: the file was not read back
+    assert digest_reads == []  # the memo held it: the file was not read back
     monkeypatch.setattr(_filedigest, "_memory", {})
     assert file_digest(saved.path) == recorded  # and it is the digest of the file's content
-    assert reads == [saved.path.name]
+    assert digest_reads == [saved.path.name]
 
 
 def test_cache_publish_reads_no_volume_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digest_reads: list[str]
 ) -> None:
-    reads: list[str] = []
-    real_hash = _filedigest._hash_file
-
-    def counting_hash(path: str | Path, size: int) -> str:
-        reads.append(Path(path).name)
-        return real_hash(path, size)
-
     @cacheable
     def make_volume(value: int) -> VolumeResource:
         return InMemoryVolumeResource(np.full((6, 5, 4), value, np.int16))
 
-    monkeypatch.setattr(_filedigest, "_hash_file", counting_hash)
     with Cache(tmp_path / "cache"):
         result = make_volume(3)
         assert make_volume(3).path == result.path  # a hit: the recorded digest matches
-    assert not [name for name in reads if name.endswith(".nii.gz")]
+    assert not [name for name in digest_reads if name.endswith(".nii.gz")]
     monkeypatch.setattr(_filedigest, "_memory", {})
     entry = result.path.parent
     sidecar = next(entry.glob("*.json"))

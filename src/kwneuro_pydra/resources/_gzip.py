@@ -51,7 +51,11 @@ _DEFLATE_MAX_RATIO = 1032  # deflate never expands a byte into more than ~1032 b
 def _threads(size: int) -> int:
     if size < THREADED_MIN_BYTES:
         return 1
-    return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
 
 
 @contextlib.contextmanager

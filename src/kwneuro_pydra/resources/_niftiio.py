@@ -170,12 +170,11 @@ def write_image(image: Nifti1Image, path: Path) -> None:
         path: The destination; replaced if it exists.
     """
     hasher = xxhash.xxh3_128()
-    with open(path, "wb") as handle:
-        sink = _Forward(handle, hasher)
+    with open(path, "wb") as handle, _Forward(handle, hasher) as sink:
         if path.name.lower().endswith(".gz"):
             size = np.asanyarray(image.dataobj).nbytes  # an in-memory image: no copy
-            with _gzip.gzip_writer(sink, size) as stream:
-                _to_stream(image, _Forward(stream))
+            with _gzip.gzip_writer(sink, size) as stream, _Forward(stream) as forward:
+                _to_stream(image, forward)
         else:
             _to_stream(image, sink)
     record_digest(path, hasher.hexdigest())
