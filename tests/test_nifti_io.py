@@ -18,6 +18,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from kwneuro_pydra import Cache, _filedigest, cacheable
 from kwneuro_pydra._filedigest import file_digest
@@ -29,6 +30,7 @@ from kwneuro_pydra.resources import (
     _gzip,
     _niftiio,
 )
+from tests.strategies import nifti_arrays
 
 SUFFIXES = [".nii.gz", ".nii"]
 DTYPES = [np.uint8, np.int16, np.int32, np.float32, np.float64]
@@ -121,6 +123,23 @@ def test_nibabel_reads_ours_bit_identical(tmp_path: Path, suffix: str, dtype: An
     theirs = tmp_path / f"n{suffix}"
     nib.load(ours.path).to_filename(theirs)
     assert _content(ours.path) == _content(theirs)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(array=nifti_arrays)
+def test_any_volume_round_trips_bit_identical_with_nibabel(
+    tmp_path: Path, array: np.ndarray
+) -> None:
+    for suffix in SUFFIXES:
+        ours = NiftiVolumeResource.save(InMemoryVolumeResource(array), tmp_path / f"h{suffix}")
+        expected = _bits(np.asfortranarray(array))
+        assert _bits(_nibabel_voxels(ours.path)) == expected
+        assert _bits(NiftiVolumeResource(ours.path).get_array()) == expected
+        theirs = tmp_path / f"n{suffix}"
+        nib.load(ours.path).to_filename(theirs)
+        assert _content(ours.path) == _content(theirs)
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
