@@ -75,10 +75,9 @@ def _hash_cache(directory: Path) -> Iterator[None]:
 
 def _submit(adapter: _Adapter, task: Any, root: Path, worker: str, **options: Any) -> Any:
     """Run a plain Pydra task (or split task) under *root*; raise if it errored."""
-    with (
-        _hash_cache(root / ".pydra-hashes"),
-        adapter.submitter(cache_root=root / "jobs", worker=worker, **options) as submitter,
-    ):
+    with _hash_cache(root / ".pydra-hashes"), adapter.submitter(
+        cache_root=root / "jobs", worker=worker, **options
+    ) as submitter:
         result = submitter(task, raise_errors=True)
     if result.errored:
         raise RuntimeError(f"plain Pydra run under {root} errored: {result.errors}")
@@ -448,3 +447,4 @@ def scaling(sizes: Sizes, workdir: Path) -> Section:
           [f.plain_bytes / 1e6 / f.subjects for f in figures])  # fmt: skip
     section.notes.append("cold runs: one run each; reruns: min and median of repetitions")
     return section
+
