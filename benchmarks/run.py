@@ -45,7 +45,7 @@ _MODULES = (cases_core, cases_resources, cases_pydra, cases_profile, cases_dti, 
 
 
 def _ordered(names: Sequence[str]) -> list[str]:
-    """*names* by case module (core, resources, Pydra, DTI, BIDS), registration order."""
+    """*names* by case module (core, resources, Pydra, profile, DTI, BIDS), in that order."""
     modules = [module.__name__ for module in _MODULES]
 
     def rank(name: str) -> int:
