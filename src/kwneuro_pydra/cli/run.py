@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,8 @@ from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kwneuro_pydra.bids import write_dataset_description, write_derivatives
 from kwneuro_pydra.cache import Cache
@@ -257,7 +260,7 @@ def _write_outputs(
     bids_app = app()
     source = _source_name(bids_dir)
     write_dataset_description(
-        output_dir, bids_dir, version=version("kwneuro-pydra"), source_name=source
+        output_dir, bids_dir, version=_version(), source_name=source
     )
     reports = []
     for unit in all_units:
@@ -284,13 +287,21 @@ def _write_outputs(
     distributions = None
     if done:
         with Cache(work_dir / "group"):
-            distributions = group_distributions(tuple(done), tuple(done.values())).path
+            distributions = group_distributions(
+                tuple(done), np.array([s.fa_hist for s in done.values()]),
+                np.array([s.md_hist for s in done.values()]),
+            ).path  # fmt: skip
     return write_reports(
         output_dir, reports, title=f"kwneuro-pydra DTI report: {source}",
         summary=f"{describe(all_units)} from {bids_dir.absolute()} · kwneuro-pydra "
-        f"{version('kwneuro-pydra')}",
+        f"{_version()}",
         distributions=distributions, steps_table=_table(all_units, steps),
     )  # fmt: skip
+
+
+@functools.cache
+def _version() -> str:
+    return version("kwneuro-pydra")
 
 
 def _source_name(bids_dir: Path) -> str:

@@ -361,12 +361,15 @@ def gradient_sphere(dwi: Dwi) -> Png:
 
 
 @cacheable(PNG)
-def group_distributions(labels: tuple[str, ...], stats: tuple[SeriesStats, ...]) -> Png:
+def group_distributions(
+    labels: tuple[str, ...], fa_hist: NDArray[np.int64], md_hist: NDArray[np.int64]
+) -> Png:
     """FA and MD distributions inside the mask, one line per series, for the group report.
 
     Args:
-        labels: Series names, in the order of ``stats``.
-        stats: Their `SeriesStats`.
+        labels: Series names.
+        fa_hist: Their `SeriesStats.fa_hist`, one row per series (over `FA_BINS`).
+        md_hist: Their `SeriesStats.md_hist`, one row per series (over `MD_BINS`).
 
     Returns:
         The PNG.
@@ -374,12 +377,11 @@ def group_distributions(labels: tuple[str, ...], stats: tuple[SeriesStats, ...])
     figure = _canvas(8.0, 3.0)
     figure.subplots_adjust(left=0.1, right=0.98, bottom=0.17, top=0.9, wspace=0.2)
     fa_axes, md_axes = figure.subplots(1, 2)
-    for label, series in zip(labels, stats, strict=True):
-        for axes, edges, counts in (
-            (fa_axes, FA_BINS, series.fa_hist), (md_axes, MD_BINS * 1e3, series.md_hist)
-        ):  # fmt: skip
-            density = np.asarray(counts, np.float64) / max(1, sum(counts))
-            axes.plot((edges[:-1] + edges[1:]) / 2, density, lw=1, alpha=0.8, label=label)
+    for axes, edges, counts in ((fa_axes, FA_BINS, fa_hist), (md_axes, MD_BINS * 1e3, md_hist)):
+        density = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
+        centres = (edges[:-1] + edges[1:]) / 2
+        for label, row in zip(labels, density, strict=True):
+            axes.plot(centres, row, lw=1, alpha=0.8, label=label)
     fa_axes.set(xlabel="FA", ylabel="fraction of mask voxels", title="FA inside the mask")
     md_axes.set(xlabel="MD (10⁻³ mm²/s)", title="MD inside the mask")
     if len(labels) <= 12:
