@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,8 +17,8 @@ pytest.importorskip("pydra")
 from kwneuro_pydra import Cache
 from kwneuro_pydra.pydra import SubjectResult, _subjects, run_subjects, to_task
 from tests import _pydra_steps as steps
+from tests._children import child_env, python
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {"sub-01": {"dwi": "a"}, "sub-02": {"dwi": "bad"}, "sub-03": {"dwi": "c"}}
 
 
@@ -34,20 +33,6 @@ def counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def tally(counts: Path) -> dict[str, int]:
     return {f.name: steps.executions(counts, f.name) for f in sorted(counts.iterdir())}
-
-
-def python(code: str, env: dict[str, str], cwd: Path) -> str:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd,
-                          capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYDRA_HASH_CACHE", "NO_ET")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
 
 
 @pytest.mark.parametrize(("worker", "options"), [("debug", {}), ("cf", {"n_procs": 2})])

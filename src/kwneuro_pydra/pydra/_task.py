@@ -18,9 +18,9 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 from pydra.compose import python  # type: ignore[import-untyped]
 
-import kwneuro_pydra.pydra._hash  # noqa: F401  (registers our hashing in every process)
 from kwneuro_pydra import cache as _cache
 from kwneuro_pydra._step import CacheSpec, Step
+from kwneuro_pydra.pydra._hash import stable_checksums  # registers our hashing in every process
 
 __all__ = [
     "FORCE_ENV",
@@ -155,9 +155,8 @@ def to_task(function: Callable[..., Any]) -> Any:
     names, types, named = _outputs(step)
     hints = step.type_hints()
 
-    # One runner per step, carrying wraps(): Pydra hashes a python task's function from its
-    # source, following __wrapped__ to the step's own code. The body stays one call of a
-    # module-level function: cloudpickle pickles the runner by value with its globals.
+    # One runner per step, carrying wraps() (Pydra reads the signature through it). The body
+    # stays one call of a module-level function: cloudpickle pickles the runner by value.
     @functools.wraps(function, updated=())
     def runner(**kwargs: Any) -> Any:
         return _run_node(function, kwargs)
@@ -178,8 +177,6 @@ def to_task(function: Callable[..., Any]) -> Any:
     runner.__annotations__.update(cache_dir=str | None, **{"return": returned})
     for extra in ("__kwneuro_step__", "_cache_info"):  # never pickle a Step by value
         runner.__dict__.pop(extra, None)
-    # The step name goes into each output's help: the Outputs class is part of the task
-    # checksum, the step name otherwise is not (identical bodies would share results).
     outputs = {
         n: python.out(name=n, type=t, help=f"output {n} of kwneuro step {step.name}")
         for n, t in zip(names, types, strict=True)
@@ -191,6 +188,7 @@ def to_task(function: Callable[..., Any]) -> Any:
         runner, inputs={"cache_dir": cache_dir_input}, outputs=outputs, name=step.name
     )
     task._kwneuro_named_tuple = named
+    stable_checksums(task, step.code, "function")
     return task
 
 
