@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import stat
 import subprocess
 import sys
 import textwrap
@@ -52,7 +53,7 @@ def test_failures_are_reported_reruns_resume_and_force_follows_dependents(
     assert "cannot mask bad" in str(bad.failure.exception)
     assert 'in brain_mask\n    raise ValueError(f"cannot mask {dwi}")' in bad.failure.traceback
     assert tally(counts) == {"brain_mask": 3, "estimate_dti": 2, "fa_map": 2}
-    assert {p.name for p in root.iterdir()} == {".pydra", ".pydra-hashes", *SUBJECTS}
+    assert {p.name for p in root.iterdir()} == set(SUBJECTS)
 
     fixed = dict(SUBJECTS, **{"sub-02": {"dwi": "b"}})
     again = run_subjects(steps.pipeline3, fixed, root, worker=worker, **options)
@@ -122,11 +123,11 @@ def test_slurm_and_sge_pass_through(
     for worker, options in (("slurm", {"sbatch_args": "-p x", "poll_delay": 1}),
                             ("sge", {"poll_for_result_file": False})):  # fmt: skip
         results = run_subjects(steps.pipeline, {"s": {"dwi": "a"}}, tmp_path, worker=worker,
-                               **options)  # fmt: skip
+                               job_cache=tmp_path / "jobs", **options)  # fmt: skip
         assert not results["s"].ok  # nothing ran: reported, not raised
         first, retry = seen[-2:]  # no entries and no failure recorded: submitted again, rerun
         assert first == {
-            "cache_root": tmp_path / ".pydra", "worker": worker, **options,
+            "cache_root": tmp_path / "jobs", "worker": worker, **options,
             "call": {"raise_errors": False, "rerun": False},
         }  # fmt: skip
         assert retry == {**first, "call": {"raise_errors": False, "rerun": True}}
@@ -202,7 +203,9 @@ def test_pins_checksums_agree_across_processes(tmp_path: Path) -> None:
     assert len(built_here) == 3 and built_here == built_again == unpickled
 
 
-def test_nothing_is_written_outside_the_cache_root(tmp_path: Path) -> None:
+def test_nothing_is_written_outside_the_cache_root_and_the_private_job_cache(
+    tmp_path: Path,
+) -> None:
     home, root = tmp_path / "home", tmp_path / "root"
     home.mkdir()
     out = python(
@@ -219,8 +222,12 @@ def test_nothing_is_written_outside_the_cache_root(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.split() == ["1", "None"]
-    assert list(home.iterdir()) == []
-    assert {p.name for p in root.iterdir()} == {".pydra", ".pydra-hashes", "s1", "s2"}
+    assert {p.name for p in root.iterdir()} == {"s1", "s2"}
+    assert {p.name for p in tmp_path.iterdir()} == {"home", "root"}
+    (jobs,) = (home / ".cache" / "kwneuro-pydra" / "jobs").iterdir()
+    assert all(p in jobs.parents or p == jobs or jobs in p.parents for p in home.rglob("*"))
+    assert stat.S_IMODE(jobs.stat().st_mode) == 0o700
+    assert any(jobs.glob("python-*/_result.pklz")) and (jobs / "hash-memo").is_dir()
 
 
 def test_importing_the_package_does_not_import_pydra(tmp_path: Path) -> None:

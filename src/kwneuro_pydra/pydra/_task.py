@@ -8,18 +8,17 @@ import inspect
 import logging
 import os
 import time
-import traceback
 import typing
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cloudpickle  # type: ignore[import-untyped]
 from pydra.compose import python  # type: ignore[import-untyped]
 
 from kwneuro_pydra import cache as _cache
 from kwneuro_pydra._step import CacheSpec, Step
+from kwneuro_pydra.pydra import _failures
 from kwneuro_pydra.pydra._hash import stable_checksums  # registers our hashing in every process
 
 __all__ = [
@@ -38,8 +37,6 @@ RESERVED = frozenset({"function", "split", "combine", "cache_dir", "code_digest"
 """Parameter names a step cannot have: Pydra's own, and the inputs the adapter adds."""
 FORCE_ENV = "KWNEURO_PYDRA_FORCE"
 """Environment variable naming (comma-separated) the steps a running node must recompute."""
-ERRORS_DIR = ".kwneuro-pydra-errors"
-"""Directory under a node's cache directory where a failing step records its exception."""
 
 _STEPS: weakref.WeakKeyDictionary[Callable[..., Any], Step] = weakref.WeakKeyDictionary()
 
@@ -223,23 +220,9 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         error.add_note(f"[kwneuro] step {step.name!r} failed (cache_dir={cache_dir})")
         _log.info("%s%s: failed (%s: %s)", where, step.name, type(error).__name__, error)
         if cache_dir is not None:
-            _record_failure(Path(cache_dir), step.name, error)
+            _failures.record(Path(cache_dir), step.name, error)
         raise
     _log.info("%s%s: done in %.2f s", where, step.name, time.perf_counter() - start)
     if len(output_names(function)) > 1:
         return tuple(result)
     return result
-
-
-def _record_failure(cache_dir: Path, step: str, error: BaseException) -> None:
-    text = "".join(traceback.format_exception(error))
-    try:
-        payload = cloudpickle.dumps({"step": step, "exception": error, "traceback": text})
-    except Exception:
-        stand_in = RuntimeError(f"{type(error).__qualname__}: {error}")
-        payload = cloudpickle.dumps({"step": step, "exception": stand_in, "traceback": text})
-    directory = cache_dir / ERRORS_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{step}.{os.getpid()}.tmp"
-    tmp.write_bytes(payload)
-    os.replace(tmp, directory / f"{step}.pkl")
