@@ -13,6 +13,7 @@ from kwneuro_pydra import Cache
 from kwneuro_pydra.pydra import run_subjects
 from kwneuro_pydra.pydra._jobs import job_cache
 from tests import _pydra_steps as steps
+from tests._children import jobs_run
 
 SUBJECTS = {f"sub-{i:02d}": {"x": float(i)} for i in range(1, 4)}
 
@@ -23,11 +24,6 @@ def counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     where.mkdir()
     monkeypatch.setenv("KWNEURO_TEST_COUNTS", str(where))
     return where
-
-
-def jobs_run(jobs: Path) -> list[str]:
-    """Pydra job directories: each node or workflow Pydra ran leaves one."""
-    return sorted(p.name for p in jobs.iterdir() if p.name != "hash-memo") if jobs.exists() else []
 
 
 def test_a_cached_rerun_submits_nothing_with_or_without_pydras_job_cache(
