@@ -147,6 +147,7 @@ def test_a_pipeline_workers_cannot_receive_is_refused_before_submitting(tmp_path
     assert jobs_run(jobs) == []
 
 
+@pytest.mark.slow
 def test_steps_defined_in_a_notebook_run_as_nodes(tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
