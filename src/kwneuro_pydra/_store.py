@@ -232,6 +232,23 @@ def _dump(sidecar: Mapping[str, Any]) -> bytes:
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
+def _write_outputs(write: Callable[[Path], None], directory: str) -> None:
+    """Call ``write(directory)``; a short write reported without an error number (numpy's
+    ``tofile`` does) on a file system with almost no space left is the ENOSPC it is."""
+    try:
+        write(Path(directory))
+    except OSError as error:
+        if error.errno is None:
+            free = os.statvfs(directory)
+            if free.f_bavail * free.f_frsize < _NEARLY_FULL:
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({error})") from error
+        raise
+
+
+_NEARLY_FULL = 1 << 20
+"""Bytes free below which a file system counts as full."""
+
+
 def _write_new(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
@@ -375,7 +392,7 @@ class Store:
             os.mkdir(tmp)
         target = os.path.join(step_dir, key)
         try:
-            write(Path(tmp))
+            _write_outputs(write, tmp)
             sidecar = {
                 "format": FORMAT_VERSION,
                 "step": step,
