@@ -43,6 +43,7 @@ __all__ = [
     "is_settled",
     "memo_directory",
     "stat_key",
+    "unsteady_count",
 ]
 
 RACY_WINDOW_NS = 1_000_000_000
@@ -66,6 +67,12 @@ _memory: dict[StatKey, str] = {}
 _memo_dir: ContextVar[Path | None] = ContextVar("kwneuro_pydra_memo_dir", default=None)
 _by_content: ContextVar[bool] = ContextVar("kwneuro_pydra_by_content", default=False)
 _local = threading.local()
+_unsteady = 0
+
+
+def unsteady_count() -> int:
+    """How many times a file changed while it was hashed, in this process so far."""
+    return _unsteady
 
 
 @contextlib.contextmanager
@@ -230,9 +237,11 @@ def _remember(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
     """Memoise a digest unless the file changed while it was hashed (then warn) or may
     still change unseen (see `is_settled`)."""
     if not hashed.steady:
+        global _unsteady
+        _unsteady += 1
         warnings.warn(
             f"file {path} changed while it was hashed: its fingerprint matches no single "
-            "version of it (an entry keyed on it is not stored)",
+            "version of it (a step called with it stores no entry)",
             UserWarning,
             stacklevel=3,
         )
