@@ -131,9 +131,21 @@ def _(value: str) -> bytes:
 
 @_by_type.register(bytes)
 @_by_type.register(bytearray)
-@_by_type.register(memoryview)
-def _(value: bytes | bytearray | memoryview) -> bytes:
+def _(value: bytes | bytearray) -> bytes:
     return _record("bytes", xxhash.xxh3_128_digest(value), str(len(value)).encode())
+
+
+@_by_type.register(memoryview)
+def _(value: memoryview) -> bytes:
+    """Format, item size and shape with the items in logical (C) order, whatever the strides."""
+    raw = value if value.c_contiguous else value.tobytes()  # tobytes(): the items, in C order
+    return _record(
+        "memoryview",
+        value.format.encode(),
+        str(value.itemsize).encode(),
+        ",".join(map(str, value.shape or ())).encode(),
+        xxhash.xxh3_128_digest(raw),
+    )
 
 
 @_by_type.register(enum.Enum)
@@ -173,7 +185,14 @@ _by_type.register(np.memmap, _by_type.dispatch(np.ndarray))  # a mapped array is
 
 @_by_type.register(np.ma.MaskedArray)
 def _(value: np.ma.MaskedArray[Any, Any]) -> bytes:
-    return _record("masked", _token(value.data), _token(np.ma.getmaskarray(value)))
+    """Data (masked items included), mask, fill value and whether the mask is hard."""
+    return _record(
+        "masked",
+        _token(value.data),
+        _token(np.ma.getmaskarray(value)),
+        _token(value.fill_value),
+        _token(bool(value.hardmask)),
+    )
 
 
 @_by_type.register(np.generic)
@@ -236,9 +255,11 @@ class _Fingerprint:
     def __call__(self, value: object) -> str | None:
         """Return the 64-hex content fingerprint of ``value``, or None when it has none.
 
-        Supported: None, bool, int, float (exact), complex, str, bytes, enums, numpy arrays of
-        any non-object dtype and memory order, numpy scalars and dtypes, paths (an existing
-        file by content, anything else by its string), list, tuple, dict, set, frozenset,
+        Supported: None, bool, int, float (exact), complex, str, bytes, memoryviews (format,
+        item size, shape and items), enums, numpy arrays of any non-object dtype and memory
+        order, masked arrays (data, mask, fill value, hardness), numpy scalars and dtypes,
+        paths (an existing file by content, anything else by its string), list, tuple, dict,
+        set, frozenset,
         dataclass and attrs instances (class and every field), types registered with
         `fingerprint.register`, and objects with a ``__fingerprint__`` method. A value
         containing anything else (or a reference cycle) has no fingerprint.
