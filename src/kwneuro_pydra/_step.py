@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePath
 from typing import Any, Generic, TypeGuard, TypeVar
 
-from kwneuro_pydra._code import code_fingerprint
+from kwneuro_pydra._code import Code, capture, code_fingerprint
 from kwneuro_pydra._fingerprint import fingerprint
 from kwneuro_pydra._store import _sidecar_name, encode_scalar
 
@@ -85,14 +85,34 @@ class Step:
         self.name = _check_name(
             (spec.step_name if spec is not None else "") or fn.__name__, fn.__qualname__
         )
+        self._source = capture(fn)
+        self._companions: list[Code] | None = None  # the code of save and load
         if spec is not None:
             _check_files(self.name, spec.files, "CacheSpec.files")
+            self._companions = [capture(spec.save), capture(spec.load)]
         elif _implements_protocol(returned := _return_now(fn)):
             _protocol_files(self.name, returned)  # else checked on first use
+            self._companions = _protocol_code(returned)
         self.signature = inspect.signature(fn)
-        self.code = code_fingerprint(fn)
-        """Fingerprint of the code that runs (comments, docstrings, formatting ignored), taken
-        when the function is decorated: an edit of its file afterwards does not change it."""
+        self._code: str | None = None
+
+    @property
+    def code(self) -> str:
+        """Fingerprint of the code that runs: the step's, its save and load functions'.
+
+        Sources (comments, docstrings, formatting ignored) are read when the step is
+        decorated, so an edit of a file afterwards does not change it; closure values and
+        the module-level constants the code reads are read on first use (see
+        `kwneuro_pydra._code.code_fingerprint`).
+        """
+        if self._code is None:
+            if self._companions is None:
+                try:
+                    self._companions = _protocol_code(self.return_type)
+                except TypeError:  # no usable return type: the step can never store
+                    return code_fingerprint(self._source)
+            self._code = code_fingerprint(self._source, *self._companions)
+        return self._code
 
     @functools.cached_property
     def _evaluated(self) -> tuple[dict[str, Any], dict[str, Exception]]:
@@ -269,6 +289,11 @@ def _return_now(fn: Callable[..., Any]) -> Any:
         return _evaluate(fn, "return")
     except Exception:  # missing, or a forward reference to a class defined later, say
         return None
+
+
+def _protocol_code(returned: type) -> list[Code]:
+    """The code of the cache protocol's methods of a return type."""
+    return [capture(getattr(returned, method)) for method in _PROTOCOL]
 
 
 def _implements_protocol(annotation: Any) -> TypeGuard[type]:
