@@ -16,13 +16,14 @@ import hashlib
 import math
 import struct
 from collections.abc import Callable, Iterable
-from pathlib import PosixPath, PurePath
+from pathlib import Path, PosixPath, PurePath
 from typing import Any, TypeVar
 
 import attrs
 import numpy as np
 import xxhash
 
+from kwneuro_pydra._dirdigest import UndigestableTree, tree_digest
 from kwneuro_pydra._filedigest import file_digest
 
 __all__ = ["Unfingerprintable", "fingerprint", "memory_digest"]
@@ -155,15 +156,23 @@ def _enum_token(value: enum.Enum) -> bytes:
 
 @_by_type.register(PurePath)
 def _(value: PurePath) -> bytes:
-    """An existing file by content; a directory, a missing path or a pure path by its string."""
-    from pathlib import Path
-
+    """An existing file or directory by content; anything else by its string."""
     if isinstance(value, Path):
         try:
             return _record("file", file_digest(value).encode())
-        except (IsADirectoryError, FileNotFoundError, NotADirectoryError, PermissionError):
+        except IsADirectoryError:  # any file that is not a regular one
+            if value.is_dir():
+                return _directory_token(value)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             pass
     return _record("path", str(value).encode())
+
+
+def _directory_token(directory: Path) -> bytes:
+    try:
+        return _record("directory", tree_digest(directory).encode())
+    except (OSError, UndigestableTree) as error:
+        raise Unfingerprintable(f"directory {directory}: {error}") from error
 
 
 @_by_type.register(np.ndarray)
@@ -258,7 +267,8 @@ class _Fingerprint:
         Supported: None, bool, int, float (exact), complex, str, bytes, memoryviews (format,
         item size, shape and items), enums, numpy arrays of any non-object dtype and memory
         order, masked arrays (data, mask, fill value, hardness), numpy scalars and dtypes,
-        paths (an existing file by content, anything else by its string), list, tuple, dict,
+        paths (an existing file by content, an existing directory by its tree of names,
+        types and file contents, anything else by its string), list, tuple, dict,
         set, frozenset,
         dataclass and attrs instances (class and every field), types registered with
         `fingerprint.register`, and objects with a ``__fingerprint__`` method. A value

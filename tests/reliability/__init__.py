@@ -1,1 +1,1 @@
-"""Reliability tests: each pins a fault found by an adversarial run (issue 11)."""
+"""Reliability: faults of real file systems, processes and permissions (issue 11)."""
