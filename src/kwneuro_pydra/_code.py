@@ -67,7 +67,9 @@ def capture(function: Callable[..., Any]) -> Code:
     return Code(function, source)
 
 
-def code_fingerprint(main: Code, *companions: Code) -> str:
+def code_fingerprint(
+    main: Code | Callable[..., Any], *companions: Code | Callable[..., Any]
+) -> str:
     """Return a 64-hex fingerprint of the code of ``main`` and its ``companions``.
 
     It covers each function's module and qualified name, its captured source, the values
@@ -80,14 +82,15 @@ def code_fingerprint(main: Code, *companions: Code) -> str:
     helper functions the code calls by name are not covered.
 
     Args:
-        main: The step's function.
+        main: The step's function, as `capture` read it (a callable is captured now).
         *companions: Functions whose code also decides the result (save and load).
 
     Returns:
         64 lowercase hex characters.
     """
     seen: set[int] = set()
-    parts = [_digest(main, seen)] + [_digest(code, seen) for code in companions]
+    codes = [c if isinstance(c, Code) else capture(c) for c in (main, *companions)]
+    parts = [_digest(code, seen) for code in codes]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
