@@ -8,7 +8,6 @@ imports it again under the same name, as a new process would.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from kwneuro_pydra import Cache
 from kwneuro_pydra.cache import step_of
+from tests.test_review import _import_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,20 +53,7 @@ def _load(directory: Path, name: str, **fields: str) -> ModuleType:
     """Write module ``name`` into ``directory`` and import it afresh under that name."""
     directory.mkdir(exist_ok=True)
     (directory / f"{name}.py").write_text(_MODULE.format(**(_DEFAULTS | fields)))
-    return _import(directory / f"{name}.py", name)
-
-
-def _import(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    prior, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = prior
-    return module
+    return _import_file(directory / f"{name}.py", name)
 
 
 @pytest.fixture
@@ -75,7 +62,7 @@ def config(tmp_path: Path) -> Path:
     (tmp_path / "mods").mkdir()
     path = tmp_path / "mods" / "rvc_config.py"
     path.write_text("SCALE = 2\n")
-    _import(path, "rvc_config")
+    _import_file(path, "rvc_config")
     yield path
     sys.modules.pop("rvc_config", None)
 
@@ -127,7 +114,7 @@ def test_an_edited_constant_of_an_imported_module_is_a_miss(tmp_path: Path, conf
     with Cache(tmp_path / "cache"):
         assert _load(tmp_path / "mods", "rvc_attr", **fields).scaled(5) == 10
         config.write_text("SCALE = 3\n")
-        _import(config, "rvc_config")
+        _import_file(config, "rvc_config")
         assert _load(tmp_path / "mods", "rvc_attr", **fields).scaled(5) == 15
     sys.modules.pop("rvc_attr", None)
 
@@ -161,9 +148,9 @@ def test_an_edited_protocol_method_of_the_return_type_is_a_miss(tmp_path: Path) 
     path = tmp_path / "rvc_protocol.py"
     with Cache(tmp_path / "cache"):
         path.write_text(_PROTOCOL_MODULE.format(suffix=""))
-        assert _import(path, "rvc_protocol").greet("ada").text == "hello ada"
+        assert _import_file(path, "rvc_protocol").greet("ada").text == "hello ada"
         path.write_text(_PROTOCOL_MODULE.format(suffix=' + "!"'))
-        assert _import(path, "rvc_protocol").greet("ada").text == "hello ada!"
+        assert _import_file(path, "rvc_protocol").greet("ada").text == "hello ada!"
     sys.modules.pop("rvc_protocol", None)
 
 
