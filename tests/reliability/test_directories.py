@@ -168,20 +168,27 @@ def describe_names(dataset: Path) -> str:
     return "\n".join(sorted(p.name for p in dataset.rglob("*")))
 
 
-def test_a_warm_tree_is_not_read_again(
-    dataset: Path, short_racy_window: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    time.sleep(short_racy_window)
-    first = fingerprint(dataset)
-    reads: list[Any] = []
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every file the digest memo reads."""
+    paths: list[Any] = []
     real = _filedigest._hash_file
 
     def counting(*args: Any) -> Any:
         if Path(args[0]).is_file():  # (the root itself is tried as a file first: no read)
-            reads.append(args[0])
+            paths.append(args[0])
         return real(*args)
 
     monkeypatch.setattr(_filedigest, "_hash_file", counting)
+    return paths
+
+
+def test_a_warm_tree_is_not_read_again(
+    dataset: Path, short_racy_window: float, reads: list[Any]
+) -> None:
+    time.sleep(short_racy_window)
+    first = fingerprint(dataset)
+    reads.clear()
     assert fingerprint(dataset) == first
     assert reads == []
     (dataset / "sub-01" / "dwi" / "sub-01_dwi.bval").write_text("0 3000 3000")
@@ -202,3 +209,17 @@ def test_a_step_writing_into_a_directory_it_takes_is_returned_but_not_stored(
         with pytest.warns(UserWarning, match="'out' changed while it ran"):
             assert export(tmp_path / "out") == "exported"
         assert cache.entries(export) == []
+
+
+def test_verify_inputs_content_reads_every_file_of_a_tree_again(
+    dataset: Path, tmp_path: Path, short_racy_window: float, reads: list[Any]
+) -> None:
+    time.sleep(short_racy_window)
+    fingerprint(dataset)  # warm
+    reads.clear()
+    with Cache(tmp_path / "cache", verify_inputs="content"):
+        describe_names(dataset)
+        reads.clear()
+        describe_names(dataset)  # a hit: the key alone reads the tree
+    inside = sorted(Path(p).name for p in reads if dataset in Path(p).parents)
+    assert inside == ["dataset_description.json", "sub-01_dwi.bval", "sub-01_dwi.bvec"]
