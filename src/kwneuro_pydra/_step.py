@@ -303,7 +303,16 @@ def _implements_protocol(annotation: Any) -> TypeGuard[type]:
 def _protocol_files(step: str, returned: type) -> list[str]:
     """The checked output files of a step whose return type has the cache protocol."""
     files = returned._cache_files(step)  # type: ignore[attr-defined]
-    return _check_files(step, files, f"{returned.__qualname__}._cache_files")
+    strings = isinstance(files, list) and all(type(name) is str for name in files)
+    if strings and (step, *files) in _CHECKED:  # every call asks: a set lookup
+        return list(files)
+    checked = _check_files(step, files, f"{returned.__qualname__}._cache_files")
+    _CHECKED.add((step, *checked))
+    return checked
+
+
+_CHECKED: set[tuple[Any, ...]] = set()
+"""Step names with output files that passed `_check_files` (a protocol's depend on context)."""
 
 
 def _check_files(step: str, files: object, where: str) -> list[str]:
