@@ -78,8 +78,9 @@ def code_fingerprint(
     included: ``THRESHOLD``, and ``config.THRESHOLD`` of a module or class ``config`` (one
     level deep). Such a value counts when it is a constant: a number (numpy scalars too), a
     string, bytes, None, an enum member (with its value), or a tuple, frozenset or frozen
-    dataclass of constants. Other values (lists, dicts, arrays, classes, instances) and the
-    helper functions the code calls by name are not covered.
+    dataclass of constants. Module attributes such as ``__file__`` (where the code is
+    installed), other values (lists, dicts, arrays, classes, instances) and the helper
+    functions the code calls by name are not covered.
 
     Args:
         main: The step's function, as `capture` read it (a callable is captured now).
@@ -160,8 +161,8 @@ def _constants_read(function: types.FunctionType) -> Iterator[bytes]:
     namespace = function.__globals__
     for name in sorted(_names_read(function.__code__)):
         head, _, attribute = name.partition(".")
-        if head not in namespace:
-            continue  # a builtin, or a name bound later than the code runs
+        if head not in namespace or head.startswith("__"):
+            continue  # a builtin, a name bound later, or __file__ (where it is installed)
         value = namespace[head]
         if attribute:
             if not isinstance(value, types.ModuleType | type):

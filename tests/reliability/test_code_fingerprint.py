@@ -177,3 +177,15 @@ def test_the_code_fingerprint_is_the_same_in_every_process(tmp_path: Path) -> No
     here = step_of(sys.modules["rvc_stable"].scaled)
     assert here is not None and codes == {here.code}
     sys.modules.pop("rvc_stable", None)
+
+
+def test_where_the_code_is_installed_does_not_count(tmp_path: Path) -> None:
+    fields = {"above": "import pathlib", "body": "x * len(pathlib.Path(__file__).name)"}
+    codes = set()
+    for place in ("venv-a", "venv-b"):
+        module = _load(tmp_path / place, "rvc_installed", **fields)
+        step = step_of(module.scaled)
+        assert step is not None
+        codes.add(step.code)
+    assert len(codes) == 1  # __file__ differs; entries are shared between installations
+    sys.modules.pop("rvc_installed", None)
