@@ -43,6 +43,7 @@ __all__ = [
     "is_settled",
     "memo_directory",
     "stat_key",
+    "unsteady_count",
 ]
 
 RACY_WINDOW_NS = 1_000_000_000
@@ -52,8 +53,9 @@ PERSIST_MIN_SIZE = 1 << 20
 """Files smaller than this (bytes) are hashed faster than a memo file is read: kept in
 process memory only."""
 
-CHUNK_SIZE = 1 << 20
-"""Files are hashed by reading chunks of this many bytes into a reused buffer."""
+CHUNK_SIZE = 256 << 10
+"""Files are hashed by reading chunks of this many bytes into a reused buffer (small enough
+to stay in the CPU's cache between the read and the hash)."""
 
 MEMO_TMP_PREFIX = ".tmp-"
 """Prefix of a memo file being written (a crash can leave one: `Cache.prune` removes it)."""
@@ -66,6 +68,12 @@ _memory: dict[StatKey, str] = {}
 _memo_dir: ContextVar[Path | None] = ContextVar("kwneuro_pydra_memo_dir", default=None)
 _by_content: ContextVar[bool] = ContextVar("kwneuro_pydra_by_content", default=False)
 _local = threading.local()
+_unsteady = 0
+
+
+def unsteady_count() -> int:
+    """How many times a file changed while it was hashed, in this process so far."""
+    return _unsteady
 
 
 @contextlib.contextmanager
@@ -117,6 +125,7 @@ def _hash_file(path: str | Path) -> _Hashed:
             data = os.read(fd, before.st_size + 1)
             digest, length = xxhash.xxh3_128_hexdigest(data), len(data)
         else:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead
             hasher, length = xxhash.xxh3_128(), 0
             buffer = _buffer()
             with io.FileIO(fd, closefd=False) as reader:
@@ -230,9 +239,11 @@ def _remember(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
     """Memoise a digest unless the file changed while it was hashed (then warn) or may
     still change unseen (see `is_settled`)."""
     if not hashed.steady:
+        global _unsteady
+        _unsteady += 1
         warnings.warn(
             f"file {path} changed while it was hashed: its fingerprint matches no single "
-            "version of it (an entry keyed on it is not stored)",
+            "version of it (a step called with it stores no entry)",
             UserWarning,
             stacklevel=3,
         )

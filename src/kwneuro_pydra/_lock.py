@@ -31,7 +31,7 @@ _OWNER_BYTES = 256
 always covers the last holder's: no truncation needed."""
 
 
-def read_owner(path: Path) -> dict[str, object] | None:
+def read_owner(path: str | Path) -> dict[str, object] | None:
     """Return the owner record of a lock file (host, pid, time), or None if unreadable."""
     try:
         owner = json.loads(read_regular(path, _OWNER_BYTES * 4))
@@ -49,7 +49,7 @@ class EntryLock:
         what: Human-readable name of what is locked, for the waiting message.
     """
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: str | Path, what: str) -> None:
         self.path = path
         self.what = what
         self._fd: int | None = None
@@ -83,7 +83,7 @@ class EntryLock:
             except BaseException:
                 if locked:  # remove the file first: a waiter then locks a fresh one
                     with contextlib.suppress(OSError):
-                        self.path.unlink()
+                        os.unlink(self.path)
                 os.close(fd)
                 raise
             os.close(fd)  # the holder removed this file on release: lock the new one
@@ -93,7 +93,7 @@ class EntryLock:
         try:
             return os.open(self.path, flags, 0o644)
         except FileNotFoundError:  # the first entry of its step: make the step's directory
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             return os.open(self.path, flags, 0o644)
 
     def _is_current(self, fd: int) -> bool:
@@ -109,7 +109,8 @@ class EntryLock:
         if self._fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
         finally:
             os.close(self._fd)
             self._fd = None

@@ -223,13 +223,12 @@ def _entry(raw: dict[str, Any], step: str, key: str, entry_dir: Path) -> Entry:
     )
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, allow_nan=False)
+
+
 def _dump(sidecar: Mapping[str, Any]) -> bytes:
-    """One top-level field per line: readable, and encoded by json's C encoder."""
-    lines = [
-        f"  {json.dumps(name)}: {json.dumps(value, sort_keys=True, allow_nan=False)}"
-        for name, value in sorted(sidecar.items())
-    ]
-    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
+    """One line of JSON (json's C encoder; ``python -m json.tool`` shows it indented)."""
+    return (_ENCODER.encode(sidecar) + "\n").encode()
 
 
 def _write_outputs(write: Callable[[Path], None], directory: str) -> None:
@@ -281,7 +280,8 @@ class Store:
 
     def lock(self, step: str, key: str) -> EntryLock:
         """Return the lock that guards computing the entry ``key`` of ``step``."""
-        return EntryLock(self.root / step / f".{key}.lock", f"{step} entry {key[:12]}")
+        path = os.path.join(self._root, step, f".{key}.lock")
+        return EntryLock(path, f"{step} entry {key[:12]}")
 
     def read(self, step: str, key: str, *, warn: bool = True) -> Entry | None:
         """Return the entry's sidecar, or None if it has no entry.
@@ -434,10 +434,10 @@ class Store:
 
         Only the fallback of `_swap_in` (no atomic exchange, e.g. on NFS) leaves one.
         """
-        aside = self.root / step / f".swap-{key}"
-        if aside.is_dir():
-            target = self.entry_dir(step, key)
-            if target.exists():
+        aside = os.path.join(self._root, step, f".swap-{key}")
+        if os.path.isdir(aside):
+            target = os.path.join(self._root, step, key)
+            if os.path.exists(target):
                 shutil.rmtree(aside, ignore_errors=True)
             else:
                 os.rename(aside, target)

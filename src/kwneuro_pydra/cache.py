@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 
 import attrs
 
-from kwneuro_pydra._filedigest import digests_by_content, memo_directory
+from kwneuro_pydra._filedigest import digests_by_content, memo_directory, unsteady_count
 from kwneuro_pydra._step import CacheSpec, Step, StepArguments
 from kwneuro_pydra._store import Entry, Store, decode_scalar, discard, encode_scalar, entry_key
 
@@ -465,8 +465,9 @@ class Cache:
         return loaded if before == after else _MISS  # a writer swapped it in: ask under lock
 
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        unsteady = unsteady_count()
         arguments = self._arguments(step, args, kwargs)
-        if arguments is None:
+        if arguments is None or unsteady_count() != unsteady:  # warned: runs uncached
             return step.fn(*args, **kwargs)
         files = step.files()
         forced = self.is_forced(step.name)
@@ -492,6 +493,8 @@ class Cache:
             result = step.fn(*args, **kwargs)
             duration = time.perf_counter() - start
             changed = _changed(arguments, self._arguments(step, args, kwargs))
+            if not changed and unsteady_count() != unsteady:
+                changed = "<a file that changed while it was hashed>"
             if changed:
                 warnings.warn(
                     f"step {step.name!r}: argument {changed!r} changed while it ran; the "

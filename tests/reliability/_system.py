@@ -47,7 +47,7 @@ def fill(directory: Path, leave_kib: int = 0) -> Path:
     return filler
 
 
-def run_python(code: str, *, as_nobody: bool = False, timeout: float = 60.0) -> dict[str, Any]:
+def run_python(code: str, *, as_nobody: bool = False, timeout: float = 60.0) -> Any:
     """Run ``code`` in a fresh interpreter (the repository importable); return the JSON it
     prints on its last line of output.
 
@@ -68,5 +68,4 @@ def run_python(code: str, *, as_nobody: bool = False, timeout: float = 60.0) -> 
             f"the child ran longer than {timeout} s: {expired.stderr!r}"
         ) from None
     assert done.returncode == 0, f"child failed ({done.returncode}):\n{done.stderr}"
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return json.loads(done.stdout.strip().splitlines()[-1])
