@@ -56,6 +56,41 @@ def copy_value(value: Any) -> Any:
     return value
 
 
+def _masked(array: np.ndarray, mask: np.ndarray, fill: Any, hard: bool) -> np.ma.MaskedArray:
+    return np.ma.array(array, mask=mask, fill_value=fill, hard_mask=hard)
+
+
+masked_arrays: st.SearchStrategy[np.ma.MaskedArray] = arrays.flatmap(
+    lambda array: st.builds(
+        _masked,
+        st.just(array),
+        hnp.arrays(np.bool_, array.shape),
+        hnp.from_dtype(array.dtype),
+        st.booleans(),
+    )
+)
+"""Masked arrays with any mask, fill value and mask hardness."""
+
+memoryviews: st.SearchStrategy[memoryview] = arrays.flatmap(
+    lambda array: st.sampled_from(
+        [array, np.asfortranarray(array)] + ([array[::2], array[::-1]] if array.ndim else [])
+    )
+).map(memoryview)
+"""Memoryviews of every format numpy exports, C, Fortran and strided."""
+
+SAME_ITEMSIZE: dict[int, list[np.dtype[Any]]] = {
+    size: [np.dtype(code) for code in codes]
+    for size, codes in {
+        1: "?bB",
+        2: ["<i2", "<u2", "<f2", ">i2"],
+        4: ["<i4", "<u4", "<f4", ">f4"],
+        8: ["<i8", "<u8", "<f8", "<c8", ">i8"],
+        16: ["<c16", ">c16"],
+    }.items()
+}
+"""Dtypes by item size: reinterpreting one item size as another dtype keeps the bytes."""
+
+
 # --- malformed cache sidecars ------------------------------------------------------------
 
 
