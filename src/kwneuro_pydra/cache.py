@@ -493,12 +493,11 @@ class Cache:
             result = step.fn(*args, **kwargs)
             duration = time.perf_counter() - start
             changed = _changed(arguments, self._arguments(step, args, kwargs))
-            if not changed and unsteady_count() != unsteady:
-                changed = "<a file that changed while it was hashed>"
-            if changed:
+            if changed or unsteady_count() != unsteady:
+                what = f"argument {changed!r}" if changed else "an input file"
                 warnings.warn(
-                    f"step {step.name!r}: argument {changed!r} changed while it ran; the "
-                    "result is returned but not stored",
+                    f"step {step.name!r}: {what} changed while it ran; the result is "
+                    "returned but not stored",
                     UserWarning,
                     stacklevel=3,
                 )
@@ -560,9 +559,7 @@ def _prepare_directory(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"Cache(cache_dir={str(path)!r}): exists and is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # an existing directory this process cannot write: read-only
-        pass
+        path.mkdir(parents=True, exist_ok=True)  # one it cannot write is a read-only cache
     except OSError as error:
         raise PermissionError(
             f"Cache(cache_dir={str(path)!r}): cannot create the directory ({error.strerror})"
