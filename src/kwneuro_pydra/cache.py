@@ -391,11 +391,13 @@ class Cache:
         step: Step | None,
         *,
         warn: bool = True,
+        key: str | None = None,
     ) -> Entry | None:
         """The intact entry of these arguments in ``store``: of the step's current code when
-        it is known and ``check_code`` holds, else the newest entry of any code."""
+        it is known and ``check_code`` holds (``key``, when given, is its entry key), else
+        the newest entry of any code."""
         if step is not None and self.check_code:
-            key = entry_key(arguments.scalars, arguments.hashes, step.code)
+            key = key or entry_key(arguments.scalars, arguments.hashes, step.code)
             return store.lookup(name, key, files, warn=warn)
         for entry in reversed(list(store.entries(name, warn=warn))):
             if entry.selected_by(arguments.scalars, arguments.hashes):
@@ -403,11 +405,16 @@ class Cache:
         return None
 
     def _find_any(
-        self, name: str, arguments: StepArguments, files: list[str], step: Step | None
+        self,
+        name: str,
+        arguments: StepArguments,
+        files: list[str],
+        step: Step | None,
+        key: str | None = None,
     ) -> Entry | None:
         """`_find` in this cache, then in the ``read_only`` caches."""
         for store in (self._store, *self._shared):
-            if entry := self._find(store, name, arguments, files, step):
+            if entry := self._find(store, name, arguments, files, step, key=key):
                 return entry
         return None
 
@@ -450,10 +457,12 @@ class Cache:
             raise KeyError(f"no stored result of step {step.name!r} for these arguments")
         return loaded
 
-    def _hit(self, step: Step, arguments: StepArguments, files: list[str]) -> Any:
+    def _hit(
+        self, step: Step, arguments: StepArguments, files: list[str], key: str | None = None
+    ) -> Any:
         """Load the entry of a call without the lock; `_MISS` if there is none to serve."""
         if self.is_forced(step.name) or not (
-            entry := self._find_any(step.name, arguments, files, step)
+            entry := self._find_any(step.name, arguments, files, step, key)
         ):
             return _MISS
         try:
@@ -471,9 +480,9 @@ class Cache:
             return step.fn(*args, **kwargs)
         files = step.files()
         forced = self.is_forced(step.name)
-        if (loaded := self._hit(step, arguments, files)) is not _MISS:
-            return loaded
         key = entry_key(arguments.scalars, arguments.hashes, step.code)
+        if (loaded := self._hit(step, arguments, files, key)) is not _MISS:
+            return loaded
         lock = self._store.lock(step.name, key)
         try:
             lock.acquire()
@@ -485,7 +494,9 @@ class Cache:
         try:
             self._store.recover(step.name, key)
             if not forced and (
-                entry := self._find(self._store, step.name, arguments, files, step, warn=False)
+                entry := self._find(
+                    self._store, step.name, arguments, files, step, warn=False, key=key
+                )
             ):
                 return step.load(entry.path)
             _log.info("%s: computing entry %s in %s", step.name, key[:12], self.cache_dir)
