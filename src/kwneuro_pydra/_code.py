@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import textwrap
 import types
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -168,7 +169,9 @@ def _constants_read(function: types.FunctionType) -> Iterator[bytes]:
             if not isinstance(value, types.ModuleType | type):
                 continue
             try:
-                value = getattr(value, attribute)
+                with warnings.catch_warnings():  # a deprecated name the code may never reach
+                    warnings.simplefilter("ignore")
+                    value = getattr(value, attribute)
             except Exception:  # a lazy module's __getattr__, a descriptor: anything
                 continue
         digest = _constant(value)

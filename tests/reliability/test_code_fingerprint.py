@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -189,3 +190,26 @@ def test_where_the_code_is_installed_does_not_count(tmp_path: Path) -> None:
         codes.add(step.code)
     assert len(codes) == 1  # __file__ differs; entries are shared between installations
     sys.modules.pop("rvc_installed", None)
+
+
+def test_reading_a_deprecated_module_attribute_warns_nobody(tmp_path: Path) -> None:
+    (tmp_path / "mods").mkdir()
+    lazy = tmp_path / "mods" / "rvc_lazy.py"
+    lazy.write_text(
+        "import warnings\n"
+        "def __getattr__(name):\n"
+        "    if name == 'OLD':\n"
+        "        warnings.warn('OLD is deprecated', DeprecationWarning, stacklevel=2)\n"
+        "        return 2\n"
+        "    raise AttributeError(name)\n"
+    )
+    _import_file(lazy, "rvc_lazy")
+    fields = {"above": "import rvc_lazy", "body": "x * 2 if x else rvc_lazy.OLD"}
+    step = step_of(_load(tmp_path / "mods", "rvc_uses_lazy", **fields).scaled)
+    assert step is not None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(step.code) == 64
+    assert caught == []
+    sys.modules.pop("rvc_uses_lazy", None)
+    sys.modules.pop("rvc_lazy", None)
