@@ -42,6 +42,7 @@ __all__ = [
     "file_digest",
     "is_settled",
     "memo_directory",
+    "record_digest",
     "stat_key",
     "unsteady_count",
 ]
@@ -216,13 +217,14 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
             if digest is not None:
                 _memory[key] = digest
                 return digest
-    return _remember(path, _hash_file(path), settled=settled).digest
+    return _checked(path, _hash_file(path), settled=settled).digest
 
 
 def digest_written(path: str | Path) -> tuple[int, str]:
     """Hash a file its writer has just closed for good (a cache output) and memoise it.
 
-    Unlike `file_digest`, no memo is consulted first: the file is new.
+    Only the in-memory memo is consulted first, where its writer may have put the digest
+    of the bytes it wrote (`record_digest`); otherwise the file is read.
 
     Returns:
         The file's size and the xxh3-128 hex digest of its content.
@@ -231,11 +233,27 @@ def digest_written(path: str | Path) -> tuple[int, str]:
         FileNotFoundError: ``path`` does not exist.
         IsADirectoryError: ``path`` is not a regular file (`NotRegularFileError`).
     """
-    hashed = _remember(path, _hash_file(path), settled=True)
+    st = os.stat(path)
+    digest = _memory.get(stat_key(st))
+    if digest is not None:
+        return st.st_size, digest
+    hashed = _checked(path, _hash_file(path), settled=True)
     return hashed.stat.st_size, hashed.digest
 
 
-def _remember(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
+def record_digest(path: str | Path, digest: str) -> None:
+    """Memoise the digest of a file its writer hashed while writing it (no read-back).
+
+    Args:
+        path: A regular file the caller has just written and closed; nobody else writes it.
+        digest: The xxh3-128 hex digest of exactly the bytes written, as `file_digest`
+            computes it.
+    """
+    st = os.stat(path)
+    _remember(stat_key(st), digest, st.st_size)
+
+
+def _checked(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
     """Memoise a digest unless the file changed while it was hashed (then warn) or may
     still change unseen (see `is_settled`)."""
     if not hashed.steady:
@@ -248,14 +266,18 @@ def _remember(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
             stacklevel=3,
         )
     elif settled or is_settled(hashed.stat):
-        key = stat_key(hashed.stat)
-        if len(_memory) >= _MEMORY_LIMIT:
-            _memory.clear()
-        _memory[key] = hashed.digest
-        directory = _memo_dir.get()
-        if directory is not None and hashed.stat.st_size >= PERSIST_MIN_SIZE:
-            _write_persistent(directory, key, hashed.digest)
+        _remember(stat_key(hashed.stat), hashed.digest, hashed.stat.st_size)
     return hashed
+
+
+def _remember(key: StatKey, digest: str, size: int) -> None:
+    """Memoise a digest in memory and, for a large file inside a `Cache`, on disk."""
+    if len(_memory) >= _MEMORY_LIMIT:
+        _memory.clear()
+    _memory[key] = digest
+    directory = _memo_dir.get()
+    if directory is not None and size >= PERSIST_MIN_SIZE:
+        _write_persistent(directory, key, digest)
 
 
 def is_settled(st: os.stat_result) -> bool:
