@@ -14,8 +14,10 @@ Everything here follows ``dipy.reconst.dti`` (dipy 1.12) and is checked against 
 - the tensor returned is rebuilt from the clipped eigenvalues (dipy's ``quadratic_form``).
 
 Where dipy inverts one 65 x 7 matrix per voxel (an SVD each) for WLS, this module solves the
-7 x 7 weighted normal equations, formed for a block of voxels with two matrix products and
-equilibrated (scaled to unit diagonal) before a batched solve; that gives the same minimiser.
+7 x 7 weighted normal equations, formed for a block of voxels with two matrix products,
+equilibrated (scaled to unit diagonal) and solved by a Cholesky factorisation vectorised
+across voxels (`kwneuro_pydra.workflows._linalg`); that gives the same minimiser. A voxel
+whose system is singular gets dipy's own ``pinv`` solution.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "fit_signal",
     "fit_volume",
     "fractional_anisotropy",
+    "min_diffusivity",
 ]
 
 MIN_POSITIVE_SIGNAL = 1e-4
