@@ -64,7 +64,7 @@ def eigh3(tensor: Float64) -> tuple[Float64, Float64]:
     n = tensor.shape[-1]
     a = _symmetric({(i, j): tensor[j, i].copy() for i in range(3) for j in range(i, 3)})
     v = [[np.full(n, float(i == j)) for j in range(3)] for i in range(3)]
-    scale = sum(a[i][j] ** 2 for i in range(3) for j in range(3))
+    scale = sum((a[i][j] ** 2 for i in range(3) for j in range(3)), np.zeros(n))
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         _jacobi(a, v, scale, _JACOBI_SWEEPS)
     evals = np.stack([a[0][0], a[1][1], a[2][2]], axis=1)
