@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -16,11 +16,10 @@ import pytest
 pytest.importorskip("pydra")
 
 from kwneuro_pydra import Cache
-from kwneuro_pydra import pydra as adapter
-from kwneuro_pydra.pydra import SubjectResult, run_subjects, to_task
+from kwneuro_pydra.pydra import SubjectResult, _subjects, run_subjects, to_task
 from tests import _pydra_steps as steps
+from tests._children import child_env, python
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {"sub-01": {"dwi": "a"}, "sub-02": {"dwi": "bad"}, "sub-03": {"dwi": "c"}}
 
 
@@ -35,20 +34,6 @@ def counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def tally(counts: Path) -> dict[str, int]:
     return {f.name: steps.executions(counts, f.name) for f in sorted(counts.iterdir())}
-
-
-def python(code: str, env: dict[str, str], cwd: Path) -> str:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd,
-                          capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYDRA_HASH_CACHE", "NO_ET")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
 
 
 @pytest.mark.parametrize(("worker", "options"), [("debug", {}), ("cf", {"n_procs": 2})])
@@ -68,7 +53,7 @@ def test_failures_are_reported_reruns_resume_and_force_follows_dependents(
     assert "cannot mask bad" in str(bad.failure.exception)
     assert 'in brain_mask\n    raise ValueError(f"cannot mask {dwi}")' in bad.failure.traceback
     assert tally(counts) == {"brain_mask": 3, "estimate_dti": 2, "fa_map": 2}
-    assert {p.name for p in root.iterdir()} == {".pydra", ".pydra-hashes", *SUBJECTS}
+    assert {p.name for p in root.iterdir()} == set(SUBJECTS)
 
     fixed = dict(SUBJECTS, **{"sub-02": {"dwi": "b"}})
     again = run_subjects(steps.pipeline3, fixed, root, worker=worker, **options)
@@ -134,15 +119,15 @@ def test_slurm_and_sge_pass_through(
         def __call__(self, task: Any, **kwargs: Any) -> None:
             seen[-1]["call"] = kwargs
 
-    monkeypatch.setattr(adapter, "Submitter", Recording)
+    monkeypatch.setattr(_subjects, "Submitter", Recording)
     for worker, options in (("slurm", {"sbatch_args": "-p x", "poll_delay": 1}),
                             ("sge", {"poll_for_result_file": False})):  # fmt: skip
         results = run_subjects(steps.pipeline, {"s": {"dwi": "a"}}, tmp_path, worker=worker,
-                               **options)  # fmt: skip
+                               job_cache=tmp_path / "jobs", **options)  # fmt: skip
         assert not results["s"].ok  # nothing ran: reported, not raised
         first, retry = seen[-2:]  # no entries and no failure recorded: submitted again, rerun
         assert first == {
-            "cache_root": tmp_path / ".pydra", "worker": worker, **options,
+            "cache_root": tmp_path / "jobs", "worker": worker, **options,
             "call": {"raise_errors": False, "rerun": False},
         }  # fmt: skip
         assert retry == {**first, "call": {"raise_errors": False, "rerun": True}}
@@ -165,7 +150,7 @@ def test_a_pickled_job_runs_in_a_fresh_interpreter(
         import sys
         from pydra.engine.job import load_and_run
         load_and_run({str(scripts / "_job.pklz")!r})
-        assert "kwneuro_pydra._pydra_hash" in sys.modules
+        assert "kwneuro_pydra.pydra._hash" in sys.modules
         """,
         child_env(KWNEURO_TEST_COUNTS=str(counts), PYDRA_HASH_CACHE=str(tmp_path / "h")),
         cwd=Path("/"),
@@ -218,7 +203,9 @@ def test_pins_checksums_agree_across_processes(tmp_path: Path) -> None:
     assert len(built_here) == 3 and built_here == built_again == unpickled
 
 
-def test_nothing_is_written_outside_the_cache_root(tmp_path: Path) -> None:
+def test_nothing_is_written_outside_the_cache_root_and_the_private_job_cache(
+    tmp_path: Path,
+) -> None:
     home, root = tmp_path / "home", tmp_path / "root"
     home.mkdir()
     out = python(
@@ -235,8 +222,12 @@ def test_nothing_is_written_outside_the_cache_root(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.split() == ["1", "None"]
-    assert list(home.iterdir()) == []
-    assert {p.name for p in root.iterdir()} == {".pydra", ".pydra-hashes", "s1", "s2"}
+    assert {p.name for p in root.iterdir()} == {"s1", "s2"}
+    assert {p.name for p in tmp_path.iterdir()} == {"home", "root"}
+    (jobs,) = (home / ".cache" / "kwneuro-pydra" / "jobs").iterdir()
+    assert all(p in jobs.parents or p == jobs or jobs in p.parents for p in home.rglob("*"))
+    assert stat.S_IMODE(jobs.stat().st_mode) == 0o700
+    assert any(jobs.glob("python-*/_result.pklz")) and (jobs / "hash-memo").is_dir()
 
 
 def test_importing_the_package_does_not_import_pydra(tmp_path: Path) -> None:
@@ -257,9 +248,7 @@ def test_subject_result_is_a_small_value() -> None:
     assert result.ok and result.outputs == 1
 
 
-def test_a_step_that_runs_uncached_still_returns_its_result(
-    counts: Path, tmp_path: Path
-) -> None:
+def test_a_step_that_runs_uncached_still_returns_its_result(counts: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="cannot be fingerprinted"):
         results = run_subjects(
             steps.shouting, {"s": {"thing": steps.Unhashable("hi")}}, tmp_path, worker="debug"

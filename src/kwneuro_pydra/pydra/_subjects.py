@@ -1,0 +1,378 @@
+"""`run_subjects`: one pipeline over many subjects as one Pydra submission."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cloudpickle  # type: ignore[import-untyped]
+from pydra.engine.result import load_result  # type: ignore[import-untyped]
+from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+from pydra.engine.workflow import Workflow  # type: ignore[import-untyped]
+
+from kwneuro_pydra._step import Step
+from kwneuro_pydra.cache import Cache, handling_steps
+from kwneuro_pydra.pydra import _failures, _jobs, _task, _workflow
+from kwneuro_pydra.pydra._progress import progress_line
+
+__all__ = ["StepFailure", "SubjectResult", "run_subjects"]
+
+_log = logging.getLogger("kwneuro_pydra.pydra")
+_SUBJECT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
+
+
+@attrs.frozen
+class StepFailure:
+    """Why a subject failed.
+
+    Attributes:
+        subject: The subject id.
+        step: Name of the step that raised, or None when the failure came from elsewhere.
+        exception: The exception raised, rebuilt from its record: an instance of its class
+            for built-in exceptions, else a `RuntimeError` naming the class (records are
+            JSON: nothing read from a cache is unpickled).
+        traceback: The formatted traceback.
+    """
+
+    subject: str
+    step: str | None
+    exception: BaseException
+    traceback: str
+
+    def __str__(self) -> str:
+        where = f"step {self.step!r}" if self.step else "the workflow"
+        return f"{self.subject}: {where} failed: {type(self.exception).__name__}: {self.exception}"
+
+
+@attrs.frozen
+class SubjectResult:
+    """The outcome of one subject of `run_subjects`.
+
+    Attributes:
+        subject: The subject id.
+        outputs: What the pipeline returned (a tuple for several outputs); None on failure.
+        failure: Why it failed, or None.
+        cache_dir: The subject's cache directory, ``cache_root/<subject>``.
+    """
+
+    subject: str
+    outputs: Any
+    failure: StepFailure | None
+    cache_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        """True when the subject's pipeline completed."""
+        return self.failure is None
+
+
+def run_subjects(
+    pipeline: Callable[..., Any],
+    subjects: Mapping[str, Mapping[str, Any]],
+    cache_root: str | os.PathLike[str],
+    *,
+    worker: str = "cf",
+    force: set[str] | frozenset[str] = frozenset(),
+    progress: bool | None = None,
+    job_cache: str | os.PathLike[str] | None = None,
+    **worker_options: Any,
+) -> dict[str, SubjectResult]:
+    """Run a pipeline for many subjects as one Pydra workflow split over subjects.
+
+    Each subject's steps are cached under ``cache_root/<subject>/`` (the same entries an
+    eager ``with Cache(cache_root / subject)`` run makes and reuses). Subjects whose caches
+    already hold every result are served from them and never submitted; in the others, the
+    steps whose arguments exist before the run and whose results are cached are served while
+    the workflow is built, so only missing steps become jobs. Pydra's own job
+    cache (pickles, which are loaded) goes to a directory only you can write, ``job_cache``,
+    with its hash memo (unless ``PYDRA_HASH_CACHE`` is set); nothing under ``cache_root`` is
+    ever unpickled, so the cache root may be shared. A failing subject is reported while the
+    others' results are kept; a rerun recomputes only what failed or is missing.
+    Progress: INFO records on the ``kwneuro_pydra.pydra`` logger (one per node, from the
+    process that runs it) and a progress line on stderr.
+
+    Args:
+        pipeline: A pipeline function (see `to_workflow`).
+        subjects: Inputs of the pipeline by subject id. Ids must be safe directory names.
+        cache_root: Directory of the per-subject caches.
+        worker: A Pydra worker: ``"cf"`` (processes; ``n_procs=``), ``"debug"`` (in
+            process, subject after subject), ``"slurm"`` (``sbatch_args=``, ``poll_delay=``),
+            ``"sge"``.
+        force: Step names to recompute for every subject, with every step depending on
+            them; nothing else is recomputed.
+        progress: Show the progress line; default: when stderr is a terminal.
+        job_cache: Directory of Pydra's job cache; default
+            ``$XDG_CACHE_HOME/kwneuro-pydra/jobs/<digest of cache_root>`` (``~/.cache``
+            without ``XDG_CACHE_HOME``). Created with mode 0700; it must be visible from the
+            nodes of a cluster.
+        **worker_options: Passed to Pydra's ``Submitter``.
+
+    Returns:
+        A `SubjectResult` per subject id, in the order of ``subjects``.
+
+    Raises:
+        ValueError: A subject id is not a safe name, inputs are missing or unknown,
+            ``force`` names a step the pipeline does not call, or the pipeline cannot be
+            sent to workers (defined in ``__main__`` and using a global that cannot be
+            pickled); raised before anything is submitted.
+        LazyValueError: The pipeline uses a step's result other than by passing it on.
+        PermissionError: The job cache is not yours alone to write.
+    """
+    root = Path(cache_root).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = _jobs.job_cache(root, job_cache)
+    workflow_class = _workflow.to_workflow(pipeline)
+    ids = list(subjects)
+    inputs = {s: _inputs_of(pipeline, s, subjects[s]) for s in ids}
+    with _pydra_environment(jobs / "hash-memo"):
+        plans = {s: _workflow.discover(pipeline, inputs[s]) for s in ids}
+        known = {n: fn for p in plans.values() for n, fn in p.steps.items()}
+        unknown = sorted(set(force) - set(known))
+        if unknown:
+            raise ValueError(
+                f"force names steps {pipeline.__name__} does not call: {', '.join(unknown)} "
+                f"(its steps: {', '.join(sorted(known))})"
+            )
+        forced: set[str] = set()
+        for plan in plans.values():
+            forced |= plan.dependents(set(force)) if force else set()
+        start = time.perf_counter()
+        # Cache first: a subject its cache answers is never submitted.
+        results = {s: None if forced else _replay(pipeline, s, inputs[s], root) for s in ids}
+        tasks = {
+            s: dict(inputs[s], cache_dir=str(root / s), code_digest=plans[s].digest)
+            for s in ids
+            if results[s] is None
+        }
+        n_nodes = sum(len(plans[s].steps) for s in tasks)
+        _log.info(
+            "running %s for %d subject(s) (%d served from their caches, %d step(s) to "
+            "schedule) with worker %r in %s%s",
+            pipeline.__name__, len(ids), len(ids) - len(tasks), n_nodes, worker, root,
+            f", forcing {', '.join(sorted(forced))}" if forced else "",
+        )  # fmt: skip
+        if tasks:
+            _check_sendable(pipeline, workflow_class, known)
+            for s in tasks:
+                _failures.clear(root / s)
+            with _submitting(forced), progress_line(jobs, progress, n_nodes):
+                _submit(workflow_class, tasks, jobs, worker, bool(forced), worker_options)
+                results.update((s, _replay(pipeline, s, inputs[s], root)) for s in tasks)
+                stale = {s: tasks[s] for s in tasks
+                         if not results[s] and not _failures.failed(root / s)}  # fmt: skip
+                if stale:  # Pydra's job cache outlived entries of the subjects' caches
+                    _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
+                    _submit(workflow_class, stale, jobs, worker, True, worker_options)
+                    results.update((s, _replay(pipeline, s, inputs[s], root)) for s in stale)
+        names = _output_names(plans[ids[0]].n_outputs) if ids else []
+        outcomes = {
+            s: results[s] or _from_pydra(workflow_class, s, tasks[s], root, jobs, names)
+            for s in ids
+        }
+    failed = [r for r in outcomes.values() if not r.ok]
+    _log.info(
+        "%s: %d subject(s) done, %d failed in %.2f s%s",
+        pipeline.__name__, len(ids) - len(failed), len(failed), time.perf_counter() - start,
+        "".join(f"\n  {r.failure}" for r in failed),
+    )  # fmt: skip
+    return outcomes
+
+
+def _inputs_of(
+    pipeline: Callable[..., Any], subject: str, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    if not _SUBJECT.match(subject):
+        raise ValueError(
+            f"subject id {subject!r} is not a safe directory name: use letters, digits, '_', "
+            "'.', '+' or '-'"
+        )
+    import inspect
+
+    params = inspect.signature(pipeline).parameters
+    unknown = sorted(set(given) - set(params))
+    missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in given)
+    if unknown or missing:
+        raise ValueError(
+            f"subject {subject!r}: "
+            + "; ".join(
+                ([f"unknown inputs {', '.join(unknown)}"] if unknown else [])
+                + ([f"missing inputs {', '.join(missing)}"] if missing else [])
+            )
+            + f" (inputs of {pipeline.__name__}: {', '.join(params)})"
+        )
+    return {n: given.get(n, p.default) for n, p in params.items()}
+
+
+_SET_BY_US: set[str] = set()
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) an environment variable for the context; then restore it."""
+    prior = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if prior is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = prior
+
+
+def _pydra_environment(memo: Path) -> contextlib.AbstractContextManager[None]:
+    """Point Pydra's hash memo to ``memo`` (unless the user set it) for this run."""
+    prior = os.environ.get("PYDRA_HASH_CACHE")
+    if prior is not None and prior not in _SET_BY_US:
+        return contextlib.nullcontext()
+    ours = str(memo)
+    _SET_BY_US.add(ours)
+    return _environment("PYDRA_HASH_CACHE", ours)
+
+
+@contextlib.contextmanager
+def _submitting(forced: set[str]) -> Iterator[None]:
+    """Tell the nodes which steps to recompute, and the workflows to serve cached steps."""
+    forcing = _environment(_task.FORCE_ENV, ",".join(sorted(forced)) or None)
+    with forcing, _environment(_task.SERVE_ENV, "1"):
+        yield
+
+
+def _check_sendable(
+    pipeline: Callable[..., Any], workflow_class: Any, steps: Mapping[str, Callable[..., Any]]
+) -> None:
+    """Refuse, before submitting, a pipeline that Pydra cannot send to its workers.
+
+    Pydra pickles every job, even for the ``debug`` worker; steps and pipelines defined in
+    ``__main__`` (a script, a notebook) travel by value, with the globals they use.
+    """
+    try:
+        cloudpickle.dumps([workflow_class, *(_task.to_task(fn) for fn in steps.values())])
+    except Exception as error:
+        raise ValueError(
+            f"pipeline {pipeline.__qualname__} cannot be sent to Pydra's workers ({error}): "
+            "steps and pipelines defined in a script or a notebook are sent by value with "
+            "the global values they use, so those must be picklable; or define the steps and "
+            "the pipeline in an importable module"
+        ) from error
+
+
+def _submit(
+    workflow_class: Any,
+    tasks: dict[str, dict[str, Any]],
+    jobs: Path,
+    worker: str,
+    rerun: bool,
+    options: dict[str, Any],
+) -> None:
+    """Run the subjects' workflows; failures are read back per subject afterwards."""
+
+    def run(task: Any) -> None:
+        with Submitter(cache_root=jobs, worker=worker, **options) as submitter:
+            try:
+                submitter(task, raise_errors=False, rerun=rerun)
+            except Exception as error:  # a failed subject: reported per subject
+                _log.debug("Pydra reported: %s", error)
+
+    def submit(task: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            run(task)
+            return
+        # A notebook's event loop runs in this thread, and Pydra's asynchronous workers
+        # cannot run theirs inside it: submit from a thread of our own.
+        with concurrent.futures.ThreadPoolExecutor(1, "kwneuro-pydra-submit") as pool:
+            pool.submit(run, task).result()
+
+    # Constructing a workflow here serves the steps its cache answers (_workflow._Builder),
+    # and Pydra memoizes constructions per process: none may outlive the entries it served.
+    Workflow.clear_cache()
+    try:
+        if worker == "debug":  # fail-fast within one submission: one submission per subject
+            for values in tasks.values():
+                submit(workflow_class(**values))
+            return
+        names = list(next(iter(tasks.values())))
+        columns = {n: [values[n] for values in tasks.values()] for n in names}
+        submit(workflow_class().split(tuple(names), **columns))
+    finally:
+        Workflow.clear_cache()
+
+
+class _Replay:
+    """Handler that serves every step call of a pipeline from a cache, never computing."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.cache._stored(step, args, kwargs)
+
+
+def _replay(
+    pipeline: Callable[..., Any], subject: str, inputs: dict[str, Any], root: Path
+) -> SubjectResult | None:
+    """A subject's result read from its cache (intact entries only), or None if incomplete.
+
+    Pydra schedules; the cache owns the results: an entry removed, damaged or superseded
+    (an upstream step forced eagerly, say) since Pydra's job cache recorded the subject is
+    caught here, whatever Pydra remembers.
+    """
+    cache = Cache(root / subject)
+    try:
+        with handling_steps(_Replay(cache)):
+            outputs = pipeline(**inputs)
+    except KeyError:
+        return None
+    return SubjectResult(subject, outputs, None, cache.cache_dir)
+
+
+def _from_pydra(
+    workflow_class: Any,
+    subject: str,
+    values: dict[str, Any],
+    root: Path,
+    jobs: Path,
+    names: list[str],
+) -> SubjectResult:
+    """A subject whose outputs are not in its cache: Pydra's result, else why it failed.
+
+    Pydra's result stands in only where a step ran uncached (an argument that cannot be
+    fingerprinted); for a failed subject it carries the error.
+    """
+    task = workflow_class(**values)
+    result = load_result(task._checksum, [jobs], retries=1, polling_interval=0)
+    cache_dir = root / subject
+    if result is not None and not result.errored:
+        value = tuple(getattr(result.outputs, name) for name in names)
+        return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
+    return SubjectResult(subject, None, _why(subject, cache_dir, result), cache_dir)
+
+
+def _output_names(n_outputs: int) -> list[str]:
+    return ["out"] if n_outputs == 1 else [f"out{i}" for i in range(1, n_outputs + 1)]
+
+
+def _why(subject: str, cache_dir: Path, result: Any) -> StepFailure:
+    record = _failures.read(cache_dir)
+    if record is not None:
+        return StepFailure(subject, *record)
+    text = ""
+    if result is not None and result.errors:
+        text = "".join(result.errors.get("error message", []))
+    found = re.search(r"\[kwneuro\] step '([^']+)'", text)
+    message = text.strip().splitlines()[-1] if text.strip() else "no result was produced"
+    return StepFailure(subject, found and found.group(1), RuntimeError(message), text)
