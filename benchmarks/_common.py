@@ -65,6 +65,8 @@ class Sizes:
     """CPU time each of those nodes burns."""
     scaling: tuple[int, ...]
     """Subject counts of the scaling curve."""
+    tree_files: int = 1000
+    """Small files of the directory tree to fingerprint (a BIDS dataset, say)."""
 
 
 FULL = Sizes(
@@ -104,6 +106,7 @@ SMOKE = Sizes(
     cpu_nodes=2,
     cpu_seconds=0.01,
     scaling=(1, 2),
+    tree_files=10,
 )
 
 Case = Callable[[Sizes, Path], Section]

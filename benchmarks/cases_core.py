@@ -247,6 +247,87 @@ def fingerprint_file(sizes: Sizes, workdir: Path) -> Section:
     return section
 
 
+def _tree(root: Path, sizes: Sizes) -> list[Path]:
+    """A BIDS-like tree: ``tree_files`` small files in subject folders, and three big ones."""
+    rng = np.random.default_rng(2)
+    files = []
+    for i in range(sizes.tree_files):
+        path = root / f"sub-{i // 50:03d}" / "dwi" / f"sub-{i // 50:03d}_run-{i % 50}_dwi.bval"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.bytes(1024))
+        files.append(path)
+    for i in range(3):
+        path = root / "derivatives" / f"big-{i}.nii"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.bytes(sizes.file_bytes // 4))
+        files.append(path)
+    return files
+
+
+def _stat_tree(root: Path) -> None:
+    """Stat every entry of a tree (scandir walk): the floor of a warm directory check."""
+    for directory, _, names in os.walk(root):
+        for name in names:
+            os.stat(os.path.join(directory, name))
+
+
+@case("fingerprint-directory")
+def fingerprint_directory(sizes: Sizes, workdir: Path) -> Section:
+    """A directory's fingerprint (by content): cold, warm, and warm in a new process."""
+    root = workdir / "bids"
+    files = _tree(root, sizes)
+    total = sum(p.stat().st_size for p in files)
+    section = Section(
+        "fingerprint-directory",
+        f"fingerprint of a directory of {sizes.tree_files} small files and 3 big ones "
+        f"({mb(total)}) given as a Path",
+    )
+    settle(files[-1], sizes.settle_s)
+    repeat, rows = sizes.repeat, section.rows
+    found = apis(section)
+    read_cold, stat = "limit: read every file, cold", "limit: os.stat of every file"
+
+    def evict_all() -> None:
+        for path in files:
+            evict(path)
+
+    def read_all() -> None:
+        for path in files:
+            path.read_bytes()
+
+    rows.append(Row(read_cold, measure(read_all, repeat=repeat, setup=evict_all),
+                    note="evicted from the page cache"))  # fmt: skip
+    rows.append(Row(stat, measure(functools.partial(_stat_tree, root), repeat=repeat)))
+    if OURS in found:
+        fingerprint = found[OURS].fingerprint
+        from kwneuro_pydra import _filedigest  # the benchmark empties the memo for cold rows
+
+        def cold() -> None:
+            _filedigest._memory.clear()
+            evict_all()
+
+        timing = measure(lambda: fingerprint(root), repeat=repeat, setup=cold)
+        rows.append(Row(f"{OURS}, cold", timing, limit=read_cold,
+                        note="memo emptied, files evicted"))  # fmt: skip
+        timing = measure(lambda: fingerprint(root), repeat=repeat)
+        rows.append(Row(f"{OURS}, warm", timing, limit=stat, peers=(UPSTREAM, JOBLIB),
+                        note="the same tree again, in this process"))  # fmt: skip
+        runs = sizes.new_processes
+        first, _ = _fingerprint_in_new_processes(root, root, workdir / "cache", runs)
+        note = "big files' digests from the cache's memo; small ones re-read"
+        rows.append(Row(f"{OURS}, warm, new process", first, limit=stat,
+                        peers=(UPSTREAM, JOBLIB), note=note))  # fmt: skip
+    if UPSTREAM in found:
+        path_fingerprint = found[UPSTREAM]._compute_fingerprint
+        timing = measure(lambda: path_fingerprint(root), repeat=repeat, calls=sizes.hit_calls)
+        rows.append(Row(UPSTREAM, timing, limit=stat,
+                        note="sha256 of the path string: content never read (stale)"))  # fmt: skip
+    timing = measure(lambda: joblib.hash(root), repeat=repeat, calls=sizes.hit_calls)
+    rows.append(Row(JOBLIB, timing, limit=stat,
+                    note="joblib.hash(Path): the path, content never read (stale)"))  # fmt: skip
+    return section
+
+
 @case("wrapper-overhead")
 def wrapper_overhead(sizes: Sizes, workdir: Path) -> Section:
     """Cost of the @cacheable wrapper when no Cache is active."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -65,6 +67,142 @@ def copy_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: copy_value(v) for k, v in reversed(list(value.items()))}
     return value
+
+
+def _masked(array: np.ndarray, mask: np.ndarray, fill: Any, hard: bool) -> np.ma.MaskedArray:
+    return np.ma.array(array, mask=mask, fill_value=fill, hard_mask=hard)
+
+
+masked_arrays: st.SearchStrategy[np.ma.MaskedArray] = arrays.flatmap(
+    lambda array: st.builds(
+        _masked,
+        st.just(array),
+        hnp.arrays(np.bool_, array.shape),
+        hnp.from_dtype(array.dtype),
+        st.booleans(),
+    )
+)
+"""Masked arrays with any mask, fill value and mask hardness."""
+
+memoryviews: st.SearchStrategy[memoryview] = arrays.flatmap(
+    lambda array: st.sampled_from(
+        [array, np.asfortranarray(array)] + ([array[::2], array[::-1]] if array.ndim else [])
+    )
+).map(memoryview)
+"""Memoryviews of every format numpy exports, C, Fortran and strided."""
+
+SAME_ITEMSIZE: dict[int, list[np.dtype[Any]]] = {
+    size: [np.dtype(code) for code in codes]
+    for size, codes in {
+        1: "?bB",
+        2: ["<i2", "<u2", "<f2", ">i2"],
+        4: ["<i4", "<u4", "<f4", ">f4"],
+        8: ["<i8", "<u8", "<f8", "<c8", ">i8"],
+        16: ["<c16", ">c16"],
+    }.items()
+}
+"""Dtypes by item size: reinterpreting one item size as another dtype keeps the bytes."""
+
+
+# --- malformed cache sidecars ------------------------------------------------------------
+
+
+def _parses_as_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text).timestamp()
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
+_json_leaves = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=4))
+_not_a_str = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.lists(_json_leaves, max_size=2),
+    st.dictionaries(st.text(max_size=3), _json_leaves, max_size=2),
+)
+_not_a_dict = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=4),
+    st.lists(_json_leaves, max_size=2),
+)
+_not_a_number = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.text(max_size=4),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+    st.lists(st.integers(), max_size=2),
+)
+_not_a_size = st.one_of(
+    _not_a_number, st.just("big"), st.integers(max_value=-1), st.floats(allow_nan=False)
+)
+_not_a_time = st.one_of(
+    _not_a_str.filter(lambda v: not isinstance(v, str)),
+    st.just("yesterday"),
+    st.text(max_size=12).filter(lambda t: not _parses_as_time(t)),
+)
+_not_a_scalar = st.one_of(
+    st.lists(_json_leaves, max_size=2),
+    st.just(math.nan),
+    st.dictionaries(st.sampled_from(["float", "int", "x"]), _json_leaves, max_size=2),
+    st.just({"float": "1.5"}),
+)
+_not_a_file_record = st.one_of(
+    _not_a_dict,
+    st.just({"size": 128}),  # no digest
+    st.builds(lambda size: {"size": size, "digest": "xxh3_128:00"}, _not_a_size),
+    st.builds(lambda digest: {"size": 128, "digest": digest}, _not_a_str),
+)
+
+SIDECAR_FIELDS = ("format", "scalars", "hashes", "code", "files", "created", "duration", "library")
+
+sidecar_corruptions: st.SearchStrategy[tuple[str, str, Any]] = st.one_of(
+    st.tuples(st.just("drop"), st.sampled_from(SIDECAR_FIELDS), st.none()),
+    st.tuples(st.just("set"), st.just("format"), _json_leaves.filter(lambda v: v != 1)),
+    st.tuples(
+        st.just("set"),
+        st.just("scalars"),
+        _not_a_dict | st.dictionaries(st.text(max_size=3), _not_a_scalar, min_size=1, max_size=2),
+    ),
+    st.tuples(
+        st.just("set"),
+        st.just("hashes"),
+        _not_a_dict | st.dictionaries(st.text(max_size=3), _not_a_str, min_size=1, max_size=2),
+    ),
+    st.tuples(st.just("set"), st.just("code"), _not_a_str),
+    st.tuples(st.just("set"), st.just("files"), _not_a_dict),
+    st.tuples(st.just("file"), st.just("files"), _not_a_file_record),
+    st.tuples(st.just("set"), st.just("created"), _not_a_time),
+    st.tuples(st.just("set"), st.just("duration"), _not_a_number),
+    st.tuples(st.just("set"), st.just("library"), _not_a_str),
+    st.tuples(st.just("whole"), st.just(""), _not_a_dict),
+)
+"""Ways to break a sidecar: (operation, field, value) for `corrupt_sidecar`."""
+
+
+def corrupt_sidecar(raw: dict[str, Any], corruption: tuple[str, str, Any]) -> Any:
+    """Return a copy of a valid sidecar broken as ``corruption`` says.
+
+    ``("drop", field, _)`` removes a field, ``("set", field, value)`` replaces it,
+    ``("file", "files", record)`` replaces the record of every output file, and
+    ``("whole", "", value)`` replaces the whole JSON document.
+    """
+    operation, field, value = corruption
+    broken = dict(raw)
+    if operation == "drop":
+        del broken[field]
+    elif operation == "set":
+        broken[field] = value
+    elif operation == "file":
+        broken["files"] = {name: value for name in raw["files"]}
+    else:
+        return value
+    return broken
 
 
 @st.composite

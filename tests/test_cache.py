@@ -290,13 +290,13 @@ def test_bare_decorator_uses_the_return_types_protocol(tmp_path: Path) -> None:
     calls: Calls = []
 
     @cacheable
-    def greet(name: str, where: Path) -> TextFile:
+    def greet(name: str, where: str) -> TextFile:  # a Path would be keyed by its content
         calls.append((name,))
-        return text(f"hello {name}", where / "greeting.txt")
+        return text(f"hello {name}", Path(where) / "greeting.txt")
 
     with Cache(tmp_path / "cache") as cache:
-        first = greet("ada", tmp_path / "work")
-        second = greet("ada", tmp_path / "work")
+        first = greet("ada", str(tmp_path / "work"))
+        second = greet("ada", str(tmp_path / "work"))
         assert cache.status([greet]) == {greet.__qualname__: True}
     assert first.read() == second.read() == "hello ada"
     assert first.path.parent.parent == tmp_path / "cache" / "greet"  # file-backed from the entry
@@ -353,17 +353,17 @@ def test_chained_steps_never_go_stale(tmp_path: Path) -> None:
     calls: Calls = []
 
     @cacheable
-    def write(value: str, where: Path) -> TextFile:
+    def write(value: str, where: str) -> TextFile:  # a Path would be keyed by its content
         calls.append(("write", value))
-        return text(value + os.environ.get("KWNEURO_TEST_NONCE", ""), where / "w.txt")
+        return text(value + os.environ.get("KWNEURO_TEST_NONCE", ""), Path(where) / "w.txt")
 
     @cacheable
-    def shout(source: TextFile, where: Path) -> TextFile:
+    def shout(source: TextFile, where: str) -> TextFile:
         calls.append(("shout", source.read()))
-        return text(source.read().upper(), where / "s.txt")
+        return text(source.read().upper(), Path(where) / "s.txt")
 
     def pipeline(value: str) -> str:
-        return shout(write(value, tmp_path / "work"), tmp_path / "work").read()
+        return shout(write(value, str(tmp_path / "work")), str(tmp_path / "work")).read()
 
     with Cache(tmp_path / "cache"):
         assert pipeline("a") == "A"
@@ -551,11 +551,11 @@ def test_cache_dir_that_is_a_file(tmp_path: Path) -> None:
         Cache(tmp_path / "file" / "sub")
 
 
-def test_unwritable_cache_dir(tmp_path: Path) -> None:
-    with pytest.raises(PermissionError, match=r"cannot create|not writable"):
+def test_cache_dir_that_cannot_be_created() -> None:
+    # An existing directory that cannot be written is a read-only cache: see
+    # tests/reliability/test_read_only.py.
+    with pytest.raises(PermissionError, match="cannot create"):
         Cache("/proc/kwneuro-cache")
-    with pytest.raises(PermissionError, match="not writable"):
-        Cache("/proc/self")
 
 
 def test_force_with_unknown_steps_warns_and_wrong_type_raises(tmp_path: Path) -> None:

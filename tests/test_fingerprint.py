@@ -220,9 +220,9 @@ def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = _filedigest._hash_file
 
-    def counting(path: Path, size: int) -> str:
+    def counting(path: Path) -> Any:
         calls.append(path)
-        return real(path, size)
+        return real(path)
 
     monkeypatch.setattr(_filedigest, "_hash_file", counting)
     return calls
@@ -292,7 +292,7 @@ def test_memo_persists_under_the_cache_for_new_processes(
     script = f"""
 import pathlib
 from kwneuro_pydra import Cache, fingerprint, _filedigest
-def refuse(path, size):
+def refuse(path):
     raise AssertionError("file was re-read")
 _filedigest._hash_file = refuse
 with Cache({str(tmp_path / "cache")!r}):

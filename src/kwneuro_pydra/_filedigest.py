@@ -16,27 +16,35 @@ small read.
 from __future__ import annotations
 
 import contextlib
-import mmap
+import io
 import os
 import re
-import stat
-import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
+from typing import NamedTuple
 
 import xxhash
 
+from kwneuro_pydra._files import open_regular, read_regular
+
 __all__ = [
+    "CHUNK_SIZE",
+    "MEMO_TMP_PREFIX",
     "PERSIST_MIN_SIZE",
     "RACY_WINDOW_NS",
     "StatKey",
+    "digest_written",
+    "digests_by_content",
     "file_digest",
     "is_settled",
     "memo_directory",
     "record_digest",
     "stat_key",
+    "unsteady_count",
 ]
 
 RACY_WINDOW_NS = 1_000_000_000
@@ -46,12 +54,41 @@ PERSIST_MIN_SIZE = 1 << 20
 """Files smaller than this (bytes) are hashed faster than a memo file is read: kept in
 process memory only."""
 
+CHUNK_SIZE = 256 << 10
+"""Files are hashed by reading chunks of this many bytes into a reused buffer (small enough
+to stay in the CPU's cache between the read and the hash)."""
+
+MEMO_TMP_PREFIX = ".tmp-"
+"""Prefix of a memo file being written (a crash can leave one: `Cache.prune` removes it)."""
+
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 StatKey = tuple[int, int, int, int, int]
 
 _MEMORY_LIMIT = 200_000  # about 40 MB of keys and digests
 _memory: dict[StatKey, str] = {}
 _memo_dir: ContextVar[Path | None] = ContextVar("kwneuro_pydra_memo_dir", default=None)
+_by_content: ContextVar[bool] = ContextVar("kwneuro_pydra_by_content", default=False)
+_local = threading.local()
+_unsteady = 0
+
+
+def unsteady_count() -> int:
+    """How many times a file changed while it was hashed, in this process so far."""
+    return _unsteady
+
+
+@contextlib.contextmanager
+def digests_by_content() -> Iterator[None]:
+    """Ignore the memo while the context is active: every `file_digest` reads its file.
+
+    Writes through a shared memory map (``np.memmap(mode="r+")``) to pages already dirty
+    change neither mtime nor ctime, so the stat key cannot see them; reading can.
+    """
+    token = _by_content.set(True)
+    try:
+        yield
+    finally:
+        _by_content.reset(token)
 
 
 @contextlib.contextmanager
@@ -73,12 +110,43 @@ def stat_key(st: os.stat_result) -> StatKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _hash_file(path: str | Path, size: int) -> str:
-    with open(path, "rb") as handle:
-        if size == 0:
-            return xxhash.xxh3_128_hexdigest(b"")
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return xxhash.xxh3_128_hexdigest(mapped)
+class _Hashed(NamedTuple):
+    digest: str
+    stat: os.stat_result
+    """The file's status when hashing started."""
+    steady: bool
+    """False when the file changed while it was hashed."""
+
+
+def _hash_file(path: str | Path) -> _Hashed:
+    """Hash a file by reading it (a memory map would die of SIGBUS if it shrank meanwhile)."""
+    fd, before = open_regular(path)
+    try:
+        if before.st_size < CHUNK_SIZE:
+            data = os.read(fd, before.st_size + 1)
+            digest, length = xxhash.xxh3_128_hexdigest(data), len(data)
+        else:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead
+            hasher, length = xxhash.xxh3_128(), 0
+            buffer = _buffer()
+            with io.FileIO(fd, closefd=False) as reader:
+                while count := reader.readinto(buffer):
+                    hasher.update(buffer[:count])
+                    length += count
+            digest = hasher.hexdigest()
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    steady = length == before.st_size and stat_key(after) == stat_key(before)
+    return _Hashed(digest, before, steady)
+
+
+def _buffer() -> memoryview:
+    """This thread's read buffer of `CHUNK_SIZE` bytes (reused: allocating costs page faults)."""
+    buffer: memoryview | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = memoryview(bytearray(CHUNK_SIZE))
+    return buffer
 
 
 def _memo_file(directory: Path, key: StatKey) -> Path:
@@ -88,27 +156,38 @@ def _memo_file(directory: Path, key: StatKey) -> Path:
 
 def _read_persistent(directory: Path, key: StatKey) -> str | None:
     try:
-        with open(_memo_file(directory, key), "rb") as handle:
-            raw = handle.read(33)
+        raw = read_regular(_memo_file(directory, key), 33)
     except OSError:
         return None
     return raw.decode("latin-1") if _HEX32.fullmatch(raw) else None
 
 
 def _write_persistent(directory: Path, key: StatKey, digest: str) -> None:
+    """Store a digest in the memo directory; on any failure (a full disk, a read-only cache)
+    leave nothing behind, not even the temporary file."""
     target = _memo_file(directory, key)
-    with contextlib.suppress(OSError):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    tmp = target.parent / f"{MEMO_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{target.name}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, flags, 0o644)
         try:
             os.write(fd, digest.encode("ascii"))
         finally:
             os.close(fd)
         os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def file_digest(path: str | Path, *, settled: bool = False) -> str:
     """Return the xxh3-128 hex digest of a regular file's content, memoised by stat key.
+
+    Inside `digests_by_content` the memo is not consulted: the file is read again.
 
     Args:
         path: Path of an existing regular file.
@@ -120,25 +199,47 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is not a regular file.
+        IsADirectoryError: ``path`` is not a regular file (`NotRegularFileError`).
+
+    Warns:
+        UserWarning: The file changed while it was hashed (the digest then describes no
+            single version of it, and is not memoised).
     """
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise IsADirectoryError(f"not a regular file: {path}")
-    key = stat_key(st)
-    digest = _memory.get(key)
-    if digest is not None:
-        return digest
-    directory = _memo_dir.get() if st.st_size >= PERSIST_MIN_SIZE else None
-    if directory is not None:
-        digest = _read_persistent(directory, key)
+    if not _by_content.get():
+        st = os.stat(path)
+        key = stat_key(st)
+        digest = _memory.get(key)
         if digest is not None:
-            _memory[key] = digest
             return digest
-    digest = _hash_file(path, st.st_size)
-    if (settled or is_settled(st)) and stat_key(os.stat(path)) == key:
-        _remember(key, digest, directory)
-    return digest
+        directory = _memo_dir.get()
+        if directory is not None and st.st_size >= PERSIST_MIN_SIZE:
+            digest = _read_persistent(directory, key)
+            if digest is not None:
+                _memory[key] = digest
+                return digest
+    return _remember(path, _hash_file(path), settled=settled).digest
+
+
+def digest_written(path: str | Path) -> tuple[int, str]:
+    """Hash a file its writer has just closed for good (a cache output) and memoise it.
+
+    Unlike `file_digest`, no memo is consulted first (the file is new), except for a digest
+    its writer recorded (`record_digest`) under the file's current stat key.
+
+    Returns:
+        The file's size and the xxh3-128 hex digest of its content.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is not a regular file (`NotRegularFileError`).
+    """
+    if not _by_content.get():
+        st = os.stat(path)
+        recorded = _memory.get(stat_key(st))
+        if recorded is not None:
+            return st.st_size, recorded
+    hashed = _remember(path, _hash_file(path), settled=True)
+    return hashed.stat.st_size, hashed.digest
 
 
 def record_digest(path: str | Path, digest: str) -> None:
@@ -149,17 +250,30 @@ def record_digest(path: str | Path, digest: str) -> None:
         digest: The xxh3-128 hex digest of exactly the bytes written, as `file_digest`
             computes it.
     """
-    st = os.stat(path)
-    directory = _memo_dir.get() if st.st_size >= PERSIST_MIN_SIZE else None
-    _remember(stat_key(st), digest, directory)
+    _remember(path, _Hashed(digest, os.stat(path), steady=True), settled=True)
 
 
-def _remember(key: StatKey, digest: str, directory: Path | None) -> None:
-    if len(_memory) >= _MEMORY_LIMIT:
-        _memory.clear()
-    _memory[key] = digest
-    if directory is not None:
-        _write_persistent(directory, key, digest)
+def _remember(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
+    """Memoise a digest unless the file changed while it was hashed (then warn) or may
+    still change unseen (see `is_settled`)."""
+    if not hashed.steady:
+        global _unsteady
+        _unsteady += 1
+        warnings.warn(
+            f"file {path} changed while it was hashed: its fingerprint matches no single "
+            "version of it (a step called with it stores no entry)",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif settled or is_settled(hashed.stat):
+        key = stat_key(hashed.stat)
+        if len(_memory) >= _MEMORY_LIMIT:
+            _memory.clear()
+        _memory[key] = hashed.digest
+        directory = _memo_dir.get()
+        if directory is not None and hashed.stat.st_size >= PERSIST_MIN_SIZE:
+            _write_persistent(directory, key, hashed.digest)
+    return hashed
 
 
 def is_settled(st: os.stat_result) -> bool:

@@ -16,13 +16,14 @@ import hashlib
 import math
 import struct
 from collections.abc import Callable, Iterable
-from pathlib import PosixPath, PurePath
+from pathlib import Path, PosixPath, PurePath
 from typing import Any, TypeVar
 
 import attrs
 import numpy as np
 import xxhash
 
+from kwneuro_pydra._dirdigest import UndigestableTree, tree_digest
 from kwneuro_pydra._filedigest import file_digest
 
 __all__ = ["Unfingerprintable", "fingerprint", "memory_digest"]
@@ -131,9 +132,21 @@ def _(value: str) -> bytes:
 
 @_by_type.register(bytes)
 @_by_type.register(bytearray)
-@_by_type.register(memoryview)
-def _(value: bytes | bytearray | memoryview) -> bytes:
+def _(value: bytes | bytearray) -> bytes:
     return _record("bytes", xxhash.xxh3_128_digest(value), str(len(value)).encode())
+
+
+@_by_type.register(memoryview)
+def _(value: memoryview) -> bytes:
+    """Format, item size and shape with the items in logical (C) order, whatever the strides."""
+    raw = value if value.c_contiguous else value.tobytes()  # tobytes(): the items, in C order
+    return _record(
+        "memoryview",
+        value.format.encode(),
+        str(value.itemsize).encode(),
+        ",".join(map(str, value.shape or ())).encode(),
+        xxhash.xxh3_128_digest(raw),
+    )
 
 
 @_by_type.register(enum.Enum)
@@ -143,15 +156,23 @@ def _enum_token(value: enum.Enum) -> bytes:
 
 @_by_type.register(PurePath)
 def _(value: PurePath) -> bytes:
-    """An existing file by content; a directory, a missing path or a pure path by its string."""
-    from pathlib import Path
-
+    """An existing file or directory by content; anything else by its string."""
     if isinstance(value, Path):
         try:
             return _record("file", file_digest(value).encode())
-        except (IsADirectoryError, FileNotFoundError, NotADirectoryError, PermissionError):
+        except IsADirectoryError:  # any file that is not a regular one
+            if value.is_dir():
+                return _directory_token(value)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             pass
     return _record("path", str(value).encode())
+
+
+def _directory_token(directory: Path) -> bytes:
+    try:
+        return _record("directory", tree_digest(directory).encode())
+    except (OSError, UndigestableTree) as error:
+        raise Unfingerprintable(f"directory {directory}: {error}") from error
 
 
 @_by_type.register(np.ndarray)
@@ -173,7 +194,14 @@ _by_type.register(np.memmap, _by_type.dispatch(np.ndarray))  # a mapped array is
 
 @_by_type.register(np.ma.MaskedArray)
 def _(value: np.ma.MaskedArray[Any, Any]) -> bytes:
-    return _record("masked", _token(value.data), _token(np.ma.getmaskarray(value)))
+    """Data (masked items included), mask, fill value and whether the mask is hard."""
+    return _record(
+        "masked",
+        _token(value.data),
+        _token(np.ma.getmaskarray(value)),
+        _token(value.fill_value),
+        _token(bool(value.hardmask)),
+    )
 
 
 @_by_type.register(np.generic)
@@ -236,9 +264,12 @@ class _Fingerprint:
     def __call__(self, value: object) -> str | None:
         """Return the 64-hex content fingerprint of ``value``, or None when it has none.
 
-        Supported: None, bool, int, float (exact), complex, str, bytes, enums, numpy arrays of
-        any non-object dtype and memory order, numpy scalars and dtypes, paths (an existing
-        file by content, anything else by its string), list, tuple, dict, set, frozenset,
+        Supported: None, bool, int, float (exact), complex, str, bytes, memoryviews (format,
+        item size, shape and items), enums, numpy arrays of any non-object dtype and memory
+        order, masked arrays (data, mask, fill value, hardness), numpy scalars and dtypes,
+        paths (an existing file by content, an existing directory by its tree of names,
+        types and file contents, anything else by its string), list, tuple, dict,
+        set, frozenset,
         dataclass and attrs instances (class and every field), types registered with
         `fingerprint.register`, and objects with a ``__fingerprint__`` method. A value
         containing anything else (or a reference cycle) has no fingerprint.

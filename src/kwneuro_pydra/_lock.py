@@ -9,7 +9,9 @@ the server's lock manager recovers when a client dies.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -19,15 +21,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
+from kwneuro_pydra._files import read_regular
+
 __all__ = ["EntryLock", "read_owner"]
 
 _log = logging.getLogger("kwneuro_pydra")
+_OWNER_BYTES = 256
+"""Owner records are padded to this size (JSON allows trailing blanks), so writing one
+always covers the last holder's: no truncation needed."""
 
 
-def read_owner(path: Path) -> dict[str, object] | None:
+def read_owner(path: str | Path) -> dict[str, object] | None:
     """Return the owner record of a lock file (host, pid, time), or None if unreadable."""
     try:
-        owner = json.loads(path.read_text(encoding="utf-8"))
+        owner = json.loads(read_regular(path, _OWNER_BYTES * 4))
     except (OSError, ValueError):
         return None
     return owner if isinstance(owner, dict) else None
@@ -37,35 +44,57 @@ class EntryLock:
     """Exclusive lock on ``path``, usable as a context manager.
 
     Args:
-        path: Lock file; created when acquired and removed when released.
+        path: Lock file; created (with its directory) when acquired and removed when
+            released.
         what: Human-readable name of what is locked, for the waiting message.
     """
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: str | Path, what: str) -> None:
         self.path = path
         self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Block until the lock is held by this process."""
+        """Block until the lock is held by this process.
+
+        Raises:
+            OSError: The lock file cannot be created or its owner record written (a
+                read-only directory, a full disk). The lock is then not held, and no lock
+                file of this process is left behind.
+        """
         announced = False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
+            locked = False
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not announced:
-                    _log.info("waiting for %s, locked by %s", self.what, read_owner(self.path))
-                    announced = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            if self._is_current(fd):
-                break
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not announced:
+                        _log.info("waiting for %s, locked by %s", self.what, read_owner(self.path))
+                        announced = True
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = self._is_current(fd)
+                if locked:
+                    owner = {"host": _host(), "pid": os.getpid(), "time": _now()}
+                    os.pwrite(fd, json.dumps(owner).encode().ljust(_OWNER_BYTES), 0)
+                    self._fd = fd
+                    return
+            except BaseException:
+                if locked:  # remove the file first: a waiter then locks a fresh one
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path)
+                os.close(fd)
+                raise
             os.close(fd)  # the holder removed this file on release: lock the new one
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": _now()}
-        if os.fstat(fd).st_size:  # truncating costs a flush on close (ext4 auto_da_alloc)
-            os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(owner).encode(), 0)
-        self._fd = fd
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        try:
+            return os.open(self.path, flags, 0o644)
+        except FileNotFoundError:  # the first entry of its step: make the step's directory
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            return os.open(self.path, flags, 0o644)
 
     def _is_current(self, fd: int) -> bool:
         try:
@@ -80,7 +109,8 @@ class EntryLock:
         if self._fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
         finally:
             os.close(self._fd)
             self._fd = None
@@ -96,6 +126,11 @@ class EntryLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+@functools.cache
+def _host() -> str:
+    return socket.gethostname()
 
 
 def _now() -> str:

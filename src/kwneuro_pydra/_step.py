@@ -5,17 +5,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 import re
 import types
 import typing
 import warnings
 from collections.abc import Callable
-from pathlib import Path, PurePath, PurePosixPath
-from typing import Any, Generic, TypeVar
+from pathlib import Path, PurePath
+from typing import Any, Generic, TypeGuard, TypeVar
 
-from kwneuro_pydra._code import code_fingerprint
+from kwneuro_pydra._code import Code, capture, code_fingerprint
 from kwneuro_pydra._fingerprint import fingerprint
-from kwneuro_pydra._store import encode_scalar
+from kwneuro_pydra._store import _sidecar_name, encode_scalar
 
 __all__ = ["CacheSpec", "Step", "StepArguments"]
 
@@ -81,38 +82,68 @@ class Step:
     def __init__(self, fn: Callable[..., Any], spec: CacheSpec[Any] | None) -> None:
         self.fn = fn
         self.spec = spec
-        self.name = (spec.step_name if spec is not None else "") or fn.__name__
-        if not _SAFE_NAME.match(self.name):
-            raise ValueError(
-                f"step name {self.name!r} of {fn.__qualname__} is not a safe file name: "
-                "use letters, digits, '_', '.', '+' or '-' (set CacheSpec(step_name=...))"
-            )
+        self.name = _check_name(
+            (spec.step_name if spec is not None else "") or fn.__name__, fn.__qualname__
+        )
+        self._source = capture(fn)
+        self._companions: list[Code] | None = None  # the code of save and load
         if spec is not None:
-            _check_files(self.name, spec.files)
+            _check_files(self.name, spec.files, "CacheSpec.files")
+            self._companions = [capture(spec.save), capture(spec.load)]
+        elif _implements_protocol(returned := _return_now(fn)):
+            _protocol_files(self.name, returned)  # else checked on first use
+            self._companions = _protocol_code(returned)
         self.signature = inspect.signature(fn)
-        self.code = code_fingerprint(fn)
-        """Fingerprint of the code that runs (comments, docstrings, formatting ignored), taken
-        when the function is decorated: an edit of its file afterwards does not change it."""
+        self._code: str | None = None
+
+    @property
+    def code(self) -> str:
+        """Fingerprint of the code that runs: the step's, its save and load functions'.
+
+        Sources (comments, docstrings, formatting ignored) are read when the step is
+        decorated, so an edit of a file afterwards does not change it; closure values and
+        the module-level constants the code reads are read on first use (see
+        `kwneuro_pydra._code.code_fingerprint`).
+        """
+        if self._code is None:
+            if self._companions is None:
+                try:
+                    self._companions = _protocol_code(self.return_type)
+                except TypeError:  # no usable return type: the step can never store
+                    return code_fingerprint(self._source)
+            self._code = code_fingerprint(self._source, *self._companions)
+        return self._code
 
     @functools.cached_property
-    def _hints(self) -> dict[str, Any] | Exception:
-        try:
-            return typing.get_type_hints(self.fn)
-        except Exception as error:  # any error of user code evaluating annotations
-            return error
+    def _evaluated(self) -> tuple[dict[str, Any], dict[str, Exception]]:
+        """The annotations evaluated one by one, and the errors of those that cannot be."""
+        hints: dict[str, Any] = {}
+        errors: dict[str, Exception] = {}
+        for name in getattr(self.fn, "__annotations__", {}):
+            try:
+                hints[name] = _evaluate(self.fn, name)
+            except Exception as error:  # any error of user code evaluating an annotation
+                errors[name] = error
+        return hints, errors
 
     def type_hints(self) -> dict[str, Any]:
-        """The function's annotations, evaluated.
+        """The function's annotations, evaluated one by one.
+
+        An annotation that cannot be evaluated (a name imported only under
+        ``if TYPE_CHECKING:``, say) is left out, as if the parameter had none: the call keys
+        its argument without normalising it, and the Pydra adapter types it ``Any``. Only the
+        return annotation of a bare step (no `CacheSpec`) must resolve.
 
         Raises:
-            TypeError: They cannot be evaluated (an undefined name, say).
+            TypeError: The step is bare and its return annotation cannot be evaluated.
         """
-        if isinstance(self._hints, Exception):
+        hints, errors = self._evaluated
+        if self.spec is None and "return" in errors:
             raise TypeError(
-                f"@cacheable step {self.fn.__qualname__}: its annotations cannot be resolved "
-                f"({self._hints})"
-            ) from self._hints
-        return self._hints
+                f"@cacheable step {self.fn.__qualname__}: its return annotation cannot be "
+                f"resolved ({errors['return']})"
+            ) from errors["return"]
+        return dict(hints)
 
     @functools.cached_property
     def return_type(self) -> type:
@@ -129,7 +160,7 @@ class Step:
                 "protocol (_cache_files, _cache_save, _cache_load) or use "
                 "@cacheable(CacheSpec(...))"
             )
-        if not isinstance(annotation, type) or not all(hasattr(annotation, m) for m in _PROTOCOL):
+        if not _implements_protocol(annotation):
             raise TypeError(
                 f"{where} returns {annotation!r}, which does not implement the cache protocol "
                 "(_cache_files, _cache_save, _cache_load): use @cacheable(CacheSpec(...))"
@@ -140,9 +171,7 @@ class Step:
         """Output files of an entry, relative to the entry directory."""
         if self.spec is not None:
             return list(self.spec.files)
-        files: list[str] = list(self.return_type._cache_files(self.name))  # type: ignore[attr-defined]
-        _check_files(self.name, files)
-        return files
+        return _protocol_files(self.name, self.return_type)
 
     def save(self, result: Any, directory: Path) -> None:
         """Persist ``result`` into ``directory``.
@@ -168,7 +197,7 @@ class Step:
 
     @functools.cached_property
     def _accepted(self) -> dict[str, set[Any]]:
-        hints = self._hints if isinstance(self._hints, dict) else {}
+        hints = self._evaluated[0]
         return {name: _classes(hint) for name, hint in hints.items() if name != "return"}
 
     @functools.cached_property
@@ -232,14 +261,129 @@ class Step:
         return StepArguments(scalars, hashes)
 
 
-def _check_files(step: str, files: list[str]) -> None:
+MAX_STEP_NAME = 128
+"""Longest step name (characters): it names a directory and, with ``.params.json``, a file."""
+
+_NAME_MAX = 255  # bytes in one path component (Linux, macOS and Windows file systems)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_name(name: object, function: str) -> str:
+    """Return ``name`` if it can name the step's directory in every cache, else raise."""
+    where = f"step name {name!r} of {function} (CacheSpec(step_name=...) or the function name)"
+    if not isinstance(name, str):
+        raise TypeError(f"{where} must be a str")
+    if not _SAFE_NAME.match(name):
+        raise ValueError(
+            f"{where} is not a safe file name: expected letters, digits, '_', '.', '+' or '-', "
+            "not starting with '.', '+' or '-'"
+        )
+    if len(name) > MAX_STEP_NAME:
+        raise ValueError(f"{where} is {len(name)} characters long: at most {MAX_STEP_NAME}")
+    return name
+
+
+def _return_now(fn: Callable[..., Any]) -> Any:
+    """The return annotation if it resolves already (at decoration), else None."""
+    try:
+        return _evaluate(fn, "return")
+    except Exception:  # missing, or a forward reference to a class defined later, say
+        return None
+
+
+def _protocol_code(returned: type) -> list[Code]:
+    """The code of the cache protocol's methods of a return type."""
+    return [capture(getattr(returned, method)) for method in _PROTOCOL]
+
+
+def _implements_protocol(annotation: Any) -> TypeGuard[type]:
+    return isinstance(annotation, type) and all(hasattr(annotation, m) for m in _PROTOCOL)
+
+
+def _protocol_files(step: str, returned: type) -> list[str]:
+    """The checked output files of a step whose return type has the cache protocol."""
+    files = returned._cache_files(step)  # type: ignore[attr-defined]
+    strings = isinstance(files, list) and all(type(name) is str for name in files)
+    if strings and (step, *files) in _CHECKED:  # every call asks: a set lookup
+        return list(files)
+    checked = _check_files(step, files, f"{returned.__qualname__}._cache_files")
+    _CHECKED.add((step, *checked))
+    return checked
+
+
+_CHECKED: set[tuple[Any, ...]] = set()
+"""Step names with output files that passed `_check_files` (a protocol's depend on context)."""
+
+
+def _check_files(step: str, files: object, where: str) -> list[str]:
+    """Return ``files`` as a list if every name can be an output file of an entry, else raise.
+
+    Args:
+        step: Step name.
+        files: The output file names.
+        where: Where the names come from, for messages (``CacheSpec.files``, say).
+    """
+    if isinstance(files, str | bytes) or not isinstance(files, list | tuple):
+        raise TypeError(f"step {step!r}: {where} must be a list of file names, not {files!r}")
+    taken = {_sidecar_name(step).casefold(): _sidecar_name(step)}  # case-folded -> as given
+    directories: dict[str, str] = {}  # case-folded -> a file inside
     for name in files:
-        path = PurePosixPath(name)
-        if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
+        problem = _file_problem(name) or _clash(step, name, taken, directories)
+        if problem is not None:
             raise ValueError(
-                f"step {step!r}: output file {name!r} must be a relative path inside the "
-                "cache entry (no absolute path, no '..')"
+                f"step {step!r}: {where} holds {name!r}, which {problem}; expected a relative "
+                "path inside the cache entry such as 'fa.nii.gz' or 'maps/fa.nii.gz'"
             )
+        taken[name.casefold()] = name
+        directories.update((parent.casefold(), name) for parent in _parents(name))
+    return list(files)
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _clash(step: str, name: str, taken: dict[str, str], directories: dict[str, str]) -> str | None:
+    """Why ``name`` cannot sit beside the files already ``taken``, or None."""
+    other = taken.get(name.casefold())
+    if other is not None:
+        sidecar = other == _sidecar_name(step)
+        what = "the entry's sidecar" if sidecar else f"output file {other!r}"
+        case = "" if other == name else " (names equal but for case collide on macOS, Windows)"
+        return f"collides with {what}{case}" if sidecar or case else "appears twice"
+    if name.casefold() in directories:
+        return f"is also a directory of output file {directories[name.casefold()]!r}"
+    inside = [taken[p.casefold()] for p in _parents(name) if p.casefold() in taken]
+    return f"would be inside {inside[0]!r}, which is a file" if inside else None
+
+
+def _file_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a path inside an entry directory, or None."""
+    if not isinstance(name, str):
+        return "is not a str"
+    if _CONTROL.search(name):
+        return "contains a control character (NUL, newline, ...)"
+    if "\\" in name:
+        return "contains a backslash (separate directories with '/')"
+    if name.startswith("/"):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "has an empty, '.' or '..' component (or is empty)"
+    try:
+        longest = max(len(os.fsencode(part)) for part in name.split("/"))
+    except UnicodeEncodeError:
+        return "is not valid text for a file name"
+    if longest > _NAME_MAX:
+        return f"has a component of {longest} bytes (file systems allow {_NAME_MAX})"
+    return None
+
+
+def _evaluate(fn: Callable[..., Any], name: str) -> Any:
+    """Evaluate one annotation of ``fn`` in its module, as `typing.get_type_hints` does."""
+    one = types.SimpleNamespace(__annotations__={name: fn.__annotations__[name]})
+    namespace = getattr(inspect.unwrap(fn), "__globals__", {})
+    return typing.get_type_hints(one, globalns=namespace)[name]
 
 
 def _classes(annotation: Any) -> set[Any]:

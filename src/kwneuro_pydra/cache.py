@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import os
-import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import attrs
 
-from kwneuro_pydra._filedigest import memo_directory
+from kwneuro_pydra._filedigest import digests_by_content, memo_directory, unsteady_count
 from kwneuro_pydra._step import CacheSpec, Step, StepArguments
-from kwneuro_pydra._store import Entry, Store, decode_scalar, encode_scalar, entry_key
+from kwneuro_pydra._store import Entry, Store, decode_scalar, discard, encode_scalar, entry_key
 
 __all__ = [
     "Cache",
@@ -127,10 +127,19 @@ class Cache:
         ...     square(4), square(4), cache.status([square])
         (16, 16, {'square': True})
 
+    A cache directory that this process cannot write (a lab's shared cache, another
+    user's, a read-only file system) still serves its hits; a miss is computed and returned
+    without being stored, with one `UserWarning` per step. So is a miss when the disk is
+    full.
+
     Raises:
-        NotADirectoryError: ``cache_dir`` exists and is not a directory.
-        PermissionError: ``cache_dir`` cannot be created or written.
-        TypeError: ``force`` is neither a bool nor a set of step names.
+        NotADirectoryError: ``cache_dir``, or a ``read_only`` directory, exists and is not a
+            directory.
+        FileNotFoundError: A ``read_only`` directory does not exist.
+        PermissionError: ``cache_dir`` does not exist and cannot be created.
+        TypeError: ``force`` is neither a bool nor a set of step names, or ``read_only`` is
+            not a list.
+        ValueError: ``verify_inputs`` is neither "stat" nor "content".
     """
 
     cache_dir: Path
@@ -149,9 +158,32 @@ class Cache:
     """Store images of cache entries as ``.nii.gz`` (True) or uncompressed ``.nii`` (False).
 
     .. versionadded:: 0.1"""
+    read_only: Sequence[str | Path] = ()
+    """Other cache directories (a lab's shared cache, say) consulted on a miss, in order.
+    Their entries are served as hits but never written; a result computed here is stored in
+    ``cache_dir`` only.
+
+    .. versionadded:: 0.1"""
+    verify_inputs: Literal["stat", "content"] = "stat"
+    """How an on-disk input is checked for changes. ``"stat"`` (default) trusts the file
+    digest memo while a file's (device, inode, size, mtime, ctime) is unchanged; ``"content"``
+    reads every input file again on every call. Writes through a shared memory map
+    (``np.memmap(mode="r+")``) can change a file without changing its timestamps: use
+    ``"content"`` when inputs may be written that way.
+
+    .. versionadded:: 0.1"""
 
     def __post_init__(self) -> None:
         self.cache_dir = _prepare_directory(Path(self.cache_dir))
+        if self.verify_inputs not in ("stat", "content"):
+            raise ValueError(
+                f"Cache(verify_inputs=...) takes 'stat' or 'content', not {self.verify_inputs!r}"
+            )
+        if isinstance(self.read_only, str | Path):
+            raise TypeError("Cache(read_only=...) takes a list of cache directories")
+        self._shared = [Store(_existing_directory(Path(d))) for d in self.read_only]
+        self.read_only = [store.root for store in self._shared]
+        self._unstored: set[str] = set()
         if isinstance(self.force, str) or not isinstance(self.force, bool | Iterable):
             raise TypeError(
                 f"Cache(force=...) takes a bool or a set of step names, not {self.force!r}"
@@ -216,7 +248,7 @@ class Cache:
             return False
         encoded = {name: encode_scalar(value) for name, value in (scalars or {}).items()}
         arguments = StepArguments(encoded, dict(hashes or {}))
-        return self._find(step_name, arguments, files, _STEPS.get(step_name)) is not None
+        return self._find_any(step_name, arguments, files, _STEPS.get(step_name)) is not None
 
     def status(self, steps: list[Callable[..., Any]]) -> dict[str, bool]:
         """Return a mapping of each step's qualified name to whether all its cached output files exist.
@@ -281,7 +313,7 @@ class Cache:
         found = step_of(step)
         if found is None:
             raise TypeError(f"{step!r} is not a @cacheable step")
-        arguments = found.arguments(args, kwargs)
+        arguments = self._arguments(found, args, kwargs)
         if arguments is None:
             reasons = ("an argument cannot be fingerprinted: the call is never cached",)
             return Explanation(found.name, "", False, reasons, None)
@@ -319,6 +351,9 @@ class Cache:
     ) -> list[Path]:
         """Remove leftovers of crashed writes and entries beyond a retention policy.
 
+        Leftovers are temporary entries and memo files older than an hour. Damaged entries
+        (an unreadable or malformed sidecar) are skipped with a warning.
+
         .. versionadded:: 0.1
 
         Args:
@@ -342,23 +377,56 @@ class Cache:
             for entry in {e.path: e for e in doomed}.values():
                 self._store.remove(entry)
                 removed.append(entry.path)
-            for leftover in self._store.leftovers(name):
-                shutil.rmtree(leftover, ignore_errors=True)
-                removed.append(leftover)
+        for leftover in self._store.leftovers():
+            discard(leftover)
+            removed.append(leftover)
         return removed
 
     def _find(
-        self, name: str, arguments: StepArguments, files: list[str], step: Step | None
+        self,
+        store: Store,
+        name: str,
+        arguments: StepArguments,
+        files: list[str],
+        step: Step | None,
+        *,
+        warn: bool = True,
+        key: str | None = None,
     ) -> Entry | None:
-        """The intact entry of these arguments: of the step's current code when it is known
-        and ``check_code`` holds, else the newest entry of any code."""
+        """The intact entry of these arguments in ``store``: of the step's current code when
+        it is known and ``check_code`` holds (``key``, when given, is its entry key), else
+        the newest entry of any code."""
         if step is not None and self.check_code:
-            key = entry_key(arguments.scalars, arguments.hashes, step.code)
-            return self._store.lookup(name, key, files)
-        for entry in reversed(list(self._store.entries(name))):
+            key = key or entry_key(arguments.scalars, arguments.hashes, step.code)
+            return store.lookup(name, key, files, warn=warn)
+        for entry in reversed(list(store.entries(name, warn=warn))):
             if entry.selected_by(arguments.scalars, arguments.hashes):
-                return self._store.lookup(name, entry.key, files)
+                return store.lookup(name, entry.key, files, warn=warn)
         return None
+
+    def _find_any(
+        self,
+        name: str,
+        arguments: StepArguments,
+        files: list[str],
+        step: Step | None,
+        key: str | None = None,
+    ) -> Entry | None:
+        """`_find` in this cache, then in the ``read_only`` caches."""
+        for store in (self._store, *self._shared):
+            if entry := self._find(store, name, arguments, files, step, key=key):
+                return entry
+        return None
+
+    def _arguments(
+        self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> StepArguments | None:
+        """The call's arguments as ``step`` keys them, input files read as ``verify_inputs``
+        says."""
+        if self.verify_inputs == "content":
+            with digests_by_content():
+                return step.arguments(args, kwargs)
+        return step.arguments(args, kwargs)
 
     def load(self, step: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Return the stored result of ``step(*args, **kwargs)`` without ever computing it.
@@ -383,16 +451,18 @@ class Cache:
         return self._stored(found, args, kwargs)
 
     def _stored(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        arguments = step.arguments(args, kwargs)
+        arguments = self._arguments(step, args, kwargs)
         loaded = _MISS if arguments is None else self._hit(step, arguments, step.files())
         if loaded is _MISS:
             raise KeyError(f"no stored result of step {step.name!r} for these arguments")
         return loaded
 
-    def _hit(self, step: Step, arguments: StepArguments, files: list[str]) -> Any:
+    def _hit(
+        self, step: Step, arguments: StepArguments, files: list[str], key: str | None = None
+    ) -> Any:
         """Load the entry of a call without the lock; `_MISS` if there is none to serve."""
         if self.is_forced(step.name) or not (
-            entry := self._find(step.name, arguments, files, step)
+            entry := self._find_any(step.name, arguments, files, step, key)
         ):
             return _MISS
         try:
@@ -404,27 +474,41 @@ class Cache:
         return loaded if before == after else _MISS  # a writer swapped it in: ask under lock
 
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        arguments = step.arguments(args, kwargs)
-        if arguments is None:
+        unsteady = unsteady_count()
+        arguments = self._arguments(step, args, kwargs)
+        if arguments is None or unsteady_count() != unsteady:  # warned: runs uncached
             return step.fn(*args, **kwargs)
         files = step.files()
         forced = self.is_forced(step.name)
-        if (loaded := self._hit(step, arguments, files)) is not _MISS:
-            return loaded
         key = entry_key(arguments.scalars, arguments.hashes, step.code)
-        with self._store.lock(step.name, key):
+        if (loaded := self._hit(step, arguments, files, key)) is not _MISS:
+            return loaded
+        lock = self._store.lock(step.name, key)
+        try:
+            lock.acquire()
+        except OSError as error:
+            if error.errno not in _CANNOT_STORE:
+                raise
+            self._warn_unstored(step, error)
+            return step.fn(*args, **kwargs)
+        try:
             self._store.recover(step.name, key)
-            if not forced and (entry := self._find(step.name, arguments, files, step)):
+            if not forced and (
+                entry := self._find(
+                    self._store, step.name, arguments, files, step, warn=False, key=key
+                )
+            ):
                 return step.load(entry.path)
             _log.info("%s: computing entry %s in %s", step.name, key[:12], self.cache_dir)
             start = time.perf_counter()
             result = step.fn(*args, **kwargs)
             duration = time.perf_counter() - start
-            changed = _changed(arguments, step.arguments(args, kwargs))
-            if changed:
+            changed = _changed(arguments, self._arguments(step, args, kwargs))
+            if changed or unsteady_count() != unsteady:
+                what = f"argument {changed!r}" if changed else "an input file"
                 warnings.warn(
-                    f"step {step.name!r}: argument {changed!r} changed while it ran; the "
-                    "result is returned but not stored",
+                    f"step {step.name!r}: {what} changed while it ran; the result is "
+                    "returned but not stored",
                     UserWarning,
                     stacklevel=3,
                 )
@@ -436,10 +520,33 @@ class Cache:
                 "function": f"{step.fn.__module__}.{step.fn.__qualname__}",
                 "duration": duration,
             }
-            entry = self._store.publish(
-                step.name, key, files, functools.partial(step.save, result), record
-            )
+            try:
+                entry = self._store.publish(
+                    step.name, key, files, functools.partial(step.save, result), record
+                )
+            except OSError as error:
+                if error.errno not in _CANNOT_STORE:
+                    raise
+                self._warn_unstored(step, error)
+                return result
+        finally:
+            lock.release()
         return step.load(entry.path)
+
+    def _warn_unstored(self, step: Step, error: OSError) -> None:
+        """Warn, once per step and `Cache`, that results are computed but not stored."""
+        if step.name not in self._unstored:
+            self._unstored.add(step.name)
+            warnings.warn(
+                f"step {step.name!r}: cannot store results in {self.cache_dir} "
+                f"({error.strerror}); they are computed and returned without being stored",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
+_CANNOT_STORE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+"""Errors that mean the cache directory cannot take a new entry (read-only, full)."""
 
 
 def _changed(before: StepArguments, after: StepArguments | None) -> str | None:
@@ -463,13 +570,20 @@ def _prepare_directory(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"Cache(cache_dir={str(path)!r}): exists and is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)  # one it cannot write is a read-only cache
     except OSError as error:
         raise PermissionError(
             f"Cache(cache_dir={str(path)!r}): cannot create the directory ({error.strerror})"
         ) from error
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PermissionError(f"Cache(cache_dir={str(path)!r}): the directory is not writable")
+    return path
+
+
+def _existing_directory(path: Path) -> Path:
+    path = path.absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"Cache(read_only=[...]): {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"Cache(read_only=[...]): {str(path)!r} is not a directory")
     return path
 
 

@@ -1,0 +1,1 @@
+"""Reliability: faults of real file systems, processes and permissions (issue 11)."""

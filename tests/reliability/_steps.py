@@ -1,0 +1,48 @@
+"""Steps of the reliability tests, importable by name from child processes.
+
+Every step counts its executions in `CALLS` (per process), so a test can tell a hit from a
+recomputation.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+
+from kwneuro_pydra import CacheSpec, cacheable
+
+CALLS: collections.Counter[str] = collections.Counter()
+
+
+def _save(result: np.ndarray, directory: Path) -> None:
+    np.save(directory / "out.npy", result)
+
+
+def _load(directory: Path) -> np.ndarray:
+    return np.load(directory / "out.npy")
+
+
+NPY = CacheSpec(files=["out.npy"], save=_save, load=_load)
+
+
+@cacheable(NPY)
+def rl_square(n: int) -> np.ndarray:
+    """``n * n`` in a one-element array."""
+    CALLS["rl_square"] += 1
+    return np.array([n * n])
+
+
+@cacheable(NPY)
+def rl_ramp(n: int, size: int) -> np.ndarray:
+    """``size`` int64 values from ``n``: a result of ``8 * size`` bytes."""
+    CALLS["rl_ramp"] += 1
+    return np.arange(n, n + size, dtype=np.int64)
+
+
+@cacheable(NPY)
+def rl_total(path: Path) -> np.ndarray:
+    """The sum of a file's bytes (its content, read now)."""
+    CALLS["rl_total"] += 1
+    return np.array([int(np.fromfile(path, dtype=np.uint8).sum())])
