@@ -69,23 +69,6 @@ def copy_value(value: Any) -> Any:
     return value
 
 
-@st.composite
-def symmetric_3x3(draw: st.DrawFn) -> np.ndarray:
-    """Symmetric 3 x 3 matrices with eigenvalues of either sign, often repeated (as in
-    isotropic and cylindrically symmetric diffusion tensors), in a random orientation."""
-    magnitudes = st.sampled_from([0.0, 1e-9, 3e-4, 1e-3, 1.7e-3, 3e-3, -2e-4, 1.0])
-    first = draw(magnitudes)
-    evals = [first, draw(st.just(first) | magnitudes), draw(st.just(first) | magnitudes)]
-    quaternion = np.array(draw(st.lists(st.floats(-1, 1), min_size=4, max_size=4)))
-    w, x, y, z = quaternion / (np.linalg.norm(quaternion) or 1.0)
-    rotation = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])  # fmt: skip
-    return np.asarray(rotation @ np.diag(evals) @ rotation.T)
-
-
 def _masked(array: np.ndarray, mask: np.ndarray, fill: Any, hard: bool) -> np.ma.MaskedArray:
     return np.ma.array(array, mask=mask, fill_value=fill, hard_mask=hard)
 
@@ -220,3 +203,20 @@ def corrupt_sidecar(raw: dict[str, Any], corruption: tuple[str, str, Any]) -> An
     else:
         return value
     return broken
+
+
+@st.composite
+def symmetric_3x3(draw: st.DrawFn) -> np.ndarray:
+    """Symmetric 3 x 3 matrices with eigenvalues of either sign, often repeated (as in
+    isotropic and cylindrically symmetric diffusion tensors), in a random orientation."""
+    magnitudes = st.sampled_from([0.0, 1e-9, 3e-4, 1e-3, 1.7e-3, 3e-3, -2e-4, 1.0])
+    first = draw(magnitudes)
+    evals = [first, draw(st.just(first) | magnitudes), draw(st.just(first) | magnitudes)]
+    quaternion = np.array(draw(st.lists(st.floats(-1, 1), min_size=4, max_size=4)))
+    w, x, y, z = quaternion / (np.linalg.norm(quaternion) or 1.0)
+    rotation = np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])  # fmt: skip
+    return np.asarray(rotation @ np.diag(evals) @ rotation.T)

@@ -18,7 +18,7 @@ CHECKSUMS = """
     from tests import _pydra_steps as s
     tasks = [
         to_task(dti.mean_b0)(cache_dir="/x"),
-        to_task(dti.brain_mask)(cache_dir="/x", threshold=0.3),
+        to_task(dti.brain_mask)(cache_dir="/x", median_radius=3),
         to_task(dti.estimate_dti)(cache_dir="/x"),
         to_workflow(dti.dti_pipeline)(cache_dir="/x"),
         to_task(s.make_volume)(n=3, cache_dir="/x"),

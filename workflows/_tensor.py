@@ -5,7 +5,9 @@ Everything here follows ``dipy.reconst.dti`` (dipy 1.12) and is checked against 
 
 - the design matrix is dipy's ``design_matrix`` (b-values as given, the minus sign, the
   ``2 g_i g_j b`` off-diagonal terms, a last column of -1 whose coefficient is ``-log S0``);
-- samples are clipped below at ``MIN_POSITIVE_SIGNAL`` before the logarithm;
+- samples are clipped below at ``MIN_POSITIVE_SIGNAL`` before the logarithm, which is taken
+  in float32 for float32 samples (dipy's ``np.log`` of the clipped data) and in float64
+  otherwise;
 - OLS is ``pinv(X) @ log(S)`` (dipy's ``ols_fit_tensor``);
 - WLS is one weighted pass with weights from the signal that the OLS pass predicts
   (dipy's ``wls_fit_tensor``: minimise ``sum(S_ols^2 (X b - log S)^2)``);
@@ -14,8 +16,10 @@ Everything here follows ``dipy.reconst.dti`` (dipy 1.12) and is checked against 
 - the tensor returned is rebuilt from the clipped eigenvalues (dipy's ``quadratic_form``).
 
 Where dipy inverts one 65 x 7 matrix per voxel (an SVD each) for WLS, this module solves the
-7 x 7 weighted normal equations, formed for a block of voxels with two matrix products and
-equilibrated (scaled to unit diagonal) before a batched solve; that gives the same minimiser.
+7 x 7 weighted normal equations, formed for a block of voxels with two matrix products,
+equilibrated (scaled to unit diagonal) and solved by a Cholesky factorisation vectorised
+across voxels (`kwneuro_pydra.workflows._linalg`); that gives the same minimiser. A voxel
+whose system is singular gets dipy's own ``pinv`` solution.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "fit_signal",
     "fit_volume",
     "fractional_anisotropy",
+    "min_diffusivity",
 ]
 
 MIN_POSITIVE_SIGNAL = 1e-4
@@ -130,8 +135,11 @@ def fit_signal(signal: NDArray[Any], design: Float64, method: FitMethod) -> dict
         ``color_fa`` (n, 3), ``|principal eigenvector| * clip(FA, 0, 1)``.
     """
     # Voxels along the last axis from here on: every step is a matrix product or a
-    # whole-array operation on contiguous rows.
-    log_s = np.log(np.maximum(signal.T, MIN_POSITIVE_SIGNAL, dtype=np.float64, order="C"))
+    # whole-array operation on contiguous rows. The logarithm is taken in the samples' own
+    # precision when they are float32, as dipy does; the fit is float64.
+    precision = np.float32 if signal.dtype == np.float32 else np.float64
+    clipped = np.maximum(signal.T, MIN_POSITIVE_SIGNAL, dtype=precision, order="C")
+    log_s = np.log(clipped, out=clipped).astype(np.float64, copy=False)
     beta = np.linalg.pinv(design) @ log_s
     if method == "WLS":
         beta = _weighted(log_s, design, beta)
@@ -281,5 +289,8 @@ def _fit_block(
         return
     target = within.copy()
     target[within] = usable
+    i, j, k = np.nonzero(target)
+    spatial = result.maps["fa"].shape
+    flat = np.ravel_multi_index((i, j, k + (block.start or 0)), spatial)  # fast to scatter
     for name, values in fit_signal(signal[usable], design, method).items():
-        result.maps[name][:, :, block][target] = values
+        result.maps[name].reshape(-1, *MAP_SHAPES[name])[flat] = values
