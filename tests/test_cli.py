@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from kwneuro_pydra import Cache
+from kwneuro_pydra._store import entry_key
 from kwneuro_pydra.bids import discover
 from kwneuro_pydra.cli import main
 from tests.bids_data import MASK, add_series, good_dataset
@@ -145,8 +146,10 @@ def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
     assert "9 steps cached, 0 steps stale, 0 steps missing, 0 steps failed" in after.stdout
     (entry,) = Cache(tmp_path / "out" / ".kwneuro-cache" / "sub-01").entries("estimate_dti")
     sidecar = entry.path / "estimate_dti.params.json"
-    record = json.loads(sidecar.read_text())
-    sidecar.write_text(json.dumps({**record, "code": "0" * 64}))  # as if made by older code
+    record = {**json.loads(sidecar.read_text()), "code": "0" * 64}  # as if made by older code
+    sidecar.write_text(json.dumps(record))
+    entry.path.rename(entry.path.with_name(entry_key(record["scalars"], record["hashes"],
+                                                     record["code"])))  # fmt: skip
     stale = kwneuro("status", str(bids_dir), str(tmp_path / "out"), *MASK)
     assert "3 steps cached, 1 step stale, 5 steps missing, 0 steps failed" in stale.stdout
     row = next(line for line in stale.stdout.splitlines() if line.startswith("│ sub-01"))
