@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
@@ -124,28 +124,29 @@ def discover(
         raise BidsError(
             f"BIDS_DIR {root} is not a BIDS dataset: it has no dataset_description.json"
         )
-    rows = bids2table.index_dataset(root).select(["sub", "ses", "path", "root"]).to_pylist()
+    columns = ["sub", "ses", "datatype", "suffix", "ext", "path", "root"]
+    rows = bids2table.index_dataset(root).select(columns).to_pylist()
     wanted_subjects = _labels(participants, "sub-")
     _check_known("participant", wanted_subjects, {r["sub"] for r in rows if r["sub"]})
     wanted_sessions = _labels(sessions, "ses-")
     _check_known("session", wanted_sessions, {r["ses"] for r in rows if r["ses"]})
-    candidates = functools.cache(_candidates)
+    finder = _Finder(root)
     series = []
     for row in rows:
-        path = Path(row["root"]) / row["path"]
-        entities = {
-            k: v for k, v in bids2table.parse_bids_entities(path).items() if v is not None
-        }
         if (
-            entities.pop("datatype", None) != "dwi"
-            or entities.pop("suffix", None) != "dwi"
-            or entities.pop("ext", None) not in _NIFTI
-            or (wanted_subjects and entities["sub"] not in wanted_subjects)
-            or (wanted_sessions and entities.get("ses") not in wanted_sessions)
+            (row["datatype"], row["suffix"]) != ("dwi", "dwi")
+            or row["ext"] not in _NIFTI
+            or (wanted_subjects and row["sub"] not in wanted_subjects)
+            or (wanted_sessions and row["ses"] not in wanted_sessions)
         ):
             continue
-        bval = _inherited(path, root, ".bval", candidates)
-        bvec = _inherited(path, root, ".bvec", candidates)
+        path = Path(row["root"]) / row["path"]
+        entities = dict(finder.entities(path))
+        bval, bvec = finder.inherited(path, entities, ".bval"), finder.inherited(
+            path, entities, ".bvec"
+        )
+        for name in ("suffix", "ext"):
+            entities.pop(name, None)
         series.append(DwiSeries(root, entities, path, bval, bvec))
     return sorted(series, key=lambda s: s.nifti)
 
@@ -163,30 +164,40 @@ def _check_known(kind: str, wanted: set[str], known: set[str]) -> None:
         )
 
 
-def _inherited(
-    image: Path, root: Path, ext: str, candidates: Callable[[Path, str], list[Path]]
-) -> Path | None:
-    """The file of extension ``ext`` that applies to ``image`` by BIDS inheritance, or None.
+class _Finder:
+    """BIDS inheritance over one dataset, with its folders' listings and files' entities
+    (parsed by bids2table) remembered for the duration of a discovery."""
 
-    ``candidates(folder, pattern)`` lists a folder's files matching a glob pattern, most
-    specific (longest name) first.
-    """
-    import bids2table
+    def __init__(self, root: Path) -> None:
+        import bids2table
 
-    wanted = {k: v for k, v in bids2table.parse_bids_entities(image).items() if v is not None}
-    wanted.pop("datatype", None)
-    folder = image.parent
-    while True:
-        for candidate in candidates(folder, f"*{wanted['suffix']}{ext}"):
-            entities = bids2table.parse_bids_entities(candidate)
-            entities.pop("datatype", None)
-            entities.pop("ext", None)
-            if all(wanted.get(k) == v for k, v in entities.items()):
-                return candidate
-        if folder == root or folder.parent == folder:
-            return None
-        folder = folder.parent
+        self.root = root
+        self.parse = bids2table.parse_bids_entities
+        self.entities = functools.cache(self._entities)
+        self.candidates = functools.cache(self._candidates)
 
+    def _entities(self, path: Path) -> dict[str, str]:
+        """A file's entities, without ``datatype`` (a folder's name, never inherited)."""
+        found = {k: v for k, v in self.parse(path).items() if v is not None}
+        found.pop("datatype", None)
+        return found
 
-def _candidates(folder: Path, pattern: str) -> list[Path]:
-    return sorted(folder.glob(pattern), key=lambda p: (-len(p.name), p.name))
+    @staticmethod
+    def _candidates(folder: Path, pattern: str) -> list[Path]:
+        """A folder's files matching ``pattern``, most specific (longest name) first."""
+        return sorted(folder.glob(pattern), key=lambda p: (-len(p.name), p.name))
+
+    def inherited(self, image: Path, wanted: dict[str, str], ext: str) -> Path | None:
+        """The file of extension ``ext`` that applies to ``image`` (of entities ``wanted``)
+        by BIDS inheritance: the nearest, from its folder up to the root, whose entities
+        are a subset of the image's; None when there is none."""
+        folder = image.parent
+        while True:
+            for candidate in self.candidates(folder, f"*{wanted['suffix']}{ext}"):
+                entities = dict(self.entities(candidate))
+                entities.pop("ext", None)
+                if all(wanted.get(k) == v for k, v in entities.items()):
+                    return candidate
+            if folder == self.root or folder.parent == folder:
+                return None
+            folder = folder.parent
