@@ -217,14 +217,14 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
             if digest is not None:
                 _memory[key] = digest
                 return digest
-    return _remember(path, _hash_file(path), settled=settled).digest
+    return _checked(path, _hash_file(path), settled=settled).digest
 
 
 def digest_written(path: str | Path) -> tuple[int, str]:
     """Hash a file its writer has just closed for good (a cache output) and memoise it.
 
-    Unlike `file_digest`, no memo is consulted first (the file is new), except for a digest
-    its writer recorded (`record_digest`) under the file's current stat key.
+    Only the in-memory memo is consulted first, where its writer may have put the digest
+    of the bytes it wrote (`record_digest`); otherwise the file is read.
 
     Returns:
         The file's size and the xxh3-128 hex digest of its content.
@@ -233,12 +233,11 @@ def digest_written(path: str | Path) -> tuple[int, str]:
         FileNotFoundError: ``path`` does not exist.
         IsADirectoryError: ``path`` is not a regular file (`NotRegularFileError`).
     """
-    if not _by_content.get():
-        st = os.stat(path)
-        recorded = _memory.get(stat_key(st))
-        if recorded is not None:
-            return st.st_size, recorded
-    hashed = _remember(path, _hash_file(path), settled=True)
+    st = os.stat(path)
+    digest = _memory.get(stat_key(st))
+    if digest is not None:
+        return st.st_size, digest
+    hashed = _checked(path, _hash_file(path), settled=True)
     return hashed.stat.st_size, hashed.digest
 
 
@@ -250,10 +249,11 @@ def record_digest(path: str | Path, digest: str) -> None:
         digest: The xxh3-128 hex digest of exactly the bytes written, as `file_digest`
             computes it.
     """
-    _remember(path, _Hashed(digest, os.stat(path), steady=True), settled=True)
+    st = os.stat(path)
+    _remember(stat_key(st), digest, st.st_size)
 
 
-def _remember(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
+def _checked(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
     """Memoise a digest unless the file changed while it was hashed (then warn) or may
     still change unseen (see `is_settled`)."""
     if not hashed.steady:
@@ -266,14 +266,18 @@ def _remember(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
             stacklevel=3,
         )
     elif settled or is_settled(hashed.stat):
-        key = stat_key(hashed.stat)
-        if len(_memory) >= _MEMORY_LIMIT:
-            _memory.clear()
-        _memory[key] = hashed.digest
-        directory = _memo_dir.get()
-        if directory is not None and hashed.stat.st_size >= PERSIST_MIN_SIZE:
-            _write_persistent(directory, key, hashed.digest)
+        _remember(stat_key(hashed.stat), hashed.digest, hashed.stat.st_size)
     return hashed
+
+
+def _remember(key: StatKey, digest: str, size: int) -> None:
+    """Memoise a digest in memory and, for a large file inside a `Cache`, on disk."""
+    if len(_memory) >= _MEMORY_LIMIT:
+        _memory.clear()
+    _memory[key] = digest
+    directory = _memo_dir.get()
+    if directory is not None and size >= PERSIST_MIN_SIZE:
+        _write_persistent(directory, key, digest)
 
 
 def is_settled(st: os.stat_result) -> bool:

@@ -503,7 +503,9 @@ class Cache:
             start = time.perf_counter()
             result = step.fn(*args, **kwargs)
             duration = time.perf_counter() - start
-            changed = _changed(arguments, self._arguments(step, args, kwargs))
+            # Scalars are immutable: only a call with other arguments can have changed them.
+            after = self._arguments(step, args, kwargs) if arguments.hashes else arguments
+            changed = _changed(arguments, after)
             if changed or unsteady_count() != unsteady:
                 what = f"argument {changed!r}" if changed else "an input file"
                 warnings.warn(
