@@ -16,8 +16,7 @@ import pytest
 pytest.importorskip("pydra")
 
 from kwneuro_pydra import Cache
-from kwneuro_pydra import pydra as adapter
-from kwneuro_pydra.pydra import SubjectResult, run_subjects, to_task
+from kwneuro_pydra.pydra import SubjectResult, _subjects, run_subjects, to_task
 from tests import _pydra_steps as steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +133,7 @@ def test_slurm_and_sge_pass_through(
         def __call__(self, task: Any, **kwargs: Any) -> None:
             seen[-1]["call"] = kwargs
 
-    monkeypatch.setattr(adapter, "Submitter", Recording)
+    monkeypatch.setattr(_subjects, "Submitter", Recording)
     for worker, options in (("slurm", {"sbatch_args": "-p x", "poll_delay": 1}),
                             ("sge", {"poll_for_result_file": False})):  # fmt: skip
         results = run_subjects(steps.pipeline, {"s": {"dwi": "a"}}, tmp_path, worker=worker,
@@ -165,7 +164,7 @@ def test_a_pickled_job_runs_in_a_fresh_interpreter(
         import sys
         from pydra.engine.job import load_and_run
         load_and_run({str(scripts / "_job.pklz")!r})
-        assert "kwneuro_pydra._pydra_hash" in sys.modules
+        assert "kwneuro_pydra.pydra._hash" in sys.modules
         """,
         child_env(KWNEURO_TEST_COUNTS=str(counts), PYDRA_HASH_CACHE=str(tmp_path / "h")),
         cwd=Path("/"),
@@ -257,9 +256,7 @@ def test_subject_result_is_a_small_value() -> None:
     assert result.ok and result.outputs == 1
 
 
-def test_a_step_that_runs_uncached_still_returns_its_result(
-    counts: Path, tmp_path: Path
-) -> None:
+def test_a_step_that_runs_uncached_still_returns_its_result(counts: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="cannot be fingerprinted"):
         results = run_subjects(
             steps.shouting, {"s": {"thing": steps.Unhashable("hi")}}, tmp_path, worker="debug"

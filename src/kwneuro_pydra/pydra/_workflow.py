@@ -14,8 +14,9 @@ from pydra.compose import workflow  # type: ignore[import-untyped]
 from pydra.utils.typing import is_lazy  # type: ignore[import-untyped]
 
 from kwneuro_pydra import cache as _cache
-from kwneuro_pydra._pydra_lazy import Lazy, producers_of, unwrap
-from kwneuro_pydra._pydra_task import (
+from kwneuro_pydra._step import Step
+from kwneuro_pydra.pydra._lazy import Lazy, producers_of, unwrap
+from kwneuro_pydra.pydra._task import (
     PYDRA_DOC,
     RESERVED,
     absolute_cache_dir,
@@ -24,7 +25,6 @@ from kwneuro_pydra._pydra_task import (
     step_function,
     to_task,
 )
-from kwneuro_pydra._step import Step
 
 __all__ = ["Plan", "discover", "to_workflow"]
 

@@ -1,20 +1,4 @@
-"""Pydra 1.0 adapter: `cacheable` steps as workflow nodes, pipelines as workflows, many subjects.
-
-The same steps run eagerly under ``with Cache(...)`` and as Pydra nodes, sharing one cache:
-a node given ``cache_dir`` runs its step inside ``Cache(cache_dir)``, so Pydra only schedules.
-
-Example::
-
-    from kwneuro_pydra.pydra import run_subjects
-    from kwneuro_pydra.workflows import dti_pipeline
-
-    results = run_subjects(dti_pipeline, {"sub-01": {"dwi": dwi1}}, "derivatives")
-
-Importing this module imports Pydra (``import kwneuro_pydra`` alone does not), sets
-``NO_ET=1`` (no telemetry request) unless ``NO_ET`` is set, and registers our hashing of
-numpy arrays, paths and fingerprintable classes with Pydra (see `register_pydra_hash`).
-Requires ``pydra==1.0a12`` and ``cloudpickle<3.1.3``.
-"""
+"""`run_subjects`: one pipeline over many subjects as one Pydra submission."""
 
 from __future__ import annotations
 
@@ -22,99 +6,25 @@ import contextlib
 import logging
 import os
 import re
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-
-os.environ.setdefault("NO_ET", "1")  # before any Submitter: Pydra checks once per process
-
 import cloudpickle  # type: ignore[import-untyped]
 from pydra.engine.result import load_result  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
-from kwneuro_pydra import _pydra_task, _pydra_workflow
-from kwneuro_pydra._pydra_hash import register_pydra_hash
-from kwneuro_pydra._pydra_lazy import LazyValueError
 from kwneuro_pydra._step import Step
 from kwneuro_pydra.cache import Cache, handling_steps
+from kwneuro_pydra.pydra import _task, _workflow
+from kwneuro_pydra.pydra._progress import progress_line
 
-__all__ = [
-    "LazyValueError",
-    "StepFailure",
-    "SubjectResult",
-    "register_pydra_hash",
-    "run_subjects",
-    "to_task",
-    "to_workflow",
-]
+__all__ = ["StepFailure", "SubjectResult", "run_subjects"]
 
 _log = logging.getLogger("kwneuro_pydra.pydra")
 _SUBJECT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
-
-
-def to_task(step: Callable[..., Any]) -> Any:
-    """Return the Pydra python task class of a `cacheable` step.
-
-    The class is named after the step. Its inputs are the step's parameters with their
-    annotations and defaults, plus ``cache_dir: str | None = None``: given, the node runs
-    the step inside ``Cache(cache_dir)`` (an eager run with the same directory and the node
-    reuse each other's entries); omitted, the step runs plainly. Outputs: ``out``; for a
-    step annotated to return ``tuple[A, B]``, ``out1`` and ``out2``; for a ``NamedTuple``
-    return type, its field names. Works for bare and `CacheSpec` steps, static methods, and
-    functions decorated by upstream kwneuro 1.0's ``cacheable``. The class is built once
-    per step.
-
-    Pydra writes a hash memo under ``$PYDRA_HASH_CACHE`` (default: under your home) whenever
-    it hashes: set it when you submit these tasks yourself (`run_subjects` does).
-
-    Args:
-        step: A `cacheable`-decorated function, importable by module and qualified name.
-
-    Returns:
-        A Pydra 1.0 python task class.
-
-    Raises:
-        TypeError: ``step`` is not a `cacheable` step, or its annotations do not resolve.
-        ValueError: A parameter is named ``function``, ``split``, ``combine``,
-            ``cache_dir`` or ``code_digest``, is positional-only or variadic; or the step
-            cannot be imported by name (Pydra workers load it that way).
-    """
-    return _pydra_task.to_task(step)
-
-
-def to_workflow(pipeline: Callable[..., Any]) -> Any:
-    """Return a Pydra workflow class built from a plain pipeline function.
-
-    The pipeline calls `cacheable` steps, e.g.
-    ``def pipeline(dwi): mask = brain_mask(dwi); return estimate_dti(dwi, mask=mask)``, and
-    still runs eagerly (under ``with Cache(...)`` or not). While Pydra constructs the
-    workflow, each step call becomes a node (named after the step; ``name_2`` ... when a
-    step is called again) and returns stand-ins of its outputs. Passing a stand-in to
-    another step, or returning it, is all a pipeline may do with it: any other use (``if``,
-    attribute access, formatting, arithmetic ...) raises `LazyValueError` naming the value.
-
-    Inputs: the pipeline's parameters, plus ``cache_dir: str | None`` (handed to every node)
-    and ``code_digest`` (defaults to a digest of the steps' code: after a step is edited the
-    workflow's own cached result is not reused). Outputs: ``out``, or ``out1`` ... ``outN``
-    when the pipeline returns a tuple. The class is built once per pipeline.
-
-    Args:
-        pipeline: A function whose parameters are positional-or-keyword or keyword-only.
-
-    Returns:
-        A Pydra 1.0 workflow class named after the pipeline.
-
-    Raises:
-        ValueError: A parameter name is reserved or the parameter kind unsupported; a step
-            it calls cannot be a Pydra task (see `to_task`).
-        LazyValueError: The pipeline uses a step's result other than by passing it on.
-    """
-    return _pydra_workflow.to_workflow(pipeline)
 
 
 @attrs.frozen
@@ -203,11 +113,11 @@ def run_subjects(
     """
     root = Path(cache_root).absolute()
     root.mkdir(parents=True, exist_ok=True)
-    workflow_class = to_workflow(pipeline)
+    workflow_class = _workflow.to_workflow(pipeline)
     ids = list(subjects)
     inputs = {s: _inputs_of(pipeline, s, subjects[s]) for s in ids}
     with _pydra_environment(root):
-        plans = {s: _pydra_workflow.discover(pipeline, inputs[s]) for s in ids}
+        plans = {s: _workflow.discover(pipeline, inputs[s]) for s in ids}
         known = set().union(*(p.steps for p in plans.values())) if plans else set()
         unknown = sorted(set(force) - known)
         if unknown:
@@ -230,7 +140,7 @@ def run_subjects(
             f", forcing {', '.join(sorted(forced))}" if forced else "",
         )  # fmt: skip
         start = time.perf_counter()
-        with _forcing(forced), _progress(root / ".pydra", progress, n_nodes):
+        with _forcing(forced), progress_line(root / ".pydra", progress, n_nodes):
             _submit(workflow_class, tasks, root / ".pydra", worker, bool(forced), worker_options)
             results = {s: _replay(pipeline, s, inputs[s], root) for s in ids}
             stale = {s: tasks[s] for s in ids if results[s] is None and not _failed(root / s)}
@@ -308,7 +218,7 @@ def _pydra_environment(root: Path) -> contextlib.AbstractContextManager[None]:
 
 def _forcing(steps: set[str]) -> contextlib.AbstractContextManager[None]:
     """Tell the nodes (through their environment) which steps to recompute."""
-    return _environment(_pydra_task.FORCE_ENV, ",".join(sorted(steps)) or None)
+    return _environment(_task.FORCE_ENV, ",".join(sorted(steps)) or None)
 
 
 def _submit(
@@ -367,12 +277,12 @@ def _replay(
 
 def _failed(cache_dir: Path) -> bool:
     """True when a step of this subject recorded a failure in this run."""
-    errors = cache_dir / _pydra_task.ERRORS_DIR
+    errors = cache_dir / _task.ERRORS_DIR
     return errors.is_dir() and any(errors.iterdir())
 
 
 def _clear_failures(cache_dir: Path) -> None:
-    errors = cache_dir / _pydra_task.ERRORS_DIR
+    errors = cache_dir / _task.ERRORS_DIR
     if errors.is_dir():
         for record in errors.iterdir():
             record.unlink(missing_ok=True)
@@ -401,8 +311,8 @@ def _output_names(n_outputs: int) -> list[str]:
 
 def _why(subject: str, cache_dir: Path, result: Any) -> StepFailure:
     records = sorted(
-        (cache_dir / _pydra_task.ERRORS_DIR).glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns
-    ) if (cache_dir / _pydra_task.ERRORS_DIR).is_dir() else []  # fmt: skip
+        (cache_dir / _task.ERRORS_DIR).glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns
+    ) if (cache_dir / _task.ERRORS_DIR).is_dir() else []  # fmt: skip
     for path in records:
         try:
             record = cloudpickle.loads(path.read_bytes())
@@ -415,42 +325,3 @@ def _why(subject: str, cache_dir: Path, result: Any) -> StepFailure:
     found = re.search(r"\[kwneuro\] step '([^']+)'", text)
     message = text.strip().splitlines()[-1] if text.strip() else "no result was produced"
     return StepFailure(subject, found and found.group(1), RuntimeError(message), text)
-
-
-@contextlib.contextmanager
-def _progress(pydra_root: Path, show: bool | None, total: int) -> Iterator[None]:
-    if show is None:
-        show = sys.stderr.isatty()
-    if not show:
-        yield
-        return
-    start, stop = time.time(), threading.Event()
-
-    def line() -> str:
-        done = failed = 0
-        with contextlib.suppress(OSError):
-            for job in pydra_root.glob("python-*"):
-                with contextlib.suppress(OSError):
-                    if (job / "_error.pklz").exists():
-                        failed += 1
-                    elif (job / "_result.pklz").stat().st_mtime >= start:
-                        done += 1
-        return (
-            f"\r[kwneuro-pydra] {done}/{total} nodes computed, {failed} failed, "
-            f"{time.time() - start:.1f} s"
-        )
-
-    def poll() -> None:
-        while not stop.wait(0.5):
-            sys.stderr.write(line())
-            sys.stderr.flush()
-
-    thread = threading.Thread(target=poll, name="kwneuro-pydra-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        sys.stderr.write(line() + "\n")
-        sys.stderr.flush()

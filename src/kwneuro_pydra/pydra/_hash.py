@@ -1,7 +1,7 @@
 """Pydra's input hashing routed through our `fingerprint` (imports Pydra).
 
 Registered when this module is imported. Every pickled task of the adapter references
-`kwneuro_pydra._pydra_task`, which imports this module, so worker processes (forked, or a
+`kwneuro_pydra.pydra._task`, which imports this module, so worker processes (forked, or a
 fresh interpreter loading a Slurm job) register too.
 
 - ``numpy.ndarray``: Pydra's own hash omits shape and dtype (``arange(6)`` and its reshape

@@ -18,7 +18,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 from pydra.compose import python  # type: ignore[import-untyped]
 
-import kwneuro_pydra._pydra_hash  # noqa: F401  (registers our hashing in every process)
+import kwneuro_pydra.pydra._hash  # noqa: F401  (registers our hashing in every process)
 from kwneuro_pydra import cache as _cache
 from kwneuro_pydra._step import CacheSpec, Step
 
