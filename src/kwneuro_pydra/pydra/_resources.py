@@ -14,6 +14,7 @@ sbatch options for that step only. The same mapping can be read from a TOML or J
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -24,7 +25,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Request", "load_resources", "requests"]
+__all__ = ["Request", "in_sequence", "load_resources", "requests"]
 
 _KEYS = ("mem", "cpus", "time", "options")
 _MEM = re.compile(r"(\d+)([KMGT]?)B?\Z", re.IGNORECASE)
@@ -75,6 +76,12 @@ class Request:
         options = self.options + tuple(o for o in other.options if o not in self.options)
         return Request(larger(self.mem_mb, other.mem_mb), larger(self.cpus, other.cpus),
                        seconds, options)  # fmt: skip
+
+
+def in_sequence(requests: Iterable[Request]) -> Request:
+    """The request of one job running all of ``requests``' work in turn (see `and_then`)."""
+    given = list(requests)
+    return functools.reduce(Request.and_then, given) if given else Request()
 
 
 def requests(

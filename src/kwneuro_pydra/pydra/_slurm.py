@@ -17,7 +17,6 @@ scheduling; it submits and watches each job itself (see `_workarounds` for why):
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import re
 import shlex
@@ -30,7 +29,7 @@ import attrs
 from pydra.engine.job import save  # type: ignore[import-untyped]
 from pydra.workers import base, slurm  # type: ignore[import-untyped]
 
-from kwneuro_pydra.pydra._resources import Request
+from kwneuro_pydra.pydra._resources import Request, in_sequence
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
 __all__ = ["SchedulerError", "SlurmWorker"]
@@ -126,7 +125,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         subject = Path(subject_dir).name if subject_dir else job.name
         step = "all steps" if job.is_async else type(job.task).__name__
         if job.is_async:
-            request = functools.reduce(Request.and_then, self.requests.values(), Request())
+            request = in_sequence(self.requests.values())
         else:
             request = self.requests.get(step, Request())
         script_dir = Path(job.cache_root) / "slurm_scripts" / job.uid
@@ -136,12 +135,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             save(script_dir, job=job)
         log = self._log_file(subject)
         script = script_dir / "job.sh"
-        script.write_text(
-            "#!/bin/sh\nexec "
-            + shlex.join([sys.executable, "-m", "kwneuro_pydra.pydra._job", str(pickled),
-                          str(int(rerun)), str(log or ""), step])  # fmt: skip
-            + "\n"
-        )
+        command = [sys.executable, "-m", "kwneuro_pydra.pydra._job", str(pickled)]
+        command += [str(int(rerun)), str(log or ""), step]
+        script.write_text(f"#!/bin/sh\nexec {shlex.join(command)}\n")
         args = [
             f"--job-name=kwneuro.{subject}.{step.replace(' ', '_')}",
             f"--output={script_dir / 'slurm-%j.out'}",
@@ -153,14 +149,17 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         rc, out, err = await base.read_and_display_async("sbatch", *args, hide_display=True)
         found = re.search(r"\d+", out)
         if rc or not found:
-            raise self._failed(subject, step, None, "SBATCH", f"sbatch refused the job of "
-                               f"{step} for {subject}: {err.strip() or out.strip()}", log)  # fmt: skip
+            said = err.strip() or out.strip()
+            message = f"sbatch refused the job of {step} for {subject}: {said}"
+            raise self._failed(subject, step, None, "SBATCH", message, log)
         job_id = found.group()
         self.job_ids.append(job_id)
         _append(log, f"slurm job {job_id}: {step} submitted ({' '.join(args[3:-1])})")
         state = await self._wait(job_id, subject, step, log)
         tail = _tail(script_dir / f"slurm-{job_id}.err")
-        _append(log, f"slurm job {job_id}: {step} ended {state}" + (f"; stderr:\n{tail}" if tail else ""))
+        _append(
+            log, f"slurm job {job_id}: {step} ended {state}" + f"; stderr:\n{tail}" * bool(tail)
+        )
         if state == "COMPLETED":
             return True
         message = f"Slurm job {job_id} ({step} for {subject}) ended {state}: {MEANINGS[state]}"
@@ -175,28 +174,37 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             try:
                 state, reason = await _state(job_id)
             except LookupError as said:
-                raise self._failed(subject, step, job_id, "UNKNOWN",
+                message = (
                     f"Slurm job {job_id} ({step} for {subject}): the controller no longer "
-                    f"knows it and accounting has no record of it (accounting unavailable? "
+                    "knows it and accounting has no record of it (accounting unavailable? "
                     f"sacct said: {said}); its outcome is unknown. Start slurmdbd (Slurm "
-                    "accounting) or raise MinJobAge in slurm.conf", log) from None  # fmt: skip
+                    "accounting) or raise MinJobAge in slurm.conf"
+                )
+                raise self._failed(subject, step, job_id, "UNKNOWN", message, log) from None
             if state in _FINAL:
                 return state
             waited = time.monotonic() - submitted
-            if state == "PENDING" and self.pending_timeout is not None:
-                if waited > self.pending_timeout:
-                    await base.read_and_display_async("scancel", job_id, hide_display=True)
-                    raise self._failed(subject, step, job_id, "PENDING",
-                        f"Slurm job {job_id} ({step} for {subject}) was still pending after "
-                        f"{waited:.0f} s (Slurm's reason: {reason}); cancelled it. Check what "
-                        "the job asks for (resources, sbatch_args) against the cluster "
-                        "(sinfo -N -l), or raise pending_timeout", log)  # fmt: skip
+            limit = self.pending_timeout
+            if state == "PENDING" and limit is not None and waited > limit:
+                await base.read_and_display_async("scancel", job_id, hide_display=True)
+                message = (
+                    f"Slurm job {job_id} ({step} for {subject}) was still pending after "
+                    f"{waited:.0f} s (Slurm's reason: {reason}); cancelled it. Check what "
+                    "the job asks for (resources, sbatch_args) against the cluster "
+                    "(sinfo -N -l), or raise pending_timeout"
+                )
+                raise self._failed(subject, step, job_id, "PENDING", message, log)
             await asyncio.sleep(self.poll_delay)
 
     def _failed(
-        self, subject: str, step: str, job_id: str | None, state: str, message: str,
+        self,
+        subject: str,
+        step: str,
+        job_id: str | None,
+        state: str,
+        message: str,
         log: Path | None,
-    ) -> SchedulerError:  # fmt: skip
+    ) -> SchedulerError:
         error = SchedulerError(message, job_id=job_id, state=state, step=step)
         self.failures.setdefault(subject, error)
         _append(log, message)

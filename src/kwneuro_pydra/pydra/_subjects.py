@@ -20,6 +20,7 @@ from kwneuro_pydra._step import Step
 from kwneuro_pydra.cache import Cache, handling_steps
 from kwneuro_pydra.pydra import _task, _workflow
 from kwneuro_pydra.pydra._progress import progress_line
+from kwneuro_pydra.pydra._scheduler import prepare_worker, scheduler_failure
 
 __all__ = ["StepFailure", "SubjectResult", "run_subjects"]
 
@@ -79,6 +80,9 @@ def run_subjects(
     worker: str = "cf",
     force: set[str] | frozenset[str] = frozenset(),
     progress: bool | None = None,
+    resources: Mapping[str, Mapping[str, Any]] | None = None,
+    granularity: str = "node",
+    pending_timeout: float | None = None,
     **worker_options: Any,
 ) -> dict[str, SubjectResult]:
     """Run a pipeline for many subjects as one Pydra workflow split over subjects.
@@ -96,23 +100,34 @@ def run_subjects(
         subjects: Inputs of the pipeline by subject id. Ids must be safe directory names.
         cache_root: Directory of the per-subject caches.
         worker: A Pydra worker: ``"cf"`` (processes; ``n_procs=``), ``"debug"`` (in
-            process, subject after subject), ``"slurm"`` (``sbatch_args=``, ``poll_delay=``),
-            ``"sge"``.
+            process, subject after subject), ``"slurm"`` (``sbatch_args=``, ``poll_delay=``;
+            see ``docs/cluster.md``). ``"sge"`` is refused: Pydra's SGE worker is broken.
         force: Step names to recompute for every subject, with every step depending on
             them; nothing else is recomputed.
         progress: Show the progress line; default: when stderr is a terminal.
-        **worker_options: Passed to Pydra's ``Submitter``.
+        resources: Slurm only: what each step's jobs ask for, by step name, e.g.
+            ``{"estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (keys
+            ``mem``, ``cpus``, ``time``, ``options``; see `load_resources`).
+        granularity: Slurm only: ``"node"`` submits a job per step call; ``"subject"`` a
+            job per subject whose steps run inside it, one after the other, asking for the
+            largest memory and CPUs and the sum of the times of ``resources``.
+        pending_timeout: Slurm only: seconds a job may pend before it is cancelled and its
+            subject reported with Slurm's reason; None waits for ever.
+        **worker_options: Passed to Pydra's ``Submitter`` (for ``"slurm"``: ``sbatch_args``,
+            ``poll_delay``).
 
     Returns:
         A `SubjectResult` per subject id, in the order of ``subjects``.
 
     Raises:
-        ValueError: A subject id is not a safe name, inputs are missing or unknown, or
-            ``force`` names a step the pipeline does not call.
+        ValueError: A subject id is not a safe name, inputs are missing or unknown,
+            ``force`` or ``resources`` name a step the pipeline does not call, the worker is
+            unknown or ``"sge"``, the cache root is not writable; for Slurm: a step does
+            not import in a fresh interpreter, sbatch refuses the options, ``sbatch_args``
+            sets ``-o``/``-e``.
         LazyValueError: The pipeline uses a step's result other than by passing it on.
     """
     root = Path(cache_root).absolute()
-    root.mkdir(parents=True, exist_ok=True)
     workflow_class = _workflow.to_workflow(pipeline)
     ids = list(subjects)
     inputs = {s: _inputs_of(pipeline, s, subjects[s]) for s in ids}
@@ -125,6 +140,11 @@ def run_subjects(
                 f"force names steps {pipeline.__name__} does not call: {', '.join(unknown)} "
                 f"(its steps: {', '.join(sorted(known))})"
             )
+        steps = {n: fn for p in plans.values() for n, fn in p.steps.items()}
+        chosen, options = prepare_worker(
+            worker, root, steps, resources=resources, granularity=granularity,
+            pending_timeout=pending_timeout, options=worker_options,
+        )  # fmt: skip
         forced: set[str] = set()
         for plan in plans.values():
             forced |= plan.dependents(set(force)) if force else set()
@@ -141,16 +161,25 @@ def run_subjects(
         )  # fmt: skip
         start = time.perf_counter()
         with _forcing(forced), progress_line(root / ".pydra", progress, n_nodes):
-            _submit(workflow_class, tasks, root / ".pydra", worker, bool(forced), worker_options)
+            _submit(workflow_class, tasks, root / ".pydra", chosen, bool(forced), options)
             results = {s: _replay(pipeline, s, inputs[s], root) for s in ids}
-            stale = {s: tasks[s] for s in ids if results[s] is None and not _failed(root / s)}
+            stale = {
+                s: tasks[s]
+                for s in ids
+                if results[s] is None
+                and not _failed(root / s)
+                and scheduler_failure(chosen, s) is None  # never resubmit after those
+            }
             if stale:  # Pydra's job cache outlived entries of the subjects' caches
                 _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
-                _submit(workflow_class, stale, root / ".pydra", worker, True, worker_options)
+                _submit(workflow_class, stale, root / ".pydra", chosen, True, options)
                 results.update((s, _replay(pipeline, s, inputs[s], root)) for s in stale)
         names = _output_names(plans[ids[0]].n_outputs) if ids else []
         outcomes = {
-            s: results[s] or _from_pydra(workflow_class, s, tasks[s], root, names) for s in ids
+            s: results[s]
+            or _scheduler_outcome(chosen, s, root)
+            or _from_pydra(workflow_class, s, tasks[s], root, names)
+            for s in ids
         }
     failed = [r for r in outcomes.values() if not r.ok]
     _log.info(
@@ -225,7 +254,7 @@ def _submit(
     workflow_class: Any,
     tasks: dict[str, dict[str, Any]],
     pydra_root: Path,
-    worker: str,
+    worker: Any,
     rerun: bool,
     options: dict[str, Any],
 ) -> None:
@@ -303,6 +332,19 @@ def _from_pydra(
         value = tuple(getattr(result.outputs, name) for name in names)
         return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
     return SubjectResult(subject, None, _why(subject, cache_dir, result), cache_dir)
+
+
+def _scheduler_outcome(worker: Any, subject: str, root: Path) -> SubjectResult | None:
+    """The subject failed because of a job the scheduler did not complete, if so.
+
+    A job that merely exited with an error defers to the step's own failure record.
+    """
+    error = scheduler_failure(worker, subject)
+    if error is None or (error.state == "FAILED" and _failed(root / subject)):
+        return None
+    step = None if error.step == "all steps" else error.step
+    failure = StepFailure(subject, step, error, str(error))
+    return SubjectResult(subject, None, failure, root / subject)
 
 
 def _output_names(n_outputs: int) -> list[str]:

@@ -29,7 +29,7 @@ _OUTPUT_OPTIONS = ("-e", "--error", "-o", "--output")
 SGE_PROBLEMS = (
     "Pydra 1.0a12's 'sge' worker cannot run our workflows: it fails with "
     "\"TypeError: unsupported operand type(s) for +=: 'dict' and 'int'\" "
-    "(pydra/workers/sge.py:225, threads_used is a dict), then with \"load_job() got an "
+    '(pydra/workers/sge.py:225, threads_used is a dict), then with "load_job() got an '
     "unexpected keyword argument 'ind'\" (sge.py:285, poll_for_result_file); with both "
     "worked around, one subject runs but two or more make Pydra's submitter spin in "
     "get_runnable_tasks without ever submitting. Use worker='slurm', or 'cf' on one machine."
