@@ -86,9 +86,11 @@ def test_resources_files(tmp_path: Path) -> None:
     toml.write_text('[estimate_dti]\nmem = "2G"\ncpus = 2\ntime = "00:30:00"\n')
     as_json = tmp_path / "resources.json"
     as_json.write_text(json.dumps({"estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"}}))
-    assert load_resources(toml) == load_resources(as_json) == {
-        "estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"}
-    }
+    assert (
+        load_resources(toml)
+        == load_resources(as_json)
+        == {"estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"}}
+    )
     for name, text, message in [
         ("r.yaml", "a: 1", "must end in .toml or .json"),
         ("r.toml", "[estimate_dti\n", "cannot read resources"),

@@ -237,15 +237,24 @@ def test_what_cannot_work_is_refused_before_submitting(tmp_path: Path, outsider:
     one = {"sub-01": {"dwi": "a"}}
     with pytest.raises(ValueError, match=r"sbatch_args: '-e' is not accepted: .*Pydra 1.0a12"):
         run_subjects(steps.pipeline, one, root, worker="slurm", sbatch_args="-e /tmp/err")
-    with pytest.raises(ValueError, match=r"Slurm refuses the options of every job "
-                       r"\(--bogus --no-requeue\): sbatch: unrecognized option '--bogus'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Slurm refuses the options of every job "
+        r"\(--bogus --no-requeue\): sbatch: unrecognized option '--bogus'",
+    ):
         run_subjects(steps.pipeline, one, root, worker="slurm", sbatch_args="--bogus")
-    with pytest.raises(ValueError, match=r"Slurm refuses the options of estimate_dti \(.*"
-                       r"--cpus-per-task=64\): .*Requested node configuration is not available"):
+    with pytest.raises(
+        ValueError,
+        match=r"Slurm refuses the options of estimate_dti \(.*"
+        r"--cpus-per-task=64\): .*Requested node configuration is not available",
+    ):
         run_subjects(steps.pipeline, one, root, worker="slurm",
                      resources={"estimate_dti": {"cpus": 64}})  # fmt: skip
-    with pytest.raises(ValueError, match=r"step 'outside' \(outside_steps.outside\): "
-                       r"ModuleNotFoundError: No module named 'outside_steps'"):
+    with pytest.raises(
+        ValueError,
+        match=r"step 'outside' \(outside_steps.outside\): "
+        r"ModuleNotFoundError: No module named 'outside_steps'",
+    ):
         run_subjects(outsider, {"sub-01": {"x": 1.0}}, root, worker="slurm")  # type: ignore[arg-type]
     assert not (root / ".logs").exists()  # nothing was submitted
 
@@ -261,3 +270,34 @@ def test_upstream_slurm_worker_still_crashes_on_dash_e(tmp_path: Path) -> None:
         pytest.raises(AttributeError, match="'NoneType' object has no attribute 'replace'"),
     ):
         sub(task, raise_errors=True)
+
+
+def test_every_command_of_the_cluster_page_runs(tmp_path: Path) -> None:
+    """docs/cluster.md: its bash and python blocks, in order, in one directory."""
+    import sys
+    import tomllib
+
+    page = (ROOT / "docs" / "cluster.md").read_text()
+    blocks = re.findall(r"```(bash|python|toml)\n(.*?)```", page, re.S)
+    assert [kind for kind, _ in blocks] == ["bash", "python", "bash", "toml", "python", "python"]
+    (tmp_path / "ci").symlink_to(ROOT / "ci")
+    outputs = []
+    for kind, code in blocks:
+        if kind == "toml":
+            written = tomllib.loads(code)
+            continue
+        if kind == "bash" and "start.sh" in code and os.geteuid() != 0:
+            code = code.replace("ci/slurm/start.sh", "")  # it needs root; Slurm is up
+        command = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [
+            sys.executable, "-c", code]  # fmt: skip
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, f"{code}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    start, run, logs, loaded, by_hand = outputs
+    assert "slurm ready" in start or os.geteuid() != 0
+    assert run.splitlines() == ["sub-01 ok", "sub-02 ok"]
+    assert "kwneuro.sub-01.estimate_dti  COMPLETED         2G        2   00:30:00" in logs
+    assert "[job " in logs and "estimate_dti: done" in logs
+    assert loaded.strip() == str(written)
+    assert re.fullmatch(r"FA in \S+\.nii\.gz - jobs \['\d+', '\d+'\]\n", by_hand)
+    assert (tmp_path / "by-hand" / "sub-01").is_dir()

@@ -21,7 +21,6 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null \
         || { tail -20 "$STATE/log/apt.log" >&2; exit 1; }
 fi
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.2 s until it succeeds
 wait_for() {
     local limit=$(( $1 * 5 )) what=$2 i=0; shift 2
@@ -120,12 +119,12 @@ if ! sacctmgr -n show cluster >/dev/null 2>&1; then
     wait_for 30 slurmdbd sacctmgr -n show cluster
     started slurmdbd "$STATE/run/slurmdbd.pid"
 fi
-if ! alive "$STATE/run/slurmctld.pid"; then
+if ! scontrol ping >/dev/null 2>&1; then
     slurmctld
     wait_for 30 slurmctld scontrol ping
     started slurmctld "$STATE/run/slurmctld.pid"
 fi
-if ! alive "$STATE/run/slurmd.pid"; then
+if ! pgrep -x slurmd >/dev/null; then
     slurmd
     wait_for 30 "the node" sh -c "sinfo -h -N -o %t | grep -qE '^(idle|mix|alloc)'"
     started slurmd "$STATE/run/slurmd.pid"

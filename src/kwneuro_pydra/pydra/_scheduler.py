@@ -83,7 +83,7 @@ def prepare_worker(
     chosen = SlurmWorker(  # type: ignore[call-arg]  # attrs fields of Pydra's worker
         sbatch_args=options.get("sbatch_args", ""),
         poll_delay=options.get("poll_delay", 1),
-        requests=wanted,
+        resources=wanted,
         per_subject=per_subject,
         pending_timeout=pending_timeout,
         log_dir=str(root / LOG_DIR),

@@ -29,7 +29,7 @@ import attrs
 from pydra.engine.job import save  # type: ignore[import-untyped]
 from pydra.workers import base, slurm  # type: ignore[import-untyped]
 
-from kwneuro_pydra.pydra._resources import Request, in_sequence
+from kwneuro_pydra.pydra._resources import Request, in_sequence, requests
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
 __all__ = ["SchedulerError", "SlurmWorker"]
@@ -47,6 +47,13 @@ MEANINGS = {
 }
 """What each final Slurm state other than COMPLETED means, for the messages."""
 _FINAL = frozenset(MEANINGS) | {"COMPLETED"}
+
+
+def _as_requests(resources: Any) -> dict[str, Request]:
+    """Validate a user's resources mapping (its step names are checked at submission)."""
+    if resources and all(isinstance(r, Request) for r in resources.values()):
+        return dict(resources)
+    return requests(resources, resources or ())
 
 
 class SchedulerError(RuntimeError):
@@ -84,7 +91,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     Attributes:
         sbatch_args: sbatch options for every job (``-o``/``-e`` are refused).
         poll_delay: Seconds between two looks at a job's state.
-        requests: A `Request` per step name (see `kwneuro_pydra.pydra.requests`).
+        resources: What each step's jobs ask for, by step name: ``{"estimate_dti":
+            {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (see `run_subjects`); kept
+            as a `Request` per step.
         per_subject: One job per subject workflow (its steps run inside it, in process)
             instead of one job per node.
         pending_timeout: Seconds a job may pend before it is cancelled; None: no limit.
@@ -96,7 +105,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
 
     _plugin_name: ClassVar[str] = "slurm"
 
-    requests: dict[str, Request] = attrs.field(factory=dict)
+    resources: dict[str, Request] = attrs.field(factory=dict, converter=_as_requests)
     per_subject: bool = False
     pending_timeout: float | None = None
     log_dir: str | None = None
@@ -125,9 +134,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         subject = Path(subject_dir).name if subject_dir else job.name
         step = "all steps" if job.is_async else type(job.task).__name__
         if job.is_async:
-            request = in_sequence(self.requests.values())
+            request = in_sequence(self.resources.values())
         else:
-            request = self.requests.get(step, Request())
+            request = self.resources.get(step, Request())
         script_dir = Path(job.cache_root) / "slurm_scripts" / job.uid
         script_dir.mkdir(parents=True, exist_ok=True)
         pickled = script_dir / "_job.pklz"
