@@ -174,6 +174,13 @@ def burn(x: float, seconds: float = 0.5) -> float:
     return x + 1 + total
 
 
+@cacheable(json_spec("stamp"))
+def stamp(x: float) -> str:
+    """Its result carries ``$KWNEURO_TEST_STAMP``, which is not part of its key."""
+    _count("stamp")
+    return f"{x}:{os.environ.get('KWNEURO_TEST_STAMP', '')}"
+
+
 class Steps:
     """Steps as static methods of a class."""
 
@@ -200,6 +207,11 @@ def pipeline3(dwi: str) -> tuple[str, str]:
 def chain4(x: float) -> float:
     """Four trivial steps."""
     return double(add_one(double(add_one(x))))
+
+
+def stamped(x: float) -> tuple[str, float]:
+    """A stamp and a chain of two steps."""
+    return stamp(x), double(add_one(x))
 
 
 def burn2(x: float) -> float:

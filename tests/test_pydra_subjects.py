@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -18,8 +18,8 @@ pytest.importorskip("pydra")
 from kwneuro_pydra import Cache
 from kwneuro_pydra.pydra import SubjectResult, run_subjects, to_task
 from tests import _pydra_steps as steps
+from tests._children import child_env, python
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {"sub-01": {"dwi": "a"}, "sub-02": {"dwi": "bad"}, "sub-03": {"dwi": "c"}}
 
 
@@ -34,20 +34,6 @@ def counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def tally(counts: Path) -> dict[str, int]:
     return {f.name: steps.executions(counts, f.name) for f in sorted(counts.iterdir())}
-
-
-def python(code: str, env: dict[str, str], cwd: Path) -> str:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd,
-                          capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYDRA_HASH_CACHE", "NO_ET")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
 
 
 @pytest.mark.parametrize(("worker", "options"), [("debug", {}), ("cf", {"n_procs": 2})])
@@ -67,7 +53,7 @@ def test_failures_are_reported_reruns_resume_and_force_follows_dependents(
     assert "cannot mask bad" in str(bad.failure.exception)
     assert 'in brain_mask\n    raise ValueError(f"cannot mask {dwi}")' in bad.failure.traceback
     assert tally(counts) == {"brain_mask": 3, "estimate_dti": 2, "fa_map": 2}
-    assert {p.name for p in root.iterdir()} == {".pydra", ".pydra-hashes", *SUBJECTS}
+    assert {p.name for p in root.iterdir()} == set(SUBJECTS)
 
     fixed = dict(SUBJECTS, **{"sub-02": {"dwi": "b"}})
     again = run_subjects(steps.pipeline3, fixed, root, worker=worker, **options)
@@ -185,7 +171,9 @@ def test_pins_checksums_agree_across_processes(tmp_path: Path) -> None:
     assert len(built_here) == 3 and built_here == built_again == unpickled
 
 
-def test_nothing_is_written_outside_the_cache_root(tmp_path: Path) -> None:
+def test_nothing_is_written_outside_the_cache_root_and_the_private_job_cache(
+    tmp_path: Path,
+) -> None:
     home, root = tmp_path / "home", tmp_path / "root"
     home.mkdir()
     out = python(
@@ -202,8 +190,12 @@ def test_nothing_is_written_outside_the_cache_root(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.split() == ["1", "None"]
-    assert list(home.iterdir()) == []
-    assert {p.name for p in root.iterdir()} == {".pydra", ".pydra-hashes", "s1", "s2"}
+    assert {p.name for p in root.iterdir()} == {"s1", "s2"}
+    assert {p.name for p in tmp_path.iterdir()} == {"home", "root"}
+    (jobs,) = (home / ".cache" / "kwneuro-pydra" / "jobs").iterdir()
+    assert all(p in jobs.parents or p == jobs or jobs in p.parents for p in home.rglob("*"))
+    assert stat.S_IMODE(jobs.stat().st_mode) == 0o700
+    assert any(jobs.glob("python-*/_result.pklz")) and (jobs / "hash-memo").is_dir()
 
 
 def test_importing_the_package_does_not_import_pydra(tmp_path: Path) -> None:

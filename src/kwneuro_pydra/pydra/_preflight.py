@@ -96,7 +96,7 @@ def file_system_of(path: Path) -> tuple[str, str]:
 
 
 def check_slurm(
-    root: Path,
+    places: Mapping[str, Path],
     steps: Mapping[str, Callable[..., Any]],
     given_args: str,
     requests: Mapping[str, Request],
@@ -104,7 +104,8 @@ def check_slurm(
     """Check what a Slurm run needs before submitting its first job.
 
     Args:
-        root: The cache root (absolute).
+        places: Directories the jobs read and write, by what they are (the cache root,
+            Pydra's job cache).
         steps: The pipeline's step functions by step name.
         given_args: The user's ``sbatch_args``.
         requests: The per-step requests (keyed by step name); for a job per subject, one
@@ -116,7 +117,7 @@ def check_slurm(
             interpreter.
 
     Warns:
-        ClusterWarning: Accounting does not answer, or the cache root is on a local file
+        ClusterWarning: Accounting does not answer, or one of ``places`` is on a local file
             system while the cluster has several nodes.
     """
     missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]
@@ -135,15 +136,16 @@ def check_slurm(
             stacklevel=3,
         )
     nodes = set(_run("sinfo", "-h", "-N", "-o", "%N").stdout.split())
-    mount, kind = file_system_of(root)
-    if len(nodes) > 1 and kind in LOCAL_FILE_SYSTEMS:
-        warnings.warn(
-            f"cache root {root} is on a local file system ({kind} mounted at {mount}) but the "
-            f"cluster has {len(nodes)} nodes: jobs on other nodes will not see it; put the "
-            "cache root on a shared file system",
-            ClusterWarning,
-            stacklevel=3,
-        )
+    for what, path in places.items():
+        mount, kind = file_system_of(path)
+        if len(nodes) > 1 and kind in LOCAL_FILE_SYSTEMS:
+            warnings.warn(
+                f"{what} {path} is on a local file system ({kind} mounted at {mount}) but the "
+                f"cluster has {len(nodes)} nodes: jobs on other nodes will not see it; put it "
+                "on a shared file system",
+                ClusterWarning,
+                stacklevel=3,
+            )
     for name, request in {"every job": Request(), **requests}.items():
         test = _run("sbatch", "--test-only", *args, *request.sbatch_args(), "--wrap", "true")
         if test.returncode != 0:

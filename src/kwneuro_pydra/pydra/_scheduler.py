@@ -22,6 +22,7 @@ LOG_DIR = ".logs"
 def prepare_worker(
     worker: str,
     root: Path,
+    jobs: Path,
     steps: Mapping[str, Callable[..., Any]],
     *,
     resources: Mapping[str, Mapping[str, Any]] | None,
@@ -34,6 +35,7 @@ def prepare_worker(
     Args:
         worker: The worker name given to `run_subjects`.
         root: The cache root (absolute).
+        jobs: Pydra's job cache (absolute).
         steps: The pipeline's step functions by step name.
         resources: Per-step requests (see `kwneuro_pydra.pydra._resources`).
         granularity: ``"node"`` (a job per node) or ``"subject"`` (a job per subject).
@@ -75,11 +77,14 @@ def prepare_worker(
         )
     per_subject = granularity == "subject"
     checked = (
-        {"each subject's job": in_sequence(wanted.values())}
-        if per_subject and wanted
-        else wanted
+        {"each subject's job": in_sequence(wanted.values())} if per_subject and wanted else wanted
     )
-    check_slurm(root, steps, options.get("sbatch_args", ""), checked)
+    check_slurm(
+        {"cache root": root, "Pydra's job cache": jobs},
+        steps,
+        options.get("sbatch_args", ""),
+        checked,
+    )
     chosen = SlurmWorker(  # type: ignore[call-arg]  # attrs fields of Pydra's worker
         sbatch_args=options.get("sbatch_args", ""),
         poll_delay=options.get("poll_delay", 1),

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cloudpickle  # type: ignore[import-untyped]
 from pydra.engine.result import load_result  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
 from kwneuro_pydra._step import Step
 from kwneuro_pydra.cache import Cache, handling_steps
-from kwneuro_pydra.pydra import _task, _workflow
+from kwneuro_pydra.pydra import _failures, _jobs, _task, _workflow
 from kwneuro_pydra.pydra._progress import progress_line
 from kwneuro_pydra.pydra._scheduler import prepare_worker, scheduler_failure
 
@@ -35,8 +34,9 @@ class StepFailure:
     Attributes:
         subject: The subject id.
         step: Name of the step that raised, or None when the failure came from elsewhere.
-        exception: The exception raised (a `RuntimeError` stand-in when it could not be
-            transferred from the worker).
+        exception: The exception raised, rebuilt from its record: an instance of its class
+            for built-in exceptions, else a `RuntimeError` naming the class (records are
+            JSON: nothing read from a cache is unpickled).
         traceback: The formatted traceback.
     """
 
@@ -83,17 +83,20 @@ def run_subjects(
     resources: Mapping[str, Mapping[str, Any]] | None = None,
     granularity: str = "node",
     pending_timeout: float | None = None,
+    job_cache: str | os.PathLike[str] | None = None,
     **worker_options: Any,
 ) -> dict[str, SubjectResult]:
     """Run a pipeline for many subjects as one Pydra workflow split over subjects.
 
     Each subject's steps are cached under ``cache_root/<subject>/`` (the same entries an
-    eager ``with Cache(cache_root / subject)`` run makes and reuses); Pydra's own job
-    directories go under ``cache_root/.pydra`` and its hash memo under
-    ``cache_root/.pydra-hashes`` (unless ``PYDRA_HASH_CACHE`` is set). A failing subject is
-    reported while the others' results are kept; a rerun recomputes only what failed or is
-    missing. Progress: INFO records on the ``kwneuro_pydra.pydra`` logger (one per node,
-    from the process that runs it) and a progress line on stderr.
+    eager ``with Cache(cache_root / subject)`` run makes and reuses). Subjects whose caches
+    already hold every result are served from them and never submitted. Pydra's own job
+    cache (pickles, which are loaded) goes to a directory only you can write, ``job_cache``,
+    with its hash memo (unless ``PYDRA_HASH_CACHE`` is set); nothing under ``cache_root`` is
+    ever unpickled, so the cache root may be shared. A failing subject is reported while the
+    others' results are kept; a rerun recomputes only what failed or is missing.
+    Progress: INFO records on the ``kwneuro_pydra.pydra`` logger (one per node, from the
+    process that runs it) and a progress line on stderr.
 
     Args:
         pipeline: A pipeline function (see `to_workflow`).
@@ -113,6 +116,10 @@ def run_subjects(
             largest memory and CPUs and the sum of the times of ``resources``.
         pending_timeout: Slurm only: seconds a job may pend before it is cancelled and its
             subject reported with Slurm's reason; None waits for ever.
+        job_cache: Directory of Pydra's job cache; default
+            ``$XDG_CACHE_HOME/kwneuro-pydra/jobs/<digest of cache_root>`` (``~/.cache``
+            without ``XDG_CACHE_HOME``). Created with mode 0700; it must be visible from the
+            nodes of a cluster.
         **worker_options: Passed to Pydra's ``Submitter`` (for ``"slurm"``: ``sbatch_args``,
             ``poll_delay``).
 
@@ -126,12 +133,14 @@ def run_subjects(
             not import in a fresh interpreter, sbatch refuses the options, ``sbatch_args``
             sets ``-o``/``-e``.
         LazyValueError: The pipeline uses a step's result other than by passing it on.
+        PermissionError: The job cache is not yours alone to write.
     """
     root = Path(cache_root).absolute()
+    jobs = _jobs.job_cache(root, job_cache)
     workflow_class = _workflow.to_workflow(pipeline)
     ids = list(subjects)
     inputs = {s: _inputs_of(pipeline, s, subjects[s]) for s in ids}
-    with _pydra_environment(root):
+    with _pydra_environment(jobs / "hash-memo"):
         plans = {s: _workflow.discover(pipeline, inputs[s]) for s in ids}
         known = set().union(*(p.steps for p in plans.values())) if plans else set()
         unknown = sorted(set(force) - known)
@@ -142,43 +151,49 @@ def run_subjects(
             )
         steps = {n: fn for p in plans.values() for n, fn in p.steps.items()}
         chosen, options = prepare_worker(
-            worker, root, steps, resources=resources, granularity=granularity,
+            worker, root, jobs, steps, resources=resources, granularity=granularity,
             pending_timeout=pending_timeout, options=worker_options,
         )  # fmt: skip
         forced: set[str] = set()
         for plan in plans.values():
             forced |= plan.dependents(set(force)) if force else set()
-        tasks = {}
-        for s in ids:
-            cache_dir = root / s
-            _clear_failures(cache_dir)
-            tasks[s] = dict(inputs[s], cache_dir=str(cache_dir), code_digest=plans[s].digest)
-        n_nodes = sum(len(p.steps) for p in plans.values())
+        start = time.perf_counter()
+        # Cache first: a subject its cache answers is never submitted.
+        results = {s: None if forced else _replay(pipeline, s, inputs[s], root) for s in ids}
+        tasks = {
+            s: dict(inputs[s], cache_dir=str(root / s), code_digest=plans[s].digest)
+            for s in ids
+            if results[s] is None
+        }
+        n_nodes = sum(len(plans[s].steps) for s in tasks)
         _log.info(
-            "running %s for %d subject(s) (%d step(s)) with worker %r in %s%s",
-            pipeline.__name__, len(ids), n_nodes, worker, root,
+            "running %s for %d subject(s) (%d served from their caches, %d step(s) to "
+            "schedule) with worker %r in %s%s",
+            pipeline.__name__, len(ids), len(ids) - len(tasks), n_nodes, worker, root,
             f", forcing {', '.join(sorted(forced))}" if forced else "",
         )  # fmt: skip
-        start = time.perf_counter()
-        with _forcing(forced), progress_line(root / ".pydra", progress, n_nodes):
-            _submit(workflow_class, tasks, root / ".pydra", chosen, bool(forced), options)
-            results = {s: _replay(pipeline, s, inputs[s], root) for s in ids}
-            stale = {
-                s: tasks[s]
-                for s in ids
-                if results[s] is None
-                and not _failed(root / s)
-                and scheduler_failure(chosen, s) is None  # never resubmit after those
-            }
-            if stale:  # Pydra's job cache outlived entries of the subjects' caches
-                _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
-                _submit(workflow_class, stale, root / ".pydra", chosen, True, options)
-                results.update((s, _replay(pipeline, s, inputs[s], root)) for s in stale)
+        if tasks:
+            for s in tasks:
+                _failures.clear(root / s)
+            with _forcing(forced), progress_line(jobs, progress, n_nodes):
+                _submit(workflow_class, tasks, jobs, chosen, bool(forced), options)
+                results.update((s, _replay(pipeline, s, inputs[s], root)) for s in tasks)
+                stale = {
+                    s: tasks[s]
+                    for s in tasks
+                    if not results[s]
+                    and not _failures.failed(root / s)
+                    and scheduler_failure(chosen, s) is None  # never resubmitted
+                }
+                if stale:  # Pydra's job cache outlived entries of the subjects' caches
+                    _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
+                    _submit(workflow_class, stale, jobs, chosen, True, options)
+                    results.update((s, _replay(pipeline, s, inputs[s], root)) for s in stale)
         names = _output_names(plans[ids[0]].n_outputs) if ids else []
         outcomes = {
             s: results[s]
             or _scheduler_outcome(chosen, s, root)
-            or _from_pydra(workflow_class, s, tasks[s], root, names)
+            or _from_pydra(workflow_class, s, tasks[s], root, jobs, names)
             for s in ids
         }
     failed = [r for r in outcomes.values() if not r.ok]
@@ -235,12 +250,12 @@ def _environment(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = prior
 
 
-def _pydra_environment(root: Path) -> contextlib.AbstractContextManager[None]:
-    """Point Pydra's hash memo under ``root`` (unless the user set it) for this run."""
+def _pydra_environment(memo: Path) -> contextlib.AbstractContextManager[None]:
+    """Point Pydra's hash memo to ``memo`` (unless the user set it) for this run."""
     prior = os.environ.get("PYDRA_HASH_CACHE")
     if prior is not None and prior not in _SET_BY_US:
         return contextlib.nullcontext()
-    ours = str(root / ".pydra-hashes")
+    ours = str(memo)
     _SET_BY_US.add(ours)
     return _environment("PYDRA_HASH_CACHE", ours)
 
@@ -253,7 +268,7 @@ def _forcing(steps: set[str]) -> contextlib.AbstractContextManager[None]:
 def _submit(
     workflow_class: Any,
     tasks: dict[str, dict[str, Any]],
-    pydra_root: Path,
+    jobs: Path,
     worker: Any,
     rerun: bool,
     options: dict[str, Any],
@@ -261,7 +276,7 @@ def _submit(
     """Run the subjects' workflows; failures are read back per subject afterwards."""
 
     def submit(task: Any) -> None:
-        with Submitter(cache_root=pydra_root, worker=worker, **options) as submitter:
+        with Submitter(cache_root=jobs, worker=worker, **options) as submitter:
             try:
                 submitter(task, raise_errors=False, rerun=rerun)
             except Exception as error:  # a failed subject: reported per subject
@@ -304,21 +319,13 @@ def _replay(
     return SubjectResult(subject, outputs, None, cache.cache_dir)
 
 
-def _failed(cache_dir: Path) -> bool:
-    """True when a step of this subject recorded a failure in this run."""
-    errors = cache_dir / _task.ERRORS_DIR
-    return errors.is_dir() and any(errors.iterdir())
-
-
-def _clear_failures(cache_dir: Path) -> None:
-    errors = cache_dir / _task.ERRORS_DIR
-    if errors.is_dir():
-        for record in errors.iterdir():
-            record.unlink(missing_ok=True)
-
-
 def _from_pydra(
-    workflow_class: Any, subject: str, values: dict[str, Any], root: Path, names: list[str]
+    workflow_class: Any,
+    subject: str,
+    values: dict[str, Any],
+    root: Path,
+    jobs: Path,
+    names: list[str],
 ) -> SubjectResult:
     """A subject whose outputs are not in its cache: Pydra's result, else why it failed.
 
@@ -326,7 +333,7 @@ def _from_pydra(
     fingerprinted); for a failed subject it carries the error.
     """
     task = workflow_class(**values)
-    result = load_result(task._checksum, [root / ".pydra"], retries=1, polling_interval=0)
+    result = load_result(task._checksum, [jobs], retries=1, polling_interval=0)
     cache_dir = root / subject
     if result is not None and not result.errored:
         value = tuple(getattr(result.outputs, name) for name in names)
@@ -340,7 +347,7 @@ def _scheduler_outcome(worker: Any, subject: str, root: Path) -> SubjectResult |
     A job that merely exited with an error defers to the step's own failure record.
     """
     error = scheduler_failure(worker, subject)
-    if error is None or (error.state == "FAILED" and _failed(root / subject)):
+    if error is None or (error.state == "FAILED" and _failures.failed(root / subject)):
         return None
     step = None if error.step == "all steps" else error.step
     failure = StepFailure(subject, step, error, str(error))
@@ -352,15 +359,9 @@ def _output_names(n_outputs: int) -> list[str]:
 
 
 def _why(subject: str, cache_dir: Path, result: Any) -> StepFailure:
-    records = sorted(
-        (cache_dir / _task.ERRORS_DIR).glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns
-    ) if (cache_dir / _task.ERRORS_DIR).is_dir() else []  # fmt: skip
-    for path in records:
-        try:
-            record = cloudpickle.loads(path.read_bytes())
-        except Exception:  # unreadable record: fall back to what Pydra kept
-            continue
-        return StepFailure(subject, record["step"], record["exception"], record["traceback"])
+    record = _failures.read(cache_dir)
+    if record is not None:
+        return StepFailure(subject, *record)
     text = ""
     if result is not None and result.errors:
         text = "".join(result.errors.get("error message", []))

@@ -8,19 +8,18 @@ import inspect
 import logging
 import os
 import time
-import traceback
 import typing
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cloudpickle  # type: ignore[import-untyped]
 from pydra.compose import python  # type: ignore[import-untyped]
 
-import kwneuro_pydra.pydra._hash  # noqa: F401  (registers our hashing in every process)
 from kwneuro_pydra import cache as _cache
 from kwneuro_pydra._step import CacheSpec, Step
+from kwneuro_pydra.pydra import _failures
+from kwneuro_pydra.pydra._hash import stable_checksums  # registers our hashing in every process
 
 __all__ = [
     "FORCE_ENV",
@@ -38,8 +37,6 @@ RESERVED = frozenset({"function", "split", "combine", "cache_dir", "code_digest"
 """Parameter names a step cannot have: Pydra's own, and the inputs the adapter adds."""
 FORCE_ENV = "KWNEURO_PYDRA_FORCE"
 """Environment variable naming (comma-separated) the steps a running node must recompute."""
-ERRORS_DIR = ".kwneuro-pydra-errors"
-"""Directory under a node's cache directory where a failing step records its exception."""
 
 _STEPS: weakref.WeakKeyDictionary[Callable[..., Any], Step] = weakref.WeakKeyDictionary()
 
@@ -155,9 +152,8 @@ def to_task(function: Callable[..., Any]) -> Any:
     names, types, named = _outputs(step)
     hints = step.type_hints()
 
-    # One runner per step, carrying wraps(): Pydra hashes a python task's function from its
-    # source, following __wrapped__ to the step's own code. The body stays one call of a
-    # module-level function: cloudpickle pickles the runner by value with its globals.
+    # One runner per step, carrying wraps() (Pydra reads the signature through it). The body
+    # stays one call of a module-level function: cloudpickle pickles the runner by value.
     @functools.wraps(function, updated=())
     def runner(**kwargs: Any) -> Any:
         return _run_node(function, kwargs)
@@ -178,8 +174,6 @@ def to_task(function: Callable[..., Any]) -> Any:
     runner.__annotations__.update(cache_dir=str | None, **{"return": returned})
     for extra in ("__kwneuro_step__", "_cache_info"):  # never pickle a Step by value
         runner.__dict__.pop(extra, None)
-    # The step name goes into each output's help: the Outputs class is part of the task
-    # checksum, the step name otherwise is not (identical bodies would share results).
     outputs = {
         n: python.out(name=n, type=t, help=f"output {n} of kwneuro step {step.name}")
         for n, t in zip(names, types, strict=True)
@@ -191,6 +185,7 @@ def to_task(function: Callable[..., Any]) -> Any:
         runner, inputs={"cache_dir": cache_dir_input}, outputs=outputs, name=step.name
     )
     task._kwneuro_named_tuple = named
+    stable_checksums(task, step.code, "function")
     return task
 
 
@@ -225,23 +220,9 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         error.add_note(f"[kwneuro] step {step.name!r} failed (cache_dir={cache_dir})")
         _log.info("%s%s: failed (%s: %s)", where, step.name, type(error).__name__, error)
         if cache_dir is not None:
-            _record_failure(Path(cache_dir), step.name, error)
+            _failures.record(Path(cache_dir), step.name, error)
         raise
     _log.info("%s%s: done in %.2f s", where, step.name, time.perf_counter() - start)
     if len(output_names(function)) > 1:
         return tuple(result)
     return result
-
-
-def _record_failure(cache_dir: Path, step: str, error: BaseException) -> None:
-    text = "".join(traceback.format_exception(error))
-    try:
-        payload = cloudpickle.dumps({"step": step, "exception": error, "traceback": text})
-    except Exception:
-        stand_in = RuntimeError(f"{type(error).__qualname__}: {error}")
-        payload = cloudpickle.dumps({"step": step, "exception": stand_in, "traceback": text})
-    directory = cache_dir / ERRORS_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{step}.{os.getpid()}.tmp"
-    tmp.write_bytes(payload)
-    os.replace(tmp, directory / f"{step}.pkl")

@@ -14,7 +14,9 @@ from pydra.compose import workflow  # type: ignore[import-untyped]
 from pydra.utils.typing import is_lazy  # type: ignore[import-untyped]
 
 from kwneuro_pydra import cache as _cache
+from kwneuro_pydra._code import code_fingerprint
 from kwneuro_pydra._step import Step
+from kwneuro_pydra.pydra._hash import stable_checksums
 from kwneuro_pydra.pydra._lazy import Lazy, producers_of, unwrap
 from kwneuro_pydra.pydra._task import (
     PYDRA_DOC,
@@ -203,6 +205,8 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
     cache_dir_input = workflow.arg(
         name="cache_dir", type=str | None, default=None, converter=absolute_cache_dir
     )
-    return workflow.define(
+    task = workflow.define(
         constructor, inputs={"cache_dir": cache_dir_input}, outputs=names, name=pipeline.__name__
     )
+    stable_checksums(task, code_fingerprint(pipeline), "constructor")
+    return task

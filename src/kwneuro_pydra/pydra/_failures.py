@@ -1,0 +1,82 @@
+"""Failure records of nodes: JSON files in the subject's cache, never code.
+
+A node whose step raises writes ``<cache_dir>/.kwneuro-pydra-errors/<step>.json`` with the
+step name, the exception's type and message and the formatted traceback; `run_subjects`
+reads them back. A cache directory may be shared by a lab, so nothing in it is unpickled:
+an exception comes back as an instance of its built-in class (``ValueError``, ``OSError``
+...) or as a `RuntimeError` naming its class.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ERRORS_DIR", "clear", "failed", "read", "record"]
+
+ERRORS_DIR = ".kwneuro-pydra-errors"
+"""Directory under a node's cache directory where a failing step records its exception."""
+
+
+def record(cache_dir: Path, step: str, error: BaseException) -> None:
+    """Record that ``step`` raised ``error`` (atomically replacing an earlier record)."""
+    kind = type(error)
+    payload = {
+        "step": step,
+        "module": kind.__module__,
+        "type": kind.__qualname__,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+    directory = cache_dir / ERRORS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{step}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, directory / f"{step}.json")
+
+
+def _records(cache_dir: Path) -> list[Path]:
+    directory = cache_dir / ERRORS_DIR
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if not p.name.startswith(".")]
+
+
+def failed(cache_dir: Path) -> bool:
+    """True when a step of this subject recorded a failure since the last `clear`."""
+    return bool(_records(cache_dir))
+
+
+def clear(cache_dir: Path) -> None:
+    """Remove the subject's failure records (of any format, unread)."""
+    for path in _records(cache_dir):
+        path.unlink(missing_ok=True)
+
+
+def read(cache_dir: Path) -> tuple[str, BaseException, str] | None:
+    """The oldest readable record: step name, exception stand-in and traceback; or None."""
+    found = []
+    for path in _records(cache_dir):
+        with contextlib.suppress(OSError, ValueError):
+            if path.suffix == ".json" and path.is_file():
+                found.append((path.stat().st_mtime_ns, json.loads(path.read_text())))
+    for _, data in sorted(found, key=lambda pair: pair[0]):
+        with contextlib.suppress(KeyError, TypeError):
+            exception = _exception(str(data["module"]), str(data["type"]), str(data["message"]))
+            return str(data["step"]), exception, str(data["traceback"])
+    return None
+
+
+def _exception(module: str, name: str, message: str) -> BaseException:
+    """The built-in exception class rebuilt with its message, else a `RuntimeError`."""
+    kind: Any = getattr(builtins, name, None) if module == "builtins" else None
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        with contextlib.suppress(Exception):  # some need more arguments (UnicodeDecodeError)
+            return kind(message)
+    where = "" if module == "builtins" else f"{module}."
+    return RuntimeError(f"{where}{name}: {message}")

@@ -1,0 +1,112 @@
+"""`run_subjects` asks the subjects' caches first, and returns what they hold."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pydra")
+
+from kwneuro_pydra import Cache
+from kwneuro_pydra.pydra import run_subjects
+from kwneuro_pydra.pydra._jobs import job_cache
+from tests import _pydra_steps as steps
+
+SUBJECTS = {f"sub-{i:02d}": {"x": float(i)} for i in range(1, 4)}
+
+
+@pytest.fixture
+def counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    where = tmp_path / "counts"
+    where.mkdir()
+    monkeypatch.setenv("KWNEURO_TEST_COUNTS", str(where))
+    return where
+
+
+def jobs_run(jobs: Path) -> list[str]:
+    """Pydra job directories: each node or workflow Pydra ran leaves one."""
+    return sorted(p.name for p in jobs.iterdir() if p.name != "hash-memo") if jobs.exists() else []
+
+
+def test_a_cached_rerun_submits_nothing_with_or_without_pydras_job_cache(
+    counts: Path, tmp_path: Path
+) -> None:
+    root, jobs = tmp_path / "derivatives", tmp_path / "jobs"
+    first = run_subjects(steps.chain4, SUBJECTS, root, worker="cf", n_procs=2, job_cache=jobs)
+    assert all(r.ok for r in first.values())
+    computed = steps.executions(counts)
+    assert computed == 4 * len(SUBJECTS) and len(jobs_run(jobs)) > 4 * len(SUBJECTS)
+
+    shutil.rmtree(jobs)  # Pydra's job cache is gone; the subjects' caches are intact
+    again = run_subjects(steps.chain4, SUBJECTS, root, worker="cf", n_procs=2, job_cache=jobs)
+    assert {s: r.outputs for s, r in again.items()} == {s: r.outputs for s, r in first.items()}
+    assert jobs_run(jobs) == []  # no node and no workflow ran
+    assert steps.executions(counts) == computed
+
+    # one new subject: only its nodes are submitted, in a real worker process
+    more = {**SUBJECTS, "sub-09": {"x": 9.0}}
+    third = run_subjects(steps.chain4, more, root, worker="cf", n_procs=2, job_cache=jobs)
+    assert third["sub-09"].outputs == 42.0
+    assert sum(name.startswith("python-") for name in jobs_run(jobs)) == 4
+    assert steps.executions(counts) == computed + 4
+
+
+def test_the_result_comes_from_the_subjects_cache_not_from_pydras_job_cache(
+    counts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After Pydra stored its job result, an eager forced recompute replaces an entry: the
+    next `run_subjects` returns the cache's result, not the one Pydra stored."""
+    from pydra.engine.result import load_result
+
+    root, jobs = tmp_path / "derivatives", tmp_path / "jobs"
+    subjects = {"sub-01": {"x": 1.0}}
+    monkeypatch.setenv("KWNEURO_TEST_STAMP", "pydra")
+    first = run_subjects(steps.stamped, subjects, root, worker="debug", job_cache=jobs)
+    assert first["sub-01"].outputs == ("1.0:pydra", 4.0)
+    stored = [load_result(p.name, [jobs]) for p in jobs.glob("python-*")]
+    assert "1.0:pydra" in [r.outputs.out for r in stored if r is not None]
+
+    monkeypatch.setenv("KWNEURO_TEST_STAMP", "eager")
+    with Cache(root / "sub-01", force={"stamp"}):
+        assert steps.stamp(1.0) == "1.0:eager"
+    again = run_subjects(steps.stamped, subjects, root, worker="debug", job_cache=jobs)
+    assert again["sub-01"].outputs == ("1.0:eager", 4.0)
+    assert steps.executions(counts, "stamp") == 2  # the node did not run again
+
+    # a subject that must be submitted (an entry lost) still returns what its cache holds
+    for entry in Cache(root / "sub-01").entries("double"):
+        shutil.rmtree(entry.path)
+    third = run_subjects(steps.stamped, subjects, root, worker="debug", job_cache=jobs)
+    assert third["sub-01"].outputs == ("1.0:eager", 4.0)
+    assert steps.executions(counts, "double") == 2
+
+
+def test_force_submits_every_subject_and_recomputes_only_what_it_names(
+    counts: Path, tmp_path: Path
+) -> None:
+    root, jobs = tmp_path / "derivatives", tmp_path / "jobs"
+    run_subjects(steps.stamped, SUBJECTS, root, worker="debug", job_cache=jobs)
+    before = {s: steps.executions(counts, s) for s in ("stamp", "add_one", "double")}
+    forced = run_subjects(steps.stamped, SUBJECTS, root, worker="debug", job_cache=jobs,
+                          force={"stamp"})  # fmt: skip
+    assert all(r.ok for r in forced.values())
+    after = {s: steps.executions(counts, s) for s in ("stamp", "add_one", "double")}
+    assert after == {**before, "stamp": before["stamp"] + len(SUBJECTS)}
+
+
+def test_the_job_cache_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "derivatives"
+    default = job_cache(root, None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    moved = job_cache(root, None)
+    assert moved.parent == tmp_path / "xdg" / "kwneuro-pydra" / "jobs" and moved != default
+    assert moved.stat().st_mode & 0o777 == 0o700
+    assert job_cache(tmp_path / "other", None) != moved
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="chmod go-w"):
+        run_subjects(steps.chain4, SUBJECTS, root, worker="debug", job_cache=shared)
+    assert not root.exists() or not any(root.iterdir())

@@ -1,0 +1,82 @@
+"""Nothing `run_subjects` reads from a (possibly shared) cache root can run code."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pydra")
+
+from kwneuro_pydra.pydra import _failures, _workflow, run_subjects, to_workflow
+from tests import _pydra_steps as steps
+
+
+class Planted:
+    """Unpickling this creates ``marker``: proof that a planted pickle was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+def plant(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(Planted(marker)))
+
+
+def test_pickles_planted_in_a_shared_cache_root_are_never_loaded(tmp_path: Path) -> None:
+    root, marker = tmp_path / "lab-cache", tmp_path / "pwned"
+    subjects = {"sub-01": {"dwi": "a"}, "sub-02": {"dwi": "bad"}}
+    # Where the previous code (and Pydra, with its job cache under the cache root) looked.
+    for subject, inputs in subjects.items():
+        plan = _workflow.discover(steps.pipeline, inputs)
+        checksum = to_workflow(steps.pipeline)(
+            **inputs, cache_dir=str(root / subject), code_digest=plan.digest
+        )._checksum
+        for name in ("_result.pklz", "_error.pklz", "_job.pklz"):
+            plant(root / ".pydra" / checksum / name, marker)
+        plant(root / subject / _failures.ERRORS_DIR / "brain_mask.pkl", marker)
+    results = run_subjects(steps.pipeline, subjects, root, worker="debug",
+                           job_cache=tmp_path / "jobs")  # fmt: skip
+    assert not marker.exists()
+    assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"
+    failure = results["sub-02"].failure
+    assert failure is not None and failure.step == "brain_mask"
+    assert isinstance(failure.exception, ValueError) and "cannot mask bad" in str(
+        failure.exception
+    )
+    # the records in the shared root are JSON
+    (record,) = (root / "sub-02" / _failures.ERRORS_DIR).iterdir()
+    assert record.suffix == ".json"
+
+
+class LabError(Exception):
+    """An exception class of the user's code."""
+
+
+def test_failure_records_are_json_and_rebuild_no_class_but_builtins(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    _failures.record(tmp_path, "step_a", LabError("the scanner was off"))
+    plant(tmp_path / _failures.ERRORS_DIR / "step_b.pkl", marker)
+    step, exception, traceback = _failures.read(tmp_path) or ("", None, "")
+    assert not marker.exists()
+    assert step == "step_a" and type(exception) is RuntimeError
+    assert str(exception) == f"{__name__}.LabError: the scanner was off"
+    assert "LabError: the scanner was off" in traceback
+
+    _failures.clear(tmp_path)
+    assert not _failures.failed(tmp_path) and not marker.exists()
+    _failures.record(tmp_path, "step_c", KeyError("k"))
+    _failures.record(tmp_path, "step_d", UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"))
+    (tmp_path / _failures.ERRORS_DIR / "step_e.json").write_text("{not json")
+    assert _failures.read(tmp_path) is not None
+    step, exception, _ = _failures.read(tmp_path) or ("", None, "")
+    assert step == "step_c" and type(exception) is KeyError
+    (tmp_path / _failures.ERRORS_DIR / "step_c.json").unlink()
+    step, exception, _ = _failures.read(tmp_path) or ("", None, "")
+    assert step == "step_d" and type(exception) is RuntimeError  # needs more than a message
+    assert str(exception).startswith("UnicodeDecodeError: ")
