@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 pytest.importorskip("pydra")
 
 from kwneuro_pydra.pydra import ClusterWarning, SchedulerError, run_subjects, to_task
+from kwneuro_pydra.pydra._preflight import slurm_unavailable
 from tests import _pydra_steps as steps
 from tests import _scheduler_steps
 
@@ -26,24 +26,10 @@ pytestmark = pytest.mark.slurm
 FAST = {"poll_delay": 0.2}
 
 
-def _slurm_missing() -> str | None:
-    """Why this machine cannot run the tests on Slurm, or None."""
-    for command in ("sbatch", "squeue", "scancel", "sacct", "sinfo", "scontrol"):
-        if shutil.which(command) is None:
-            return f"{command} is not on PATH"
-    nodes = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
-    if nodes.returncode or not {"idle", "mix", "alloc"} & set(nodes.stdout.split()):
-        return f"no Slurm node is up ({(nodes.stderr or nodes.stdout).strip()})"
-    accounting = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True)
-    if accounting.returncode:
-        return f"Slurm accounting does not answer ({accounting.stderr.strip()})"
-    return None
-
-
 @pytest.fixture(autouse=True)
 def slurm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip (fail with CI set) without Slurm; make the tests' steps importable on the node."""
-    missing = _slurm_missing()
+    missing = slurm_unavailable()
     if missing:
         message = f"{missing}; start one with ci/slurm/start.sh (as root)"
         if os.environ.get("CI"):

@@ -29,6 +29,7 @@ __all__ = [
     "check_slurm",
     "check_worker",
     "file_system_of",
+    "slurm_unavailable",
 ]
 
 LOCAL_FILE_SYSTEMS = frozenset(
@@ -93,6 +94,20 @@ def file_system_of(path: Path) -> tuple[str, str]:
         if (path == Path(mount) or Path(mount) in path.parents) and len(mount) >= len(best[0]):
             best = (mount, fields[2])
     return best
+
+
+def slurm_unavailable() -> str | None:
+    """Why this machine cannot run Slurm jobs now (commands, a node up, accounting), or None."""
+    for command in ("sbatch", "squeue", "scancel", "sacct", "sinfo", "scontrol"):
+        if shutil.which(command) is None:
+            return f"{command} is not on PATH"
+    nodes = _run("sinfo", "-h", "-o", "%t")
+    if nodes.returncode or not {"idle", "mix", "alloc"} & set(nodes.stdout.split()):
+        return f"no Slurm node is up ({(nodes.stderr or nodes.stdout).strip()})"
+    accounting = _run("sacct", "-n", "-X", "-j", "1")
+    if accounting.returncode:
+        return f"Slurm accounting does not answer ({accounting.stderr.strip()})"
+    return None
 
 
 def check_slurm(

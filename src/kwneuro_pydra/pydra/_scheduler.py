@@ -11,8 +11,15 @@ from pydra.workers.base import Worker  # type: ignore[import-untyped]
 from kwneuro_pydra.pydra._preflight import check_cache_root, check_slurm, check_worker
 from kwneuro_pydra.pydra._resources import in_sequence, requests
 from kwneuro_pydra.pydra._slurm import SchedulerError, SlurmWorker
+from kwneuro_pydra.pydra._workarounds import sbatch_args
 
-__all__ = ["GRANULARITIES", "LOG_DIR", "prepare_worker", "scheduler_failure"]
+__all__ = [
+    "GRANULARITIES",
+    "LOG_DIR",
+    "check_before_submitting",
+    "prepare_worker",
+    "scheduler_failure",
+]
 
 GRANULARITIES = ("node", "subject")
 LOG_DIR = ".logs"
@@ -22,7 +29,6 @@ LOG_DIR = ".logs"
 def prepare_worker(
     worker: str,
     root: Path,
-    jobs: Path,
     steps: Mapping[str, Callable[..., Any]],
     *,
     resources: Mapping[str, Mapping[str, Any]] | None,
@@ -30,12 +36,14 @@ def prepare_worker(
     pending_timeout: float | None,
     options: dict[str, Any],
 ) -> tuple[Any, dict[str, Any]]:
-    """Check everything before submitting; return the Submitter's ``worker`` and options.
+    """Check the options; return the Submitter's ``worker`` and options.
+
+    The scheduler's own checks wait for `check_before_submitting`: a run its caches answer
+    submits nothing and needs none.
 
     Args:
         worker: The worker name given to `run_subjects`.
         root: The cache root (absolute).
-        jobs: Pydra's job cache (absolute).
         steps: The pipeline's step functions by step name.
         resources: Per-step requests (see `kwneuro_pydra.pydra._resources`).
         granularity: ``"node"`` (a job per node) or ``"subject"`` (a job per subject).
@@ -46,8 +54,8 @@ def prepare_worker(
         The worker name (or our `SlurmWorker`) and the options left for ``Submitter``.
 
     Raises:
-        ValueError: See `check_worker`, `check_cache_root`, `check_slurm`; a scheduler
-            option given to a worker without a scheduler; a bad ``granularity``.
+        ValueError: See `check_worker`, `check_cache_root`, `requests`, `sbatch_args`; a
+            scheduler option given to a worker without a scheduler; a bad ``granularity``.
     """
     check_worker(worker, Worker.available_plugins())
     check_cache_root(root)
@@ -75,25 +83,36 @@ def prepare_worker(
             f"unknown option(s) for worker='slurm': {', '.join(unknown)} "
             "(expected sbatch_args, poll_delay)"
         )
-    per_subject = granularity == "subject"
-    checked = (
-        {"each subject's job": in_sequence(wanted.values())} if per_subject and wanted else wanted
-    )
-    check_slurm(
-        {"cache root": root, "Pydra's job cache": jobs},
-        steps,
-        options.get("sbatch_args", ""),
-        checked,
-    )
+    sbatch_args(options.get("sbatch_args", ""))
     chosen = SlurmWorker(  # type: ignore[call-arg]  # attrs fields of Pydra's worker
         sbatch_args=options.get("sbatch_args", ""),
         poll_delay=options.get("poll_delay", 1),
         resources=wanted,
-        per_subject=per_subject,
+        per_subject=granularity == "subject",
         pending_timeout=pending_timeout,
         log_dir=str(root / LOG_DIR),
     )
     return chosen, {}
+
+
+def check_before_submitting(
+    worker: Any, root: Path, jobs: Path, steps: Mapping[str, Callable[..., Any]]
+) -> None:
+    """The scheduler's checks (see `check_slurm`), once something is to be submitted.
+
+    Args:
+        worker: What `prepare_worker` returned.
+        root: The cache root (absolute).
+        jobs: Pydra's job cache (absolute).
+        steps: The pipeline's step functions by step name.
+    """
+    if not isinstance(worker, SlurmWorker):
+        return
+    wanted = worker.resources
+    if worker.per_subject and wanted:
+        wanted = {"each subject's job": in_sequence(wanted.values())}
+    places = {"cache root": root, "Pydra's job cache": jobs}
+    check_slurm(places, steps, worker.sbatch_args, wanted)
 
 
 def scheduler_failure(worker: Any, subject: str) -> SchedulerError | None:

@@ -98,6 +98,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             instead of one job per node.
         pending_timeout: Seconds a job may pend before it is cancelled; None: no limit.
         log_dir: Directory of the per-subject log files; None: no log files.
+        directory: Working directory of the jobs (default: the current directory when the
+            worker is made; Pydra changes directory while it runs workflows, and a job
+            imports the steps from there as ``python -m`` does).
         failures: `SchedulerError` per subject (the subject cache directory's name) of the
             jobs that did not complete, filled while jobs run.
         job_ids: Ids of the jobs submitted, in order.
@@ -109,6 +112,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     per_subject: bool = False
     pending_timeout: float | None = None
     log_dir: str | None = None
+    directory: str = attrs.field(factory=os.getcwd)
     failures: dict[str, SchedulerError] = attrs.field(factory=dict)
     job_ids: list[str] = attrs.field(factory=list)
 
@@ -151,6 +155,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             f"--job-name=kwneuro.{subject}.{step.replace(' ', '_')}",
             f"--output={script_dir / 'slurm-%j.out'}",
             f"--error={script_dir / 'slurm-%j.err'}",
+            f"--chdir={self.directory}",
             *sbatch_args(self.sbatch_args),
             *request.sbatch_args(),
             str(script),
@@ -163,7 +168,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             raise self._failed(subject, step, None, "SBATCH", message, log)
         job_id = found.group()
         self.job_ids.append(job_id)
-        _append(log, f"slurm job {job_id}: {step} submitted ({' '.join(args[3:-1])})")
+        _append(log, f"slurm job {job_id}: {step} submitted ({' '.join(args[4:-1])})")
         state = await self._wait(job_id, subject, step, log)
         tail = _tail(script_dir / f"slurm-{job_id}.err")
         _append(

@@ -19,7 +19,11 @@ from kwneuro_pydra._step import Step
 from kwneuro_pydra.cache import Cache, handling_steps
 from kwneuro_pydra.pydra import _failures, _jobs, _task, _workflow
 from kwneuro_pydra.pydra._progress import progress_line
-from kwneuro_pydra.pydra._scheduler import prepare_worker, scheduler_failure
+from kwneuro_pydra.pydra._scheduler import (
+    check_before_submitting,
+    prepare_worker,
+    scheduler_failure,
+)
 
 __all__ = ["StepFailure", "SubjectResult", "run_subjects"]
 
@@ -151,7 +155,7 @@ def run_subjects(
             )
         steps = {n: fn for p in plans.values() for n, fn in p.steps.items()}
         chosen, options = prepare_worker(
-            worker, root, jobs, steps, resources=resources, granularity=granularity,
+            worker, root, steps, resources=resources, granularity=granularity,
             pending_timeout=pending_timeout, options=worker_options,
         )  # fmt: skip
         forced: set[str] = set()
@@ -173,6 +177,7 @@ def run_subjects(
             f", forcing {', '.join(sorted(forced))}" if forced else "",
         )  # fmt: skip
         if tasks:
+            check_before_submitting(chosen, root, jobs, steps)
             for s in tasks:
                 _failures.clear(root / s)
             with _forcing(forced), progress_line(jobs, progress, n_nodes):

@@ -56,7 +56,7 @@ def sbatch_args(given: str) -> list[str]:
         if name in _OUTPUT_OPTIONS or (arg[:2] in ("-e", "-o") and not arg.startswith("--")):
             raise ValueError(
                 f"sbatch_args: {arg!r} is not accepted: each job's output and error go to "
-                "files next to its job script (under the cache root's Pydra job cache), where "
+                "files next to its job script (in Pydra's job cache), where "
                 "kwneuro-pydra reads why a job failed, and Pydra 1.0a12's slurm worker crashes "
                 "on -e (AttributeError: 'NoneType' object has no attribute 'replace'). "
                 "Each node's log lines are in <cache_root>/.logs/<subject>.log."
