@@ -21,7 +21,7 @@ import shlex
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 
@@ -165,10 +165,12 @@ def load_resources(path: str | Path) -> dict[str, dict[str, Any]]:
     return data
 
 
+def _positive_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _mem_mb(step: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if value is None or _positive_int(value):
         return value
     found = _MEM.match(value) if isinstance(value, str) else None
     if not found or int(found.group(1)) == 0:
@@ -180,18 +182,14 @@ def _mem_mb(step: str, value: Any) -> int | None:
 
 
 def _cpus(step: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"resources[{step!r}]['cpus'] = {value!r}: expected a positive integer")
-    return value
+    if value is None or _positive_int(value):
+        return value
+    raise ValueError(f"resources[{step!r}]['cpus'] = {value!r}: expected a positive integer")
 
 
 def _seconds(step: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value * 60
+    if value is None or _positive_int(value):
+        return None if value is None else value * 60
     found = _TIME.match(value) if isinstance(value, str) else None
     if not found:
         raise ValueError(
