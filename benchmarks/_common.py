@@ -257,4 +257,3 @@ def mb(nbytes: float) -> str:
 def slug(label: str) -> str:
     """A label as a directory name."""
     return label.replace(" ", "-")
-

@@ -138,7 +138,9 @@ def hit_file_backed(sizes: Sizes, workdir: Path) -> Section:
     participants: dict[str, tuple[Cached, tuple[Any, ...], Any]] = {
         OURS: (eager(ours, "ours"), (dwi, 2.0), lambda i: (dwi, 3.0 + i)),
         f"{OURS}, files reopened": (
-            eager(ours, "ours-reopened"), (reopened, 2.0), lambda i: (reopened, 3.0 + i)
+            eager(ours, "ours-reopened"),
+            (reopened, 2.0),
+            lambda i: (reopened, 3.0 + i),
         ),
     }
     notes = {

@@ -48,6 +48,7 @@ def _ordered(names: Sequence[str]) -> list[str]:
 
     return sorted(names, key=rank)
 
+
 PAGE_INTRO = """\
 # Benchmarks
 

@@ -11,8 +11,11 @@ Example::
     results = run_subjects(dti_pipeline, {"sub-01": {"dwi": dwi1}}, "derivatives")
 
 Importing this module imports Pydra (``import kwneuro_pydra`` alone does not), sets
-``NO_ET=1`` (no telemetry request) unless ``NO_ET`` is set, and registers our hashing of
-numpy arrays, paths and fingerprintable classes with Pydra (see `register_pydra_hash`).
+``NO_ET=1`` (no telemetry request) unless ``NO_ET`` is set, and registers our hashing with
+Pydra: numpy arrays by dtype, shape and content for every task; paths by content and
+fingerprintable classes by our fingerprint for the inputs of our tasks only (see
+`register_pydra_hash`). ``run_subjects`` never unpickles anything from the cache root:
+Pydra's job cache lives in a directory only you can write (``job_cache=``).
 Requires ``pydra==1.0a12`` and ``cloudpickle<3.1.3``.
 """
 

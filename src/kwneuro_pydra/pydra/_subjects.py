@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import cloudpickle  # type: ignore[import-untyped]
 from pydra.engine.result import load_result  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
@@ -133,9 +136,11 @@ def run_subjects(
     Raises:
         ValueError: A subject id is not a safe name, inputs are missing or unknown,
             ``force`` or ``resources`` name a step the pipeline does not call, the worker is
-            unknown or ``"sge"``, the cache root is not writable; for Slurm: a step does
-            not import in a fresh interpreter, sbatch refuses the options, ``sbatch_args``
-            sets ``-o``/``-e``.
+            unknown or ``"sge"``, the cache root is not writable, or the pipeline cannot be
+            sent to workers (defined in ``__main__`` and using a global that cannot be
+            pickled); for Slurm: a step does not import in a fresh interpreter, sbatch
+            refuses the options, ``sbatch_args`` sets ``-o``/``-e``. All raised before
+            anything is submitted.
         LazyValueError: The pipeline uses a step's result other than by passing it on.
         PermissionError: The job cache is not yours alone to write.
     """
@@ -146,8 +151,8 @@ def run_subjects(
     inputs = {s: _inputs_of(pipeline, s, subjects[s]) for s in ids}
     with _pydra_environment(jobs / "hash-memo"):
         plans = {s: _workflow.discover(pipeline, inputs[s]) for s in ids}
-        known = set().union(*(p.steps for p in plans.values())) if plans else set()
-        unknown = sorted(set(force) - known)
+        known = {n: fn for p in plans.values() for n, fn in p.steps.items()}
+        unknown = sorted(set(force) - set(known))
         if unknown:
             raise ValueError(
                 f"force names steps {pipeline.__name__} does not call: {', '.join(unknown)} "
@@ -177,6 +182,7 @@ def run_subjects(
             f", forcing {', '.join(sorted(forced))}" if forced else "",
         )  # fmt: skip
         if tasks:
+            _check_sendable(pipeline, workflow_class, known)
             check_before_submitting(chosen, root, jobs, steps)
             for s in tasks:
                 _failures.clear(root / s)
@@ -270,6 +276,25 @@ def _forcing(steps: set[str]) -> contextlib.AbstractContextManager[None]:
     return _environment(_task.FORCE_ENV, ",".join(sorted(steps)) or None)
 
 
+def _check_sendable(
+    pipeline: Callable[..., Any], workflow_class: Any, steps: Mapping[str, Callable[..., Any]]
+) -> None:
+    """Refuse, before submitting, a pipeline that Pydra cannot send to its workers.
+
+    Pydra pickles every job, even for the ``debug`` worker; steps and pipelines defined in
+    ``__main__`` (a script, a notebook) travel by value, with the globals they use.
+    """
+    try:
+        cloudpickle.dumps([workflow_class, *(_task.to_task(fn) for fn in steps.values())])
+    except Exception as error:
+        raise ValueError(
+            f"pipeline {pipeline.__qualname__} cannot be sent to Pydra's workers ({error}): "
+            "steps and pipelines defined in a script or a notebook are sent by value with "
+            "the global values they use, so those must be picklable; or define the steps and "
+            "the pipeline in an importable module"
+        ) from error
+
+
 def _submit(
     workflow_class: Any,
     tasks: dict[str, dict[str, Any]],
@@ -280,12 +305,23 @@ def _submit(
 ) -> None:
     """Run the subjects' workflows; failures are read back per subject afterwards."""
 
-    def submit(task: Any) -> None:
+    def run(task: Any) -> None:
         with Submitter(cache_root=jobs, worker=worker, **options) as submitter:
             try:
                 submitter(task, raise_errors=False, rerun=rerun)
             except Exception as error:  # a failed subject: reported per subject
                 _log.debug("Pydra reported: %s", error)
+
+    def submit(task: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            run(task)
+            return
+        # A notebook's event loop runs in this thread, and Pydra's asynchronous workers
+        # cannot run theirs inside it: submit from a thread of our own.
+        with concurrent.futures.ThreadPoolExecutor(1, "kwneuro-pydra-submit") as pool:
+            pool.submit(run, task).result()
 
     if worker == "debug":  # fail-fast within one submission: one submission per subject
         for values in tasks.values():

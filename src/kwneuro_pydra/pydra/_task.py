@@ -18,7 +18,7 @@ from pydra.compose import python  # type: ignore[import-untyped]
 
 from kwneuro_pydra import cache as _cache
 from kwneuro_pydra._step import CacheSpec, Step
-from kwneuro_pydra.pydra import _failures
+from kwneuro_pydra.pydra import _failures, _pickling  # noqa: F401  (_pickling registers)
 from kwneuro_pydra.pydra._hash import stable_checksums  # registers our hashing in every process
 
 __all__ = [
