@@ -287,3 +287,24 @@ def test_every_command_of_the_cluster_page_runs(tmp_path: Path) -> None:
     assert loaded.strip() == str(written)
     assert re.fullmatch(r"FA in \S+\.nii\.gz - jobs \['\d+', '\d+'\]\n", by_hand)
     assert (tmp_path / "by-hand" / "sub-01").is_dir()
+
+
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_steps_defined_in_a_script_run_on_slurm(granularity: str, tmp_path: Path) -> None:
+    """A job per subject builds the workflow in the job: the steps travel with the pipeline."""
+    import textwrap
+
+    from tests.test_pydra_main import EXPECTED, STEPS, run_script
+
+    script = tmp_path / "analysis.py"
+    script.write_text(textwrap.dedent(STEPS) + textwrap.dedent(f"""
+        if __name__ == "__main__":
+            import sys
+            results = run_subjects(pipeline, {{"a": {{"x": 1.0}}, "b": {{"x": 2.0}}}},
+                                   sys.argv[1], worker="slurm", granularity={granularity!r},
+                                   poll_delay=0.2)
+            print(json.dumps({{s: [r.outputs, str(r.failure) if r.failure else None]
+                              for s, r in results.items()}}))
+    """))  # fmt: skip
+    assert run_script(script, tmp_path / "derivatives") == EXPECTED
+    assert len(submitted(tmp_path / "derivatives", "a")) == (2 if granularity == "node" else 1)
