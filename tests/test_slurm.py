@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,8 +59,15 @@ def accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
 
 
 def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
-    """(memory, CPUs, time limit) each step's job asked for, by step, from sacct."""
-    rows = accounting(list(job_ids))
+    """(memory, CPUs, time limit) each step's job asked for, by step, from sacct.
+
+    slurmdbd fills a job's record in shortly after the job ends: wait for it (10 s at most).
+    """
+    for _ in range(50):
+        rows = accounting(list(job_ids))
+        if all(r["ReqCPUS"] not in ("", "0") and r["Timelimit"] for r in rows.values()):
+            break
+        time.sleep(0.2)
     return {step: (rows[j]["ReqMem"], rows[j]["ReqCPUS"], rows[j]["Timelimit"])
             for j, step in job_ids.items()}  # fmt: skip
 
@@ -100,6 +108,13 @@ def test_each_step_gets_its_own_request_and_a_rerun_submits_nothing(tmp_path: Pa
                          resources=resources, **FAST)  # fmt: skip
     assert again["sub-01"].outputs == results["sub-01"].outputs
     assert submitted(root, "sub-01") == jobs
+
+    forced = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                          force={"estimate_dti"}, **FAST)  # fmt: skip
+    assert forced["sub-01"].outputs == results["sub-01"].outputs
+    log = (root / ".logs" / "sub-01.log").read_text()
+    computed = {step: log.count(f"INFO: {step}: computing") for step in jobs.values()}
+    assert computed == {"brain_mask": 1, "estimate_dti": 2, "fa_map": 2}  # forced and after
 
 
 def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
