@@ -47,6 +47,8 @@ MEANINGS = {
 }
 """What each final Slurm state other than COMPLETED means, for the messages."""
 _FINAL = frozenset(MEANINGS) | {"COMPLETED"}
+_UNKNOWN_POLLS = 5
+"""Consecutive looks at a job that neither squeue nor sacct answers before giving up on it."""
 
 
 def _as_requests(resources: Any) -> dict[str, Request]:
@@ -183,11 +185,16 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
 
     async def _wait(self, job_id: str, subject: str, step: str, log: Path | None) -> str:
         """Poll until the job reaches a final state; cancel it if it pends too long."""
-        submitted = time.monotonic()
+        submitted, unknown = time.monotonic(), 0
         while True:
             try:
                 state, reason = await _state(job_id)
+                unknown = 0
             except LookupError as said:
+                unknown += 1
+                if unknown < _UNKNOWN_POLLS:  # a busy controller may not answer at once
+                    await asyncio.sleep(self.poll_delay)
+                    continue
                 message = (
                     f"Slurm job {job_id} ({step} for {subject}): the controller no longer "
                     "knows it and accounting has no record of it (accounting unavailable? "
