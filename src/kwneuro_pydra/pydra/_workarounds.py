@@ -27,12 +27,12 @@ __all__ = ["SGE_PROBLEMS", "refuse_sge", "sbatch_args"]
 _OUTPUT_OPTIONS = ("-e", "--error", "-o", "--output")
 
 SGE_PROBLEMS = (
-    "Pydra 1.0a12's 'sge' worker cannot run our workflows: it fails with "
+    "Pydra 1.0a12's 'sge' worker cannot run our workflows: every submission fails with "
     "\"TypeError: unsupported operand type(s) for +=: 'dict' and 'int'\" "
-    '(pydra/workers/sge.py:225, threads_used is a dict), then with "load_job() got an '
-    "unexpected keyword argument 'ind'\" (sge.py:285, poll_for_result_file); with both "
-    "worked around, one subject runs but two or more make Pydra's submitter spin in "
-    "get_runnable_tasks without ever submitting. Use worker='slurm', or 'cf' on one machine."
+    "(pydra/workers/sge.py:225, threads_used is a dict); with that worked around, a job that "
+    "fails on the node is never noticed and Pydra's submitter spins in get_runnable_tasks "
+    "(\"Tasks finished: 0\") without end, and two or more subjects spin without submitting. "
+    "Use worker='slurm', or 'cf' on one machine."
 )
 
 
