@@ -1,8 +1,9 @@
-"""Cases of the imaging resources: a DWI's fingerprint, file-backed inputs, NIfTI cache entries.
+"""Cases of the imaging resources: a DWI's fingerprint, file-backed inputs, NIfTI files and
+cache entries.
 
-Participants: ours (`kwneuro_pydra.resources`), upstream kwneuro 1.0's cache module given what
-its own resources look like to it (dataclasses of paths: it hashes the path strings), and
-``joblib.Memory`` on the in-memory equivalent.
+Participants: ours (`kwneuro_pydra.resources`), nibabel's own ``.nii.gz`` writer and reader,
+upstream kwneuro 1.0's cache module given what its own resources look like to it (dataclasses
+of paths: it hashes the path strings), and ``joblib`` on the in-memory equivalent.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 import itertools
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import joblib  # type: ignore[import-untyped]
+import nibabel as nib
 import numpy as np
 
 from benchmarks import _peers
@@ -36,6 +41,8 @@ from benchmarks._common import (
 )
 from benchmarks._harness import Row, Section, Timing, file_read, measure, memory_read
 from benchmarks.cases_core import fingerprint_rows, hit_and_miss
+
+NIBABEL = "nibabel .nii.gz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +206,7 @@ def dwi_entry_storage(sizes: Sizes, workdir: Path) -> Section:
 
         timing = measure(save, repeat=repeat, setup=fresh_dir)
         section.rows.append(Row(f"{label}: save (miss)", timing, limit="limit: np.save",
-                                peers=(f"{JOBLIB}: save (miss)",),
+                                peers=(f"{NIBABEL}: save", f"{JOBLIB}: save (miss)"),
                                 note="the whole miss: fingerprint, write, publish"))  # fmt: skip
         entry_dir = current[0]
 
@@ -211,14 +218,21 @@ def dwi_entry_storage(sizes: Sizes, workdir: Path) -> Section:
 
         warm = measure(load, repeat=repeat)
         section.rows.append(Row(f"{label}: load, warm", warm, limit="limit: np.load + sum",
-                                peers=(f"{JOBLIB}: load, warm",),
-                                note="hit + get_array() + one pass (sum)"))  # fmt: skip
-        cold = measure(load, repeat=repeat, setup=functools.partial(evict_tree, entry_dir))
+                                peers=(f"{NIBABEL}: load, warm", f"{JOBLIB}: load, warm"),
+                                note="hit + get_array() + one pass (sum); "
+                                     "decoded once per process, then the memo"))  # fmt: skip
+        with _no_volume_memo():
+            decoded = measure(load, repeat=repeat)
+            cold = measure(load, repeat=repeat, setup=functools.partial(evict_tree, entry_dir))
+        section.rows.append(Row(f"{label}: load, decoded", decoded, limit="limit: np.load + sum",
+                                peers=(f"{NIBABEL}: load, warm", f"{JOBLIB}: load, warm"),
+                                note="the same, decoded every time (memo off)"))  # fmt: skip
         section.rows.append(Row(f"{label}: load, cold", cold, limit="limit: np.load + sum",
-                                note="the same, entry files evicted"))  # fmt: skip
+                                note="the same, entry files evicted (memo off)"))  # fmt: skip
         size = tree_bytes(entry_dir)
         sizes_row.append(Row(f"{label}: size on disk", Timing.from_samples([size]), unit="B",
                              note=f"{size / arr.nbytes:.2f} of the array's bytes"))  # fmt: skip
+    _nibabel_storage(section, arr, workdir, repeat, sizes_row)
     _joblib_storage(section, memory_dwi, workdir, repeat, sizes_row)
     section.rows.extend(sizes_row)
     section.notes.append(
@@ -226,6 +240,22 @@ def dwi_entry_storage(sizes: Sizes, workdir: Path) -> Section:
         "so it compresses like a scan does (random floats would not)"
     )
     return section
+
+
+def _nibabel_storage(
+    section: Section, arr: np.ndarray, workdir: Path, repeat: int, sizes_row: list[Row]
+) -> None:
+    """nibabel writing and reading the DWI's volume as .nii.gz itself, for comparison."""
+    path = workdir / "nibabel.nii.gz"
+    image = nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0]))
+    save = measure(lambda: image.to_filename(path), repeat=repeat)
+    section.rows.append(Row(f"{NIBABEL}: save", save, limit="limit: np.save",
+                            note="to_filename, the volume alone"))  # fmt: skip
+    load = measure(lambda: np.asanyarray(nib.load(path).dataobj).sum(), repeat=repeat)
+    section.rows.append(Row(f"{NIBABEL}: load, warm", load, limit="limit: np.load + sum",
+                            note="np.asanyarray(load().dataobj) + one pass"))  # fmt: skip
+    sizes_row.append(Row(f"{NIBABEL}: size on disk", Timing.from_samples([path.stat().st_size]),
+                         unit="B", note="the volume alone"))  # fmt: skip
 
 
 def _joblib_storage(
@@ -259,8 +289,88 @@ def _joblib_storage(
     sizes_row.append(Row(f"{JOBLIB}: size on disk", Timing.from_samples([size]), unit="B"))
 
 
+@contextlib.contextmanager
+def _no_volume_memo() -> Iterator[None]:
+    """Every read decodes its file (the decoded-volume memo is off)."""
+    name = "KWNEURO_PYDRA_VOLUME_MEMO_MB"
+    old = os.environ.get(name)
+    os.environ[name] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+@case("nifti-gz-io")
+def nifti_gz_io(sizes: Sizes, workdir: Path) -> Section:
+    """Save and load a DWI volume as .nii.gz: ours (ISA-L), nibabel, joblib (zlib level 1)."""
+    section, _ = _section_with_ours()
+    resources = _resources()
+    gzip = importlib.import_module("kwneuro_pydra.resources._gzip")
+    arr = phantom_dwi_array(sizes.array_shape)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    volume = resources.InMemoryVolumeResource(arr, affine)
+    section.name = "nifti-gz-io"
+    section.title = f"a {mb(arr.nbytes)} DWI volume as .nii.gz: ours ({gzip.BACKEND}) vs nibabel"
+    repeat = sizes.heavy_repeat
+    raw = workdir / "raw.npy"
+    section.rows.append(Row("limit: np.save", measure(lambda: np.save(raw, arr), repeat=repeat),
+                            note="the raw array to a file (page cache)"))  # fmt: skip
+    section.rows.append(Row("limit: np.load + sum",
+                            measure(lambda: np.load(raw).sum(), repeat=repeat),
+                            note="read back, warm, one pass"))  # fmt: skip
+    ours, theirs, dumped = workdir / "ours.nii.gz", workdir / "nibabel.nii.gz", workdir / "a.pkl"
+    image = nib.Nifti1Image(arr, affine)
+    save_peers = ("nibabel: to_filename", "joblib.dump, zlib 1")
+    section.rows.append(Row("ours: NiftiVolumeResource.save",
+                            measure(lambda: resources.NiftiVolumeResource.save(volume, ours),
+                                    repeat=repeat),
+                            limit="limit: np.save", peers=save_peers,
+                            note=f"{gzip.BACKEND}, up to {gzip.MAX_THREADS} threads"))  # fmt: skip
+    threads = gzip.MAX_THREADS
+    gzip.MAX_THREADS = 1
+    try:
+        one = measure(lambda: resources.NiftiVolumeResource.save(volume, ours), repeat=repeat)
+    finally:
+        gzip.MAX_THREADS = threads
+    section.rows.append(Row("ours: save, one thread", one, limit="limit: np.save",
+                            peers=save_peers, note="the same bytes"))  # fmt: skip
+    section.rows.append(Row("nibabel: to_filename",
+                            measure(lambda: image.to_filename(theirs), repeat=repeat),
+                            limit="limit: np.save", note="zlib level 1"))  # fmt: skip
+    dump = measure(lambda: joblib.dump(arr, dumped, compress=("zlib", 1)), repeat=repeat)
+    section.rows.append(Row("joblib.dump, zlib 1", dump, limit="limit: np.save",
+                            note="the array pickled, compressed"))  # fmt: skip
+    load_peers = ("nibabel: dataobj + sum", "nibabel: get_fdata + sum", "joblib.load + sum")
+    with _no_volume_memo():
+        load = measure(lambda: resources.NiftiVolumeResource(ours).get_array().sum(),
+                       repeat=repeat)  # fmt: skip
+    section.rows.append(Row("ours: get_array + sum", load, limit="limit: np.load + sum",
+                            peers=load_peers, note="decoded every time (memo off)"))  # fmt: skip
+    section.rows.append(Row("nibabel: dataobj + sum",
+                            measure(lambda: np.asanyarray(nib.load(theirs).dataobj).sum(),
+                                    repeat=repeat),
+                            limit="limit: np.load + sum", note="its stored dtype"))  # fmt: skip
+    section.rows.append(Row("nibabel: get_fdata + sum",
+                            measure(lambda: nib.load(theirs).get_fdata().sum(), repeat=repeat),
+                            limit="limit: np.load + sum", note="float64"))  # fmt: skip
+    section.rows.append(Row("joblib.load + sum",
+                            measure(lambda: joblib.load(dumped).sum(), repeat=repeat),
+                            limit="limit: np.load + sum"))  # fmt: skip
+    for label, path in (("ours", ours), ("nibabel", theirs), ("joblib", dumped)):
+        size = path.stat().st_size
+        share = f"{size / theirs.stat().st_size:.3f} of nibabel's"
+        section.rows.append(Row(f"{label}: size on disk", Timing.from_samples([size]), unit="B",
+                                note=share))  # fmt: skip
+    section.notes.append(
+        "ours and nibabel's files hold the same NIfTI bytes once decompressed (tested)"
+    )
+    return section
+
+
 def _resources() -> ModuleType:
     """Our `kwneuro_pydra.resources` module (imported after `_peers.ours` found the package)."""
-    import importlib
-
     return importlib.import_module("kwneuro_pydra.resources")

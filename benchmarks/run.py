@@ -27,13 +27,13 @@ from pathlib import Path
 # Pydra telemetry: one request per process unless told not to. Set before any Pydra import.
 os.environ.setdefault("NO_ET", "1")
 
-from benchmarks import cases_core, cases_pydra, cases_resources, cases_slurm
+from benchmarks import cases_core, cases_profile, cases_pydra, cases_resources, cases_slurm
 from benchmarks._common import CASES, FULL, SMOKE, Case, Sizes, case
 from benchmarks._harness import Curve, Section, describe_machine, format_section
 
 __all__ = ["CASES", "FULL", "SMOKE", "Case", "Sizes", "case", "main"]
 
-_MODULES = (cases_core, cases_resources, cases_pydra, cases_slurm)
+_MODULES = (cases_core, cases_resources, cases_pydra, cases_profile, cases_slurm)
 """The case modules (imported for their registrations), in the order their cases run."""
 
 
@@ -132,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also write the results page (e.g. docs/benchmarks.md)")  # fmt: skip
     parser.add_argument("--plot", type=Path, metavar="PNG",
                         help="also draw the scaling curves (a .png)")  # fmt: skip
+    parser.add_argument("--profile-plot", type=Path, metavar="PNG",
+                        help="also draw the main job's time split (a .png)")  # fmt: skip
     options = parser.parse_args(argv)
     if options.list:
         print("\n".join(_ordered(list(CASES))))
@@ -166,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(total)
     if options.plot is not None and curves:
         print(write_plot(curves, options.plot))
+    if options.profile_plot is not None:
+        print(cases_profile.write_profile_plot(options.profile_plot))
     if options.markdown is not None:
         page = [_kept_intro(options.markdown), "## Results\n", "\n".join(header), total, ""]
         if options.plot is not None and curves:

@@ -20,6 +20,19 @@ arrays = dtypes.flatmap(
     lambda dtype: hnp.arrays(dtype, hnp.array_shapes(min_dims=0, max_dims=4, max_side=6))
 )
 
+nifti_dtypes = st.one_of(
+    hnp.integer_dtypes(endianness="="),
+    hnp.unsigned_integer_dtypes(endianness="="),
+    hnp.floating_dtypes(endianness="=", sizes=(32, 64)),
+    hnp.complex_number_dtypes(endianness="=", sizes=(64, 128)),
+)
+"""The dtypes a NIfTI-1 file stores as they are (native byte order)."""
+
+nifti_arrays = st.tuples(
+    nifti_dtypes, hnp.array_shapes(min_dims=3, max_dims=4, max_side=5), st.sampled_from("CF")
+).flatmap(lambda spec: hnp.arrays(spec[0], spec[1]).map(lambda a: np.asarray(a, order=spec[2])))
+"""Volumes (3-D or 4-D, C or Fortran order) of those dtypes, any values (NaN included)."""
+
 scalars = st.one_of(
     st.none(),
     st.booleans(),

@@ -35,6 +35,7 @@ __all__ = [
     "file_digest",
     "is_settled",
     "memo_directory",
+    "record_digest",
     "stat_key",
 ]
 
@@ -136,12 +137,29 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
             return digest
     digest = _hash_file(path, st.st_size)
     if (settled or is_settled(st)) and stat_key(os.stat(path)) == key:
-        if len(_memory) >= _MEMORY_LIMIT:
-            _memory.clear()
-        _memory[key] = digest
-        if directory is not None:
-            _write_persistent(directory, key, digest)
+        _remember(key, digest, directory)
     return digest
+
+
+def record_digest(path: str | Path, digest: str) -> None:
+    """Memoise the digest of a file its writer hashed while writing it (no read-back).
+
+    Args:
+        path: A regular file the caller has just written and closed; nobody else writes it.
+        digest: The xxh3-128 hex digest of exactly the bytes written, as `file_digest`
+            computes it.
+    """
+    st = os.stat(path)
+    directory = _memo_dir.get() if st.st_size >= PERSIST_MIN_SIZE else None
+    _remember(stat_key(st), digest, directory)
+
+
+def _remember(key: StatKey, digest: str, directory: Path | None) -> None:
+    if len(_memory) >= _MEMORY_LIMIT:
+        _memory.clear()
+    _memory[key] = digest
+    if directory is not None:
+        _write_persistent(directory, key, digest)
 
 
 def is_settled(st: os.stat_result) -> bool:

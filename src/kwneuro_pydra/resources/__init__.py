@@ -15,6 +15,15 @@ Where this module differs from upstream, it is deliberate:
 - A `NiftiVolumeResource` reads its header once (re-read only when the file changes) and
   decodes voxels only in `NiftiVolumeResource.get_array` / `NiftiVolumeResource.load`;
   `get_affine`, `get_metadata` and `get_shape` never decode voxels.
+- A ``.nii.gz`` is decompressed at most once per process while its file is unchanged: decoded
+  volumes are memoised under the file's stat key, least recently used first, within
+  ``KWNEURO_PYDRA_VOLUME_MEMO_MB`` MiB per process (default 1024; 0 turns the memo off).
+  The arrays handed out are therefore read-only (``flags.writeable`` is False): copy one to
+  modify it.
+- ``.nii.gz`` files are written and read through ISA-L (the ``isal`` package) when it is
+  installed, else the standard library: ordinary, deterministic gzip streams that hold
+  exactly the bytes nibabel writes. Writing records the file's digest from the bytes
+  written, so fingerprinting a file we just wrote reads nothing.
 - Saving preserves the array's dtype, the affine and the qform/sform codes.
 - FSL text files are written with the shortest exact decimal form of each value (float64),
   so a b-table round-trips bit for bit.
@@ -32,8 +41,9 @@ Cache protocol: a `@cacheable` step annotated to return a `VolumeResource`, `Bva
 lazy resources.
 
 Layout: `_files` (paths, file errors), `_base` (`Resource`), `_nifti` (NIfTI-1 plumbing),
-`_volume` (volumes), `_tables` (one implementation of gradient tables in memory and in FSL
-text files), `_gradients` (b-values and b-vectors), `_dwi` (`Dwi`).
+`_gzip` (ISA-L or zlib), `_niftiio` (NIfTI file I/O, the decoded-volume memo), `_volume`
+(volumes), `_tables` (one implementation of gradient tables in memory and in FSL text files),
+`_gradients` (b-values and b-vectors), `_dwi` (`Dwi`).
 """
 
 from kwneuro_pydra.resources._base import Resource

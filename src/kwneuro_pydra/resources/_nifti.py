@@ -7,7 +7,6 @@ in-memory volume) and the exceptions a damaged or foreign file raises while deco
 from __future__ import annotations
 
 import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,8 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.nifti1 import Nifti1Header, Nifti1Image
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import NDArray
+
+from kwneuro_pydra.resources._gzip import ERRORS as GZIP_ERRORS
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 """The NIfTI-1 file suffixes, compressed first."""
@@ -39,15 +40,14 @@ MEANINGFUL_FIELDS = (
     "toffset",
 )
 
-# What nibabel, gzip, zlib and the struct module raise on a damaged or foreign file.
+# What nibabel, gzip, zlib, ISA-L and the struct module raise on a damaged or foreign file.
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
     ImageFileError,
     HeaderDataError,
-    EOFError,
     OSError,
     ValueError,
-    zlib.error,
     struct.error,
+    *GZIP_ERRORS,
 )
 
 

@@ -29,6 +29,7 @@ from kwneuro_pydra.resources._nifti import (
     nifti_suffix_of,
     validated_affine,
 )
+from kwneuro_pydra.resources._niftiio import read_gzipped_voxels, write_image
 
 
 class VolumeResource(Resource):
@@ -204,8 +205,9 @@ class NiftiVolumeResource(VolumeResource):
 
     Nothing is read on construction. The header is read on first use and kept until the file
     changes (checked with one ``stat``); voxels are decoded only by `get_array` and `load`,
-    each call decoding the file once. An uncompressed ``.nii`` is memory-mapped
-    (copy-on-write), so loading it costs almost nothing until voxels are touched.
+    at most once per process while the file is unchanged. An uncompressed ``.nii`` is
+    memory-mapped, so loading it costs almost nothing until voxels are touched. Arrays are
+    read-only.
 
     Args:
         path: The file; made absolute (``~`` expanded, links resolved).
@@ -259,7 +261,7 @@ class NiftiVolumeResource(VolumeResource):
         if not os.path.isfile(self.path):
             raise missing(self.path, "NIfTI file")
         try:
-            image = nib.load(self.path)
+            image = nib.load(self.path, mmap="r")
         except FileNotFoundError:
             raise missing(self.path, "NIfTI file") from None
         except PermissionError:
@@ -276,8 +278,12 @@ class NiftiVolumeResource(VolumeResource):
     def get_array(self) -> NDArray[Any]:
         """Decode and return the voxel array in its stored dtype (scaled if the file says so).
 
+        A ``.nii.gz`` is decompressed at most once per process while the file is unchanged
+        (a memo bounded in bytes; see `kwneuro_pydra.resources`); an unscaled ``.nii`` is
+        memory-mapped. The array is read-only, shared by every caller: copy it to modify it.
+
         Returns:
-            The voxel array (a copy-on-write memory map for an unscaled ``.nii``).
+            The read-only voxel array, Fortran order.
 
         Raises:
             FileNotFoundError: the file does not exist.
@@ -285,7 +291,9 @@ class NiftiVolumeResource(VolumeResource):
         """
         image = self._image()
         try:
-            return np.asanyarray(image.dataobj)
+            if self.path.name.lower().endswith(".gz"):
+                return read_gzipped_voxels(self.path)
+            array: NDArray[Any] = np.asanyarray(image.dataobj)
         except FileNotFoundError:
             raise missing(self.path, "NIfTI file") from None
         except PermissionError:
@@ -296,6 +304,8 @@ class NiftiVolumeResource(VolumeResource):
                 f"({type(exc).__name__}: {str(exc).strip()})"
             )
             raise ResourceFileError(msg) from None
+        array.flags.writeable = False
+        return array
 
     def get_affine(self) -> NDArray[np.floating[Any]]:
         """Return the affine from the header (no voxel decoding).
@@ -338,7 +348,8 @@ class NiftiVolumeResource(VolumeResource):
         """Decode the file once and return the volume in memory.
 
         Returns:
-            An `InMemoryVolumeResource` with the stored dtype, the affine and the header.
+            An `InMemoryVolumeResource` with the stored dtype (its array read-only, see
+            `get_array`), the affine and the header.
 
         Raises:
             FileNotFoundError: the file does not exist.
@@ -369,7 +380,9 @@ class NiftiVolumeResource(VolumeResource):
         affine is stored exactly, and the qform/sform codes, zooms beyond the spatial ones,
         units, intent and other NIfTI fields of the metadata are written. Custom (non-NIfTI)
         metadata keys are not written. A file-backed source with the same compression is
-        copied byte for byte instead of being decoded and re-encoded.
+        copied byte for byte instead of being decoded and re-encoded. ``.nii.gz`` is
+        compressed with ISA-L when the ``isal`` package is installed (an ordinary gzip stream),
+        and the written bytes' digest is recorded, so fingerprinting the new file reads nothing.
 
         Args:
             volume: The volume to write.
@@ -391,5 +404,5 @@ class NiftiVolumeResource(VolumeResource):
                 shutil.copyfile(volume.path, target)
             return NiftiVolumeResource(target)
         image = build_image(volume.get_array(), volume.get_affine(), volume.get_metadata())
-        nib.save(image, target)
+        write_image(image, target)
         return NiftiVolumeResource(target)
