@@ -38,7 +38,7 @@ _MODULES = (cases_core, cases_resources, cases_pydra, cases_profile, cases_slurm
 
 
 def _ordered(names: Sequence[str]) -> list[str]:
-    """*names* by case module (core, resources, Pydra, Slurm), registration order within each."""
+    """*names* by case module (in `_MODULES` order), registration order within each."""
     modules = [module.__name__ for module in _MODULES]
 
     def rank(name: str) -> int:

@@ -1,4 +1,4 @@
-"""Running Python code in fresh interpreters for the Pydra tests."""
+"""Helpers of the Pydra tests: fresh interpreters, and the jobs Pydra ran."""
 
 from __future__ import annotations
 
@@ -25,3 +25,10 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
+
+
+def jobs_run(jobs: Path) -> list[str]:
+    """Names of Pydra's job directories in a job cache: each node or workflow run leaves one."""
+    if not jobs.exists():
+        return []
+    return sorted(p.name for p in jobs.iterdir() if p.is_dir() and p.name != "hash-memo")

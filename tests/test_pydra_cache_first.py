@@ -13,6 +13,7 @@ from kwneuro_pydra import Cache
 from kwneuro_pydra.pydra import run_subjects
 from kwneuro_pydra.pydra._jobs import job_cache
 from tests import _pydra_steps as steps
+from tests._children import jobs_run
 
 SUBJECTS = {f"sub-{i:02d}": {"x": float(i)} for i in range(1, 4)}
 
@@ -23,11 +24,6 @@ def counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     where.mkdir()
     monkeypatch.setenv("KWNEURO_TEST_COUNTS", str(where))
     return where
-
-
-def jobs_run(jobs: Path) -> list[str]:
-    """Pydra job directories: each node or workflow Pydra ran leaves one."""
-    return sorted(p.name for p in jobs.iterdir() if p.name != "hash-memo") if jobs.exists() else []
 
 
 def test_a_cached_rerun_submits_nothing_with_or_without_pydras_job_cache(
@@ -110,3 +106,28 @@ def test_the_job_cache_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(PermissionError, match="chmod go-w"):
         run_subjects(steps.chain4, SUBJECTS, root, worker="debug", job_cache=shared)
     assert not root.exists() or not any(root.iterdir())
+
+
+@pytest.mark.parametrize("worker", ["debug", "cf"])
+def test_steps_their_cache_answers_are_not_scheduled(
+    worker: str, counts: Path, tmp_path: Path
+) -> None:
+    """A subject with some entries cached: only the missing steps become jobs."""
+    root, jobs = tmp_path / "derivatives", tmp_path / "jobs"
+    with Cache(root / "sub-01"):
+        assert steps.add_one(1.0) == 2.0  # the first step of chain4, cached eagerly
+    results = run_subjects(steps.chain4, {"sub-01": {"x": 1.0}}, root, worker=worker,
+                           job_cache=jobs)  # fmt: skip
+    assert results["sub-01"].outputs == 10.0
+    assert sum(name.startswith("python-") for name in jobs_run(jobs)) == 3
+    assert steps.executions(counts) == 4  # add_one eagerly once, then three nodes
+
+    # the served entry removed since Pydra last built this workflow: it is scheduled again
+    for step in ("add_one", "double"):
+        for entry in Cache(root / "sub-01").entries(step):
+            shutil.rmtree(entry.path)
+    shutil.rmtree(jobs)
+    again = run_subjects(steps.chain4, {"sub-01": {"x": 1.0}}, root, worker=worker,
+                         job_cache=jobs)  # fmt: skip
+    assert again["sub-01"].outputs == 10.0
+    assert steps.executions(counts) == 8

@@ -58,6 +58,7 @@ HISTORIES = {
 }
 
 
+@pytest.mark.slow
 def test_checksums_do_not_depend_on_process_history(tmp_path: Path) -> None:
     """Each history runs in a fresh interpreter; then the same tasks are built and hashed."""
     env = child_env(PYDRA_HASH_CACHE=str(tmp_path / "h"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-__all__ = ["Lazy", "LazyValueError", "unwrap"]
+__all__ = ["Lazy", "LazyValueError", "is_concrete", "producers_of", "unwrap"]
 
 
 class LazyValueError(TypeError):
@@ -111,15 +111,24 @@ for _name, _symbol in {
     setattr(Lazy, f"__{_name}__", _operator(_symbol))
 
 
+def _leaves(value: object) -> list[object]:
+    """The values inside (possibly nested) lists, tuples, sets and dict values."""
+    if isinstance(value, list | tuple | set | frozenset):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    return [value]
+
+
 def producers_of(value: object) -> frozenset[str]:
     """Return the steps a (possibly nested) argument value depends on."""
-    if isinstance(value, Lazy):
-        return value._producers
-    if isinstance(value, list | tuple | set | frozenset):
-        return frozenset().union(*(producers_of(v) for v in value))
-    if isinstance(value, dict):
-        return frozenset().union(*(producers_of(v) for v in value.values()))
-    return frozenset()
+    lazy = [leaf for leaf in _leaves(value) if isinstance(leaf, Lazy)]
+    return frozenset().union(*(leaf._producers for leaf in lazy))
+
+
+def is_concrete(value: object) -> bool:
+    """True when a (possibly nested) value holds no stand-in: it exists already."""
+    return not any(isinstance(leaf, Lazy) for leaf in _leaves(value))
 
 
 def unwrap(value: object, where: str) -> Any:

@@ -17,6 +17,7 @@ import attrs
 import cloudpickle  # type: ignore[import-untyped]
 from pydra.engine.result import load_result  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+from pydra.engine.workflow import Workflow  # type: ignore[import-untyped]
 
 from kwneuro_pydra._step import Step
 from kwneuro_pydra.cache import Cache, handling_steps
@@ -97,7 +98,9 @@ def run_subjects(
 
     Each subject's steps are cached under ``cache_root/<subject>/`` (the same entries an
     eager ``with Cache(cache_root / subject)`` run makes and reuses). Subjects whose caches
-    already hold every result are served from them and never submitted. Pydra's own job
+    already hold every result are served from them and never submitted; in the others, the
+    steps whose arguments exist before the run and whose results are cached are served while
+    the workflow is built, so only missing steps become jobs. Pydra's own job
     cache (pickles, which are loaded) goes to a directory only you can write, ``job_cache``,
     with its hash memo (unless ``PYDRA_HASH_CACHE`` is set); nothing under ``cache_root`` is
     ever unpickled, so the cache root may be shared. A failing subject is reported while the
@@ -186,7 +189,7 @@ def run_subjects(
             check_before_submitting(chosen, root, jobs, steps)
             for s in tasks:
                 _failures.clear(root / s)
-            with _forcing(forced), progress_line(jobs, progress, n_nodes):
+            with _submitting(forced), progress_line(jobs, progress, n_nodes):
                 _submit(workflow_class, tasks, jobs, chosen, bool(forced), options)
                 results.update((s, _replay(pipeline, s, inputs[s], root)) for s in tasks)
                 stale = {
@@ -271,9 +274,12 @@ def _pydra_environment(memo: Path) -> contextlib.AbstractContextManager[None]:
     return _environment("PYDRA_HASH_CACHE", ours)
 
 
-def _forcing(steps: set[str]) -> contextlib.AbstractContextManager[None]:
-    """Tell the nodes (through their environment) which steps to recompute."""
-    return _environment(_task.FORCE_ENV, ",".join(sorted(steps)) or None)
+@contextlib.contextmanager
+def _submitting(forced: set[str]) -> Iterator[None]:
+    """Tell the nodes which steps to recompute, and the workflows to serve cached steps."""
+    forcing = _environment(_task.FORCE_ENV, ",".join(sorted(forced)) or None)
+    with forcing, _environment(_task.SERVE_ENV, "1"):
+        yield
 
 
 def _check_sendable(
@@ -323,13 +329,19 @@ def _submit(
         with concurrent.futures.ThreadPoolExecutor(1, "kwneuro-pydra-submit") as pool:
             pool.submit(run, task).result()
 
-    if worker == "debug":  # fail-fast within one submission: one submission per subject
-        for values in tasks.values():
-            submit(workflow_class(**values))
-        return
-    names = list(next(iter(tasks.values())))
-    columns = {n: [values[n] for values in tasks.values()] for n in names}
-    submit(workflow_class().split(tuple(names), **columns))
+    # Constructing a workflow here serves the steps its cache answers (_workflow._Builder),
+    # and Pydra memoizes constructions per process: none may outlive the entries it served.
+    Workflow.clear_cache()
+    try:
+        if worker == "debug":  # fail-fast within one submission: one submission per subject
+            for values in tasks.values():
+                submit(workflow_class(**values))
+            return
+        names = list(next(iter(tasks.values())))
+        columns = {n: [values[n] for values in tasks.values()] for n in names}
+        submit(workflow_class().split(tuple(names), **columns))
+    finally:
+        Workflow.clear_cache()
 
 
 class _Replay:

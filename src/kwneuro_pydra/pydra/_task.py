@@ -24,7 +24,9 @@ from kwneuro_pydra.pydra._hash import stable_checksums  # registers our hashing 
 __all__ = [
     "FORCE_ENV",
     "RESERVED",
+    "SERVE_ENV",
     "absolute_cache_dir",
+    "forced_steps",
     "node_step",
     "output_names",
     "step_function",
@@ -37,6 +39,9 @@ RESERVED = frozenset({"function", "split", "combine", "cache_dir", "code_digest"
 """Parameter names a step cannot have: Pydra's own, and the inputs the adapter adds."""
 FORCE_ENV = "KWNEURO_PYDRA_FORCE"
 """Environment variable naming (comma-separated) the steps a running node must recompute."""
+SERVE_ENV = "KWNEURO_PYDRA_SERVE"
+"""Environment variable set (to 1) while `run_subjects` submits: constructing a workflow
+then serves the step calls its cache answers instead of adding nodes for them."""
 
 _STEPS: weakref.WeakKeyDictionary[Callable[..., Any], Step] = weakref.WeakKeyDictionary()
 
@@ -189,6 +194,11 @@ def to_task(function: Callable[..., Any]) -> Any:
     return task
 
 
+def forced_steps() -> set[str]:
+    """The steps to recompute in this run (`run_subjects` sets them for every node)."""
+    return {s for s in os.environ.get(FORCE_ENV, "").split(",") if s}
+
+
 def absolute_cache_dir(value: Any) -> Any:
     """Converter of every ``cache_dir`` input: absolute where the task is built.
 
@@ -213,8 +223,7 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
             with _cache.handling_steps(None):  # type: ignore[arg-type]
                 result = step.fn(**kwargs)
         else:
-            forced = {s for s in os.environ.get(FORCE_ENV, "").split(",") if s}
-            with _cache.Cache(cache_dir, force=forced & {step.name}) as cache:
+            with _cache.Cache(cache_dir, force=forced_steps() & {step.name}) as cache:
                 result = cache._run_step(step, (), kwargs)
     except BaseException as error:
         error.add_note(f"[kwneuro] step {step.name!r} failed (cache_dir={cache_dir})")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import os
 import typing
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -17,11 +19,13 @@ from kwneuro_pydra import cache as _cache
 from kwneuro_pydra._code import code_fingerprint
 from kwneuro_pydra._step import Step
 from kwneuro_pydra.pydra._hash import stable_checksums
-from kwneuro_pydra.pydra._lazy import Lazy, producers_of, unwrap
+from kwneuro_pydra.pydra._lazy import Lazy, is_concrete, producers_of, unwrap
 from kwneuro_pydra.pydra._task import (
     PYDRA_DOC,
     RESERVED,
+    SERVE_ENV,
     absolute_cache_dir,
+    forced_steps,
     node_step,
     output_names,
     step_function,
@@ -127,17 +131,41 @@ def discover(pipeline: Callable[..., Any], values: Mapping[str, Any] | None = No
     return Plan(recorder.steps, recorder.depends, n_outputs)
 
 
+_NOT_STORED = object()
+
+
 class _Builder:
-    """Handler active while Pydra constructs the workflow: step calls become nodes."""
+    """Handler active while Pydra constructs the workflow: step calls become nodes.
+
+    Under `run_subjects` (``SERVE_ENV`` set), a step call whose arguments all exist already
+    and whose result the cache holds is served from the cache at once: it is never
+    scheduled. (Pydra memoizes constructions per process; `run_subjects` clears that memo
+    around its submissions, so a served entry removed since is scheduled again.)
+    """
 
     def __init__(self, cache_dir: Any) -> None:
         self.cache_dir = cache_dir
         self.counts: dict[str, int] = {}
 
+    def _stored(self, step: Step, arguments: dict[str, Any]) -> Any:
+        if (
+            not os.environ.get(SERVE_ENV)
+            or not isinstance(self.cache_dir, str)
+            or step.name in forced_steps()
+            or not all(is_concrete(value) for value in arguments.values())
+        ):
+            return _NOT_STORED
+        try:
+            return _cache.Cache(Path(self.cache_dir))._stored(step, (), arguments)
+        except KeyError:
+            return _NOT_STORED
+
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         function = step_function(step)
         task = to_task(function)
         bound = step.signature.bind(*args, **kwargs)
+        if (stored := self._stored(step, bound.arguments)) is not _NOT_STORED:
+            return stored
         inputs = {
             name: unwrap(value, f"argument {name!r} of step {step.name!r}")
             for name, value in bound.arguments.items()
