@@ -34,18 +34,21 @@ from benchmarks import (
     cases_profile,
     cases_pydra,
     cases_resources,
+    cases_slurm,
 )
 from benchmarks._common import CASES, FULL, SMOKE, Case, Sizes, case
 from benchmarks._harness import Curve, Section, describe_machine, format_section
 
 __all__ = ["CASES", "FULL", "SMOKE", "Case", "Sizes", "case", "main"]
 
-_MODULES = (cases_core, cases_resources, cases_pydra, cases_profile, cases_dti, cases_bids)
+_MODULES = (
+    cases_core, cases_resources, cases_pydra, cases_profile, cases_dti, cases_slurm, cases_bids,
+)
 """The case modules (imported for their registrations), in the order their cases run."""
 
 
 def _ordered(names: Sequence[str]) -> list[str]:
-    """*names* by case module (core, resources, Pydra, profile, DTI, BIDS), in that order."""
+    """*names* by case module (in `_MODULES` order), registration order within each."""
     modules = [module.__name__ for module in _MODULES]
 
     def rank(name: str) -> int:

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("pydra")
 
 from kwneuro_pydra import Cache
-from kwneuro_pydra.pydra import SubjectResult, _subjects, run_subjects, to_task
+from kwneuro_pydra.pydra import SubjectResult, run_subjects, to_task
 from tests import _pydra_steps as steps
 from tests._children import child_env, python
 
@@ -99,38 +99,6 @@ def test_inputs_are_checked(tmp_path: Path) -> None:
         run_subjects(steps.pipeline, {"../x": {"dwi": "a"}}, tmp_path)
     with pytest.raises(ValueError, match="unknown inputs dwj; missing inputs dwi"):
         run_subjects(steps.pipeline, {"s": {"dwj": "a"}}, tmp_path)
-
-
-def test_slurm_and_sge_pass_through(
-    counts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen: list[dict[str, Any]] = []
-
-    class Recording:
-        def __init__(self, **kwargs: Any) -> None:
-            seen.append(kwargs)
-
-        def __enter__(self) -> Recording:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-        def __call__(self, task: Any, **kwargs: Any) -> None:
-            seen[-1]["call"] = kwargs
-
-    monkeypatch.setattr(_subjects, "Submitter", Recording)
-    for worker, options in (("slurm", {"sbatch_args": "-p x", "poll_delay": 1}),
-                            ("sge", {"poll_for_result_file": False})):  # fmt: skip
-        results = run_subjects(steps.pipeline, {"s": {"dwi": "a"}}, tmp_path, worker=worker,
-                               job_cache=tmp_path / "jobs", **options)  # fmt: skip
-        assert not results["s"].ok  # nothing ran: reported, not raised
-        first, retry = seen[-2:]  # no entries and no failure recorded: submitted again, rerun
-        assert first == {
-            "cache_root": tmp_path / "jobs", "worker": worker, **options,
-            "call": {"raise_errors": False, "rerun": False},
-        }  # fmt: skip
-        assert retry == {**first, "call": {"raise_errors": False, "rerun": True}}
 
 
 def test_a_pickled_job_runs_in_a_fresh_interpreter(

@@ -30,12 +30,19 @@ os.environ.setdefault("NO_ET", "1")  # before any Submitter: Pydra checks once p
 from kwneuro_pydra.pydra import _task, _workflow
 from kwneuro_pydra.pydra._hash import register_pydra_hash
 from kwneuro_pydra.pydra._lazy import LazyValueError
+from kwneuro_pydra.pydra._preflight import ClusterWarning
+from kwneuro_pydra.pydra._resources import load_resources
+from kwneuro_pydra.pydra._slurm import SchedulerError, SlurmWorker
 from kwneuro_pydra.pydra._subjects import StepFailure, SubjectResult, run_subjects
 
 __all__ = [
+    "ClusterWarning",
     "LazyValueError",
+    "SchedulerError",
+    "SlurmWorker",
     "StepFailure",
     "SubjectResult",
+    "load_resources",
     "register_pydra_hash",
     "run_subjects",
     "to_task",

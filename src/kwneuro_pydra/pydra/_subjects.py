@@ -23,6 +23,11 @@ from kwneuro_pydra._step import Step
 from kwneuro_pydra.cache import Cache, handling_steps
 from kwneuro_pydra.pydra import _failures, _jobs, _task, _workflow
 from kwneuro_pydra.pydra._progress import progress_line
+from kwneuro_pydra.pydra._scheduler import (
+    check_before_submitting,
+    prepare_worker,
+    scheduler_failure,
+)
 
 __all__ = ["StepFailure", "SubjectResult", "run_subjects"]
 
@@ -83,6 +88,9 @@ def run_subjects(
     worker: str = "cf",
     force: set[str] | frozenset[str] = frozenset(),
     progress: bool | None = None,
+    resources: Mapping[str, Mapping[str, Any]] | None = None,
+    granularity: str = "node",
+    pending_timeout: float | None = None,
     job_cache: str | os.PathLike[str] | None = None,
     **worker_options: Any,
 ) -> dict[str, SubjectResult]:
@@ -105,30 +113,41 @@ def run_subjects(
         subjects: Inputs of the pipeline by subject id. Ids must be safe directory names.
         cache_root: Directory of the per-subject caches.
         worker: A Pydra worker: ``"cf"`` (processes; ``n_procs=``), ``"debug"`` (in
-            process, subject after subject), ``"slurm"`` (``sbatch_args=``, ``poll_delay=``),
-            ``"sge"``.
+            process, subject after subject), ``"slurm"`` (``sbatch_args=``, ``poll_delay=``;
+            see ``docs/cluster.md``). ``"sge"`` is refused: Pydra's SGE worker is broken.
         force: Step names to recompute for every subject, with every step depending on
             them; nothing else is recomputed.
         progress: Show the progress line; default: when stderr is a terminal.
+        resources: Slurm only: what each step's jobs ask for, by step name, e.g.
+            ``{"estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (keys
+            ``mem``, ``cpus``, ``time``, ``options``; see `load_resources`).
+        granularity: Slurm only: ``"node"`` submits a job per step call; ``"subject"`` a
+            job per subject whose steps run inside it, one after the other, asking for the
+            largest memory and CPUs and the sum of the times of ``resources``.
+        pending_timeout: Slurm only: seconds a job may pend before it is cancelled and its
+            subject reported with Slurm's reason; None waits for ever.
         job_cache: Directory of Pydra's job cache; default
             ``$XDG_CACHE_HOME/kwneuro-pydra/jobs/<digest of cache_root>`` (``~/.cache``
             without ``XDG_CACHE_HOME``). Created with mode 0700; it must be visible from the
             nodes of a cluster.
-        **worker_options: Passed to Pydra's ``Submitter``.
+        **worker_options: Passed to Pydra's ``Submitter`` (for ``"slurm"``: ``sbatch_args``,
+            ``poll_delay``).
 
     Returns:
         A `SubjectResult` per subject id, in the order of ``subjects``.
 
     Raises:
         ValueError: A subject id is not a safe name, inputs are missing or unknown,
-            ``force`` names a step the pipeline does not call, or the pipeline cannot be
+            ``force`` or ``resources`` name a step the pipeline does not call, the worker is
+            unknown or ``"sge"``, the cache root is not writable, or the pipeline cannot be
             sent to workers (defined in ``__main__`` and using a global that cannot be
-            pickled); raised before anything is submitted.
+            pickled); for Slurm: a step does not import in a fresh interpreter, sbatch
+            refuses the options, ``sbatch_args`` sets ``-o``/``-e``. All raised before
+            anything is submitted.
         LazyValueError: The pipeline uses a step's result other than by passing it on.
         PermissionError: The job cache is not yours alone to write.
     """
     root = Path(cache_root).absolute()
-    root.mkdir(parents=True, exist_ok=True)
     jobs = _jobs.job_cache(root, job_cache)
     workflow_class = _workflow.to_workflow(pipeline)
     ids = list(subjects)
@@ -142,6 +161,11 @@ def run_subjects(
                 f"force names steps {pipeline.__name__} does not call: {', '.join(unknown)} "
                 f"(its steps: {', '.join(sorted(known))})"
             )
+        steps = {n: fn for p in plans.values() for n, fn in p.steps.items()}
+        chosen, options = prepare_worker(
+            worker, root, steps, resources=resources, granularity=granularity,
+            pending_timeout=pending_timeout, options=worker_options,
+        )  # fmt: skip
         forced: set[str] = set()
         for plan in plans.values():
             forced |= plan.dependents(set(force)) if force else set()
@@ -162,20 +186,28 @@ def run_subjects(
         )  # fmt: skip
         if tasks:
             _check_sendable(pipeline, workflow_class, known)
+            check_before_submitting(chosen, root, jobs, steps)
             for s in tasks:
                 _failures.clear(root / s)
             with _submitting(forced), progress_line(jobs, progress, n_nodes):
-                _submit(workflow_class, tasks, jobs, worker, bool(forced), worker_options)
+                _submit(workflow_class, tasks, jobs, chosen, bool(forced), options)
                 results.update((s, _replay(pipeline, s, inputs[s], root)) for s in tasks)
-                stale = {s: tasks[s] for s in tasks
-                         if not results[s] and not _failures.failed(root / s)}  # fmt: skip
+                stale = {
+                    s: tasks[s]
+                    for s in tasks
+                    if not results[s]
+                    and not _failures.failed(root / s)
+                    and scheduler_failure(chosen, s) is None  # never resubmitted
+                }
                 if stale:  # Pydra's job cache outlived entries of the subjects' caches
                     _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
-                    _submit(workflow_class, stale, jobs, worker, True, worker_options)
+                    _submit(workflow_class, stale, jobs, chosen, True, options)
                     results.update((s, _replay(pipeline, s, inputs[s], root)) for s in stale)
         names = _output_names(plans[ids[0]].n_outputs) if ids else []
         outcomes = {
-            s: results[s] or _from_pydra(workflow_class, s, tasks[s], root, jobs, names)
+            s: results[s]
+            or _scheduler_outcome(chosen, s, root)
+            or _from_pydra(workflow_class, s, tasks[s], root, jobs, names)
             for s in ids
         }
     failed = [r for r in outcomes.values() if not r.ok]
@@ -273,7 +305,7 @@ def _submit(
     workflow_class: Any,
     tasks: dict[str, dict[str, Any]],
     jobs: Path,
-    worker: str,
+    worker: Any,
     rerun: bool,
     options: dict[str, Any],
 ) -> None:
@@ -360,6 +392,19 @@ def _from_pydra(
         value = tuple(getattr(result.outputs, name) for name in names)
         return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
     return SubjectResult(subject, None, _why(subject, cache_dir, result), cache_dir)
+
+
+def _scheduler_outcome(worker: Any, subject: str, root: Path) -> SubjectResult | None:
+    """The subject failed because of a job the scheduler did not complete, if so.
+
+    A job that merely exited with an error defers to the step's own failure record.
+    """
+    error = scheduler_failure(worker, subject)
+    if error is None or (error.state == "FAILED" and _failures.failed(root / subject)):
+        return None
+    step = None if error.step == "all steps" else error.step
+    failure = StepFailure(subject, step, error, str(error))
+    return SubjectResult(subject, None, failure, root / subject)
 
 
 def _output_names(n_outputs: int) -> list[str]:

@@ -1,0 +1,158 @@
+"""Cases on a real Slurm (``ci/slurm/start.sh``): latency, job granularity, cached reruns.
+
+Ours: `run_subjects(..., worker="slurm")` with a job per node or per subject, and ``cf`` on
+the submitting machine. Peer: plain Pydra 1.0's own ``slurm`` worker on a plain
+``python.define`` task. Without a usable Slurm each case says why in its notes and measures
+nothing. Every run's Pydra job cache goes under the case's work directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import OURS, PYDRA, Sizes, case
+from benchmarks._harness import Row, Section, Timing, measure
+from benchmarks.cases_pydra import _adapter, _check, _inputs, _one, _submit, _workers
+
+_POLL = 1.0
+"""Seconds between two looks at a job (ours and Pydra's worker default to 1)."""
+
+
+def _unavailable(section: Section) -> bool:
+    """True (with a note) when there is no Slurm to measure with."""
+    from kwneuro_pydra.pydra._preflight import slurm_unavailable
+
+    why = slurm_unavailable()
+    if why is not None:
+        section.notes.append(f"not measured: {why}; start one with ci/slurm/start.sh")
+    return why is not None
+
+
+def _jobs_submitted(root: Path) -> int:
+    """Jobs submitted under *root* so far, as the per-subject logs record them."""
+    logs = (root / ".logs").glob("*.log")
+    return sum(log.read_text().count("] slurm job ") // 2 for log in logs)
+
+
+def _subjects(sizes: Sizes) -> int:
+    """20 subjects for real figures, 1 in the smoke run (each job costs seconds)."""
+    return 20 if sizes.subjects >= 20 else 1
+
+
+def _fresh(workdir: Path, prefix: str) -> Callable[[], Path]:
+    names = itertools.count()
+    return lambda: workdir / f"{prefix}-{next(names)}"
+
+
+@case("slurm-latency")
+def slurm_latency(sizes: Sizes, workdir: Path) -> Section:
+    """Wall time of one trivial task through Slurm: ours, Pydra's own worker, and cf."""
+    section = Section("slurm-latency", "one subject of one trivial step (cold), end to end")
+    if _unavailable(section):
+        return section
+    adapter = _adapter()
+    from benchmarks import _slurm_steps
+
+    fresh = _fresh(workdir, "latency")
+    current: list[Path] = []
+
+    def setup() -> None:
+        current[:] = [fresh()]
+
+    def ours(worker: str, **options: Any) -> None:
+        root = current[0]
+        _check(adapter.pydra.run_subjects(_slurm_steps.one_step, {"sub-01": {"x": 1.0}}, root,
+                                          worker=worker, job_cache=root / "jobs",
+                                          progress=False, **options))  # fmt: skip
+
+    def plain() -> None:
+        _submit(adapter, adapter.plain["affine"](x=1.0), current[0], "slurm", poll_delay=_POLL)
+
+    peer = f"{PYDRA}, slurm"
+    repeat = sizes.heavy_repeat
+    section.rows.append(Row(peer, measure(plain, repeat=repeat, setup=setup, warmup=0),
+                            note=f"Submitter(worker='slurm'), poll {_POLL:g} s"))  # fmt: skip
+    for poll in (_POLL, 0.2):
+        timing = measure(functools.partial(ours, "slurm", poll_delay=poll), repeat=repeat,
+                         setup=setup, warmup=0)  # fmt: skip
+        section.rows.append(Row(f"{OURS}, slurm, poll {poll:g} s", timing, peers=(peer,),
+                                note="run_subjects: checks, 1 job, replay"))  # fmt: skip
+    timing = measure(functools.partial(ours, "cf", **_workers(sizes)["cf"]), repeat=repeat,
+                     setup=setup, warmup=0)  # fmt: skip
+    section.rows.append(Row(f"{OURS}, cf", timing, peers=(peer,), note="no scheduler"))
+    section.notes.append(
+        "ours includes the checks before submitting (a fresh interpreter imports the steps, "
+        "sbatch --test-only, sacct, sinfo)"
+    )
+    return section
+
+
+def _granularity_runs(sizes: Sizes, workdir: Path) -> dict[str, tuple[Timing, int, Path]]:
+    """Cold runs of N subjects x 3 steps: (wall time, jobs submitted, cache root) by mode."""
+    from benchmarks import _slurm_steps
+
+    adapter = _adapter()
+    n = _subjects(sizes)
+    paths = _inputs(adapter, workdir, n, sizes)
+    subjects = {s: {"t1": adapter.resources.NiftiVolumeResource(p)} for s, p in paths.items()}
+    modes: dict[str, dict[str, Any]] = {
+        "slurm, a job per node": {"worker": "slurm", "poll_delay": _POLL},
+        "slurm, a job per subject": {"worker": "slurm", "granularity": "subject",
+                                     "poll_delay": _POLL},
+        "cf": {"worker": "cf", **_workers(sizes)["cf"]},
+    }  # fmt: skip
+    found = {}
+    for label, options in modes.items():
+        root = workdir / label.replace(", ", "-").replace(" ", "_")
+        start = time.perf_counter()
+        _check(adapter.pydra.run_subjects(_slurm_steps.three_steps, subjects, root,
+                                          job_cache=root / "jobs", progress=False,
+                                          **options))  # fmt: skip
+        found[label] = (_one(time.perf_counter() - start), _jobs_submitted(root), root)
+    return found
+
+
+@case("slurm-granularity")
+def slurm_granularity(sizes: Sizes, workdir: Path) -> Section:
+    """N subjects x 3 steps through Slurm, a job per node versus per subject, versus cf."""
+    n = _subjects(sizes)
+    title = f"{n} subjects x 3 steps (denoise, mask, mean), cold, one run each"
+    section = Section("slurm-granularity", title)
+    if _unavailable(section):
+        return section
+    runs = _granularity_runs(sizes, workdir)
+    per_node = "slurm, a job per node"
+    for label, (timing, jobs, _) in runs.items():
+        peers = (f"{OURS}, {per_node}",) if label != per_node else ()
+        section.rows.append(Row(f"{OURS}, {label}", timing, peers=peers,
+                                note=f"{jobs} sbatch calls"))  # fmt: skip
+
+    root = runs["slurm, a job per subject"][2]
+    from benchmarks import _slurm_steps
+
+    adapter = _adapter()
+    subjects = {s: {"t1": adapter.resources.NiftiVolumeResource(p)}
+                for s, p in _inputs(adapter, workdir, n, sizes).items()}  # fmt: skip
+
+    def rerun() -> None:
+        _check(adapter.pydra.run_subjects(_slurm_steps.three_steps, subjects, root,
+                                          worker="slurm", granularity="subject",
+                                          job_cache=root / "jobs", progress=False))  # fmt: skip
+
+    before = _jobs_submitted(root)
+    timing = measure(rerun, repeat=sizes.repeat)
+    section.rows.append(Row(f"{OURS}, slurm: fully cached rerun", timing,
+                            note=f"{_jobs_submitted(root) - before} sbatch calls"))  # fmt: skip
+    timing = measure(rerun, repeat=sizes.repeat,
+                     setup=lambda: shutil.rmtree(root / "jobs", ignore_errors=True))  # fmt: skip
+    calls = _jobs_submitted(root) - before
+    section.rows.append(Row(f"{OURS}, slurm: fully cached rerun, no Pydra job cache", timing,
+                            note=f"{calls} sbatch calls in all"))  # fmt: skip
+    section.notes.append(f"jobs poll every {_POLL:g} s; 2 CPUs shared with other work")
+    return section

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Stop what ci/slurm/start.sh started (and nothing else): cancel the jobs, then stop slurmd,
+# slurmctld, slurmdbd, MariaDB and munged, each only if start.sh recorded starting it.
+set -uo pipefail
+STATE=${KWNEURO_SLURM_STATE:-/var/tmp/kwneuro-slurm}
+[ -d "$STATE/started" ] || exit 0
+if [ -e "$STATE/started/slurmctld" ]; then
+    scancel --quiet --user=root 2>/dev/null || true
+fi
+for daemon in slurmd slurmctld slurmdbd mariadb munged; do
+    record=$STATE/started/$daemon
+    [ -s "$record" ] || continue
+    pid=$(cat "$record")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    fi
+    rm -f "$record"
+done
+echo "slurm stopped"

@@ -1,0 +1,35 @@
+"""Steps that make the scheduler end their own job (importable by name on the nodes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from kwneuro_pydra import cacheable
+from tests._pydra_steps import json_spec
+
+
+@cacheable(json_spec("cancel_self"))
+def cancel_self(x: float) -> float:
+    """Cancel the Slurm job running this step (as ``scancel`` from a user would), then wait."""
+    subprocess.run(["scancel", os.environ["SLURM_JOB_ID"]], check=True)
+    time.sleep(30)
+    return x
+
+
+@cacheable(json_spec("overrun"))
+def overrun(x: float) -> float:
+    """Outlast any time limit shorter than two minutes."""
+    time.sleep(120)
+    return x
+
+
+def cancelled(x: float) -> float:
+    """A pipeline whose only step is cancelled by the scheduler."""
+    return cancel_self(x)
+
+
+def overrunning(x: float) -> float:
+    """A pipeline whose only step outlasts its time limit."""
+    return overrun(x)

@@ -1,0 +1,325 @@
+"""`run_subjects` on a real Slurm (``ci/slurm/start.sh``): requests, granularity, failures.
+
+Without a usable Slurm these tests skip, unless ``CI`` is set: then they fail. Select them
+with ``-m slurm``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pydra")
+
+from kwneuro_pydra.pydra import ClusterWarning, SchedulerError, run_subjects, to_task
+from kwneuro_pydra.pydra._preflight import slurm_unavailable
+from tests import _pydra_steps as steps
+from tests import _scheduler_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slurm
+FAST = {"poll_delay": 0.2}
+
+
+@pytest.fixture(autouse=True)
+def slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip (fail with CI set) without Slurm; make the tests' steps importable on the node."""
+    missing = slurm_unavailable()
+    if missing:
+        message = f"{missing}; start one with ci/slurm/start.sh (as root)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set and Slurm is not usable: {message}")
+        pytest.skip(message)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.delenv("PYDRA_HASH_CACHE", raising=False)
+
+
+def submitted(root: Path, subject: str) -> dict[str, str]:
+    """Job id -> step of every job submitted for ``subject`` (read from its log)."""
+    log = root / ".logs" / f"{subject}.log"
+    text = log.read_text() if log.exists() else ""
+    return dict(re.findall(r"\[scheduler\] slurm job (\d+): (.+?) submitted", text))
+
+
+def accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """sacct's record of each job: name, state, memory, CPUs and time limit asked for."""
+    fields = ["JobID", "JobName", "State", "ReqMem", "ReqCPUS", "Timelimit"]
+    done = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in done.stdout.splitlines()]
+    return {row["JobID"]: row for row in rows}
+
+
+def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """(memory, CPUs, time limit) each step's job asked for, by step, from sacct.
+
+    slurmdbd fills a job's record in shortly after the job ends: wait for it (10 s at most).
+    """
+    for _ in range(50):
+        rows = accounting(list(job_ids))
+        if all(r["ReqCPUS"] not in ("", "0") and r["Timelimit"] for r in rows.values()):
+            break
+        time.sleep(0.2)
+    return {step: (rows[j]["ReqMem"], rows[j]["ReqCPUS"], rows[j]["Timelimit"])
+            for j, step in job_ids.items()}  # fmt: skip
+
+
+def test_each_step_gets_its_own_request_and_a_rerun_submits_nothing(tmp_path: Path) -> None:
+    resources = {
+        "brain_mask": {"mem": "300M", "time": 5},
+        "estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"},
+    }
+    root = tmp_path / "slurm"
+    results = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                           resources=resources, **FAST)  # fmt: skip
+    reference = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, tmp_path / "debug",
+                             worker="debug")  # fmt: skip
+    assert results["sub-01"].ok and results["sub-01"].outputs == reference["sub-01"].outputs
+    for name in ("brain_mask", "estimate_dti", "fa_map"):  # the entries, byte for byte
+        ours = sorted(p for p in (root / "sub-01").rglob(f"{name}.json"))
+        theirs = sorted(p for p in (tmp_path / "debug" / "sub-01").rglob(f"{name}.json"))
+        assert [p.read_bytes() for p in ours] == [p.read_bytes() for p in theirs] != []
+
+    jobs = submitted(root, "sub-01")
+    assert sorted(jobs.values()) == ["brain_mask", "estimate_dti", "fa_map"]
+    assert asked(jobs) == {
+        "brain_mask": ("300M", "1", "00:05:00"),
+        "estimate_dti": ("2G", "2", "00:30:00"),
+        "fa_map": ("1G", "1", "UNLIMITED"),  # the cluster's defaults
+    }
+    dti = next(j for j, step in jobs.items() if step == "estimate_dti")
+    shown = subprocess.run(["scontrol", "show", "job", dti], capture_output=True, text=True)
+    if shown.returncode == 0:  # the controller forgets jobs MinJobAge after they end
+        assert {"MinMemoryNode=2G", "NumCPUs=2", "TimeLimit=00:30:00"} <= set(shown.stdout.split())
+
+    log = (root / ".logs" / "sub-01.log").read_text()
+    for job, step in jobs.items():  # the node's own log records, tagged with its job
+        assert f"[job {job} {step}] kwneuro_pydra.pydra INFO: [sub-01] {step}: done" in log
+
+    again = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                         resources=resources, **FAST)  # fmt: skip
+    assert again["sub-01"].outputs == results["sub-01"].outputs
+    assert submitted(root, "sub-01") == jobs
+
+    forced = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                          force={"estimate_dti"}, **FAST)  # fmt: skip
+    assert forced["sub-01"].outputs == results["sub-01"].outputs
+    log = (root / ".logs" / "sub-01.log").read_text()
+    computed = {step: log.count(f"INFO: {step}: computing") for step in jobs.values()}
+    assert computed == {"brain_mask": 1, "estimate_dti": 2, "fa_map": 2}  # forced and after
+
+
+def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
+    resources = {
+        "brain_mask": {"mem": "300M", "time": 5},
+        "estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"},
+        "fa_map": {"time": "1:00"},
+    }
+    subjects = {"sub-01": {"dwi": "a"}, "sub-02": {"dwi": "bad"}, "sub-03": {"dwi": "c"}}
+    root = tmp_path / "slurm"
+    results = run_subjects(steps.pipeline3, subjects, root, worker="slurm",
+                           granularity="subject", resources=resources, **FAST)  # fmt: skip
+    reference = run_subjects(steps.pipeline3, subjects, tmp_path / "debug", worker="debug")
+    assert {s: r.outputs for s, r in results.items()} == {
+        s: r.outputs for s, r in reference.items()
+    }
+    bad = results["sub-02"].failure
+    assert bad is not None and bad.step == "brain_mask"  # the step's own failure
+    assert isinstance(bad.exception, ValueError) and "cannot mask bad" in str(bad.exception)
+    for subject in subjects:
+        jobs = submitted(root, subject)
+        assert list(jobs.values()) == ["all steps"]
+        # the largest memory and CPUs, the sum of the times: 5 + 30 + 1 minutes
+        assert asked(jobs) == {"all steps": ("2G", "2", "00:36:00")}
+
+
+def test_a_job_pending_too_long_is_cancelled_with_slurms_reason(tmp_path: Path) -> None:
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "--cpus-per-task=2", "--job-name=kwneuro-test-blocker",
+         f"--output={tmp_path / 'blocker.out'}", "--wrap", "sleep 300"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        root = tmp_path / "slurm"
+        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                               pending_timeout=2, **FAST)  # fmt: skip
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    failure = results["sub-01"].failure
+    assert failure is not None and isinstance(failure.exception, SchedulerError)
+    jobs = submitted(root, "sub-01")
+    assert list(jobs.values()) == ["brain_mask"]  # not resubmitted, nothing after it
+    (job,) = jobs
+    error = failure.exception
+    assert (error.job_id, error.state, failure.step) == (job, "PENDING", "brain_mask")
+    assert f"Slurm job {job} (brain_mask for sub-01) was still pending after" in str(error)
+    assert "Slurm's reason: Resources" in str(error)
+    assert accounting([job])[job]["State"].startswith("CANCELLED")
+
+
+def test_a_cancelled_job_is_said_plainly_and_not_resubmitted(tmp_path: Path) -> None:
+    root = tmp_path / "slurm"
+    results = run_subjects(_scheduler_steps.cancelled, {"sub-01": {"x": 1.0}}, root,
+                           worker="slurm", **FAST)  # fmt: skip
+    failure = results["sub-01"].failure
+    assert failure is not None and isinstance(failure.exception, SchedulerError)
+    jobs = submitted(root, "sub-01")
+    (job,) = jobs  # --no-requeue, and no second submission
+    assert (failure.exception.job_id, failure.exception.state) == (job, "CANCELLED")
+    assert str(failure) == (
+        f"sub-01: step 'cancel_self' failed: SchedulerError: Slurm job {job} (cancel_self for "
+        "sub-01) ended CANCELLED: the job was cancelled (scancel, or by an administrator)"
+    )
+    assert accounting([job])[job]["State"].startswith("CANCELLED")
+
+
+@pytest.mark.slow
+def test_a_job_over_its_time_limit_is_said_plainly(tmp_path: Path) -> None:
+    root = tmp_path / "slurm"
+    results = run_subjects(_scheduler_steps.overrunning, {"sub-01": {"x": 1.0}}, root,
+                           worker="slurm", resources={"overrun": {"time": 1}}, **FAST)  # fmt: skip
+    failure = results["sub-01"].failure
+    assert failure is not None and isinstance(failure.exception, SchedulerError)
+    assert failure.exception.state == "TIMEOUT"
+    assert "reached its time limit: raise 'time' for this step" in str(failure.exception)
+    assert len(submitted(root, "sub-01")) == 1
+
+
+def test_without_accounting_jobs_are_still_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pydra's worker raises 'Job information not found' after each job without sacct."""
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
+    lines = [line for line in conf.splitlines() if not line.startswith("AccountingStorage")]
+    (tmp_path / "slurm.conf").write_text(
+        "\n".join([*lines, "AccountingStorageType=accounting_storage/none", ""])
+    )
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    assert subprocess.run(["sacct", "-n"], capture_output=True).returncode != 0
+    with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
+        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, tmp_path / "c",
+                               worker="slurm", **FAST)  # fmt: skip
+    assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"
+
+
+@pytest.fixture
+def outsider(tmp_path: Path) -> Iterator[object]:
+    """A pipeline whose step imports here (via sys.path) but not in a fresh interpreter."""
+    import importlib
+    import sys
+
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    (where / "outside_steps.py").write_text(
+        "from kwneuro_pydra import cacheable\n"
+        "from tests._pydra_steps import json_spec\n\n"
+        "@cacheable(json_spec('outside'))\n"
+        "def outside(x: float) -> float:\n    return x\n\n"
+        "def pipeline(x: float) -> float:\n    return outside(x)\n"
+    )
+    sys.path.insert(0, str(where))
+    try:
+        yield importlib.import_module("outside_steps").pipeline
+    finally:
+        sys.path.remove(str(where))
+        sys.modules.pop("outside_steps", None)
+
+
+def test_what_cannot_work_is_refused_before_submitting(tmp_path: Path, outsider: object) -> None:
+    root = tmp_path / "slurm"
+    one = {"sub-01": {"dwi": "a"}}
+    with pytest.raises(ValueError, match=r"sbatch_args: '-e' is not accepted: .*Pydra 1.0a12"):
+        run_subjects(steps.pipeline, one, root, worker="slurm", sbatch_args="-e /tmp/err")
+    with pytest.raises(
+        ValueError,
+        match=r"Slurm refuses the options of every job "
+        r"\(--bogus --no-requeue\): sbatch: unrecognized option '--bogus'",
+    ):
+        run_subjects(steps.pipeline, one, root, worker="slurm", sbatch_args="--bogus")
+    with pytest.raises(
+        ValueError,
+        match=r"Slurm refuses the options of estimate_dti \(.*"
+        r"--cpus-per-task=64\): .*Requested node configuration is not available",
+    ):
+        run_subjects(steps.pipeline, one, root, worker="slurm",
+                     resources={"estimate_dti": {"cpus": 64}})  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"step 'outside' \(outside_steps.outside\): "
+        r"ModuleNotFoundError: No module named 'outside_steps'",
+    ):
+        run_subjects(outsider, {"sub-01": {"x": 1.0}}, root, worker="slurm")  # type: ignore[arg-type]
+    assert not (root / ".logs").exists()  # nothing was submitted
+
+
+def test_upstream_slurm_worker_still_crashes_on_dash_e(tmp_path: Path) -> None:
+    """Why `_workarounds.sbatch_args` refuses -e: when this fails, upstream fixed it."""
+    from pydra.engine.submitter import Submitter
+
+    task = to_task(steps.add_one)(x=1.0, cache_dir=str(tmp_path / "s"))
+    crashing = {"worker": "slurm", "sbatch_args": f"-e {tmp_path}/e"}
+    with (
+        Submitter(cache_root=tmp_path / "p", **crashing) as sub,
+        pytest.raises(AttributeError, match="'NoneType' object has no attribute 'replace'"),
+    ):
+        sub(task, raise_errors=True)
+
+
+def test_every_command_of_the_cluster_page_runs(tmp_path: Path) -> None:
+    """docs/cluster.md: its bash and python blocks, in order, in one directory."""
+    import sys
+    import tomllib
+
+    page = (ROOT / "docs" / "cluster.md").read_text()
+    blocks = re.findall(r"```(bash|python|toml)\n(.*?)```", page, re.S)
+    assert [kind for kind, _ in blocks] == ["bash", "python", "bash", "toml", "python", "python"]
+    (tmp_path / "ci").symlink_to(ROOT / "ci")
+    outputs = []
+    for kind, code in blocks:
+        if kind == "toml":
+            written = tomllib.loads(code)
+            continue
+        if kind == "bash" and "start.sh" in code and os.geteuid() != 0:
+            code = code.replace("ci/slurm/start.sh", "")  # it needs root; Slurm is up
+        command = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [
+            sys.executable, "-c", code]  # fmt: skip
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, f"{code}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    start, run, logs, loaded, by_hand = outputs
+    assert "slurm ready" in start or os.geteuid() != 0
+    assert run.splitlines() == ["sub-01 ok", "sub-02 ok"]
+    assert "kwneuro.sub-01.estimate_dti  COMPLETED         2G        2   00:30:00" in logs
+    assert "[job " in logs and "estimate_dti: done" in logs
+    assert loaded.strip() == str(written)
+    assert re.fullmatch(r"FA in \S+\.nii\.gz - jobs \['\d+', '\d+'\]\n", by_hand)
+    assert (tmp_path / "by-hand" / "sub-01").is_dir()
+
+
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_steps_defined_in_a_script_run_on_slurm(granularity: str, tmp_path: Path) -> None:
+    """A job per subject builds the workflow in the job: the steps travel with the pipeline."""
+    import textwrap
+
+    from tests.test_pydra_main import EXPECTED, STEPS, run_script
+
+    script = tmp_path / "analysis.py"
+    script.write_text(textwrap.dedent(STEPS) + textwrap.dedent(f"""
+        if __name__ == "__main__":
+            import sys
+            results = run_subjects(pipeline, {{"a": {{"x": 1.0}}, "b": {{"x": 2.0}}}},
+                                   sys.argv[1], worker="slurm", granularity={granularity!r},
+                                   poll_delay=0.2)
+            print(json.dumps({{s: [r.outputs, str(r.failure) if r.failure else None]
+                              for s, r in results.items()}}))
+    """))  # fmt: skip
+    assert run_script(script, tmp_path / "derivatives") == EXPECTED
+    assert len(submitted(tmp_path / "derivatives", "a")) == (2 if granularity == "node" else 1)
