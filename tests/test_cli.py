@@ -168,6 +168,14 @@ def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
         (["run", "{bids}", "{tmp}/out", "participant", "--worker", "nosuch"], "invalid choice"),
         (["run", "{bids}", "{tmp}/out", "participant", "--force", "nosuch"], "unknown step"),
         (["run", "{bids}", "{tmp}/out", "group"], "invalid choice"),
+        (["run", "{bids}", "{tmp}/out", "participant", "--sbatch-args=--mem=1G"],
+         "--sbatch-args: only with --worker slurm (got --worker cf)"),
+        (["run", "{bids}", "{tmp}/out", "participant", "--granularity", "subject"],
+         "--granularity: only with --worker slurm"),
+        (["run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm", "--resources",
+          "{file}"], "--resources: {file}: resources file must end in .toml or .json"),
+        (["run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm", "--resources",
+          "{tmp}/none.toml"], "--resources: [Errno 2] No such file or directory"),
         (["demo", "{tmp}/demo", "--subjects", "0"], "must be at least 1"),
         (["prune", "{tmp}", "--keep", "0"], "must be at least 1"),
         (["prune", "{tmp}", "--keep", "-1"], "must be at least 1"),
@@ -185,7 +193,7 @@ def test_usage_errors_are_one_line_and_exit_2(
     result = kwneuro(*(a.format(**values) for a in args))
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert message in result.stderr
+    assert message.format(**values) in result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
 
 

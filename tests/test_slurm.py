@@ -323,3 +323,24 @@ def test_steps_defined_in_a_script_run_on_slurm(granularity: str, tmp_path: Path
     """))  # fmt: skip
     assert run_script(script, tmp_path / "derivatives") == EXPECTED
     assert len(submitted(tmp_path / "derivatives", "a")) == (2 if granularity == "node" else 1)
+
+
+def test_the_bids_app_runs_on_slurm_with_per_step_requests(tmp_path: Path) -> None:
+    from kwneuro_pydra.cli import main
+    from tests.bids_data import MASK, good_dataset
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    resources = tmp_path / "resources.toml"
+    resources.write_text('[estimate_dti]\nmem = "700M"\ncpus = 2\ntime = "00:20:00"\n')
+    out = tmp_path / "out"
+    args = ["run", str(bids_dir), str(out), "participant", "--worker", "slurm", *MASK,
+            "--resources", str(resources), "--poll-delay", "0.2"]  # fmt: skip
+    assert main(args) == 0
+    assert (out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz").is_file()
+    jobs = submitted(out / ".kwneuro-cache", "sub-01")
+    assert "estimate_dti" in jobs.values() and "brain_mask" in jobs.values()
+    requests = asked(jobs)
+    assert requests["estimate_dti"] == ("700M", "2", "00:20:00")
+    assert requests["brain_mask"] != requests["estimate_dti"]
+    assert main(args) == 0  # a rerun is served from the cache: nothing more is submitted
+    assert submitted(out / ".kwneuro-cache", "sub-01") == jobs

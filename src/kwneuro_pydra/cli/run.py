@@ -38,7 +38,16 @@ from kwneuro_pydra.cli._series import (
     write_record,
 )
 
-__all__ = ["WORKERS", "add_dti_options", "add_parser", "add_selection", "parameters_of", "run"]
+__all__ = [
+    "WORKERS",
+    "add_dti_options",
+    "add_parser",
+    "add_scheduler_options",
+    "add_selection",
+    "parameters_of",
+    "run",
+    "scheduler_options",
+]
 
 WORKERS = ("debug", "cf", "slurm", "sge")
 """Pydra workers ``--worker`` accepts."""
@@ -71,11 +80,70 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     execution.add_argument(
         "--n-procs", type=positive_int, metavar="N", help="processes of the cf worker"
     )
+    add_scheduler_options(parser)
     execution.add_argument(
         "--force", type=_steps, default=[], metavar="STEP[,STEP]",
         help="recompute these steps (and what depends on them)",
     )  # fmt: skip
     parser.set_defaults(run=run)
+
+
+def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``--worker slurm`` (see `kwneuro_pydra.pydra.run_subjects`)."""
+    cluster = parser.add_argument_group("cluster (--worker slurm)")
+    cluster.add_argument(
+        "--sbatch-args", metavar="ARGS",
+        help="sbatch options for every job, e.g. --sbatch-args='--partition=short -A lab' "
+        "(-o and -e are refused: each series' log goes to WORK_DIR/.logs)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--resources", type=Path, metavar="FILE",
+        help="per-step requests: a .toml with a table per step (mem, cpus, time, options) "
+        "or the same as .json",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--granularity", choices=("node", "subject"), default="node",
+        help="one job per step call (node, the default) or one per series (subject)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--pending-timeout", type=positive_float, metavar="SECONDS",
+        help="cancel and report jobs pending longer than this, with Slurm's reason",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--poll-delay", type=positive_float, metavar="SECONDS",
+        help="seconds between looks at the queue",
+    )  # fmt: skip
+
+
+def scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `run_subjects` keyword arguments that the command line's options ask for.
+
+    Raises:
+        UsageError: A scheduler option was given without ``--worker slurm``, or the
+            resources file cannot be read.
+    """
+    from kwneuro_pydra.pydra import load_resources
+
+    given = {
+        "sbatch_args": args.sbatch_args,
+        "resources": args.resources,
+        "pending_timeout": args.pending_timeout,
+        "poll_delay": args.poll_delay,
+    }
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.granularity != "node":
+        given["granularity"] = args.granularity
+    if given and args.worker != "slurm":
+        names = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{names}: only with --worker slurm (got --worker {args.worker})")
+    if "resources" in given:
+        try:
+            given["resources"] = load_resources(given["resources"])
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--resources: {error}") from None
+    if args.n_procs:
+        given["n_procs"] = args.n_procs
+    return given
 
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [s for s in args.force if s not in known]
     if unknown:
         raise UsageError(f"--force: unknown step {', '.join(unknown)} (steps: {', '.join(known)})")
+    options = scheduler_options(args)
     all_units = units(args.bids_dir, args.participant_label, args.session_label)
     output_dir = _folder(args.output_dir, "OUTPUT_DIR")
     work_dir = _folder(args.work_dir or output_dir / ".kwneuro-cache", "the work folder")
@@ -157,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         if u.dwi is not None and (not look_up(u, work_dir, parameters).complete or args.force)
     ]  # fmt: skip
     if pending:
-        _compute(pending, work_dir, parameters, args)
+        _compute(pending, work_dir, parameters, args, options)
     for unit in pending:  # what each step did, read back from the cache
         complete = look_up(unit, work_dir, parameters).complete
         if unit.failure is None and not complete:
@@ -170,11 +239,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compute(
-    pending: list[Unit], work_dir: Path, parameters: dict[str, Any], args: argparse.Namespace
+    pending: list[Unit],
+    work_dir: Path,
+    parameters: dict[str, Any],
+    args: argparse.Namespace,
+    options: dict[str, Any],
 ) -> None:
     from kwneuro_pydra.pydra import run_subjects
 
-    options = {"n_procs": args.n_procs} if args.n_procs else {}
     subjects = {u.name: {"dwi": u.dwi, **parameters} for u in pending}
     with _live(pending, work_dir, args.verbosity):
         results = run_subjects(
