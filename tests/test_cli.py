@@ -271,7 +271,12 @@ def test_demo_prints_where_the_report_is(tmp_path: Path) -> None:
     result = kwneuro("demo", str(tmp_path / "demo"), "--subjects", "2", "--worker", "debug")
     assert result.returncode == 0, result.stderr
     report = tmp_path / "demo" / "derivatives" / "report.html"
-    assert result.stdout.splitlines()[-1] == f"Report: {report}"
+    assert f"Report: {report}" in result.stdout.splitlines()
+    rows = {line.split("│")[1].strip(): line.split("│")[2:5] for line in result.stdout.splitlines()
+            if line.startswith("│ sub-")}  # fmt: skip
+    assert sorted(rows) == ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
+    for voxels, fa_error, md_error in rows.values():  # the demo's error against ground truth
+        assert int(voxels) > 1000 and float(fa_error) < 0.05 and float(md_error[:-2]) < 5
     bids_dir = tmp_path / "demo" / "bids"
     assert (bids_dir / "sub-02" / "ses-2" / "dwi" / "sub-02_ses-2_dwi.nii.gz").is_file()
 

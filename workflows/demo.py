@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from kwneuro_pydra.resources import (
     Dwi,
@@ -17,9 +18,9 @@ from kwneuro_pydra.resources import (
     NiftiVolumeResource,
 )
 
-from .phantom import gradient_scheme, make_phantom, write_phantom
+from .phantom import PhantomTruth, gradient_scheme, make_phantom, write_phantom
 
-__all__ = ["DEMO_MASK_OPTIONS", "make_demo_subject", "write_demo_dataset"]
+__all__ = ["DEMO_MASK_OPTIONS", "demo_truths", "make_demo_subject", "write_demo_dataset"]
 
 DEMO_MASK_OPTIONS = {"median_radius": 2, "numpass": 2}
 """`dti_pipeline` mask options for demo subjects: dipy's defaults (radius 4, 4 passes) are
@@ -75,17 +76,52 @@ def write_demo_dataset(
     bvals, bvecs = gradient_scheme()
     FslBvalResource.save(InMemoryBvalResource(bvals), root / "dwi.bval")
     FslBvecResource.save(InMemoryBvecResource(bvecs), root / "dwi.bvec")
-    lines = ["participant_id"]
+    for series in _demo_series(subjects):
+        image = root / series.image
+        if not image.exists():
+            image.parent.mkdir(parents=True, exist_ok=True)
+            phantom = make_phantom(shape, seed=series.seed)
+            NiftiVolumeResource.save(phantom.dwi(2.0).volume, image)
+    participants = ["participant_id", *(f"sub-{n:02d}" for n in range(1, subjects + 1))]
+    (root / "participants.tsv").write_text("\n".join(participants) + "\n", encoding="utf-8")
+    return root
+
+
+def demo_truths(
+    subjects: int = 4, *, shape: tuple[int, int, int] = (40, 40, 24)
+) -> dict[str, PhantomTruth]:
+    """The ground truth of every series `write_demo_dataset` writes, by series name.
+
+    The phantoms are simulated again from their seeds (deterministic), so the truth needs
+    no files of its own.
+
+    Args:
+        subjects: As given to `write_demo_dataset`.
+        shape: As given to `write_demo_dataset`.
+
+    Returns:
+        Series name (``sub-02_ses-1``) -> its `PhantomTruth`.
+    """
+    return {
+        series.name: make_phantom(shape, seed=series.seed).truth
+        for series in _demo_series(subjects)
+    }
+
+
+class _DemoSeries(NamedTuple):
+    name: str
+    image: Path
+    seed: int
+
+
+def _demo_series(subjects: int) -> list[_DemoSeries]:
+    """Every demo series: every second subject has two sessions; one seed per series."""
+    found = []
     for number in range(1, subjects + 1):
         subject = f"sub-{number:02d}"
-        lines.append(subject)
         sessions = ["ses-1", "ses-2"] if number % 2 == 0 else [None]
         for index, session in enumerate(sessions):
-            folder = root / subject / (session or "") / "dwi"
-            image = folder / f"{'_'.join(filter(None, (subject, session)))}_dwi.nii.gz"
-            if not image.exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                phantom = make_phantom(shape, seed=100 * number + index)
-                NiftiVolumeResource.save(phantom.dwi(2.0).volume, image)
-    (root / "participants.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return root
+            name = "_".join(filter(None, (subject, session)))
+            image = Path(subject, session or "", "dwi", f"{name}_dwi.nii.gz")
+            found.append(_DemoSeries(name, image, 100 * number + index))
+    return found

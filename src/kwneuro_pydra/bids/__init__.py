@@ -12,6 +12,7 @@ Imports bids2table only when `discover` runs.
 from kwneuro_pydra.bids._derivatives import (
     DERIVATIVES,
     Derivative,
+    derivative_path,
     place,
     write_dataset_description,
     write_derivatives,
@@ -25,6 +26,7 @@ __all__ = [
     "Derivative",
     "DwiSeries",
     "SeriesError",
+    "derivative_path",
     "discover",
     "place",
     "write_dataset_description",

@@ -19,6 +19,7 @@ from kwneuro_pydra.bids._discover import DwiSeries
 __all__ = [
     "DERIVATIVES",
     "Derivative",
+    "derivative_path",
     "place",
     "write_dataset_description",
     "write_derivatives",
@@ -153,6 +154,29 @@ def write_dataset_description(
     return path
 
 
+def derivative_path(
+    series: DwiSeries, output_dir: Path, output: str, extension: str = ".nii.gz"
+) -> Path:
+    """Where `write_derivatives` puts one output of a series.
+
+    Args:
+        series: The source series.
+        output_dir: The derivatives folder.
+        output: A `DERIVATIVES` output name (``mask``, ``fa``, ``md`` ...).
+        extension: The file's extension.
+
+    Returns:
+        ``OUTPUT_DIR/sub-<label>/[ses-<label>/]dwi/<source entities>_<entities><extension>``.
+
+    Raises:
+        KeyError: ``output`` is not in `DERIVATIVES`.
+    """
+    row = next((row for row in DERIVATIVES if row.output == output), None)
+    if row is None:
+        raise KeyError(f"no derivative named {output!r}")
+    return output_dir / series.directory / f"{series.name}_{row.entities}{extension}"
+
+
 def write_derivatives(
     series: DwiSeries,
     outputs: Mapping[str, Any],
@@ -176,14 +200,13 @@ def write_derivatives(
     Returns:
         The derivative image files written or refreshed.
     """
-    folder = output_dir / series.directory
     written = []
     for row in DERIVATIVES:
         if row.output not in outputs:
             continue
         source = Path(outputs[row.output].path)
         extension = ".nii.gz" if source.name.endswith(".nii.gz") else source.suffix
-        target = folder / f"{series.name}_{row.entities}{extension}"
+        target = derivative_path(series, output_dir, row.output, extension)
         place(source, target)
         sidecar: dict[str, Any] = {
             "Description": row.description,

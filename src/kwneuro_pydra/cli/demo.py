@@ -6,10 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from kwneuro_pydra.bids import DwiSeries, derivative_path, discover
 from kwneuro_pydra.cli._common import positive_int
 from kwneuro_pydra.cli.run import WORKERS
+from kwneuro_pydra.resources import NiftiVolumeResource
 
-__all__ = ["add_parser", "run"]
+__all__ = ["accuracy", "add_parser", "run"]
 
 
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -39,10 +43,57 @@ def run(args: argparse.Namespace) -> int:
 
     output = _folder(args.output, "OUTPUT")
     bids_dir: Path = write_demo_dataset(output / "bids", subjects=args.subjects)
+    derivatives = output / "derivatives"
     verbosity = ["-q"] if args.verbosity < 0 else ["-v"] * args.verbosity
     status: int = main([
-        "run", str(bids_dir), str(output / "derivatives"), "participant", "--worker", args.worker,
+        "run", str(bids_dir), str(derivatives), "participant", "--worker", args.worker,
         "--mask-median-radius", str(DEMO_MASK_OPTIONS["median_radius"]),
         "--mask-numpass", str(DEMO_MASK_OPTIONS["numpass"]), *verbosity,
     ])  # fmt: skip
+    if args.verbosity >= 0:
+        _print_accuracy(bids_dir, derivatives, args.subjects)
     return status
+
+
+def _print_accuracy(bids_dir: Path, derivatives: Path, subjects: int) -> None:
+    """Print each series' FA and MD error against the phantom's ground truth."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kwneuro_pydra.workflows.demo import demo_truths  # type: ignore[import-not-found,unused-ignore]
+
+    table = Table(
+        title="Error against the phantoms' ground truth (tissue in the mask)",
+        title_justify="left",
+    )
+    for column in ("series", "voxels", "median |FA error|", "median |MD error| / MD"):
+        table.add_column(column, justify="left" if column == "series" else "right")
+    truths = demo_truths(subjects)
+    for series in discover(bids_dir):
+        error = accuracy(series, derivatives, truths[series.name])
+        if error is not None:
+            voxels, fa, md = error
+            table.add_row(series.name, str(voxels), f"{fa:.4f}", f"{100 * md:.2f} %")
+    Console(highlight=False).print(table)
+
+
+def accuracy(series: DwiSeries, derivatives: Path, truth: Any) -> tuple[int, float, float] | None:
+    """Compare a series' FA and MD derivatives with a phantom's truth.
+
+    Args:
+        series: The demo series.
+        derivatives: The derivatives folder.
+        truth: Its `kwneuro_pydra.workflows.phantom.PhantomTruth`.
+
+    Returns:
+        (tissue voxels in the brain mask, median absolute FA error, median relative MD error),
+        or None when the series has no derivatives (it failed).
+    """
+    paths = [derivative_path(series, derivatives, name) for name in ("mask", "fa", "md")]
+    if not all(path.is_file() for path in paths):
+        return None
+    mask, fa, md = (NiftiVolumeResource(path).get_array() for path in paths)
+    inside = (mask > 0) & (truth.labels > 0)
+    fa_error = np.abs(fa[inside] - truth.fa[inside])
+    md_error = np.abs(md[inside] - truth.md[inside]) / truth.md[inside]
+    return int(inside.sum()), float(np.median(fa_error)), float(np.median(md_error))
