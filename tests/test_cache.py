@@ -483,12 +483,15 @@ def test_list_prune_and_clear(tmp_path: Path) -> None:
         entries = cache.entries(fill)
         assert [e.scalars["n"] for e in entries] == [0, 1, 2, 3, 4]
         assert all(e.nbytes > 0 for e in entries)
+        assert sorted(cache.prune(keep=2, dry_run=True)) == sorted(e.path for e in entries[:3])
+        assert cache.entries(fill) == entries  # a dry run removes nothing
         removed = cache.prune(keep=2)
         assert sorted(removed) == sorted(e.path for e in entries[:3])
         assert [e.scalars["n"] for e in cache.entries(fill)] == [3, 4]
         leftover = tmp_path / "fill" / ".tmp-crashed"
         leftover.mkdir()
         os.utime(leftover, (0, 0))
+        assert cache.prune(dry_run=True) == [leftover] and leftover.is_dir()
         assert cache.prune() == [leftover]
         assert cache.prune(older_than=0) != []
         fill(7)

@@ -251,7 +251,7 @@ def test_prune_and_clear_dry_run_confirmation_and_plurals(tmp_path: Path) -> Non
         brain_mask(discover(bids_dir)[0].load(), median_radius=2)  # a second entry of brain_mask
     dry = kwneuro("prune", str(out), "--keep", "1", "--dry-run")
     assert dry.returncode == 0
-    assert "1 entry would be removed" in dry.stdout
+    assert "1 folder would be removed from 2 caches under" in dry.stdout
     assert len(Cache(cache).entries("brain_mask")) == 2
     pruned = kwneuro("prune", str(out), "--keep", "1")
     assert "1 folder removed from 2 caches under" in pruned.stdout

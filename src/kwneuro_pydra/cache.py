@@ -348,6 +348,7 @@ class Cache:
         keep: int | None = None,
         older_than: float | None = None,
         stale_code: bool = False,
+        dry_run: bool = False,
     ) -> list[Path]:
         """Remove leftovers of crashed writes and entries beyond a retention policy.
 
@@ -361,9 +362,10 @@ class Cache:
             older_than: Remove entries created more than this many seconds ago.
             stale_code: Remove the entries made by other code than the step's current code
                 (for the steps decorated in this process; others are left alone).
+            dry_run: Remove nothing; return what would be removed.
 
         Returns:
-            The directories removed.
+            The paths removed (or that would be).
         """
         removed: list[Path] = []
         cutoff = time.time() - older_than if older_than is not None else None
@@ -375,10 +377,12 @@ class Cache:
             if stale_code and (step := _STEPS.get(name)) is not None:
                 doomed += [e for e in entries if e.code != step.code]
             for entry in {e.path: e for e in doomed}.values():
-                self._store.remove(entry)
+                if not dry_run:
+                    self._store.remove(entry)
                 removed.append(entry.path)
         for leftover in self._store.leftovers():
-            discard(leftover)
+            if not dry_run:
+                discard(leftover)
             removed.append(leftover)
         return removed
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
-from datetime import datetime
 from typing import Any
 
 from kwneuro_pydra.cache import Cache
@@ -39,34 +37,12 @@ def run(args: argparse.Namespace) -> int:
     """Prune (or list what would go); return the exit status."""
     selection = select(args.cache_dir, [])
     older = args.older_than_days * 86400 if args.older_than_days is not None else None
-    if args.dry_run:
-        doomed = _doomed(selection.caches, args.keep, older)
-        for path in doomed:
-            print(f"would remove {path}")
-        print(f"{plural(len(doomed), 'entry', 'entries')} would be removed from "
-              f"{selection.describe()} (crash leftovers not counted)")  # fmt: skip
-        return 0
-    removed = []
+    paths = []
     for folder in selection.caches:
-        removed += Cache(folder).prune(keep=args.keep, older_than=older)
-    for path in removed:
-        print(f"removed {path}")
-    print(f"{plural(len(removed), 'folder')} removed from {selection.describe()}")
+        paths += Cache(folder).prune(keep=args.keep, older_than=older, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in paths:
+        print(f"{verb} {path}")
+    print(f"{plural(len(paths), 'folder')} {'would be ' if args.dry_run else ''}removed from "
+          f"{selection.describe()}")  # fmt: skip
     return 0
-
-
-def _doomed(caches: list[Any], keep: int | None, older: float | None) -> list[Any]:
-    """What `Cache.prune` would remove for ``keep`` and ``older`` (its documented policy)."""
-    cutoff = time.time() - older if older is not None else None
-    doomed = []
-    for folder in caches:
-        cache = Cache(folder)
-        for step in cache.steps():
-            entries = cache.entries(step)  # oldest first
-            chosen = entries[: max(len(entries) - keep, 0)] if keep is not None else []
-            if cutoff is not None:
-                chosen += [
-                    e for e in entries if datetime.fromisoformat(e.created).timestamp() < cutoff
-                ]
-            doomed += sorted({e.path for e in chosen})
-    return doomed
