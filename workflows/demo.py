@@ -52,18 +52,25 @@ def make_demo_subject(
 
 
 def write_demo_dataset(
-    root: Path, *, subjects: int = 4, shape: tuple[int, int, int] = (40, 40, 24)
+    root: Path,
+    *,
+    subjects: int = 4,
+    shape: tuple[int, int, int] = (40, 40, 24),
+    b0_volumes: int = 2,
+    directions: int = 30,
 ) -> Path:
     """Write a BIDS dataset of DWI phantoms; every second subject has two sessions.
 
-    Each series is a `make_phantom` subject of its own seed (2 b=0 and 30 b=1000 volumes,
-    2 mm voxels). All share one gradient table, stored once at the top (``dwi.bval``,
-    ``dwi.bvec``) and found by BIDS inheritance. Existing images are reused.
+    Each series is a `make_phantom` subject of its own seed (by default 2 b=0 and 30 b=1000
+    volumes, 2 mm voxels). All share one gradient table, stored once at the top
+    (``dwi.bval``, ``dwi.bvec``) and found by BIDS inheritance. Existing images are reused.
 
     Args:
         root: The dataset folder.
         subjects: Number of subjects (``sub-01`` ...).
         shape: Spatial shape of each volume.
+        b0_volumes: b=0 volumes per series.
+        directions: b=1000 directions per series.
 
     Returns:
         ``root``.
@@ -73,14 +80,16 @@ def write_demo_dataset(
         json.dumps({"Name": "kwneuro-pydra demo phantoms", "BIDSVersion": "1.10.0",
                     "DatasetType": "raw"}, indent=2) + "\n", encoding="utf-8",
     )  # fmt: skip
-    bvals, bvecs = gradient_scheme()
+    bvals, bvecs = gradient_scheme(b0_volumes=b0_volumes, directions=directions)
     FslBvalResource.save(InMemoryBvalResource(bvals), root / "dwi.bval")
     FslBvecResource.save(InMemoryBvecResource(bvecs), root / "dwi.bvec")
     for series in _demo_series(subjects):
         image = root / series.image
         if not image.exists():
             image.parent.mkdir(parents=True, exist_ok=True)
-            phantom = make_phantom(shape, seed=series.seed)
+            phantom = make_phantom(
+                shape, seed=series.seed, b0_volumes=b0_volumes, directions=directions
+            )
             NiftiVolumeResource.save(phantom.dwi(2.0).volume, image)
     participants = ["participant_id", *(f"sub-{n:02d}" for n in range(1, subjects + 1))]
     (root / "participants.tsv").write_text("\n".join(participants) + "\n", encoding="utf-8")
