@@ -25,9 +25,23 @@ def overrun(x: float) -> float:
     return x
 
 
+@cacheable(json_spec("hungry"))
+def hungry(x: float) -> float:
+    """Touch 600 MB of memory and hold it for a few seconds."""
+    block = bytearray(600 * 10**6)
+    block[::4096] = b"x" * len(block[::4096])
+    time.sleep(5)
+    return x
+
+
 def cancelled(x: float) -> float:
     """A pipeline whose only step is cancelled by the scheduler."""
     return cancel_self(x)
+
+
+def starving(x: float) -> float:
+    """A pipeline whose only step needs more memory than it asks for."""
+    return hungry(x)
 
 
 def overrunning(x: float) -> float:

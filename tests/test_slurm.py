@@ -193,6 +193,18 @@ def test_a_job_over_its_time_limit_is_said_plainly(tmp_path: Path) -> None:
     assert len(submitted(root, "sub-01")) == 1
 
 
+def test_a_job_out_of_memory_is_said_plainly(tmp_path: Path) -> None:
+    root = tmp_path / "slurm"
+    resources = {"hungry": {"mem": "300M"}}
+    results = run_subjects(_scheduler_steps.starving, {"sub-01": {"x": 1.0}}, root,
+                           worker="slurm", resources=resources, **FAST)  # fmt: skip
+    failure = results["sub-01"].failure
+    assert failure is not None and isinstance(failure.exception, SchedulerError)
+    assert failure.exception.state == "OUT_OF_MEMORY"
+    assert "ran out of memory: raise 'mem' for this step" in str(failure.exception)
+    assert len(submitted(root, "sub-01")) == 1  # not resubmitted
+
+
 def test_without_accounting_jobs_are_still_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,6 +47,9 @@ MEANINGS = {
 }
 """What each final Slurm state other than COMPLETED means, for the messages."""
 _FINAL = frozenset(MEANINGS) | {"COMPLETED"}
+_MEMORY_KILL = re.compile(r"exceeded (job )?memory limit", re.IGNORECASE)
+"""What slurmstepd writes to a job's stderr when jobacct_gather's OverMemoryKill ends it
+(Slurm then records FAILED or CANCELLED, where the cgroup plugin records OUT_OF_MEMORY)."""
 _UNKNOWN_POLLS = 5
 """Consecutive looks at a job that neither squeue nor sacct answers before giving up on it."""
 
@@ -173,6 +176,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         _append(log, f"slurm job {job_id}: {step} submitted ({' '.join(args[4:-1])})")
         state = await self._wait(job_id, subject, step, log)
         tail = _tail(script_dir / f"slurm-{job_id}.err")
+        if state in ("FAILED", "CANCELLED") and _MEMORY_KILL.search(tail):
+            state = "OUT_OF_MEMORY"  # killed by OverMemoryKill, without cgroups
         _append(
             log, f"slurm job {job_id}: {step} ended {state}" + f"; stderr:\n{tail}" * bool(tail)
         )
