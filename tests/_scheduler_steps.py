@@ -18,6 +18,18 @@ def cancel_self(x: float) -> float:
     return x
 
 
+@cacheable(json_spec("fail_node"))
+def fail_node(x: float) -> float:
+    """Set the node running this step down (as a failing node would go), then wait."""
+    node = os.environ["SLURMD_NODENAME"]
+    subprocess.run(
+        ["scontrol", "update", f"nodename={node}", "state=down", "reason=kwneuro-test"],
+        check=True,
+    )
+    time.sleep(30)
+    return x
+
+
 @cacheable(json_spec("overrun"))
 def overrun(x: float) -> float:
     """Outlast any time limit shorter than two minutes."""
@@ -42,6 +54,11 @@ def cancelled(x: float) -> float:
 def starving(x: float) -> float:
     """A pipeline whose only step needs more memory than it asks for."""
     return hungry(x)
+
+
+def failing_node(x: float) -> float:
+    """A pipeline whose only step's node fails under it."""
+    return fail_node(x)
 
 
 def overrunning(x: float) -> float:

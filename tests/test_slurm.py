@@ -205,6 +205,28 @@ def test_a_job_out_of_memory_is_said_plainly(tmp_path: Path) -> None:
     assert len(submitted(root, "sub-01")) == 1  # not resubmitted
 
 
+def test_a_node_failing_under_a_job_is_said_plainly(tmp_path: Path) -> None:
+    root = tmp_path / "slurm"
+    try:
+        results = run_subjects(_scheduler_steps.failing_node, {"sub-01": {"x": 1.0}}, root,
+                               worker="slurm", **FAST)  # fmt: skip
+    finally:  # bring the node back (ReturnToService may already have)
+        node = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
+                              text=True, check=True).stdout.split()[0]  # fmt: skip
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                       capture_output=True)  # fmt: skip
+        for _ in range(100):
+            if slurm_unavailable() is None:
+                break
+            time.sleep(0.2)
+    failure = results["sub-01"].failure
+    assert failure is not None and isinstance(failure.exception, SchedulerError)
+    assert failure.exception.state == "NODE_FAIL"
+    assert "the node running the job failed" in str(failure.exception)
+    assert len(submitted(root, "sub-01")) == 1  # not resubmitted
+    assert slurm_unavailable() is None  # the node is back for the other tests
+
+
 def test_without_accounting_jobs_are_still_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
