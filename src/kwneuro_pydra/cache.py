@@ -557,6 +557,8 @@ _CANNOT_STORE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
 
 def _changed(before: StepArguments, after: StepArguments | None) -> str | None:
     """Name the first argument whose value differs between two keyings of one call."""
+    if after is before:
+        return None
     if after is None:
         return "<unfingerprintable>"
     for name in sorted(before.scalars.keys() | before.hashes.keys()):
