@@ -24,8 +24,9 @@ def _empty_tree(root: Path, subjects: int) -> Path:
     """A BIDS tree of empty files: a DWI (+ JSON) per series, a third of the subjects with
     two sessions, half with their own b-table (the rest inherit the top-level one), a T1."""
     root.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "bench",
-                                                               "BIDSVersion": "1.10.0"}))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"})
+    )
     (root / "dwi.bval").write_text("0\n")
     (root / "dwi.bvec").write_text("0\n0\n0\n")
     for number in range(subjects):
@@ -66,16 +67,25 @@ def bids_index(sizes: Sizes, workdir: Path) -> Section:
     label = "pybids: BIDSLayout + get"
     section.rows.append(Row(label, measure(pybids, repeat=1, warmup=0),
                             note="its SQLite index; get_bval per series not in"))  # fmt: skip
-    section.rows[0] = Row(section.rows[0].label, section.rows[0].timing, peers=(label,),
-                          note=section.rows[0].note)
+    section.rows[0] = Row(
+        section.rows[0].label, section.rows[0].timing, peers=(label,), note=section.rows[0].note
+    )
     return section
 
 
-def _quiet_run(*args: str) -> int:
+def _quiet_run(*args: str) -> None:
+    """``kwneuro-pydra run ARGS -q`` in this process, its output swallowed.
+
+    Raises:
+        RuntimeError: The command failed (with the end of what it wrote on stderr).
+    """
     from kwneuro_pydra.cli import main
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return main(["run", *args, "-q"])
+    errors = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+        status = main(["run", *args, "-q"])
+    if status != 0:
+        raise RuntimeError(f"kwneuro-pydra run exited {status}: {errors.getvalue()[-2000:]}")
 
 
 @case("bids-cached-run")
@@ -88,7 +98,7 @@ def bids_cached_run(sizes: Sizes, workdir: Path) -> Section:
     out = workdir / "out"
     args = (str(bids_dir), str(out), "participant", "--worker", "debug",
             "--mask-median-radius", "1", "--mask-numpass", "1")  # fmt: skip
-    assert _quiet_run(*args) == 0
+    _quiet_run(*args)
     series = len(list(out.glob("sub-*/**/*fa_dwimap.nii.gz")))
     section = Section(
         "bids-cached-run", f"fully cached run of {subjects} subjects ({series} DWI series)"
@@ -119,7 +129,7 @@ def bids_cold_run(sizes: Sizes, workdir: Path) -> Section:
     )
 
     def run() -> None:
-        assert _quiet_run(*args) == 0
+        _quiet_run(*args)
 
     cold = measure(run, repeat=1, warmup=0)
     section.rows.append(Row(f"{OURS}: cold run", cold, note="every step computed"))
@@ -153,7 +163,11 @@ def report_figures(sizes: Sizes, workdir: Path) -> Section:
         gradient_sphere(dwi)
 
     section = Section("report-figures", f"one subject's five report figures, {shape} volumes")
-    section.rows.append(Row(f"{OURS}: 4 mosaics + gradient sphere", measure(
-        render, repeat=sizes.repeat
-    ), note="target < 1 s per subject; add matplotlib's import to a process's first"))
+    section.rows.append(
+        Row(
+            f"{OURS}: 4 mosaics + gradient sphere",
+            measure(render, repeat=sizes.repeat),
+            note="target < 1 s per subject; add matplotlib's import to a process's first",
+        )
+    )
     return section

@@ -1,58 +1,79 @@
 """The main job at realistic size, every second accounted for.
 
-``run_subjects(dti_pipeline, ..., worker="cf")`` over 20 subjects of 96 x 96 x 60 x 65 float32
-DWIs (144 MB each, ``.nii.gz``), cold, then fully cached. Every process of the run (the
-submitter and the ``cf`` workers, forked after the timers are in place) charges its time to the
-innermost category it is in:
+``kwneuro-pydra run BIDS OUT participant --worker cf --n-procs 2`` (the BIDS app, in process)
+over a demo dataset of 20 subjects (30 DWI series: every second subject has two sessions) of
+96 x 96 x 60 x 65 float32 DWIs (144 MB each, ``.nii.gz``), cold, then again fully cached.
+Every process of the run (the submitter and the ``cf`` workers, forked after the timers are in
+place) charges its time to the innermost category it is in:
 
+- **fit**: the bodies of ``mean_b0`` and ``estimate_dti``; **mask**: ``brain_mask``'s;
 - **NIfTI read** / **NIfTI write**: `NiftiVolumeResource` reading headers and voxels, saving;
-- **fingerprints**: the cache's argument fingerprints and file digests;
-- **fit** / **mask**: the bodies of ``estimate_dti`` and ``brain_mask`` (the science);
-- **cache bookkeeping**: the rest of a cached step call (lookups, locks, sidecars, publish);
+- **reports**: the bodies of the report's steps (``gradient_sphere``, ``dti_statistics``, the
+  four mosaics, ``group_distributions``) and the HTML pages (``write_reports``);
+- **BIDS**: discovering and loading the series, writing the derivatives (links and JSON
+  sidecars) and ``dataset_description.json``;
+- **fingerprints**: argument fingerprints (the cache's and Pydra's hashes of our values), code
+  fingerprints and file digests;
+- **cache bookkeeping**: the rest of a cached step call (lookups, locks, sidecars, publish),
+  the command's plan of each series and the adapter's read-back of results;
 - **Pydra (workers)**: the rest of a job in a worker (unpickling, Pydra's hashing, result files);
-- **Pydra (submitter)**: the submitting process's CPU time outside the categories above;
-- **reports**: a slot for the per-subject reports (not built yet: 0).
+- **Pydra/CLI (submitter)**: the submitting process's CPU time outside the categories above
+  (imports, argument parsing, building and scheduling the workflow, the summary).
 
-The sum is in process-seconds (two workers run at once, so it exceeds the wall time).
+The science and the NIfTI I/O are the job; reports and BIDS are its product; the last four are
+overhead. The sum is in process-seconds (two workers run at once, so it exceeds the wall time).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
+from unittest import mock
 
 from benchmarks import _peers
-from benchmarks._common import SMOKE, Sizes, bvals_bvecs, case, phantom_dwi_array
+from benchmarks._common import SMOKE, Sizes, case
 from benchmarks._harness import Row, Section, Timing, settle
+from benchmarks.cases_bids import _quiet_run
 
 SUBJECTS = {True: 2, False: 20}
 """Subjects of the profile, by smoke mode."""
-SHAPES = {True: (8, 8, 6, 8), False: (96, 96, 60, 65)}
-"""DWI shape of each subject, by smoke mode."""
+SHAPES = {True: (16, 16, 10, 11), False: (96, 96, 60, 65)}
+"""DWI shape of each series (5 b=0 volumes, the rest directions), by smoke mode."""
+B0_VOLUMES = 5
 
-CATEGORIES = (
-    "NIfTI read",
-    "NIfTI write",
-    "fingerprints",
-    "fit",
-    "mask",
-    "cache bookkeeping",
-    "Pydra (workers)",
-    "Pydra (submitter)",
-    "reports",
-)
 SCIENCE = ("fit", "mask")
 IO = ("NIfTI read", "NIfTI write")
+PRODUCT = ("reports", "BIDS")
+OVERHEAD = ("fingerprints", "cache bookkeeping", "Pydra (workers)", "Pydra/CLI (submitter)")
+CATEGORIES = (*SCIENCE, *IO, *PRODUCT, *OVERHEAD)
+SUBMITTER = OVERHEAD[-1]
+"""The category of the submitter's CPU time outside every other."""
+
+STEPS = {
+    "fit": (("dti", "mean_b0"), ("dti", "estimate_dti")),
+    "mask": (("dti", "brain_mask"),),
+    "reports": (
+        ("report", "gradient_sphere"), ("bids_app", "dti_statistics"),
+        ("report", "b0_mosaic"), ("bids_app", "fa_mosaic"), ("bids_app", "color_fa_mosaic"),
+        ("bids_app", "md_mosaic"), ("report", "group_distributions"),
+    ),
+}  # fmt: skip
+"""Category -> the steps (module key, name) whose bodies it times."""
+
+_MODULES = {
+    "dti": "kwneuro_pydra.workflows.dti",
+    "bids_app": "kwneuro_pydra.workflows.bids_app",
+    "report": "kwneuro_pydra.report",
+}
 
 
 class _Timers:
@@ -60,13 +81,14 @@ class _Timers:
     call (the pool may end a worker without notice), the submitter when asked."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
         self.submitter = os.getpid()
-        self._reset()
+        self.restart(directory)
 
-    def _reset(self) -> None:
+    def restart(self, directory: Path) -> None:
+        """Start an empty account, saved into ``directory``."""
+        self.directory = directory
         self.pid = os.getpid()
-        self.stack: list[list[Any]] = []
+        self.stack: list[list[Any]] = []  # [category, since, counted name] per open call
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
 
@@ -76,17 +98,17 @@ class _Timers:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             if os.getpid() != self.pid:  # a forked worker starts its own account
-                self._reset()
+                self.restart(self.directory)
             self.calls[counted] += 1
             now = time.perf_counter()
             if self.stack:
                 self.seconds[self.stack[-1][0]] += now - self.stack[-1][1]
-            self.stack.append([category, now])
+            self.stack.append([category, now, counted])
             try:
                 return fn(*args, **kwargs)
             finally:
                 end = time.perf_counter()
-                name, since = self.stack.pop()
+                name, since, _ = self.stack.pop()
                 self.seconds[name] += end - since
                 if self.stack:
                     self.stack[-1][1] = end
@@ -95,55 +117,82 @@ class _Timers:
 
         return timed
 
+    def counting_dwis(self, gunzip: Callable[[bytes], bytes], sizes: set[int]) -> Any:
+        """``gunzip`` counting the decompressions of a DWI (by its compressed size) under the
+        name of the innermost step calling it."""
+
+        @functools.wraps(gunzip)
+        def counted(data: bytes) -> bytes:
+            if len(data) in sizes:
+                names = [entry[2] for entry in self.stack]
+                step = next((n for n in reversed(names) if n in _STEP_NAMES), "no step")
+                self.calls[f"DWI decompressed by {step}"] += 1
+            return gunzip(data)
+
+        return counted
+
     def save(self) -> None:
+        """Write this process's account (``<pid>.json``)."""
         record = {"seconds": self.seconds, "calls": self.calls}
         (self.directory / f"{os.getpid()}.json").write_text(json.dumps(record))
 
 
-def _targets() -> list[tuple[str, Any, str, bool]]:
-    """(category, owner, attribute, static) of every function the profile times."""
-    import importlib
+_STEP_NAMES = {name for steps in STEPS.values() for _, name in steps}
 
-    cache = importlib.import_module("kwneuro_pydra.cache")
-    step = importlib.import_module("kwneuro_pydra._step")
-    store = importlib.import_module("kwneuro_pydra._store")
-    gzip = importlib.import_module("kwneuro_pydra.resources._gzip")
-    resources = importlib.import_module("kwneuro_pydra.resources")
+
+def _targets() -> list[tuple[str, Any, str]]:
+    """(category, owner, attribute) of every function the profile times besides the steps.
+
+    A module's attribute is replaced where its callers look it up (their own module)."""
+    modules = {name: importlib.import_module(f"kwneuro_pydra.{name}") for name in (
+        "cache", "_code", "_step", "_store", "cli.run", "pydra._hash", "pydra._subjects",
+        "report._html", "resources", "resources._gzip",
+    )}  # fmt: skip
+    volume = modules["resources"].NiftiVolumeResource
+    cli = modules["cli.run"]
     cf = importlib.import_module("pydra.workers.cf")
-    volume = resources.NiftiVolumeResource
     return [
-        ("NIfTI read", volume, "_image", False),
-        ("NIfTI read", volume, "get_array", False),
-        ("NIfTI read", gzip, "gunzip", True),  # counted: decompressions
-        ("NIfTI write", volume, "save", True),
-        ("fingerprints", step, "fingerprint", True),
-        ("fingerprints", store, "file_digest", True),
-        ("cache bookkeeping", cache.Cache, "_run_step", False),
-        ("Pydra (workers)", cf.ConcurrentFuturesWorker, "uncloudpickle_and_run", True),
+        ("NIfTI read", volume, "_image"),
+        ("NIfTI read", volume, "get_array"),
+        ("NIfTI read", modules["resources._gzip"], "gunzip"),  # counted: decompressions
+        ("NIfTI write", volume, "save"),
+        ("reports", modules["report._html"], "write_reports"),
+        ("BIDS", cli, "units"),
+        ("BIDS", cli, "write_derivatives"),
+        ("BIDS", cli, "write_dataset_description"),
+        ("fingerprints", modules["_step"], "fingerprint"),
+        ("fingerprints", modules["pydra._hash"], "fingerprint"),
+        ("fingerprints", modules["_code"], "fingerprint"),
+        ("fingerprints", modules["_store"], "file_digest"),
+        ("cache bookkeeping", modules["cache"].Cache, "_run_step"),
+        ("cache bookkeeping", cli, "look_up"),
+        ("cache bookkeeping", modules["pydra._subjects"], "_replay"),
+        ("Pydra (workers)", cf.ConcurrentFuturesWorker, "uncloudpickle_and_run"),
     ]
 
 
 @contextmanager
-def _timed(directory: Path, steps: dict[str, Any]) -> Iterator[_Timers]:
+def _timed(directory: Path, dwi_sizes: set[int]) -> Iterator[_Timers]:
     """Put timers on the targets and on the steps' bodies; take them off on exit."""
     timers = _Timers(directory)
     undo: list[tuple[Any, str, Any]] = []
-    for category, owner, name, static in _targets():
+    for category, owner, name in _targets():
         original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-        function = (
-            original.__func__ if isinstance(original, (staticmethod, classmethod)) else original
-        )
-        timed = timers.wrap(category, function, name)
-        if isinstance(original, classmethod):
-            timed = classmethod(timed)
-        elif isinstance(owner, type) and static:
-            timed = staticmethod(timed)
+        function = original
+        if isinstance(original, (staticmethod, classmethod)):
+            function = original.__func__
+        if name == "gunzip":
+            function = timers.counting_dwis(function, dwi_sizes)
+        timed: Any = timers.wrap(category, function, name)
+        if isinstance(original, (staticmethod, classmethod)):
+            timed = type(original)(timed)
         setattr(owner, name, timed)
         undo.append((owner, name, original))
-    for category, wrapper in steps.items():
-        step = wrapper.__kwneuro_step__
-        undo.append((step, "fn", step.fn))
-        step.fn = timers.wrap(category, step.fn, category)
+    for category, steps in STEPS.items():
+        for module, name in steps:
+            step = getattr(importlib.import_module(_MODULES[module]), name).__kwneuro_step__
+            undo.append((step, "fn", step.fn))
+            step.fn = timers.wrap(category, step.fn, name)
     try:
         yield timers
     finally:
@@ -156,11 +205,18 @@ class Profile:
     """What one profiled run measured."""
 
     seconds: dict[str, float]
+    """Cold run: process-seconds per category."""
+    rerun_seconds: dict[str, float]
+    """Fully cached rerun: the same (the submitter alone: nothing is scheduled)."""
     wall: float
     rerun_wall: float
+    dwi_decompressions: dict[str, int]
+    """Cold run: decompressions of a DWI by the step that asked for it."""
     decompressions: int
+    """Cold run: whole-file decompressions of any volume."""
     processes: int
     subjects: int
+    series: int
     shape: tuple[int, ...]
 
 
@@ -168,111 +224,112 @@ LAST: list[Profile] = []
 """The profiles measured in this process (for the plot)."""
 
 
-def _subjects(resources: Any, workdir: Path, n: int, shape: tuple[int, ...]) -> dict[str, Any]:
-    bvals, bvecs = bvals_bvecs(shape[3])
-    subjects = {}
-    for index in range(n):
-        dwi = resources.Dwi(
-            resources.InMemoryVolumeResource(
-                phantom_dwi_array(shape, seed=index), np.diag([2.0, 2.0, 2.0, 1.0])
-            ),
-            resources.InMemoryBvalResource(bvals),
-            resources.InMemoryBvecResource(bvecs),
-        )
-        subjects[f"sub-{index:02d}"] = {"dwi": dwi.save(workdir / "inputs" / f"{index}", "dwi")}
-    return subjects
-
-
-@case("profile-dti")
-def profile_dti(sizes: Sizes, workdir: Path) -> Section:
-    """Time split of a cold run of the DTI workflow over many subjects, and its cached rerun."""
-    import importlib
-
+@case("profile-bids-app")
+def profile_bids_app(sizes: Sizes, workdir: Path) -> Section:
+    """Time split of a cold ``kwneuro-pydra run`` with ``cf`` over many subjects, and its
+    fully cached rerun."""
     _peers.ours()
     try:
-        adapter = importlib.import_module("kwneuro_pydra.pydra")
-        dti = importlib.import_module("kwneuro_pydra.workflows.dti")
+        importlib.import_module("kwneuro_pydra.pydra")
+        demo = importlib.import_module("kwneuro_pydra.workflows.demo")
     except ImportError as exc:
         raise _peers.Unavailable(f"the Pydra adapter is not importable ({exc!r})") from exc
-    resources = importlib.import_module("kwneuro_pydra.resources")
     smoke = sizes is SMOKE
-    n, shape = SUBJECTS[smoke], SHAPES[smoke]
-    subjects = _subjects(resources, workdir, n, shape)
-    settle(subjects[f"sub-{n - 1:02d}"]["dwi"].volume.path, sizes.settle_s)
-    timers_dir = workdir / "timers"
-    timers_dir.mkdir()
-    root = workdir / "cache"
-    steps = {"fit": dti.estimate_dti, "mask": dti.brain_mask}
-
-    def run() -> None:
-        results = adapter.run_subjects(
-            dti.dti_pipeline, subjects, root, worker="cf", n_procs=2, progress=False
-        )
-        failed = [str(r.failure) for r in results.values() if not r.ok]
-        if failed:
-            raise RuntimeError(f"profile run failed: {failed[0]}")
-
-    with _timed(timers_dir, steps) as timers:
+    subjects, shape = SUBJECTS[smoke], SHAPES[smoke]
+    bids_dir = demo.write_demo_dataset(
+        workdir / "bids", subjects=subjects, shape=shape[:3], b0_volumes=B0_VOLUMES,
+        directions=shape[3] - B0_VOLUMES,
+    )  # fmt: skip
+    dwis = sorted(bids_dir.glob("sub-*/**/*_dwi.nii.gz"))
+    settle(dwis[-1], sizes.settle_s)
+    args = (str(bids_dir), str(workdir / "out"), "participant", "--worker", "cf",
+            "--n-procs", "2")  # fmt: skip
+    cold_dir, rerun_dir = workdir / "timers-cold", workdir / "timers-rerun"
+    cold_dir.mkdir()
+    rerun_dir.mkdir()
+    # Pydra's job cache under the scratch folder: cold for sure, nothing left in ~/.cache.
+    with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": str(workdir / "xdg")}), \
+            _timed(cold_dir, {p.stat().st_size for p in dwis}) as timers:  # fmt: skip
         cpu, start = time.process_time(), time.perf_counter()
-        run()
+        _quiet_run(*args)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         timers.save()
-        start = time.perf_counter()
-        run()
-        rerun_wall = time.perf_counter() - start
-    profile = _collect(timers_dir, cpu, wall, rerun_wall, n, shape)
+        timers.restart(rerun_dir)
+        rerun_cpu, start = time.process_time(), time.perf_counter()
+        _quiet_run(*args)
+        rerun_wall, rerun_cpu = time.perf_counter() - start, time.process_time() - rerun_cpu
+        timers.save()
+    seconds, calls, processes = _collect(cold_dir, cpu)
+    profile = Profile(
+        seconds=seconds, rerun_seconds=_collect(rerun_dir, rerun_cpu)[0], wall=wall,
+        rerun_wall=rerun_wall,
+        dwi_decompressions={
+            name.rsplit(" ", 1)[1]: count for name, count in sorted(calls.items())
+            if name.startswith("DWI decompressed by ")
+        },
+        decompressions=calls["gunzip"], processes=processes, subjects=subjects,
+        series=len(dwis), shape=shape,
+    )  # fmt: skip
     LAST.append(profile)
     return _section(profile)
 
 
-def _collect(
-    directory: Path, cpu: float, wall: float, rerun_wall: float, n: int, shape: tuple[int, ...]
-) -> Profile:
-    """Sum the processes' accounts (the submitter's remainder is its CPU time)."""
+def _collect(directory: Path, cpu: float) -> tuple[dict[str, float], Counter[str], int]:
+    """Sum the processes' accounts (the submitter's remainder is its CPU time ``cpu``).
+
+    Returns:
+        Seconds per category, calls per counted name, the number of processes.
+    """
     seconds = dict.fromkeys(CATEGORIES, 0.0)
-    decompressions = 0
+    calls: Counter[str] = Counter()
     own = f"{os.getpid()}.json"
     records = sorted(directory.glob("*.json"))
     for path in records:
         record = json.loads(path.read_text())
         for name, value in record["seconds"].items():
             seconds[name] += value
-        decompressions += record["calls"].get("gunzip", 0)
-        if path.name == own:  # the submitter: CPU time not in a category is Pydra's
-            seconds["Pydra (submitter)"] += max(0.0, cpu - sum(record["seconds"].values()))
-    return Profile(seconds, wall, rerun_wall, decompressions, len(records), n, shape)
+        calls.update(record["calls"])
+        if path.name == own:  # the submitter: CPU time not in a category is Pydra's or ours
+            seconds[SUBMITTER] += max(0.0, cpu - sum(record["seconds"].values()))
+    return seconds, calls, len(records)
 
 
 def _section(profile: Profile) -> Section:
     total = sum(profile.seconds.values())
+    rerun_total = sum(profile.rerun_seconds.values())
     shape = " x ".join(map(str, profile.shape))
     section = Section(
-        "profile-dti",
-        f"where the time of run_subjects(dti_pipeline, worker='cf') goes: "
-        f"{profile.subjects} subjects of {shape}",
+        "profile-bids-app",
+        f"where the time of `kwneuro-pydra run --worker cf --n-procs 2` goes: "
+        f"{profile.subjects} subjects ({profile.series} DWI series of {shape})",
     )
     for name in CATEGORIES:
         value = profile.seconds[name]
         share = value / total if total else 0.0
-        note = f"{share:.1%} of the process-seconds"
-        if name == "reports":
-            note = "not built yet: a slot"
+        rerun = profile.rerun_seconds[name]
+        note = f"{share:.1%} of the cold run; rerun {rerun * 1e3:.1f} ms"
         section.rows.append(Row(name, _one(value), note=note))
     section.rows.append(Row("all categories (process-seconds)", _one(total),
                             note=f"{profile.processes} processes"))  # fmt: skip
-    ends = f"{profile.subjects} subjects end to end"
+    ends = f"{profile.series} series end to end"
     section.rows.append(Row("cold run, wall", _one(profile.wall), note=ends))
     section.rows.append(Row("fully cached rerun, wall", _one(profile.rerun_wall),
-                            limit="cold run, wall", note="the same call again"))  # fmt: skip
-    overhead = total - sum(profile.seconds[c] for c in (*SCIENCE, *IO))
+                            limit="cold run, wall", note="the same command again; "
+                            f"{rerun_total * 1e3:.0f} ms in categories"))  # fmt: skip
+    overhead = sum(profile.seconds[c] for c in OVERHEAD)
+    product = sum(profile.seconds[c] for c in PRODUCT)
+    dwis = sum(profile.dwi_decompressions.values())
+    by_step = ", ".join(f"{step} {n}" for step, n in profile.dwi_decompressions.items())
     section.notes += [
-        f"neither science nor NIfTI I/O: {overhead / total:.1%} of the process-seconds"
+        f"overhead ({', '.join(OVERHEAD)}): {overhead / total:.1%} of the cold run "
+        f"(target at most 5%); with reports and BIDS: {(overhead + product) / total:.1%}"
         if total
         else "nothing measured",
-        f"cold run / cached rerun: {profile.wall / profile.rerun_wall:.0f}x",
-        f"{profile.decompressions} whole-file decompressions (each subject's DWI is read by "
-        "brain_mask and estimate_dti, its mask by estimate_dti; a worker reading a DWI again "
-        "finds it in its memo)",
+        f"cold run / cached rerun: {profile.wall / profile.rerun_wall:.0f}x (target at least "
+        "100x)",
+        f"{dwis} DWI decompressions for {profile.series} DWIs "
+        f"({dwis / profile.series:.2f} per DWI; by {by_step or 'no step'}); "
+        f"{profile.decompressions} whole-file decompressions of any volume",
     ]
     return section
 
@@ -281,16 +338,14 @@ def _one(seconds: float) -> Timing:
     return Timing.from_samples([seconds * 1e9])
 
 
-def write_profile_plot(path: Path, profiles: Sequence[tuple[str, Profile]] = ()) -> str:
-    """Draw profiles as stacked bars of shares, one per profile; return a note.
+def write_profile_plot(path: Path) -> str:
+    """Draw the last profile as stacked bars of shares, cold run and cached rerun; return a
+    note.
 
     Args:
         path: The PNG to write.
-        profiles: Labelled profiles; default: the one this process measured last.
     """
-    if not profiles and LAST:
-        profiles = [("cold run", LAST[-1])]
-    if not profiles:
+    if not LAST:
         return "profile plot not written: the profile case did not run"
     try:
         import matplotlib
@@ -299,38 +354,37 @@ def write_profile_plot(path: Path, profiles: Sequence[tuple[str, Profile]] = ())
         import matplotlib.pyplot as plt
     except ImportError:
         return f"profile plot not written: matplotlib is not installed ({path})"
+    profile = LAST[-1]
+    bars = [
+        (f"cold run\n{sum(profile.seconds.values()):.0f} process-s, {profile.wall:.0f} s wall",
+         profile.seconds),
+        (f"fully cached rerun\n{sum(profile.rerun_seconds.values()):.2f} process-s, "
+         f"{profile.rerun_wall:.2f} s wall", profile.rerun_seconds),
+    ]  # fmt: skip
     colours = plt.get_cmap("tab10").colors
-    fig, axis = plt.subplots(figsize=(9.5, 1.5 + 0.9 * len(profiles)))
-    for row, (_, profile) in enumerate(profiles):
-        total = sum(profile.seconds.values())
+    fig, axis = plt.subplots(figsize=(9.5, 3.4))
+    for row, (_, seconds) in enumerate(bars):
+        total = sum(seconds.values()) or 1.0
         left = 0.0
         for index, name in enumerate(CATEGORIES):
-            share = 100 * profile.seconds[name] / total
+            share = 100 * seconds[name] / total
             axis.barh(row, share, left=left, color=colours[index % 10],
                       label=name if row == 0 else None)  # fmt: skip
             if share > 4:
                 axis.text(left + share / 2, row, f"{share:.0f}%", ha="center", va="center",
                           fontsize=9, color="white")  # fmt: skip
             left += share
-    axis.set_yticks(
-        range(len(profiles)),
-        [
-            f"{label}\n{sum(p.seconds.values()):.0f} process-s, {p.wall:.0f} s wall,\n"
-            f"cached rerun {p.rerun_wall:.2f} s"
-            for label, p in profiles
-        ],
-        fontsize=8,
-    )
+    axis.set_yticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
     axis.invert_yaxis()
     axis.set_xlim(0, 100)
     axis.set_xlabel("share of the process-seconds (2 cf workers + the submitter), %")
-    first = profiles[0][1]
-    shape = " x ".join(map(str, first.shape))
+    shape = " x ".join(map(str, profile.shape))
     axis.set_title(
-        f"run_subjects(dti_pipeline, worker='cf'): {first.subjects} subjects of {shape}, cold",
+        f"kwneuro-pydra run --worker cf --n-procs 2: {profile.subjects} subjects, "
+        f"{profile.series} DWI series of {shape}",
         fontsize=10,
     )
-    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.4), ncol=5, fontsize=8,
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=5, fontsize=8,
                 frameon=False)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
