@@ -111,20 +111,28 @@ def test_bad_series_fail_one_by_one_while_the_others_finish(tmp_path: Path) -> N
     add_series(bids_dir, "sub-04", three_d=True)
     add_series(bids_dir, "sub-05").write_bytes(b"\x1f\x8b garbage")  # unreadable NIfTI
     add_series(bids_dir, "sub-06", b0=False)  # mean_b0 fails inside the pipeline
+    truncated = add_series(bids_dir, "sub-07")  # the header loads, the voxels do not
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     out = tmp_path / "out"
     result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug", *MASK)
     assert result.returncode == 1
     failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
-    assert len(failed) == 5, result.stderr
+    assert len(failed) == 6, result.stderr
     assert failed == result.stderr.splitlines()  # one line each, nothing else (no Pydra noise)
     assert "sub-02: sub-02/dwi/sub-02_dwi.nii.gz: no .bval or .bvec file" in failed[0]
     assert "counts disagree" in failed[1] and "must be 4-D" in failed[2]
     assert "sub-05" in failed[3]
     assert "sub-06: step 'mean_b0' failed: ValueError: mean_b0: no b=0 volume" in failed[4]
+    # the step's own exception class, by its short name, once (its class is not rebuilt)
+    error = f"ResourceFileError: truncated or corrupted NIfTI file: {truncated}"
+    reason = f"step 'mean_b0' failed: {error}"
+    assert failed[5].startswith(f"FAILED sub-07: {reason}"), failed[5]
+    assert "RuntimeError" not in failed[5] and failed[5].count("ResourceFileError") == 1
+    assert reason in (out / "sub-07.html").read_text().replace("&#x27;", "'")
     assert "Traceback" not in result.stderr
     assert (out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz").is_file()
     report = (out / "report.html").read_text()
-    assert report.count('class="failed">failed') == 5
+    assert report.count('class="failed">failed') == 6
     assert "no b=0 volume" in report and "counts disagree" in report
     assert "no b=0 volume" in (out / "sub-06.html").read_text()
     status = kwneuro("status", str(bids_dir), str(out), *MASK)

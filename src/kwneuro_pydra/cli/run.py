@@ -256,8 +256,7 @@ def _compute(
     for unit in pending:
         failure = results[unit.name].failure
         if failure is not None:
-            unit.failure = f"step {failure.step!r} failed: " if failure.step else ""
-            unit.failure += f"{type(failure.exception).__name__}: {failure.exception}"
+            unit.failure = failure.reason
             unit.failed_step = failure.step
 
 
