@@ -164,6 +164,37 @@ def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
     assert row.split("│")[5].strip() == "stale"  # estimate_dti, the fourth step
 
 
+def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
+    bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
+    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q",
+                 "--fit-method", "OLS", "--bmax", "1200", *MASK]) == 0  # fmt: skip
+    record = json.loads((out / "kwneuro-pydra-options.json").read_text())
+    assert record["Parameters"] == {
+        "fit_method": "OLS", "bmax": 1200.0, "median_radius": 1, "numpass": 1,
+    }  # fmt: skip
+    recorded = kwneuro("status", str(bids_dir), str(out))  # no option repeated
+    assert recorded.returncode == 0 and recorded.stderr == "", recorded.stderr
+    assert "9 steps cached, 0 steps stale, 0 steps missing" in recorded.stdout
+    assert (
+        "DTI options: --fit-method OLS --bmax 1200 --mask-median-radius 1 --mask-numpass 1 "
+        f"(as given, else the run's, recorded in {out / 'kwneuro-pydra-options.json'})"
+    ) in recorded.stdout
+    # an option given overrides the record, and status says they differ
+    wls = kwneuro("status", str(bids_dir), str(out), "--fit-method", "WLS")
+    assert "3 steps cached, 0 steps stale, 6 steps missing" in wls.stdout  # mask, not fit
+    assert "--fit-method: the run recorded --fit-method OLS" in wls.stderr
+    assert "showing the cache for --fit-method WLS" in wls.stderr
+    same = kwneuro("status", str(bids_dir), str(out), "--fit-method", "OLS")
+    assert "9 steps cached" in same.stdout and same.stderr == ""
+    # a record that cannot be used: said so, and the defaults stand in
+    (out / "kwneuro-pydra-options.json").write_text('{"Parameters": {"fit_method": "LS"}}')
+    broken = kwneuro("status", str(bids_dir), str(out))
+    assert broken.returncode == 0
+    assert "fit_method: expected one of WLS, OLS, got 'LS'" in broken.stderr
+    assert "2 steps cached, 0 steps stale, 7 steps missing" in broken.stdout  # mean_b0 ...
+    assert "DTI options: --fit-method WLS --bmax 1500 --mask-median-radius 4" in broken.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
