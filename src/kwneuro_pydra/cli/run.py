@@ -299,9 +299,7 @@ def _write_outputs(
 
     bids_app = app()
     source = _source_name(bids_dir)
-    write_dataset_description(
-        output_dir, bids_dir, version=_version(), source_name=source
-    )
+    write_dataset_description(output_dir, bids_dir, version=_version(), source_name=source)
     reports = []
     for unit in all_units:
         series = unit.series
