@@ -195,6 +195,9 @@ def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
     assert "DTI options: --fit-method WLS --bmax 1500 --mask-median-radius 4" in broken.stdout
 
 
+ON_SLURM = ("run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -218,29 +221,11 @@ def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
             "--granularity: only with --worker slurm",
         ),
         (
-            [
-                "run",
-                "{bids}",
-                "{tmp}/out",
-                "participant",
-                "--worker",
-                "slurm",
-                "--resources",
-                "{file}",
-            ],
+            [*ON_SLURM, "--resources", "{file}"],
             "--resources: {file}: resources file must end in .toml or .json",
         ),
         (
-            [
-                "run",
-                "{bids}",
-                "{tmp}/out",
-                "participant",
-                "--worker",
-                "slurm",
-                "--resources",
-                "{tmp}/none.toml",
-            ],
+            [*ON_SLURM, "--resources", "{tmp}/none.toml"],
             "--resources: [Errno 2] No such file or directory",
         ),
         (["demo", "{tmp}/demo", "--subjects", "0"], "must be at least 1"),
