@@ -86,6 +86,7 @@ def test_failure_records_are_json_and_rebuild_no_class_but_builtins(tmp_path: Pa
     assert _failures.read(tmp_path) is not None
     step, exception, _ = _failures.read(tmp_path) or ("", None, "")
     assert step == "step_c" and type(exception) is KeyError
+    assert _failures.describe(exception) == "KeyError: 'k'"  # as Python prints it, not "'k'"
     (tmp_path / _failures.ERRORS_DIR / "step_c.json").unlink()
     step, exception, _ = _failures.read(tmp_path) or ("", None, "")
     assert step == "step_d" and type(exception) is StepError  # needs more than a message

@@ -71,6 +71,7 @@ def record(cache_dir: Path, step: str, error: BaseException) -> None:
         "module": kind.__module__,
         "type": kind.__qualname__,
         "message": str(error),
+        "args": _plain(error.args),
         "traceback": "".join(traceback.format_exception(error)),
     }
     directory = cache_dir / ERRORS_DIR
@@ -107,15 +108,35 @@ def read(cache_dir: Path) -> tuple[str, BaseException, str] | None:
                 found.append((path.stat().st_mtime_ns, json.loads(path.read_text())))
     for _, data in sorted(found, key=lambda pair: pair[0]):
         with contextlib.suppress(KeyError, TypeError):
-            exception = _exception(str(data["module"]), str(data["type"]), str(data["message"]))
+            exception = _exception(
+                str(data["module"]), str(data["type"]), str(data["message"]),
+                _plain(data.get("args")),
+            )  # fmt: skip
             return str(data["step"]), exception, str(data["traceback"])
     return None
 
 
-def _exception(module: str, name: str, message: str) -> BaseException:
-    """The built-in exception class rebuilt with its message, else a `StepError`."""
+def _plain(args: Any) -> list[str | int | float]:
+    """``args`` when they are strings and numbers (what JSON keeps as they are), else []."""
+    if isinstance(args, list | tuple) and all(isinstance(a, str | int | float) for a in args):
+        return list(args)
+    return []
+
+
+def _exception(
+    module: str, name: str, message: str, args: list[str | int | float]
+) -> BaseException:
+    """The built-in exception class rebuilt with its message, else a `StepError`.
+
+    Rebuilt from its arguments when they print the recorded message (``KeyError('k')``
+    prints ``'k'``: rebuilt from its message it would print ``"'k'"``).
+    """
     kind: Any = getattr(builtins, name, None) if module == "builtins" else None
     if isinstance(kind, type) and issubclass(kind, Exception):
+        with contextlib.suppress(Exception):
+            rebuilt = kind(*args)
+            if args and str(rebuilt) == message:
+                return rebuilt
         with contextlib.suppress(Exception):  # some need more arguments (UnicodeDecodeError)
             return kind(message)
     return StepError(f"{module}.{name}", message)
