@@ -13,7 +13,7 @@ place) charges its time to the innermost category it is in:
 - **reports**: the bodies of the report's steps (``gradient_sphere``, ``dti_statistics``, the
   four mosaics, ``group_distributions``) and the HTML pages (``write_reports``);
 - **BIDS**: discovering and loading the series, writing the derivatives (links and JSON
-  sidecars) and ``dataset_description.json``;
+  sidecars), ``dataset_description.json`` and the options record;
 - **fingerprints**: argument fingerprints (the cache's and Pydra's hashes of our values), code
   fingerprints and file digests;
 - **cache bookkeeping**: the rest of a cached step call (lookups, locks, sidecars, publish),
@@ -162,6 +162,7 @@ def _targets() -> list[tuple[str, Any, str]]:
         ("BIDS", cli, "units"),
         ("BIDS", cli, "write_derivatives"),
         ("BIDS", cli, "write_dataset_description"),
+        ("BIDS", cli, "write_options"),
         ("fingerprints", modules["_step"], "fingerprint"),
         ("fingerprints", modules["pydra._hash"], "fingerprint"),
         ("fingerprints", modules["_code"], "fingerprint"),
