@@ -275,8 +275,7 @@ def profile_bids_app(sizes: Sizes, workdir: Path) -> Section:
             if name.startswith("DWI decompressed by ")
         },
         decompressions=calls["gunzip"], hashed=(calls["_hash_file"], rerun_calls["_hash_file"]),
-        processes=processes, subjects=subjects,
-        series=len(dwis), shape=shape,
+        processes=processes, subjects=subjects, series=len(dwis), shape=shape,
     )  # fmt: skip
     LAST.append(profile)
     return _section(profile)
