@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,13 @@ import pytest
 pytest.importorskip("pydra")
 
 from kwneuro_pydra.pydra import ClusterWarning, SchedulerError, run_subjects, to_task
-from kwneuro_pydra.pydra._preflight import slurm_unavailable
+from kwneuro_pydra.pydra._preflight import (
+    LOCAL_FILE_SYSTEMS,
+    check_slurm,
+    file_system_of,
+    slurm_unavailable,
+)
+from kwneuro_pydra.pydra._resources import Request
 from tests import _pydra_steps as steps
 from tests import _scheduler_steps
 
@@ -47,9 +54,10 @@ def submitted(root: Path, subject: str) -> dict[str, str]:
     return dict(re.findall(r"\[scheduler\] slurm job (\d+): (.+?) submitted", text))
 
 
-def accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """sacct's record of each job: name, state, memory, CPUs and time limit asked for."""
-    fields = ["JobID", "JobName", "State", "ReqMem", "ReqCPUS", "Timelimit"]
+def accounting(job_ids: list[str], *more: str) -> dict[str, dict[str, str]]:
+    """sacct's record of each job: name, state, memory, CPUs and time limit asked for, and
+    the fields ``more`` names."""
+    fields = ["JobID", "JobName", "State", "ReqMem", "ReqCPUS", "Timelimit", *more]
     done = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
         capture_output=True, text=True, check=True,
@@ -211,10 +219,11 @@ def test_a_node_failing_under_a_job_is_said_plainly(tmp_path: Path) -> None:
         results = run_subjects(_scheduler_steps.failing_node, {"sub-01": {"x": 1.0}}, root,
                                worker="slurm", **FAST)  # fmt: skip
     finally:  # bring the node back (ReturnToService may already have)
-        node = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
-                              text=True, check=True).stdout.split()[0]  # fmt: skip
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
-                       capture_output=True)  # fmt: skip
+        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
+                               text=True, check=True).stdout.split()  # fmt: skip
+        for node in set(nodes):  # resuming a node that is up only makes scontrol complain
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                           capture_output=True)  # fmt: skip
         for _ in range(100):
             if slurm_unavailable() is None:
                 break
@@ -242,6 +251,37 @@ def test_without_accounting_jobs_are_still_followed(
         results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, tmp_path / "c",
                                worker="slurm", **FAST)  # fmt: skip
     assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"
+
+
+def test_a_cache_root_on_a_local_file_system_is_warned_about_where_jobs_see_two_nodes(
+    tmp_path: Path,
+) -> None:
+    """The test cluster's partition ``two`` has two nodes (a second slurmd, see start.sh);
+    its default partition one. tmp_path is on this machine's disk: not shared."""
+    mount, kind = file_system_of(tmp_path)
+    assert kind in LOCAL_FILE_SYSTEMS
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "two", "-o", "%N %t"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert len({line.split()[0] for line in nodes.splitlines()}) == 2
+    root = tmp_path / "slurm"
+    local = (
+        f"cache root {root} is on a local file system ({kind} mounted at {mount}) but the "
+        "jobs may run on any of the 2 nodes of partition two: jobs on other nodes will not see it"
+    )
+    with pytest.warns(ClusterWarning) as caught:
+        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                               sbatch_args="--partition=two", **FAST)  # fmt: skip
+    assert any(str(w.message).startswith(local) for w in caught), [str(w.message) for w in caught]
+    assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"  # both nodes see this machine's disk
+    jobs = submitted(root, "sub-01")
+    assert {row["Partition"] for row in accounting(list(jobs), "Partition").values()} == {"two"}
+
+    places = {"cache root": root}
+    with pytest.warns(ClusterWarning, match="any of the 2 nodes of partitions debug, two: "):
+        check_slurm(places, {}, "", {"estimate_dti": Request(options=("--partition=two",))})
+    with warnings.catch_warnings():  # the default partition has one node: nothing to say
+        warnings.simplefilter("error")
+        check_slurm(places, {}, "", {"estimate_dti": Request(mem_mb=300)})
 
 
 @pytest.fixture

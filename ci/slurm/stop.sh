@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Stop what ci/slurm/start.sh started (and nothing else): cancel the jobs, then stop slurmd,
-# slurmctld, slurmdbd, MariaDB and munged, each only if start.sh recorded starting it.
+# Stop what ci/slurm/start.sh started (and nothing else): cancel the jobs, then stop the slurmd
+# of each node, slurmctld, slurmdbd, MariaDB and munged, each only if start.sh recorded starting
+# it.   ci/slurm/stop.sh [DAEMON...]   # only those (start.sh restarts Slurm's daemons this way)
 set -uo pipefail
 STATE=${KWNEURO_SLURM_STATE:-/var/tmp/kwneuro-slurm}
 [ -d "$STATE/started" ] || exit 0
-if [ -e "$STATE/started/slurmctld" ]; then
+if [ $# = 0 ]; then
+    # shellcheck disable=SC2046  # one record per slurmd: slurmd-<node>
+    set -- $(cd "$STATE/started" && ls -d slurmd* 2>/dev/null) slurmctld slurmdbd mariadb munged
+fi
+if [ -e "$STATE/started/slurmctld" ] && [[ " $* " == *" slurmctld "* ]]; then
     scancel --quiet --user=root 2>/dev/null || true
 fi
-for daemon in slurmd slurmctld slurmdbd mariadb munged; do
+for daemon in "$@"; do
     record=$STATE/started/$daemon
     [ -s "$record" ] || continue
     pid=$(cat "$record")
