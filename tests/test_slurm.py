@@ -285,6 +285,142 @@ def test_a_cache_root_on_a_local_file_system_is_warned_about_where_jobs_see_two_
 
 
 @pytest.fixture
+def forgetful() -> Iterator[Path]:
+    """A second Slurm cluster on this machine, private to a test, without accounting, whose
+    controller forgets a job 2 s after it ends (MinJobAge=2; it purges every 10 s): its
+    slurm.conf. Its own slurmctld and slurmd, on their own ports and state directory, leave
+    the shared cluster alone and are stopped afterwards whatever happens."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set: this test starts Slurm daemons, which needs root")
+        pytest.skip("starting Slurm daemons needs root")
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    hardware = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
+    hardware = hardware.splitlines()[0].split(" ", 1)[1]  # without NodeName=<host>
+    where = Path(tempfile.mkdtemp(prefix="kwneuro-forgetful-"))  # short: socket paths
+    (where / "state").mkdir()
+    (where / "spool").mkdir()
+    conf = where / "slurm.conf"
+    conf.write_text(f"""\
+ClusterName=kwneuro-forgetful
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort=6917
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation={where}/state
+SlurmdSpoolDir={where}/spool
+SlurmctldPidFile={where}/slurmctld.pid
+SlurmdPidFile={where}/slurmd.pid
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
+MailProg=/bin/true
+MinJobAge=2
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+NodeName=forgetful NodeHostname={host} NodeAddr=127.0.0.1 Port=6921 {hardware}
+PartitionName=forgetful Nodes=forgetful Default=YES MaxTime=INFINITE State=UP
+""")
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    daemons = []
+    try:
+        for command in (["slurmctld", "-D"], ["slurmd", "-D", "-N", "forgetful"]):
+            with open(where / f"{command[0]}.log", "w") as log:
+                daemons.append(subprocess.Popen([*command, "-f", str(conf)], env=env,
+                                                stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        for _ in range(150):
+            up = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+                                text=True).stdout.split()  # fmt: skip
+            if up == ["idle"]:
+                break
+            time.sleep(0.2)
+        else:
+            log = (where / "slurmctld.log").read_text()
+            pytest.fail(f"the private cluster did not come up: {log}")
+        yield conf
+    finally:
+        for daemon in reversed(daemons):
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
+    forgetful: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without accounting, a job's outcome is known only while the controller remembers it.
+    A submitter suspended (Ctrl-Z, a laptop asleep) until the controller has forgotten its
+    finished job finds nobody to ask: the subject fails saying so, and is not resubmitted."""
+    import json
+    import signal
+    import sys
+
+    from tests._children import child_env
+
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    code = (
+        "import json, sys\n"
+        "from kwneuro_pydra.pydra import run_subjects\n"
+        "from tests._scheduler_steps import lingering\n"
+        "result = run_subjects(lingering, {'sub-01': {'x': 1.0}}, sys.argv[1], worker='slurm',"
+        " job_cache=sys.argv[2], poll_delay=0.2)['sub-01']\n"
+        "error = result.failure.exception\n"
+        "print(json.dumps([result.failure.step, error.state, error.job_id, str(error)]))\n"
+    )
+    env = child_env(SLURM_CONF=str(forgetful))
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    submitter = subprocess.Popen([sys.executable, "-c", code, str(root), str(jobs)], env=env,
+                                 **pipes)  # fmt: skip
+    try:
+        for _ in range(300):  # until the first job is submitted (it lingers 3 s)
+            if submitted(root, "sub-01") or submitter.poll() is not None:
+                break
+            time.sleep(0.1)
+        submitter.send_signal(signal.SIGSTOP)
+        (job,) = submitted(root, "sub-01")
+        for _ in range(300):  # until the controller has forgotten the job
+            said = subprocess.run(["squeue", "-h", "-t", "all", "-j", job], env=env,
+                                  capture_output=True, text=True)  # fmt: skip
+            if "Invalid job id" in said.stderr:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the controller still knows job {job}: {said.stdout}")
+        submitter.send_signal(signal.SIGCONT)
+        out, err = submitter.communicate(timeout=60)
+    finally:
+        submitter.send_signal(signal.SIGCONT)
+        submitter.kill()
+        submitter.wait()
+    assert submitter.returncode == 0, err
+    step, state, job_id, message = json.loads(out.splitlines()[-1])
+    assert (step, state, job_id) == ("linger", "UNKNOWN", job)
+    assert message.startswith(
+        f"Slurm job {job} (linger for sub-01): the controller no longer knows it and accounting "
+        "has no record of it (accounting unavailable? sacct said: Slurm accounting storage is "
+        "disabled); its outcome is unknown. Start slurmdbd"
+    )
+    assert list(submitted(root, "sub-01").values()) == ["linger"]  # not resubmitted
+
+    # The job did complete: its step is cached, and a rerun submits only the next step.
+    monkeypatch.setenv("SLURM_CONF", str(forgetful))
+    with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
+        again = run_subjects(_scheduler_steps.lingering, {"sub-01": {"x": 1.0}}, root,
+                             worker="slurm", job_cache=jobs, **FAST)  # fmt: skip
+    assert again["sub-01"].outputs == 2.0
+    assert list(submitted(root, "sub-01").values()) == ["linger", "double"]
+
+
+@pytest.fixture
 def outsider(tmp_path: Path) -> Iterator[object]:
     """A pipeline whose step imports here (via sys.path) but not in a fresh interpreter."""
     import importlib
