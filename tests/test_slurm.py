@@ -80,7 +80,9 @@ def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
             for j, step in job_ids.items()}  # fmt: skip
 
 
-def test_each_step_gets_its_own_request_and_a_rerun_submits_nothing(tmp_path: Path) -> None:
+def test_each_step_gets_its_own_request_and_a_rerun_submits_only_what_it_must(
+    tmp_path: Path,
+) -> None:
     resources = {
         "brain_mask": {"mem": "300M", "time": 5},
         "estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"},
@@ -123,6 +125,8 @@ def test_each_step_gets_its_own_request_and_a_rerun_submits_nothing(tmp_path: Pa
     log = (root / ".logs" / "sub-01.log").read_text()
     computed = {step: log.count(f"INFO: {step}: computing") for step in jobs.values()}
     assert computed == {"brain_mask": 1, "estimate_dti": 2, "fa_map": 2}  # forced and after
+    new = {job: step for job, step in submitted(root, "sub-01").items() if job not in jobs}
+    assert sorted(new.values()) == ["estimate_dti", "fa_map"]  # brain_mask: from the cache
 
 
 def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def run_subjects(
             process, subject after subject), ``"slurm"`` (``sbatch_args=``, ``poll_delay=``;
             see ``docs/cluster.md``). ``"sge"`` is refused: Pydra's SGE worker is broken.
         force: Step names to recompute for every subject, with every step depending on
-            them; nothing else is recomputed.
+            them; nothing else is recomputed, nor scheduled when it is cached.
         progress: Show the progress line; default: when stderr is a terminal.
         resources: Slurm only: what each step's jobs ask for, by step name, e.g.
             ``{"estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (keys
