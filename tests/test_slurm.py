@@ -288,27 +288,22 @@ def test_a_cache_root_on_a_local_file_system_is_warned_about_where_jobs_see_two_
         check_slurm(places, {}, "", {"estimate_dti": Request(mem_mb=300)})
 
 
-@pytest.fixture
-def forgetful() -> Iterator[Path]:
+class PrivateCluster:
     """A second Slurm cluster on this machine, private to a test, without accounting, whose
-    controller forgets a job 2 s after it ends (MinJobAge=2; it purges every 10 s): its
-    slurm.conf. Its own slurmctld and slurmd, on their own ports and state directory, leave
-    the shared cluster alone and are stopped afterwards whatever happens."""
-    import shutil
-    import tempfile
+    controller forgets a job 2 s after it ends (MinJobAge=2; it purges every 10 s) and whose
+    commands give up on an unreachable controller after 1 s (MessageTimeout). Its own
+    slurmctld and slurmd, in the foreground, on their own ports and state directory, leave
+    the shared cluster alone."""
 
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set: this test starts Slurm daemons, which needs root")
-        pytest.skip("starting Slurm daemons needs root")
-    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
-    hardware = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
-    hardware = hardware.splitlines()[0].split(" ", 1)[1]  # without NodeName=<host>
-    where = Path(tempfile.mkdtemp(prefix="kwneuro-forgetful-"))  # short: socket paths
-    (where / "state").mkdir()
-    (where / "spool").mkdir()
-    conf = where / "slurm.conf"
-    conf.write_text(f"""\
+    def __init__(self, where: Path) -> None:
+        host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+        hardware = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
+        hardware = hardware.splitlines()[0].split(" ", 1)[1]  # without NodeName=<host>
+        self.where = where
+        self.conf = where / "slurm.conf"
+        (where / "state").mkdir()
+        (where / "spool").mkdir()
+        self.conf.write_text(f"""\
 ClusterName=kwneuro-forgetful
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort=6917
@@ -325,87 +320,123 @@ SelectTypeParameters=CR_Core_Memory
 SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
 MailProg=/bin/true
 MinJobAge=2
+MessageTimeout=1
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 NodeName=forgetful NodeHostname={host} NodeAddr=127.0.0.1 Port=6921 {hardware}
 PartitionName=forgetful Nodes=forgetful Default=YES MaxTime=INFINITE State=UP
 """)
-    env = dict(os.environ, SLURM_CONF=str(conf))
-    daemons = []
-    try:
-        for command in (["slurmctld", "-D"], ["slurmd", "-D", "-N", "forgetful"]):
-            with open(where / f"{command[0]}.log", "w") as log:
-                daemons.append(subprocess.Popen([*command, "-f", str(conf)], env=env,
-                                                stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        self.daemons: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, daemon: str) -> None:
+        """Start ``slurmctld`` (it recovers its saved state) or ``slurmd``; wait for the node."""
+        command = ["slurmd", "-D", "-N", "forgetful"] if daemon == "slurmd" else [daemon, "-D"]
+        command += ["-f", str(self.conf)]
+        with open(self.where / f"{daemon}.log", "a") as log:
+            self.daemons[daemon] = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
         for _ in range(150):
-            up = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+            up = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True,
                                 text=True).stdout.split()  # fmt: skip
-            if up == ["idle"]:
-                break
+            if up and (daemon == "slurmctld" or up[0] in ("idle", "mix", "alloc")):
+                return
             time.sleep(0.2)
-        else:
-            log = (where / "slurmctld.log").read_text()
-            pytest.fail(f"the private cluster did not come up: {log}")
-        yield conf
+        pytest.fail(f"{daemon} did not come up: {(self.where / f'{daemon}.log').read_text()}")
+
+    def stop(self, daemon: str) -> None:
+        """Stop a daemon this cluster started (SIGTERM: slurmctld saves its state)."""
+        process = self.daemons.pop(daemon)
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def forgetful() -> Iterator[PrivateCluster]:
+    """A `PrivateCluster`, up, and stopped afterwards whatever happens."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set: this test starts Slurm daemons, which needs root")
+        pytest.skip("starting Slurm daemons needs root")
+    cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="kwneuro-forgetful-")))  # short
+    try:
+        cluster.start("slurmctld")
+        cluster.start("slurmd")
+        yield cluster
     finally:
-        for daemon in reversed(daemons):
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-        shutil.rmtree(where, ignore_errors=True)
+        for daemon in reversed(list(cluster.daemons)):
+            cluster.stop(daemon)
+        shutil.rmtree(cluster.where, ignore_errors=True)
+
+
+def submitter(code: str, cluster: PrivateCluster, *args: Path) -> subprocess.Popen[str]:
+    """Run ``code`` in a fresh interpreter that submits to ``cluster`` (argv: ``args``)."""
+    import sys
+
+    from tests._children import child_env
+
+    env = child_env(SLURM_CONF=str(cluster.conf))
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def first_job(root: Path, process: subprocess.Popen[str]) -> str:
+    """The id of the first job ``process`` submitted for sub-01 (once it has)."""
+    for _ in range(300):
+        if submitted(root, "sub-01") or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    return next(iter(submitted(root, "sub-01")))
+
+
+LINGERING = (
+    "import json, sys\n"
+    "from kwneuro_pydra.pydra import run_subjects\n"
+    "from tests._scheduler_steps import lingering\n"
+    "result = run_subjects(lingering, {'sub-01': {'x': 1.0}}, sys.argv[1], worker='slurm',"
+    " job_cache=sys.argv[2], poll_delay=0.2)['sub-01']\n"
+    "error = result.failure and result.failure.exception\n"
+    "print(json.dumps([result.outputs] if error is None else\n"
+    "                 [result.failure.step, error.state, error.job_id, str(error)]))\n"
+)
+"""Runs `_scheduler_steps.lingering` for sub-01 on Slurm; prints its outputs or failure."""
 
 
 def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
-    forgetful: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    forgetful: PrivateCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without accounting, a job's outcome is known only while the controller remembers it.
     A submitter suspended (Ctrl-Z, a laptop asleep) until the controller has forgotten its
     finished job finds nobody to ask: the subject fails saying so, and is not resubmitted."""
     import json
     import signal
-    import sys
-
-    from tests._children import child_env
 
     root, jobs = tmp_path / "slurm", tmp_path / "jobs"
-    code = (
-        "import json, sys\n"
-        "from kwneuro_pydra.pydra import run_subjects\n"
-        "from tests._scheduler_steps import lingering\n"
-        "result = run_subjects(lingering, {'sub-01': {'x': 1.0}}, sys.argv[1], worker='slurm',"
-        " job_cache=sys.argv[2], poll_delay=0.2)['sub-01']\n"
-        "error = result.failure.exception\n"
-        "print(json.dumps([result.failure.step, error.state, error.job_id, str(error)]))\n"
-    )
-    env = child_env(SLURM_CONF=str(forgetful))
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    submitter = subprocess.Popen([sys.executable, "-c", code, str(root), str(jobs)], env=env,
-                                 **pipes)  # fmt: skip
+    process = submitter(LINGERING, forgetful, root, jobs)
     try:
-        for _ in range(300):  # until the first job is submitted (it lingers 3 s)
-            if submitted(root, "sub-01") or submitter.poll() is not None:
-                break
-            time.sleep(0.1)
-        submitter.send_signal(signal.SIGSTOP)
-        (job,) = submitted(root, "sub-01")
+        job = first_job(root, process)  # it lingers 3 s
+        process.send_signal(signal.SIGSTOP)
         for _ in range(300):  # until the controller has forgotten the job
-            said = subprocess.run(["squeue", "-h", "-t", "all", "-j", job], env=env,
+            said = subprocess.run(["squeue", "-h", "-t", "all", "-j", job], env=forgetful.env,
                                   capture_output=True, text=True)  # fmt: skip
             if "Invalid job id" in said.stderr:
                 break
             time.sleep(0.2)
         else:
             pytest.fail(f"the controller still knows job {job}: {said.stdout}")
-        submitter.send_signal(signal.SIGCONT)
-        out, err = submitter.communicate(timeout=60)
+        process.send_signal(signal.SIGCONT)
+        out, err = process.communicate(timeout=60)
     finally:
-        submitter.send_signal(signal.SIGCONT)
-        submitter.kill()
-        submitter.wait()
-    assert submitter.returncode == 0, err
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, err
     step, state, job_id, message = json.loads(out.splitlines()[-1])
     assert (step, state, job_id) == ("linger", "UNKNOWN", job)
     assert message.startswith(
@@ -416,12 +447,80 @@ def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
     assert list(submitted(root, "sub-01").values()) == ["linger"]  # not resubmitted
 
     # The job did complete: its step is cached, and a rerun submits only the next step.
-    monkeypatch.setenv("SLURM_CONF", str(forgetful))
+    monkeypatch.setenv("SLURM_CONF", str(forgetful.conf))
     with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
         again = run_subjects(_scheduler_steps.lingering, {"sub-01": {"x": 1.0}}, root,
                              worker="slurm", job_cache=jobs, **FAST)  # fmt: skip
     assert again["sub-01"].outputs == 2.0
     assert list(submitted(root, "sub-01").values()) == ["linger", "double"]
+
+
+def test_jobs_are_followed_through_a_controller_restart(
+    forgetful: PrivateCluster, tmp_path: Path
+) -> None:
+    """While slurmctld restarts, squeue cannot reach it (and there is no accounting): the
+    worker waits for it instead of giving the job up."""
+    import json
+
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    process = submitter(LINGERING, forgetful, root, jobs)
+    try:
+        first_job(root, process)  # it lingers 3 s
+        forgetful.stop("slurmctld")
+        time.sleep(10)  # squeue fails after 1 s each time: more than 5 polls without an answer
+        forgetful.start("slurmctld")
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == [2.0]
+    assert list(submitted(root, "sub-01").values()) == ["linger", "double"]
+
+
+def test_a_controller_that_stops_answering_is_given_up_on(
+    forgetful: PrivateCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from pydra.engine.submitter import Submitter
+
+    from kwneuro_pydra.pydra import SlurmWorker
+
+    monkeypatch.setenv("SLURM_CONF", str(forgetful.conf))
+    worker = SlurmWorker(poll_delay=0.2, controller_timeout=2)  # type: ignore[call-arg]
+    task = to_task(_scheduler_steps.linger)(x=1.0, cache_dir=str(tmp_path / "sub-01"))
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        with Submitter(cache_root=tmp_path / "jobs", worker=worker) as submitter:
+            try:
+                submitter(task, raise_errors=True)
+            except SchedulerError as error:
+                raised.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        for _ in range(300):
+            if worker.job_ids or not thread.is_alive():
+                break
+            time.sleep(0.1)
+        forgetful.stop("slurmctld")
+    finally:
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    error = worker.failures["sub-01"]
+    assert raised == [error]
+    (job,) = worker.job_ids
+    assert (error.job_id, error.state, error.step) == (job, "UNKNOWN", "linger")
+    assert re.match(
+        rf"Slurm job {job} \(linger for sub-01\): the controller has not answered for \d+ s "
+        r"\(squeue said: slurm_load_jobs error: Unable to contact slurm controller .*\) and "
+        r"accounting has no record of the job; its outcome is unknown\. Check slurmctld ",
+        str(error),
+    ), str(error)
 
 
 @pytest.fixture

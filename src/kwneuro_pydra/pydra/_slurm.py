@@ -51,7 +51,8 @@ _MEMORY_KILL = re.compile(r"exceeded (job )?memory limit", re.IGNORECASE)
 """What slurmstepd writes to a job's stderr when jobacct_gather's OverMemoryKill ends it
 (Slurm then records FAILED or CANCELLED, where the cgroup plugin records OUT_OF_MEMORY)."""
 _UNKNOWN_POLLS = 5
-"""Consecutive looks at a job that neither squeue nor sacct answers before giving up on it."""
+"""Consecutive looks at a job that neither the controller nor accounting knows before giving
+up on it."""
 
 
 def _as_requests(resources: Any) -> dict[str, Request]:
@@ -68,7 +69,8 @@ class SchedulerError(RuntimeError):
         job_id: Slurm's job id, or None when no job was submitted.
         state: Slurm's state (``TIMEOUT``, ``OUT_OF_MEMORY``, ``CANCELLED`` ...), ``PENDING``
             for a job cancelled after ``pending_timeout``, ``UNKNOWN`` when neither the
-            controller nor accounting knows the job, ``SBATCH`` when sbatch refused it.
+            controller nor accounting knows the job (or the controller stopped answering),
+            ``SBATCH`` when sbatch refused it.
         step: The step the job ran, or ``"all steps"`` for a job per subject.
     """
 
@@ -102,6 +104,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         per_subject: One job per subject workflow (its steps run inside it, in process)
             instead of one job per node.
         pending_timeout: Seconds a job may pend before it is cancelled; None: no limit.
+        controller_timeout: Seconds the controller may go without answering (restarting,
+            overloaded) while accounting does not know a job either, before the job is
+            given up as ``UNKNOWN``.
         log_dir: Directory of the per-subject log files; None: no log files.
         directory: Working directory of the jobs (default: the current directory when the
             worker is made; Pydra changes directory while it runs workflows, and a job
@@ -116,6 +121,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     resources: dict[str, Request] = attrs.field(factory=dict, converter=_as_requests)
     per_subject: bool = False
     pending_timeout: float | None = None
+    controller_timeout: float = 600.0
     log_dir: str | None = None
     directory: str = attrs.field(factory=os.getcwd)
     failures: dict[str, SchedulerError] = attrs.field(factory=dict)
@@ -190,14 +196,27 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
 
     async def _wait(self, job_id: str, subject: str, step: str, log: Path | None) -> str:
         """Poll until the job reaches a final state; cancel it if it pends too long."""
-        submitted, unknown = time.monotonic(), 0
+        submitted, unknown, silent_since = time.monotonic(), 0, None
         while True:
             try:
                 state, reason = await _state(job_id)
-                unknown = 0
+                unknown, silent_since = 0, None
+            except _Unanswered as said:
+                silent_since = silent_since or time.monotonic()
+                silent = time.monotonic() - silent_since
+                if silent < self.controller_timeout:
+                    await asyncio.sleep(self.poll_delay)
+                    continue
+                message = (
+                    f"Slurm job {job_id} ({step} for {subject}): the controller has not "
+                    f"answered for {silent:.0f} s (squeue said: {said}) and accounting has no "
+                    "record of the job; its outcome is unknown. Check slurmctld (scontrol "
+                    "ping), or raise controller_timeout"
+                )
+                raise self._failed(subject, step, job_id, "UNKNOWN", message, log) from None
             except LookupError as said:
                 unknown += 1
-                if unknown < _UNKNOWN_POLLS:  # a busy controller may not answer at once
+                if unknown < _UNKNOWN_POLLS:
                     await asyncio.sleep(self.poll_delay)
                     continue
                 message = (
@@ -243,23 +262,32 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         return Path(self.log_dir) / f"{subject}.log"
 
 
+class _Unanswered(LookupError):
+    """The controller did not answer about a job (down, restarting, overloaded)."""
+
+
 async def _state(job_id: str) -> tuple[str, str]:
     """The job's state and Slurm's reason: from the controller, else from accounting.
 
     Raises:
+        _Unanswered: The controller did not answer, and accounting does not know the job
+            (the message says what squeue said).
         LookupError: Neither knows the job (the message says what sacct said).
     """
-    rc, out, _ = await base.read_and_display_async(
+    rc, out, said = await base.read_and_display_async(
         "squeue", "-h", "-j", job_id, "-t", "all", "-o", "%T|%r", hide_display=True
     )
     if rc == 0 and out.strip():
         state, _, reason = out.strip().splitlines()[0].partition("|")
         return state, reason
+    answered = rc == 0 or "Invalid job id" in said
     rc, out, err = await base.read_and_display_async(
         "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State", hide_display=True
     )
     if rc == 0 and out.strip():
         return out.split()[0], ""
+    if not answered:
+        raise _Unanswered(" ".join(said.split()) or "nothing")
     raise LookupError(err.strip() or "nothing")
 
 
