@@ -48,10 +48,11 @@ def slurm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def submitted(root: Path, subject: str) -> dict[str, str]:
-    """Job id -> step of every job submitted for ``subject`` (read from its log)."""
+    """Job id -> step of every job submitted for ``subject`` (read from its log); an array
+    task's id is ``<array>_<index>``."""
     log = root / ".logs" / f"{subject}.log"
     text = log.read_text() if log.exists() else ""
-    return dict(re.findall(r"\[scheduler\] slurm job (\d+): (.+?) submitted", text))
+    return dict(re.findall(r"\[scheduler\] slurm job ([\d_]+): (.+?) submitted", text))
 
 
 def accounting(job_ids: list[str], *more: str) -> dict[str, dict[str, str]]:
@@ -146,11 +147,18 @@ def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
     bad = results["sub-02"].failure
     assert bad is not None and bad.step == "brain_mask"  # the step's own failure
     assert isinstance(bad.exception, ValueError) and "cannot mask bad" in str(bad.exception)
+    tasks = {}
     for subject in subjects:
         jobs = submitted(root, subject)
         assert list(jobs.values()) == ["all steps"]
         # the largest memory and CPUs, the sum of the times: 5 + 30 + 1 minutes
         assert asked(jobs) == {"all steps": ("2G", "2", "00:36:00")}
+        tasks.update(dict.fromkeys(jobs, subject))
+    # one sbatch call: a job array, a task per subject
+    assert {job.split("_")[0] for job in tasks} == {next(iter(tasks)).split("_")[0]}
+    assert sorted(job.split("_")[1] for job in tasks) == ["0", "1", "2"]
+    names = {row["JobName"] for row in accounting(list(tasks)).values()}
+    assert names == {"kwneuro.3_subjects.all_steps"}
 
 
 def test_a_job_pending_too_long_is_cancelled_with_slurms_reason(tmp_path: Path) -> None:
@@ -290,8 +298,9 @@ def test_a_cache_root_on_a_local_file_system_is_warned_about_where_jobs_see_two_
 
 class PrivateCluster:
     """A second Slurm cluster on this machine, private to a test, without accounting, whose
-    controller forgets a job 2 s after it ends (MinJobAge=2; it purges every 10 s) and whose
-    commands give up on an unreachable controller after 1 s (MessageTimeout). Its own
+    controller forgets a job 2 s after it ends (MinJobAge=2; it purges every 10 s), whose
+    commands give up on an unreachable controller after 1 s (MessageTimeout) and whose job
+    arrays hold two tasks at most (MaxArraySize=2). Its own
     slurmctld and slurmd, in the foreground, on their own ports and state directory, leave
     the shared cluster alone."""
 
@@ -321,6 +330,7 @@ SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
 MailProg=/bin/true
 MinJobAge=2
 MessageTimeout=1
+MaxArraySize=2
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 NodeName=forgetful NodeHostname={host} NodeAddr=127.0.0.1 Port=6921 {hardware}
@@ -453,6 +463,23 @@ def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
                              worker="slurm", job_cache=jobs, **FAST)  # fmt: skip
     assert again["sub-01"].outputs == 2.0
     assert list(submitted(root, "sub-01").values()) == ["linger", "double"]
+
+
+def test_subjects_beyond_the_largest_job_array_go_to_another_array(
+    forgetful: PrivateCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_CONF", str(forgetful.conf))
+    subjects = {f"sub-0{i}": {"x": float(i)} for i in (1, 2, 3)}
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
+        results = run_subjects(steps.chain4, subjects, root, worker="slurm",
+                               granularity="subject", job_cache=jobs, **FAST)  # fmt: skip
+    outputs = {s: r.outputs for s, r in results.items()}
+    assert outputs == {"sub-01": 10.0, "sub-02": 14.0, "sub-03": 18.0}
+    tasks = sorted(job.split("_") for s in subjects for job in submitted(root, s))
+    arrays = sorted({array for array, _ in tasks})
+    assert len(arrays) == 2  # MaxArraySize=2: two sbatch calls for three subjects
+    assert tasks == [[arrays[0], "0"], [arrays[0], "1"], [arrays[1], "0"]]
 
 
 def test_jobs_are_followed_through_a_controller_restart(

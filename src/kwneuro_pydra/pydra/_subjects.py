@@ -123,7 +123,8 @@ def run_subjects(
             ``mem``, ``cpus``, ``time``, ``options``; see `load_resources`).
         granularity: Slurm only: ``"node"`` submits a job per step call; ``"subject"`` a
             job per subject whose steps run inside it, one after the other, asking for the
-            largest memory and CPUs and the sum of the times of ``resources``.
+            largest memory and CPUs and the sum of the times of ``resources``; the subjects
+            go in one job array (one sbatch call per ``MaxArraySize`` subjects).
         pending_timeout: Slurm only: seconds a job may pend before it is cancelled and its
             subject reported with Slurm's reason; None waits for ever.
         job_cache: Directory of Pydra's job cache; default
