@@ -24,8 +24,9 @@ def _empty_tree(root: Path, subjects: int) -> Path:
     """A BIDS tree of empty files: a DWI (+ JSON) per series, a third of the subjects with
     two sessions, half with their own b-table (the rest inherit the top-level one), a T1."""
     root.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "bench",
-                                                               "BIDSVersion": "1.10.0"}))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"})
+    )
     (root / "dwi.bval").write_text("0\n")
     (root / "dwi.bvec").write_text("0\n0\n0\n")
     for number in range(subjects):
@@ -66,8 +67,9 @@ def bids_index(sizes: Sizes, workdir: Path) -> Section:
     label = "pybids: BIDSLayout + get"
     section.rows.append(Row(label, measure(pybids, repeat=1, warmup=0),
                             note="its SQLite index; get_bval per series not in"))  # fmt: skip
-    section.rows[0] = Row(section.rows[0].label, section.rows[0].timing, peers=(label,),
-                          note=section.rows[0].note)
+    section.rows[0] = Row(
+        section.rows[0].label, section.rows[0].timing, peers=(label,), note=section.rows[0].note
+    )
     return section
 
 
@@ -153,7 +155,11 @@ def report_figures(sizes: Sizes, workdir: Path) -> Section:
         gradient_sphere(dwi)
 
     section = Section("report-figures", f"one subject's five report figures, {shape} volumes")
-    section.rows.append(Row(f"{OURS}: 4 mosaics + gradient sphere", measure(
-        render, repeat=sizes.repeat
-    ), note="target < 1 s per subject; add matplotlib's import to a process's first"))
+    section.rows.append(
+        Row(
+            f"{OURS}: 4 mosaics + gradient sphere",
+            measure(render, repeat=sizes.repeat),
+            note="target < 1 s per subject; add matplotlib's import to a process's first",
+        )
+    )
     return section

@@ -42,7 +42,13 @@ from benchmarks._harness import Curve, Section, describe_machine, format_section
 __all__ = ["CASES", "FULL", "SMOKE", "Case", "Sizes", "case", "main"]
 
 _MODULES = (
-    cases_core, cases_resources, cases_pydra, cases_profile, cases_dti, cases_slurm, cases_bids,
+    cases_core,
+    cases_resources,
+    cases_pydra,
+    cases_profile,
+    cases_dti,
+    cases_slurm,
+    cases_bids,
 )
 """The case modules (imported for their registrations), in the order their cases run."""
 

@@ -16,6 +16,7 @@ import pytest
 import kwneuro_pydra
 from kwneuro_pydra import Cache, CacheSpec, cacheable, fingerprint
 from kwneuro_pydra import cache as cache_module
+from kwneuro_pydra._lock import LOCK_FILE
 from kwneuro_pydra.cache import step_of
 
 Calls = list[tuple[Any, ...]]
@@ -596,7 +597,7 @@ def test_save_that_skips_a_declared_file(tmp_path: Path) -> None:
     with Cache(tmp_path) as cache, pytest.raises(FileNotFoundError, match=r"'b\.npy'"):
         half(2)
     assert cache.entries(half) == []
-    assert list((tmp_path / "half").iterdir()) == []
+    assert [p.name for p in (tmp_path / "half").iterdir()] == [LOCK_FILE]  # no entry, no tmp
 
 
 def test_nothing_is_written_outside_the_cache_dir(tmp_path: Path) -> None:
@@ -655,7 +656,7 @@ def test_forced_replacement_swaps_entries_atomically(
         fill(1)
     (entry,) = cache.entries(fill)
     assert [b for _, b in swaps] == [entry.path]
-    assert sorted(p.name for p in entry.path.parent.iterdir()) == [entry.key]
+    assert sorted(p.name for p in entry.path.parent.iterdir()) == sorted([LOCK_FILE, entry.key])
 
 
 def test_settled_sidecars_are_parsed_once_and_in_place_edits_are_seen(

@@ -111,20 +111,28 @@ def test_bad_series_fail_one_by_one_while_the_others_finish(tmp_path: Path) -> N
     add_series(bids_dir, "sub-04", three_d=True)
     add_series(bids_dir, "sub-05").write_bytes(b"\x1f\x8b garbage")  # unreadable NIfTI
     add_series(bids_dir, "sub-06", b0=False)  # mean_b0 fails inside the pipeline
+    truncated = add_series(bids_dir, "sub-07")  # the header loads, the voxels do not
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     out = tmp_path / "out"
     result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug", *MASK)
     assert result.returncode == 1
     failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
-    assert len(failed) == 5, result.stderr
+    assert len(failed) == 6, result.stderr
     assert failed == result.stderr.splitlines()  # one line each, nothing else (no Pydra noise)
     assert "sub-02: sub-02/dwi/sub-02_dwi.nii.gz: no .bval or .bvec file" in failed[0]
     assert "counts disagree" in failed[1] and "must be 4-D" in failed[2]
     assert "sub-05" in failed[3]
     assert "sub-06: step 'mean_b0' failed: ValueError: mean_b0: no b=0 volume" in failed[4]
+    # the step's own exception class, by its short name, once (its class is not rebuilt)
+    error = f"ResourceFileError: truncated or corrupted NIfTI file: {truncated}"
+    reason = f"step 'mean_b0' failed: {error}"
+    assert failed[5].startswith(f"FAILED sub-07: {reason}"), failed[5]
+    assert "RuntimeError" not in failed[5] and failed[5].count("ResourceFileError") == 1
+    assert reason in (out / "sub-07.html").read_text().replace("&#x27;", "'")
     assert "Traceback" not in result.stderr
     assert (out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz").is_file()
     report = (out / "report.html").read_text()
-    assert report.count('class="failed">failed') == 5
+    assert report.count('class="failed">failed') == 6
     assert "no b=0 volume" in report and "counts disagree" in report
     assert "no b=0 volume" in (out / "sub-06.html").read_text()
     status = kwneuro("status", str(bids_dir), str(out), *MASK)
@@ -156,26 +164,70 @@ def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
     assert row.split("│")[5].strip() == "stale"  # estimate_dti, the fourth step
 
 
+def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
+    bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
+    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q",
+                 "--fit-method", "OLS", "--bmax", "1200", *MASK]) == 0  # fmt: skip
+    record = json.loads((out / "kwneuro-pydra-options.json").read_text())
+    assert record["Parameters"] == {
+        "fit_method": "OLS", "bmax": 1200.0, "median_radius": 1, "numpass": 1,
+    }  # fmt: skip
+    recorded = kwneuro("status", str(bids_dir), str(out))  # no option repeated
+    assert recorded.returncode == 0 and recorded.stderr == "", recorded.stderr
+    assert "9 steps cached, 0 steps stale, 0 steps missing" in recorded.stdout
+    assert (
+        "DTI options: --fit-method OLS --bmax 1200 --mask-median-radius 1 --mask-numpass 1 "
+        f"(as given, else the run's, recorded in {out / 'kwneuro-pydra-options.json'})"
+    ) in recorded.stdout
+    # an option given overrides the record, and status says they differ
+    wls = kwneuro("status", str(bids_dir), str(out), "--fit-method", "WLS")
+    assert "3 steps cached, 0 steps stale, 6 steps missing" in wls.stdout  # mask, not fit
+    assert "--fit-method: the run recorded --fit-method OLS" in wls.stderr
+    assert "showing the cache for --fit-method WLS" in wls.stderr
+    same = kwneuro("status", str(bids_dir), str(out), "--fit-method", "OLS")
+    assert "9 steps cached" in same.stdout and same.stderr == ""
+    # a record that cannot be used: said so, and the defaults stand in
+    (out / "kwneuro-pydra-options.json").write_text('{"Parameters": {"fit_method": "LS"}}')
+    broken = kwneuro("status", str(bids_dir), str(out))
+    assert broken.returncode == 0
+    assert "fit_method: expected one of WLS, OLS, got 'LS'" in broken.stderr
+    assert "2 steps cached, 0 steps stale, 7 steps missing" in broken.stdout  # mean_b0 ...
+    assert "DTI options: --fit-method WLS --bmax 1500 --mask-median-radius 4" in broken.stdout
+
+
+ON_SLURM = ("run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["run", "{tmp}/nowhere", "{tmp}/out", "participant"], "does not exist"),
         (["run", "{tmp}", "{tmp}/out", "participant"], "no dataset_description.json"),
-        (["run", "{bids}", "{tmp}/out", "participant", "--participant-label", "09"],
-         "no participant 09 in the dataset (participants found: 01, 02, 03)"),
+        (
+            ["run", "{bids}", "{tmp}/out", "participant", "--participant-label", "09"],
+            "no participant 09 in the dataset (participants found: 01, 02, 03)",
+        ),
         (["run", "{bids}", "{file}", "participant"], "is a file, not a folder"),
         (["run", "{bids}", "/proc/kwneuro-out", "participant"], "cannot be written"),
         (["run", "{bids}", "{tmp}/out", "participant", "--worker", "nosuch"], "invalid choice"),
         (["run", "{bids}", "{tmp}/out", "participant", "--force", "nosuch"], "unknown step"),
         (["run", "{bids}", "{tmp}/out", "group"], "invalid choice"),
-        (["run", "{bids}", "{tmp}/out", "participant", "--sbatch-args=--mem=1G"],
-         "--sbatch-args: only with --worker slurm (got --worker cf)"),
-        (["run", "{bids}", "{tmp}/out", "participant", "--granularity", "subject"],
-         "--granularity: only with --worker slurm"),
-        (["run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm", "--resources",
-          "{file}"], "--resources: {file}: resources file must end in .toml or .json"),
-        (["run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm", "--resources",
-          "{tmp}/none.toml"], "--resources: [Errno 2] No such file or directory"),
+        (
+            ["run", "{bids}", "{tmp}/out", "participant", "--sbatch-args=--mem=1G"],
+            "--sbatch-args: only with --worker slurm (got --worker cf)",
+        ),
+        (
+            ["run", "{bids}", "{tmp}/out", "participant", "--granularity", "subject"],
+            "--granularity: only with --worker slurm",
+        ),
+        (
+            [*ON_SLURM, "--resources", "{file}"],
+            "--resources: {file}: resources file must end in .toml or .json",
+        ),
+        (
+            [*ON_SLURM, "--resources", "{tmp}/none.toml"],
+            "--resources: [Errno 2] No such file or directory",
+        ),
         (["demo", "{tmp}/demo", "--subjects", "0"], "must be at least 1"),
         (["prune", "{tmp}", "--keep", "0"], "must be at least 1"),
         (["prune", "{tmp}", "--keep", "-1"], "must be at least 1"),

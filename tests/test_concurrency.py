@@ -7,7 +7,6 @@ overlapping calls really overlap. A lock left by a SIGKILLed holder is recovered
 
 from __future__ import annotations
 
-import fcntl
 import json
 import multiprocessing
 import os
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 
 from kwneuro_pydra import Cache
-from kwneuro_pydra._lock import read_owner
+from kwneuro_pydra._lock import LOCK_FILE, held, read_owners
 from tests import _workers as w
 
 CTX = multiprocessing.get_context("spawn")
@@ -93,19 +92,6 @@ def start_worker(
     return process
 
 
-def is_locked(lock: Path) -> bool:
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 def assert_stored(cache_dir: Path, x: int, nonce: str) -> None:
     """The parent sees the entry through the public API, and a call hits it."""
     with warnings.catch_warnings():
@@ -138,7 +124,8 @@ def test_same_call_in_six_processes_at_once_runs_the_step_once(
     right = expected_result(7, f"pid-{computer}")
     assert {pid: result for pid, (_, result) in found.items()} == dict.fromkeys(found, right)
     assert_stored(cache_dir, 7, f"pid-{computer}")
-    assert not list((cache_dir / "race_step").glob(".*.lock")), "a lock file was left behind"
+    assert not held(cache_dir / "race_step" / LOCK_FILE), "a lock is still held"
+    assert not read_owners(cache_dir / "race_step" / LOCK_FILE), "an owner record was left"
 
 
 def test_different_calls_in_parallel_each_run_once_without_waiting_for_each_other(
@@ -178,14 +165,13 @@ def test_lock_of_a_killed_holder_is_recovered_by_a_waiting_process(
         assert holder.is_alive() and time.monotonic() < deadline, "the holder never started"
         time.sleep(0.02)
 
-    (lock,) = (cache_dir / "race_step").glob(".*.lock")
-    owner = read_owner(lock)
-    assert owner is not None, f"the lock owner record of {lock} is unreadable"
+    lock = cache_dir / "race_step" / LOCK_FILE
+    (owner,) = read_owners(lock).values()
     assert owner["pid"] == holder.pid
     assert owner["host"] == socket.gethostname()
     taken = datetime.fromisoformat(str(owner["time"]))
     assert abs((datetime.now(UTC) - taken).total_seconds()) < 120
-    assert is_locked(lock)
+    assert held(lock, str(owner["key"])) and not held(lock, "0" * 64)
 
     readies = [CTX.Event(), CTX.Event()]
     waiters = [
@@ -196,7 +182,7 @@ def test_lock_of_a_killed_holder_is_recovered_by_a_waiting_process(
         assert ready.wait(60), "a waiter never started"
     time.sleep(0.5)  # the waiters are blocked on the lock
     assert len(executions(counter)) == 1 and all(p.is_alive() for p in waiters)
-    assert read_owner(lock) == owner
+    assert read_owners(lock) == {owner["key"]: owner}
 
     killed_at = time.monotonic()
     holder.kill()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import fcntl
 import json
 import os
 import random
@@ -31,7 +30,7 @@ from typing import Any
 import pytest
 
 from kwneuro_pydra import Cache
-from kwneuro_pydra._lock import read_owner
+from kwneuro_pydra._lock import LOCK_FILE, held, read_owners
 from tests import _workers as w
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,21 +155,11 @@ class Outcome:
 
 def held_locks(cache_dir: Path) -> list[str]:
     """Entry locks that some process still holds (none may be left by a killed one)."""
-    held = []
-    for lock in sorted(cache_dir.glob("*/.*.lock")):
-        try:
-            fd = os.open(lock, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held.append(f"{lock.name} (owner {read_owner(lock)})")
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-    return held
+    return [
+        f"{lock} (owners {read_owners(lock)})"
+        for lock in sorted(cache_dir.glob(f"*/{LOCK_FILE}"))
+        if held(lock)
+    ]
 
 
 def step_entries(cache_dir: Path, kind: str) -> dict[int, Path]:

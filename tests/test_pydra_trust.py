@@ -9,7 +9,14 @@ import pytest
 
 pytest.importorskip("pydra")
 
-from kwneuro_pydra.pydra import _failures, _workflow, run_subjects, to_workflow
+from kwneuro_pydra.pydra import (
+    StepError,
+    StepFailure,
+    _failures,
+    _workflow,
+    run_subjects,
+    to_workflow,
+)
 from tests import _pydra_steps as steps
 
 
@@ -64,8 +71,11 @@ def test_failure_records_are_json_and_rebuild_no_class_but_builtins(tmp_path: Pa
     plant(tmp_path / _failures.ERRORS_DIR / "step_b.pkl", marker)
     step, exception, traceback = _failures.read(tmp_path) or ("", None, "")
     assert not marker.exists()
-    assert step == "step_a" and type(exception) is RuntimeError
-    assert str(exception) == f"{__name__}.LabError: the scanner was off"
+    assert step == "step_a" and type(exception) is StepError
+    assert isinstance(exception, RuntimeError)  # what code catching the old stand-in expects
+    assert (exception.type_name, str(exception)) == (f"{__name__}.LabError", "the scanner was off")
+    assert _failures.describe(exception) == "LabError: the scanner was off"
+    assert pickle.loads(pickle.dumps(exception)).type_name == exception.type_name
     assert "LabError: the scanner was off" in traceback
 
     _failures.clear(tmp_path)
@@ -76,7 +86,21 @@ def test_failure_records_are_json_and_rebuild_no_class_but_builtins(tmp_path: Pa
     assert _failures.read(tmp_path) is not None
     step, exception, _ = _failures.read(tmp_path) or ("", None, "")
     assert step == "step_c" and type(exception) is KeyError
+    assert _failures.describe(exception) == "KeyError: 'k'"  # as Python prints it, not "'k'"
     (tmp_path / _failures.ERRORS_DIR / "step_c.json").unlink()
     step, exception, _ = _failures.read(tmp_path) or ("", None, "")
-    assert step == "step_d" and type(exception) is RuntimeError  # needs more than a message
-    assert str(exception).startswith("UnicodeDecodeError: ")
+    assert step == "step_d" and type(exception) is StepError  # needs more than a message
+    assert _failures.describe(exception).startswith("UnicodeDecodeError: 'utf-8' codec")
+
+
+def test_a_failure_names_the_class_of_the_exception_once(tmp_path: Path) -> None:
+    """``step 'x' failed: LabError: message``, as the user's exception would print."""
+    _failures.record(tmp_path, "brain_mask", LabError("the scanner was off"))
+    _failures.record(tmp_path / "empty", "fit", LabError())
+    failure = StepFailure("sub-01", *(_failures.read(tmp_path) or ("", None, "")))
+    assert str(failure) == "sub-01: step 'brain_mask' failed: LabError: the scanner was off"
+    assert failure.reason == "step 'brain_mask' failed: LabError: the scanner was off"
+    empty = StepFailure("sub-02", *(_failures.read(tmp_path / "empty") or ("", None, "")))
+    assert empty.reason == "step 'fit' failed: LabError"
+    builtin = StepFailure("sub-03", None, ValueError("no b=0 volume"), "")
+    assert str(builtin) == "sub-03: the workflow failed: ValueError: no b=0 volume"

@@ -18,7 +18,7 @@ def test_readme_eager_example_runs(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "argument 'scale' changed: 2.0 -> 3.0" in out.stdout
-    assert len(list((tmp_path / "derivatives" / "sub-01" / "standardise").iterdir())) == 1
+    assert len(list((tmp_path / "derivatives" / "sub-01" / "standardise").glob("[!.]*"))) == 1
 
 
 def test_readme_has_exactly_the_two_setup_commands() -> None:

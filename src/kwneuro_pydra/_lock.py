@@ -1,10 +1,17 @@
-"""Inter-process lock of one cache entry, safe against crashes.
+"""Inter-process lock of one cache entry, safe against crashes and cheap to take.
 
-The lock is an ``flock`` on a lock file. The kernel releases it when its holder exits for any
-reason, SIGKILL included, so a lock left by a dead process is recovered by the next waiter
-without guessing from pids or ages. The holder writes who it is (host, pid, time) into the
-file, so a waiter can say what it waits for. On NFS, Linux maps ``flock`` to POSIX locks that
-the server's lock manager recovers when a client dies.
+Each entry key of a step owns one byte of the step's lock file ``<step>/.lock``, locked with
+an open file description (OFD) lock. The kernel releases it when the holder's file is closed,
+which happens when the holder exits for any reason, SIGKILL included, so a lock left by a dead
+process is recovered by the next waiter without guessing from pids or ages. The file is
+shared by every key and never removed, so taking a lock creates no file: open, lock, unlock,
+close. Each open takes its own lock, so threads of one process exclude each other too.
+
+While it holds a key, the holder writes who it is (host, pid, time, key) into the key's slot
+of the file, so a waiter can say what it waits for. On NFS, Linux sends OFD locks to the
+server's lock manager, which recovers them when a client dies. Where OFD locks do not exist
+(not Linux), the whole file is locked with ``flock``: entries of one step are then computed
+one at a time, never two at once.
 """
 
 from __future__ import annotations
@@ -16,85 +23,141 @@ import json
 import logging
 import os
 import socket
+import struct
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
 from kwneuro_pydra._files import read_regular
 
-__all__ = ["EntryLock", "read_owner"]
+__all__ = ["LOCK_FILE", "EntryLock", "held", "read_owners"]
 
 _log = logging.getLogger("kwneuro_pydra")
-_OWNER_BYTES = 256
-"""Owner records are padded to this size (JSON allows trailing blanks), so writing one
-always covers the last holder's: no truncation needed."""
+
+LOCK_FILE = ".lock"
+"""Name of the lock file in each step directory."""
+
+_SLOT_BYTES = 256
+_SLOTS = 1024
+"""Owner records: one slot of `_SLOT_BYTES` per key (by its first hex digits), so the lock
+file is at most 256 KiB, sparse. Keys sharing a slot only share the waiting message's owner,
+and the record names its key, so a waiter never shows another key's holder."""
+
+_OFD = hasattr(fcntl, "F_OFD_SETLK")
+_FLOCK = struct.Struct("hhqqi4x")
+"""``struct flock`` of 64-bit Linux: type, whence, start, length, pid (0 for OFD locks)."""
 
 
-def read_owner(path: str | Path) -> dict[str, object] | None:
-    """Return the owner record of a lock file (host, pid, time), or None if unreadable."""
+def _offset(key: str) -> int:
+    """The byte of the lock file that stands for ``key`` (60 bits of the key)."""
+    return int(key[:15], 16)
+
+
+def _slot(key: str) -> int:
+    return (int(key[:3], 16) % _SLOTS) * _SLOT_BYTES
+
+
+def _lock_key(fd: int, key: str, *, wait: bool) -> bool:
+    """Lock ``key`` through the open file ``fd``; False if it is held elsewhere and ``wait``
+    is off."""
     try:
-        owner = json.loads(read_regular(path, _OWNER_BYTES * 4))
-    except (OSError, ValueError):
-        return None
-    return owner if isinstance(owner, dict) else None
+        if _OFD:
+            command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+            fcntl.fcntl(fd, command, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _offset(key), 1, 0))
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held elsewhere
+        if wait:
+            raise
+        return False
+    return True
+
+
+def held(path: str | Path, key: str | None = None) -> bool:
+    """True when some open file holds the lock of ``key`` in the lock file ``path`` (any key
+    when ``key`` is None). A missing lock file holds nothing."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        if not _OFD:
+            return not _lock_key(fd, "", wait=False)  # closing the file drops it again
+        start, length = (0, 0) if key is None else (_offset(key), 1)
+        probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+        kind = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe))[0]
+        return bool(kind != fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
+
+
+def read_owners(path: str | Path) -> dict[str, dict[str, object]]:
+    """Return the owner records (host, pid, time, key) of the lock file ``path`` by key.
+
+    A record is written by a key's holder and blanked when it releases; a holder that was
+    killed leaves its record behind (see `held`). Unreadable records are left out.
+    """
+    try:
+        data = read_regular(path, _SLOTS * _SLOT_BYTES)
+    except OSError:
+        return {}
+    owners = {}
+    for start in range(0, len(data), _SLOT_BYTES):
+        raw = data[start : start + _SLOT_BYTES].strip(b"\0 ")
+        with contextlib.suppress(ValueError):
+            owner = json.loads(raw) if raw else None
+            if isinstance(owner, dict) and isinstance(owner.get("key"), str):
+                owners[owner["key"]] = owner
+    return owners
 
 
 class EntryLock:
-    """Exclusive lock on ``path``, usable as a context manager.
+    """Exclusive lock of one entry key, usable as a context manager.
 
     Args:
-        path: Lock file; created (with its directory) when acquired and removed when
-            released.
+        path: The step's lock file; created (with its directory) when first needed, never
+            removed.
+        key: Entry key (64 hex) whose lock this is.
         what: Human-readable name of what is locked, for the waiting message.
     """
 
-    def __init__(self, path: str | Path, what: str) -> None:
+    def __init__(self, path: str | Path, key: str, what: str) -> None:
         self.path = path
+        self.key = key
         self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Block until the lock is held by this process.
+        """Block until the lock is held by this open file.
 
         Raises:
-            OSError: The lock file cannot be created or its owner record written (a
-                read-only directory, a full disk). The lock is then not held, and no lock
-                file of this process is left behind.
+            OSError: The lock file cannot be created or opened for writing (a read-only
+                directory, a full disk), or its owner record not written. The lock is then
+                not held.
         """
-        announced = False
         while True:
             fd = self._open()
-            locked = False
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if not announced:
-                        _log.info("waiting for %s, locked by %s", self.what, read_owner(self.path))
-                        announced = True
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                locked = self._is_current(fd)
-                if locked:
-                    owner = {"host": _host(), "pid": os.getpid(), "time": _now()}
-                    os.pwrite(fd, json.dumps(owner).encode().ljust(_OWNER_BYTES), 0)
+                if not _lock_key(fd, self.key, wait=False):
+                    owner = read_owners(self.path).get(self.key)
+                    _log.info("waiting for %s, locked by %s", self.what, owner)
+                    _lock_key(fd, self.key, wait=True)
+                if self._is_current(fd):
+                    os.pwrite(fd, _owner_record(self.key), _slot(self.key))
                     self._fd = fd
                     return
             except BaseException:
-                if locked:  # remove the file first: a waiter then locks a fresh one
-                    with contextlib.suppress(OSError):
-                        os.unlink(self.path)
-                os.close(fd)
+                os.close(fd)  # closing the file drops its lock
                 raise
-            os.close(fd)  # the holder removed this file on release: lock the new one
+            os.close(fd)  # the step directory was removed and made again: lock the new file
 
     def _open(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            return os.open(self.path, flags, 0o644)
+            return os.open(self.path, flags, 0o666)
         except FileNotFoundError:  # the first entry of its step: make the step's directory
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            return os.open(self.path, flags, 0o644)
+            return os.open(self.path, flags, 0o666)
 
     def _is_current(self, fd: int) -> bool:
         try:
@@ -105,14 +168,14 @@ class EntryLock:
         return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
     def release(self) -> None:
-        """Remove the lock file and release the lock."""
+        """Blank the owner record and release the lock."""
         if self._fd is None:
             return
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            with contextlib.suppress(OSError):
+                os.pwrite(self._fd, _BLANK, _slot(self.key))
         finally:
-            os.close(self._fd)
+            os.close(self._fd)  # drops the lock
             self._fd = None
 
     def __enter__(self) -> EntryLock:
@@ -128,10 +191,17 @@ class EntryLock:
         self.release()
 
 
+_BLANK = b" " * _SLOT_BYTES
+
+
+def _owner_record(key: str) -> bytes:
+    """This process's owner record for ``key``, padded to a slot (JSON allows blanks)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    record = f'{{"host": {_host()}, "pid": {os.getpid()}, "time": "{now}", "key": "{key}"}}'
+    return record.encode()[:_SLOT_BYTES].ljust(_SLOT_BYTES)
+
+
 @functools.cache
 def _host() -> str:
-    return socket.gethostname()
-
-
-def _now() -> str:
-    return datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds")
+    """This host's name as a JSON string, cut so that a record fits its slot."""
+    return json.dumps(socket.gethostname()[:64])

@@ -58,17 +58,12 @@ class _Lookup:
         self.entries: dict[str, Entry] = {}
 
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        function = self.functions[step.name]
-        explanation = self.cache.explain(function, *args, **kwargs)
-        if explanation.hit and explanation.closest is not None:
-            try:
-                value = self.cache.load(function, *args, **kwargs)
-            except KeyError:  # removed since explain looked
-                pass
-            else:
-                self.states[step.name] = CACHED
-                self.entries[step.name] = explanation.closest
-                return value
+        served = self.cache._served(step, args, kwargs)
+        if served is not None:
+            self.states[step.name] = CACHED
+            self.entries[step.name] = served[0]
+            return served[1]
+        explanation = self.cache.explain(self.functions[step.name], *args, **kwargs)
         stale = explanation.closest is not None and explanation.reasons == (_CODE_CHANGED,)
         self.states[step.name] = STALE if stale else MISSING
         raise _Stop

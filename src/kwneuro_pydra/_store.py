@@ -4,7 +4,7 @@ Layout of one cache directory::
 
     <cache_dir>/<step>/<key>/<output files>        one complete entry
     <cache_dir>/<step>/<key>/<step>.params.json    its sidecar, written last
-    <cache_dir>/<step>/.<key>.lock                 held while the entry is computed
+    <cache_dir>/<step>/.lock                        one byte per key, locked while computed
     <cache_dir>/<step>/.tmp-<key>/                  an entry being written
     <cache_dir>/.kwneuro/digests/                   the persistent file-digest memo
 
@@ -45,7 +45,7 @@ from kwneuro_pydra._filedigest import (
     stat_key,
 )
 from kwneuro_pydra._files import read_regular
-from kwneuro_pydra._lock import EntryLock
+from kwneuro_pydra._lock import LOCK_FILE, EntryLock
 
 __all__ = [
     "FORMAT_VERSION",
@@ -82,9 +82,11 @@ def decode_scalar(value: Any) -> Scalar:
 
 def entry_key(scalars: Mapping[str, Any], hashes: Mapping[str, str], code: str) -> str:
     """Return the 64-hex key of the entry of these (JSON-encoded) arguments and this code."""
-    record = {"scalars": scalars, "hashes": hashes, "code": code}
-    text = json.dumps(record, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    text = _KEY_ENCODER.encode({"scalars": scalars, "hashes": hashes, "code": code})
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, allow_nan=False, ensure_ascii=False)
 
 
 @attrs.frozen
@@ -280,8 +282,8 @@ class Store:
 
     def lock(self, step: str, key: str) -> EntryLock:
         """Return the lock that guards computing the entry ``key`` of ``step``."""
-        path = os.path.join(self._root, step, f".{key}.lock")
-        return EntryLock(path, f"{step} entry {key[:12]}")
+        path = f"{self._root}/{step}/{LOCK_FILE}"
+        return EntryLock(path, key, f"{step} entry {key[:12]}")
 
     def read(self, step: str, key: str, *, warn: bool = True) -> Entry | None:
         """Return the entry's sidecar, or None if it has no entry.
@@ -290,8 +292,8 @@ class Store:
         wrote for this entry (any field malformed) makes a damaged entry: None, with a
         `UserWarning` when ``warn`` holds.
         """
-        entry_dir = os.path.join(self._root, step, key)
-        sidecar = os.path.join(entry_dir, _sidecar_name(step))
+        entry_dir = f"{self._root}/{step}/{key}"
+        sidecar = f"{entry_dir}/{_sidecar_name(step)}"
         try:
             st = os.stat(sidecar)
             memo_key = (sidecar, stat_key(st))
@@ -383,25 +385,25 @@ class Store:
             FileNotFoundError: ``write`` did not create every file of ``files``.
             OSError: The entry could not be written (nothing is left behind).
         """
-        step_dir = os.path.join(self._root, step)
-        tmp = os.path.join(step_dir, f".tmp-{key}")  # one writer per key: it holds the lock
+        step_dir = f"{self._root}/{step}"
+        tmp = f"{step_dir}/.tmp-{key}"  # one writer per key: it holds the lock
         try:
             os.mkdir(tmp)
         except FileExistsError:  # left by a writer that crashed
             shutil.rmtree(tmp, ignore_errors=True)
             os.mkdir(tmp)
-        target = os.path.join(step_dir, key)
+        target = f"{step_dir}/{key}"
         try:
             _write_outputs(write, tmp)
             sidecar = {
                 "format": FORMAT_VERSION,
                 "step": step,
                 **record,
-                "files": {name: _describe(os.path.join(tmp, name), step) for name in files},
+                "files": {name: _describe(f"{tmp}/{name}", step) for name in files},
                 "created": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "library": _library(),
             }
-            _write_new(os.path.join(tmp, _sidecar_name(step)), _dump(sidecar))
+            _write_new(f"{tmp}/{_sidecar_name(step)}", _dump(sidecar))
             self._swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -434,9 +436,9 @@ class Store:
 
         Only the fallback of `_swap_in` (no atomic exchange, e.g. on NFS) leaves one.
         """
-        aside = os.path.join(self._root, step, f".swap-{key}")
+        aside = f"{self._root}/{step}/.swap-{key}"
         if os.path.isdir(aside):
-            target = os.path.join(self._root, step, key)
+            target = f"{self._root}/{step}/{key}"
             if os.path.exists(target):
                 shutil.rmtree(aside, ignore_errors=True)
             else:

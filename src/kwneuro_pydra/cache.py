@@ -455,27 +455,35 @@ class Cache:
         return self._stored(found, args, kwargs)
 
     def _stored(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        arguments = self._arguments(step, args, kwargs)
-        loaded = _MISS if arguments is None else self._hit(step, arguments, step.files())
-        if loaded is _MISS:
+        served = self._served(step, args, kwargs)
+        if served is None:
             raise KeyError(f"no stored result of step {step.name!r} for these arguments")
-        return loaded
+        return served[1]
+
+    def _served(
+        self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Entry, Any] | None:
+        """The entry that serves a call and its loaded result, looked up without the lock;
+        None when nothing serves it (a miss, a forced step, an argument without a
+        fingerprint)."""
+        arguments = self._arguments(step, args, kwargs)
+        return None if arguments is None else self._hit(step, arguments, step.files())
 
     def _hit(
         self, step: Step, arguments: StepArguments, files: list[str], key: str | None = None
-    ) -> Any:
-        """Load the entry of a call without the lock; `_MISS` if there is none to serve."""
+    ) -> tuple[Entry, Any] | None:
+        """Load the entry of a call without the lock; None if there is none to serve."""
         if self.is_forced(step.name) or not (
             entry := self._find_any(step.name, arguments, files, step, key)
         ):
-            return _MISS
+            return None
         try:
             before = os.stat(entry.path).st_ino
             loaded = step.load(entry.path)
             after = os.stat(entry.path).st_ino
         except OSError:
-            return _MISS
-        return loaded if before == after else _MISS  # a writer swapped it in: ask under lock
+            return None
+        return (entry, loaded) if before == after else None  # swapped: ask under the lock
 
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         unsteady = unsteady_count()
@@ -485,8 +493,8 @@ class Cache:
         files = step.files()
         forced = self.is_forced(step.name)
         key = entry_key(arguments.scalars, arguments.hashes, step.code)
-        if (loaded := self._hit(step, arguments, files, key)) is not _MISS:
-            return loaded
+        if (served := self._hit(step, arguments, files, key)) is not None:
+            return served[1]
         lock = self._store.lock(step.name, key)
         try:
             lock.acquire()
@@ -557,6 +565,8 @@ _CANNOT_STORE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
 
 def _changed(before: StepArguments, after: StepArguments | None) -> str | None:
     """Name the first argument whose value differs between two keyings of one call."""
+    if after is before:
+        return None
     if after is None:
         return "<unfingerprintable>"
     for name in sorted(before.scalars.keys() | before.hashes.keys()):
@@ -566,9 +576,6 @@ def _changed(before: StepArguments, after: StepArguments | None) -> str | None:
         ):
             return name
     return None
-
-
-_MISS = object()
 
 
 def _prepare_directory(path: Path) -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from kwneuro_pydra import Cache, fingerprint
+from kwneuro_pydra._lock import LOCK_FILE, held
 from tests.reliability import _steps
 from tests.reliability._system import ROOT, fill, run_python
 
@@ -29,6 +30,7 @@ CHILD = """
 import json, sys, warnings
 from pathlib import Path
 from kwneuro_pydra import Cache
+from kwneuro_pydra._lock import LOCK_FILE, held
 from tests.reliability import _steps
 from tests.reliability._system import fill
 
@@ -45,7 +47,8 @@ with warnings.catch_warnings(record=True) as caught:
 report["warnings"] = [str(w.message) for w in caught]
 report["calls"] = _steps.CALLS["rl_ramp"]
 step_dir = cache_dir / "rl_ramp"
-report["left"] = sorted(p.name for p in step_dir.iterdir() if p.name.startswith("."))
+report["left"] = sorted(p.name for p in step_dir.iterdir() if p.name.startswith(".tmp-"))
+report["held"] = held(step_dir / LOCK_FILE)
 report["entries"] = len(Cache(cache_dir).entries("rl_ramp"))
 print(json.dumps(report), flush=True)
 sys.stdin.read()  # alive, holding whatever it holds, until the parent has looked
@@ -89,7 +92,8 @@ def test_a_miss_on_a_full_disk_returns_its_result_and_releases_everything(
         assert report["first"] == report["second"] == expected
         assert report["calls"] == 3, "both calls on the full disk compute"
         assert report["entries"] == 1, "nothing was stored on the full disk"
-        assert report["left"] == [], "no lock file, no temporary entry left behind"
+        assert report["left"] == [], "no temporary entry left behind"
+        assert report["held"] is False, "no lock left held"
         (warning,) = report["warnings"]  # type: ignore[misc]
         assert "rl_ramp" in warning and "No space left on device" in warning
         # While that process lives, another one takes the same key's lock and stores it.
@@ -169,4 +173,5 @@ def test_a_step_writing_elsewhere_still_fails_loudly_on_a_full_disk(
         warnings.simplefilter("error")
         with Cache(tmp_path), pytest.raises(OSError, match="No space left"):
             writes_to_full_disk(1)
-    assert not list((tmp_path / "writes_to_full_disk").glob(".*.lock"))
+    assert not held(tmp_path / "writes_to_full_disk" / LOCK_FILE)
+    assert not list((tmp_path / "writes_to_full_disk").glob(".tmp-*"))

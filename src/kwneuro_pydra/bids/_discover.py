@@ -142,8 +142,9 @@ def discover(
             continue
         path = Path(row["root"]) / row["path"]
         entities = dict(finder.entities(path))
-        bval, bvec = finder.inherited(path, entities, ".bval"), finder.inherited(
-            path, entities, ".bvec"
+        bval, bvec = (
+            finder.inherited(path, entities, ".bval"),
+            finder.inherited(path, entities, ".bvec"),
         )
         for name in ("suffix", "ext"):
             entities.pop(name, None)
@@ -159,9 +160,7 @@ def _check_known(kind: str, wanted: set[str], known: set[str]) -> None:
     unknown = sorted(wanted - known)
     if unknown:
         have = ", ".join(sorted(known)) or "none"
-        raise BidsError(
-            f"no {kind} {', '.join(unknown)} in the dataset ({kind}s found: {have})"
-        )
+        raise BidsError(f"no {kind} {', '.join(unknown)} in the dataset ({kind}s found: {have})")
 
 
 class _Finder:

@@ -60,9 +60,7 @@ class Unit:
         return self.series.name
 
 
-def units(
-    bids_dir: Path, participants: Sequence[str], sessions: Sequence[str]
-) -> list[Unit]:
+def units(bids_dir: Path, participants: Sequence[str], sessions: Sequence[str]) -> list[Unit]:
     """Discover the series and load each (a series that cannot load is a failed unit).
 
     Args:
@@ -106,9 +104,7 @@ def look_up(unit: Unit, work_dir: Path, parameters: dict[str, Any]) -> Plan:
 
 def write_record(work_dir: Path, all_units: Sequence[Unit]) -> None:
     """Remember which units failed in this run, and why (read by ``status``)."""
-    failed = {
-        u.name: {"step": u.failed_step, "reason": u.failure} for u in all_units if u.failure
-    }
+    failed = {u.name: {"step": u.failed_step, "reason": u.failure} for u in all_units if u.failure}
     (work_dir / RECORD).write_text(json.dumps(failed, indent=2) + "\n", encoding="utf-8")
 
 

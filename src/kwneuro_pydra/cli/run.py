@@ -24,11 +24,11 @@ from kwneuro_pydra.cache import Cache
 from kwneuro_pydra.cli._common import (
     UsageError,
     console,
-    natural,
     plural,
     positive_float,
     positive_int,
 )
+from kwneuro_pydra.cli._options import add_dti_options, parameters_of, write_options
 from kwneuro_pydra.cli._series import (
     Unit,
     app,
@@ -40,11 +40,9 @@ from kwneuro_pydra.cli._series import (
 
 __all__ = [
     "WORKERS",
-    "add_dti_options",
     "add_parser",
     "add_scheduler_options",
     "add_selection",
-    "parameters_of",
     "run",
     "scheduler_options",
 ]
@@ -159,36 +157,6 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_dti_options(parser: argparse.ArgumentParser) -> None:
-    """The pipeline's options (shared with ``status``, which must look up the same entries)."""
-    from kwneuro_pydra.workflows.dti import FIT_METHODS  # type: ignore[import-not-found,unused-ignore]
-
-    dti = parser.add_argument_group("DTI")
-    dti.add_argument(
-        "--fit-method", choices=FIT_METHODS, default="WLS", help="tensor fit (default: WLS)"
-    )
-    dti.add_argument(
-        "--bmax", type=positive_float, default=1500.0, metavar="B",
-        help="highest shell to fit, s/mm² (default: 1500)",
-    )  # fmt: skip
-    dti.add_argument(
-        "--mask-median-radius", type=natural, default=4, metavar="R",
-        help="median filter radius of the median-Otsu brain mask, voxels (default: 4)",
-    )  # fmt: skip
-    dti.add_argument(
-        "--mask-numpass", type=positive_int, default=4, metavar="N",
-        help="median filter passes of the brain mask (default: 4)",
-    )  # fmt: skip
-
-
-def parameters_of(args: argparse.Namespace) -> dict[str, Any]:
-    """The pipeline's keyword arguments from the DTI options."""
-    return {
-        "fit_method": args.fit_method, "bmax": args.bmax,
-        "median_radius": args.mask_median_radius, "numpass": args.mask_numpass,
-    }  # fmt: skip
-
-
 def _steps(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
@@ -220,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     output_dir = _folder(args.output_dir, "OUTPUT_DIR")
     work_dir = _folder(args.work_dir or output_dir / ".kwneuro-cache", "the work folder")
     parameters = parameters_of(args)
+    write_options(output_dir, parameters, version=_version())  # for status
     start = time.time()
     pending = [
         u for u in all_units
@@ -256,8 +225,7 @@ def _compute(
     for unit in pending:
         failure = results[unit.name].failure
         if failure is not None:
-            unit.failure = f"step {failure.step!r} failed: " if failure.step else ""
-            unit.failure += f"{type(failure.exception).__name__}: {failure.exception}"
+            unit.failure = failure.reason
             unit.failed_step = failure.step
 
 
@@ -331,9 +299,7 @@ def _write_outputs(
 
     bids_app = app()
     source = _source_name(bids_dir)
-    write_dataset_description(
-        output_dir, bids_dir, version=_version(), source_name=source
-    )
+    write_dataset_description(output_dir, bids_dir, version=_version(), source_name=source)
     reports = []
     for unit in all_units:
         series = unit.series

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from kwneuro_pydra.cli._common import plural
+from kwneuro_pydra.cli._options import add_dti_options, status_parameters
 from kwneuro_pydra.cli._series import app, describe, look_up, read_record, units
-from kwneuro_pydra.cli.run import add_dti_options, add_selection, parameters_of
+from kwneuro_pydra.cli.run import add_selection
 
 __all__ = ["add_parser", "run"]
 
@@ -20,8 +21,9 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "status", parents=parents, help="show which steps are cached, stale, missing or failed",
         description="For every DWI series of a BIDS dataset, show each step of the BIDS app as "
-        "cached, stale (its code changed since), missing, or failed (in the last run). "
-        "Computes and writes nothing.",
+        "cached, stale (its code changed since), missing, or failed (in the last run), for "
+        "the DTI options the last run into OUTPUT_DIR recorded (options given here override "
+        "them). Computes and writes nothing.",
     )  # fmt: skip
     parser.add_argument("bids_dir", type=Path, help="the BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="the run's output folder")
@@ -30,7 +32,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="the cache (default: OUTPUT_DIR/.kwneuro-cache)",
     )  # fmt: skip
     add_selection(parser)
-    add_dti_options(parser)
+    add_dti_options(parser, recorded=True)
     parser.set_defaults(run=run)
 
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     all_units = units(args.bids_dir, args.participant_label, args.session_label)
     work_dir = (args.work_dir or args.output_dir / ".kwneuro-cache").absolute()
     failures = read_record(work_dir)
+    parameters, options = status_parameters(args, args.output_dir.absolute())
     steps = [s.__name__ for s in app().STEPS]
     table = Table(title=f"{describe(all_units)}; cache {work_dir}", title_justify="left")
     table.add_column("series")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(unit.name, f"[red]cannot load: {unit.failure}[/red]")
             counts["failed"] += 1
             continue
-        states = dict(look_up(unit, work_dir, parameters_of(args)).states)
+        states = dict(look_up(unit, work_dir, parameters).states)
         failed_step = failures.get(unit.name, {}).get("step")
         if failed_step in states and states[failed_step] != "cached":
             states[failed_step] = "failed"
@@ -63,4 +66,5 @@ def run(args: argparse.Namespace) -> int:
     out = Console(highlight=False)
     out.print(table)
     out.print(", ".join(f"{plural(n, 'step')} {state}" for state, n in counts.items()))
+    out.print(options, soft_wrap=True)
     return 0

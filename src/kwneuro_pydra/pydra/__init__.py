@@ -28,6 +28,7 @@ from typing import Any
 os.environ.setdefault("NO_ET", "1")  # before any Submitter: Pydra checks once per process
 
 from kwneuro_pydra.pydra import _task, _workflow
+from kwneuro_pydra.pydra._failures import StepError
 from kwneuro_pydra.pydra._hash import register_pydra_hash
 from kwneuro_pydra.pydra._lazy import LazyValueError
 from kwneuro_pydra.pydra._preflight import ClusterWarning
@@ -40,6 +41,7 @@ __all__ = [
     "LazyValueError",
     "SchedulerError",
     "SlurmWorker",
+    "StepError",
     "StepFailure",
     "SubjectResult",
     "load_resources",

@@ -43,8 +43,8 @@ class StepFailure:
         subject: The subject id.
         step: Name of the step that raised, or None when the failure came from elsewhere.
         exception: The exception raised, rebuilt from its record: an instance of its class
-            for built-in exceptions, else a `RuntimeError` naming the class (records are
-            JSON: nothing read from a cache is unpickled).
+            for built-in exceptions, else a `StepError` carrying the class's name (records
+            are JSON: nothing read from a cache is unpickled).
         traceback: The formatted traceback.
     """
 
@@ -53,9 +53,14 @@ class StepFailure:
     exception: BaseException
     traceback: str
 
-    def __str__(self) -> str:
+    @property
+    def reason(self) -> str:
+        """``step 'mean_b0' failed: ResourceFileError: <message>``: what failed, one line."""
         where = f"step {self.step!r}" if self.step else "the workflow"
-        return f"{self.subject}: {where} failed: {type(self.exception).__name__}: {self.exception}"
+        return f"{where} failed: {_failures.describe(self.exception)}"
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.reason}"
 
 
 @attrs.frozen

@@ -31,7 +31,7 @@ SGE_PROBLEMS = (
     "\"TypeError: unsupported operand type(s) for +=: 'dict' and 'int'\" "
     "(pydra/workers/sge.py:225, threads_used is a dict); with that worked around, a job that "
     "fails on the node is never noticed and Pydra's submitter spins in get_runnable_tasks "
-    "(\"Tasks finished: 0\") without end, and two or more subjects spin without submitting. "
+    '("Tasks finished: 0") without end, and two or more subjects spin without submitting. '
     "Use worker='slurm', or 'cf' on one machine."
 )
 

@@ -109,9 +109,7 @@ def _load_stats(directory: Path) -> SeriesStats:
     return SeriesStats(**raw)
 
 
-STATS: CacheSpec[SeriesStats] = CacheSpec(
-    files=["stats.json"], save=_save_stats, load=_load_stats
-)
+STATS: CacheSpec[SeriesStats] = CacheSpec(files=["stats.json"], save=_save_stats, load=_load_stats)
 """How a step returning `SeriesStats` stores it."""
 
 
@@ -174,8 +172,8 @@ def _slices(shape: tuple[int, ...], inside: NDArray[np.bool_]) -> list[list[tupl
     planes = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        occupied = np.flatnonzero(inside.any(axis=other)) if inside.any() else np.arange(
-            shape[axis]
+        occupied = (
+            np.flatnonzero(inside.any(axis=other)) if inside.any() else np.arange(shape[axis])
         )
         low, high = int(occupied[0]), int(occupied[-1])
         picks = np.linspace(low, high, _SLICES + 2)[1:-1].round().astype(int)

@@ -88,9 +88,9 @@ img.thumb{width:200px;border:1px solid #dde1e7;background:#000}a{color:#1a5fb4}
 
 def _page(title: str, subtitle: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><link rel=\"icon\" href=\"data:,\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<title>{html.escape(title)}</title><link rel="icon" href="data:,">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<style>{_STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
         f"<p>{html.escape(subtitle)}</p></header><main>{body}</main></body></html>\n"
     )
@@ -118,10 +118,10 @@ def _series_section(report: SeriesReport, figures: Mapping[str, str]) -> str:
         stats = report.stats
         shells = ", ".join(f"b={b:g} ({n})" for b, n in stats.shells)
         parts.append(
-            "<table><tr><th>Voxels in mask</th><td class=\"n\">"
-            f"{stats.voxels:,}</td></tr><tr><th>Mask volume</th><td class=\"n\">"
-            f"{stats.volume_ml:.1f} mL</td></tr><tr><th>Median FA</th><td class=\"n\">"
-            f"{_number(stats.median_fa)}</td></tr><tr><th>Median MD</th><td class=\"n\">"
+            '<table><tr><th>Voxels in mask</th><td class="n">'
+            f'{stats.voxels:,}</td></tr><tr><th>Mask volume</th><td class="n">'
+            f'{stats.volume_ml:.1f} mL</td></tr><tr><th>Median FA</th><td class="n">'
+            f'{_number(stats.median_fa)}</td></tr><tr><th>Median MD</th><td class="n">'
             f"{_number(stats.median_md * 1e3)} &times; 10<sup>-3</sup> mm&sup2;/s</td></tr>"
             f"<tr><th>Volumes</th><td>{html.escape(shells)}</td></tr></table>"
         )
@@ -219,7 +219,7 @@ def _group_body(
     parts = [
         "<section><h2>Summary</h2>"
         f"<p>{len(by_subject)} subject{'s' * (len(by_subject) != 1)}, {len(reports)} DWI "
-        f"series: <span class=\"ok\">{len(reports) - failed} "
+        f'series: <span class="ok">{len(reports) - failed} '
         f"succeeded</span>"
         + (f', <span class="failed">{failed} failed</span>' if failed else "")
         + "</p>"
@@ -259,7 +259,7 @@ def _group_body(
                 f'<td class="n">{stats.voxels:,}</td><td class="n">{_number(stats.median_fa)}'
                 f'</td><td class="n">{_number(stats.median_md * 1e3)}</td>'
                 if stats is not None
-                else '<td></td><td></td><td></td>'
+                else "<td></td><td></td><td></td>"
             )
             detail = (
                 f'<div class="error">{html.escape(report.failure)}</div>'
