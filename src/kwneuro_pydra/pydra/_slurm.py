@@ -206,9 +206,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             message += f"; its last error line: {tail.splitlines()[-1]}"
         raise self._failed(subject, step, job_id, state, message, log)
 
-    async def _in_array(
-        self, script: Path, options: list[str]
-    ) -> tuple[str | None, str, Path]:
+    async def _in_array(self, script: Path, options: list[str]) -> tuple[str | None, str, Path]:
         """Submit ``script`` as a task of the job array of the subjects ready now.
 
         Returns:
@@ -313,9 +311,7 @@ async def _submit_arrays(
     An array holds at most the cluster's ``MaxArraySize`` tasks: more make several arrays.
     Its script and output files go next to the first subject's job directory.
     """
-    rc, out, _ = await base.read_and_display_async(
-        "scontrol", "show", "config", hide_display=True
-    )
+    rc, out, _ = await base.read_and_display_async("scontrol", "show", "config", hide_display=True)
     found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
     size = max(1, int(found.group(1))) if rc == 0 and found else 1001  # Slurm's default
     for start in range(0, len(tasks), size):
