@@ -74,7 +74,8 @@ def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
     """
     for _ in range(50):
         rows = accounting(list(job_ids))
-        if all(r["ReqCPUS"] not in ("", "0") and r["Timelimit"] for r in rows.values()):
+        filled = [r["ReqCPUS"] not in ("", "0") and r["Timelimit"] for r in rows.values()]
+        if set(rows) >= set(job_ids) and all(filled):
             break
         time.sleep(0.2)
     return {step: (rows[j]["ReqMem"], rows[j]["ReqCPUS"], rows[j]["Timelimit"])
