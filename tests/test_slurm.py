@@ -57,27 +57,30 @@ def submitted(root: Path, subject: str) -> dict[str, str]:
 
 def accounting(job_ids: list[str], *more: str) -> dict[str, dict[str, str]]:
     """sacct's record of each job: name, state, memory, CPUs and time limit asked for, and
-    the fields ``more`` names."""
-    fields = ["JobID", "JobName", "State", "ReqMem", "ReqCPUS", "Timelimit", *more]
-    done = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in done.stdout.splitlines()]
-    return {row["JobID"]: row for row in rows}
+    the fields ``more`` names.
 
-
-def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
-    """(memory, CPUs, time limit) each step's job asked for, by step, from sacct.
-
-    slurmdbd fills a job's record in shortly after the job ends: wait for it (10 s at most).
+    slurmdbd fills a job's record in shortly after the job ends: wait for every job's record
+    with its CPUs, time limit and ``more`` (10 s at most).
     """
+    fields = ["JobID", "JobName", "State", "ReqMem", "ReqCPUS", "Timelimit", *more]
     for _ in range(50):
-        rows = accounting(list(job_ids))
-        filled = [r["ReqCPUS"] not in ("", "0") and r["Timelimit"] for r in rows.values()]
+        done = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        lines = done.stdout.splitlines()
+        rows = {r["JobID"]: r for r in (dict(zip(fields, line.split("|"), strict=True))
+                                        for line in lines)}  # fmt: skip
+        filled = (r["ReqCPUS"] != "0" and all(r[f] for f in fields) for r in rows.values())
         if set(rows) >= set(job_ids) and all(filled):
             break
         time.sleep(0.2)
+    return rows
+
+
+def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """(memory, CPUs, time limit) each step's job asked for, by step, from sacct."""
+    rows = accounting(list(job_ids))
     return {step: (rows[j]["ReqMem"], rows[j]["ReqCPUS"], rows[j]["Timelimit"])
             for j, step in job_ids.items()}  # fmt: skip
 
