@@ -389,7 +389,7 @@ def forgetful() -> Iterator[PrivateCluster]:
         shutil.rmtree(cluster.where, ignore_errors=True)
 
 
-def submitter(code: str, cluster: PrivateCluster, *args: Path) -> subprocess.Popen[str]:
+def submitter(code: str, cluster: PrivateCluster, *args: Path | str) -> subprocess.Popen[str]:
     """Run ``code`` in a fresh interpreter that submits to ``cluster`` (argv: ``args``)."""
     import sys
 
@@ -409,17 +409,19 @@ def first_job(root: Path, process: subprocess.Popen[str]) -> str:
     return next(iter(submitted(root, "sub-01")))
 
 
-LINGERING = (
+SUBMIT = (
     "import json, sys\n"
     "from kwneuro_pydra.pydra import run_subjects\n"
-    "from tests._scheduler_steps import lingering\n"
-    "result = run_subjects(lingering, {'sub-01': {'x': 1.0}}, sys.argv[1], worker='slurm',"
+    "from tests import _scheduler_steps\n"
+    "pipeline = getattr(_scheduler_steps, sys.argv[3])\n"
+    "result = run_subjects(pipeline, {'sub-01': {'x': 1.0}}, sys.argv[1], worker='slurm',"
     " job_cache=sys.argv[2], poll_delay=0.2)['sub-01']\n"
     "error = result.failure and result.failure.exception\n"
     "print(json.dumps([result.outputs] if error is None else\n"
     "                 [result.failure.step, error.state, error.job_id, str(error)]))\n"
 )
-"""Runs `_scheduler_steps.lingering` for sub-01 on Slurm; prints its outputs or failure."""
+"""Runs a pipeline of `_scheduler_steps` (argv: root, job cache, name) for sub-01 on Slurm;
+prints its outputs or failure."""
 
 
 def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
@@ -432,7 +434,7 @@ def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
     import signal
 
     root, jobs = tmp_path / "slurm", tmp_path / "jobs"
-    process = submitter(LINGERING, forgetful, root, jobs)
+    process = submitter(SUBMIT, forgetful, root, jobs, "lingering")
     try:
         job = first_job(root, process)  # it lingers 3 s
         process.send_signal(signal.SIGSTOP)
@@ -494,9 +496,9 @@ def test_jobs_are_followed_through_a_controller_restart(
     import json
 
     root, jobs = tmp_path / "slurm", tmp_path / "jobs"
-    process = submitter(LINGERING, forgetful, root, jobs)
+    process = submitter(SUBMIT, forgetful, root, jobs, "lingering")
     try:
-        first_job(root, process)  # it lingers 3 s
+        first_job(root, process)
         forgetful.stop("slurmctld")
         time.sleep(10)  # squeue fails after 1 s each time: more than 5 polls without an answer
         forgetful.start("slurmctld")
