@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -35,9 +36,12 @@ def _unavailable(section: Section) -> bool:
 
 
 def _jobs_submitted(root: Path) -> int:
-    """Jobs submitted under *root* so far, as the per-subject logs record them."""
+    """sbatch calls made under *root* so far, as the per-subject logs record them (the
+    tasks of a job array, ``<array>_<index>``, are one call)."""
     logs = (root / ".logs").glob("*.log")
-    return sum(log.read_text().count("] slurm job ") // 2 for log in logs)
+    found = (re.findall(r"\] slurm job (\d+)(?:_\d+)?: .+ submitted", log.read_text())
+             for log in logs)  # fmt: skip
+    return len({job for jobs in found for job in jobs})
 
 
 def _subjects(sizes: Sizes) -> int:

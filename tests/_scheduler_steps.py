@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from kwneuro_pydra import cacheable
-from tests._pydra_steps import json_spec
+from tests._pydra_steps import double, json_spec
 
 
 @cacheable(json_spec("cancel_self"))
@@ -46,6 +46,13 @@ def hungry(x: float) -> float:
     return x
 
 
+@cacheable(json_spec("linger"))
+def linger(x: float) -> float:
+    """Take three seconds."""
+    time.sleep(3)
+    return x
+
+
 def cancelled(x: float) -> float:
     """A pipeline whose only step is cancelled by the scheduler."""
     return cancel_self(x)
@@ -64,3 +71,8 @@ def failing_node(x: float) -> float:
 def overrunning(x: float) -> float:
     """A pipeline whose only step outlasts its time limit."""
     return overrun(x)
+
+
+def lingering(x: float) -> float:
+    """A pipeline whose first step takes a few seconds."""
+    return double(linger(x))

@@ -79,17 +79,24 @@ def test_the_result_comes_from_the_subjects_cache_not_from_pydras_job_cache(
     assert steps.executions(counts, "double") == 2
 
 
-def test_force_submits_every_subject_and_recomputes_only_what_it_names(
-    counts: Path, tmp_path: Path
+@pytest.mark.parametrize("worker", ["debug", "cf"])
+def test_force_schedules_only_the_forced_steps_and_what_depends_on_them(
+    worker: str, counts: Path, tmp_path: Path
 ) -> None:
+    """stamped(x) = stamp(x), double(add_one(x)); forcing add_one recomputes add_one and
+    double; stamp, cached and not forced, is served from the cache and never scheduled."""
     root, jobs = tmp_path / "derivatives", tmp_path / "jobs"
-    run_subjects(steps.stamped, SUBJECTS, root, worker="debug", job_cache=jobs)
+    first = run_subjects(steps.stamped, SUBJECTS, root, worker=worker, job_cache=jobs)
     before = {s: steps.executions(counts, s) for s in ("stamp", "add_one", "double")}
-    forced = run_subjects(steps.stamped, SUBJECTS, root, worker="debug", job_cache=jobs,
-                          force={"stamp"})  # fmt: skip
-    assert all(r.ok for r in forced.values())
+    shutil.rmtree(jobs)  # what is left in it afterwards is what the forced run scheduled
+    forced = run_subjects(steps.stamped, SUBJECTS, root, worker=worker, job_cache=jobs,
+                          force={"add_one"})  # fmt: skip
+    assert {s: r.outputs for s, r in forced.items()} == {s: r.outputs for s, r in first.items()}
     after = {s: steps.executions(counts, s) for s in ("stamp", "add_one", "double")}
-    assert after == {**before, "stamp": before["stamp"] + len(SUBJECTS)}
+    n = len(SUBJECTS)
+    assert after == {"stamp": before["stamp"], "add_one": before["add_one"] + n,
+                     "double": before["double"] + n}  # fmt: skip
+    assert sum(name.startswith("python-") for name in jobs_run(jobs)) == 2 * n
 
 
 def test_the_job_cache_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,13 @@ import pytest
 pytest.importorskip("pydra")
 
 from kwneuro_pydra.pydra import ClusterWarning, SchedulerError, run_subjects, to_task
-from kwneuro_pydra.pydra._preflight import slurm_unavailable
+from kwneuro_pydra.pydra._preflight import (
+    LOCAL_FILE_SYSTEMS,
+    check_slurm,
+    file_system_of,
+    slurm_unavailable,
+)
+from kwneuro_pydra.pydra._resources import Request
 from tests import _pydra_steps as steps
 from tests import _scheduler_steps
 
@@ -41,38 +48,46 @@ def slurm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def submitted(root: Path, subject: str) -> dict[str, str]:
-    """Job id -> step of every job submitted for ``subject`` (read from its log)."""
+    """Job id -> step of every job submitted for ``subject`` (read from its log); an array
+    task's id is ``<array>_<index>``."""
     log = root / ".logs" / f"{subject}.log"
     text = log.read_text() if log.exists() else ""
-    return dict(re.findall(r"\[scheduler\] slurm job (\d+): (.+?) submitted", text))
+    return dict(re.findall(r"\[scheduler\] slurm job ([\d_]+): (.+?) submitted", text))
 
 
-def accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """sacct's record of each job: name, state, memory, CPUs and time limit asked for."""
-    fields = ["JobID", "JobName", "State", "ReqMem", "ReqCPUS", "Timelimit"]
-    done = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in done.stdout.splitlines()]
-    return {row["JobID"]: row for row in rows}
+def accounting(job_ids: list[str], *more: str) -> dict[str, dict[str, str]]:
+    """sacct's record of each job: name, state, memory, CPUs and time limit asked for, and
+    the fields ``more`` names.
+
+    slurmdbd fills a job's record in shortly after the job ends: wait for every job's record
+    with its CPUs, time limit and ``more`` (10 s at most).
+    """
+    fields = ["JobID", "JobName", "State", "ReqMem", "ReqCPUS", "Timelimit", *more]
+    for _ in range(50):
+        done = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        lines = done.stdout.splitlines()
+        rows = {r["JobID"]: r for r in (dict(zip(fields, line.split("|"), strict=True))
+                                        for line in lines)}  # fmt: skip
+        filled = (r["ReqCPUS"] != "0" and all(r[f] for f in fields) for r in rows.values())
+        if set(rows) >= set(job_ids) and all(filled):
+            break
+        time.sleep(0.2)
+    return rows
 
 
 def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
-    """(memory, CPUs, time limit) each step's job asked for, by step, from sacct.
-
-    slurmdbd fills a job's record in shortly after the job ends: wait for it (10 s at most).
-    """
-    for _ in range(50):
-        rows = accounting(list(job_ids))
-        if all(r["ReqCPUS"] not in ("", "0") and r["Timelimit"] for r in rows.values()):
-            break
-        time.sleep(0.2)
+    """(memory, CPUs, time limit) each step's job asked for, by step, from sacct."""
+    rows = accounting(list(job_ids))
     return {step: (rows[j]["ReqMem"], rows[j]["ReqCPUS"], rows[j]["Timelimit"])
             for j, step in job_ids.items()}  # fmt: skip
 
 
-def test_each_step_gets_its_own_request_and_a_rerun_submits_nothing(tmp_path: Path) -> None:
+def test_each_step_gets_its_own_request_and_a_rerun_submits_only_what_it_must(
+    tmp_path: Path,
+) -> None:
     resources = {
         "brain_mask": {"mem": "300M", "time": 5},
         "estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"},
@@ -115,6 +130,8 @@ def test_each_step_gets_its_own_request_and_a_rerun_submits_nothing(tmp_path: Pa
     log = (root / ".logs" / "sub-01.log").read_text()
     computed = {step: log.count(f"INFO: {step}: computing") for step in jobs.values()}
     assert computed == {"brain_mask": 1, "estimate_dti": 2, "fa_map": 2}  # forced and after
+    new = {job: step for job, step in submitted(root, "sub-01").items() if job not in jobs}
+    assert sorted(new.values()) == ["estimate_dti", "fa_map"]  # brain_mask: from the cache
 
 
 def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
@@ -134,11 +151,18 @@ def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
     bad = results["sub-02"].failure
     assert bad is not None and bad.step == "brain_mask"  # the step's own failure
     assert isinstance(bad.exception, ValueError) and "cannot mask bad" in str(bad.exception)
+    tasks = {}
     for subject in subjects:
         jobs = submitted(root, subject)
         assert list(jobs.values()) == ["all steps"]
         # the largest memory and CPUs, the sum of the times: 5 + 30 + 1 minutes
         assert asked(jobs) == {"all steps": ("2G", "2", "00:36:00")}
+        tasks.update(dict.fromkeys(jobs, subject))
+    # one sbatch call: a job array, a task per subject
+    assert {job.split("_")[0] for job in tasks} == {next(iter(tasks)).split("_")[0]}
+    assert sorted(job.split("_")[1] for job in tasks) == ["0", "1", "2"]
+    names = {row["JobName"] for row in accounting(list(tasks)).values()}
+    assert names == {"kwneuro.3_subjects.all_steps"}
 
 
 def test_a_job_pending_too_long_is_cancelled_with_slurms_reason(tmp_path: Path) -> None:
@@ -211,10 +235,11 @@ def test_a_node_failing_under_a_job_is_said_plainly(tmp_path: Path) -> None:
         results = run_subjects(_scheduler_steps.failing_node, {"sub-01": {"x": 1.0}}, root,
                                worker="slurm", **FAST)  # fmt: skip
     finally:  # bring the node back (ReturnToService may already have)
-        node = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
-                              text=True, check=True).stdout.split()[0]  # fmt: skip
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
-                       capture_output=True)  # fmt: skip
+        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
+                               text=True, check=True).stdout.split()  # fmt: skip
+        for node in set(nodes):  # resuming a node that is up only makes scontrol complain
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                           capture_output=True)  # fmt: skip
         for _ in range(100):
             if slurm_unavailable() is None:
                 break
@@ -242,6 +267,293 @@ def test_without_accounting_jobs_are_still_followed(
         results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, tmp_path / "c",
                                worker="slurm", **FAST)  # fmt: skip
     assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"
+
+
+def test_a_cache_root_on_a_local_file_system_is_warned_about_where_jobs_see_two_nodes(
+    tmp_path: Path,
+) -> None:
+    """The test cluster's partition ``two`` has two nodes (a second slurmd, see start.sh);
+    its default partition one. tmp_path is on this machine's disk: not shared."""
+    mount, kind = file_system_of(tmp_path)
+    assert kind in LOCAL_FILE_SYSTEMS
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "two", "-o", "%N %t"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert len({line.split()[0] for line in nodes.splitlines()}) == 2
+    root = tmp_path / "slurm"
+    local = (
+        f"cache root {root} is on a local file system ({kind} mounted at {mount}) but the "
+        "jobs may run on any of the 2 nodes of partition two: jobs on other nodes will not see it"
+    )
+    with pytest.warns(ClusterWarning) as caught:
+        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                               sbatch_args="--partition=two", **FAST)  # fmt: skip
+    assert any(str(w.message).startswith(local) for w in caught), [str(w.message) for w in caught]
+    assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"  # both nodes see this machine's disk
+    jobs = submitted(root, "sub-01")
+    assert {row["Partition"] for row in accounting(list(jobs), "Partition").values()} == {"two"}
+
+    places = {"cache root": root}
+    with pytest.warns(ClusterWarning, match="any of the 2 nodes of partitions debug, two: "):
+        check_slurm(places, {}, "", {"estimate_dti": Request(options=("--partition=two",))})
+    with warnings.catch_warnings():  # the default partition has one node: nothing to say
+        warnings.simplefilter("error")
+        check_slurm(places, {}, "", {"estimate_dti": Request(mem_mb=300)})
+
+
+class PrivateCluster:
+    """A second Slurm cluster on this machine, private to a test, without accounting, whose
+    controller forgets a job 2 s after it ends (MinJobAge=2; it purges every 10 s), whose
+    commands give up on an unreachable controller after 1 s (MessageTimeout) and whose job
+    arrays hold two tasks at most (MaxArraySize=2). Its own
+    slurmctld and slurmd, in the foreground, on their own ports and state directory, leave
+    the shared cluster alone."""
+
+    def __init__(self, where: Path) -> None:
+        host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+        hardware = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
+        hardware = hardware.splitlines()[0].split(" ", 1)[1]  # without NodeName=<host>
+        self.where = where
+        self.conf = where / "slurm.conf"
+        (where / "state").mkdir()
+        (where / "spool").mkdir()
+        self.conf.write_text(f"""\
+ClusterName=kwneuro-forgetful
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort=6917
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation={where}/state
+SlurmdSpoolDir={where}/spool
+SlurmctldPidFile={where}/slurmctld.pid
+SlurmdPidFile={where}/slurmd.pid
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
+MailProg=/bin/true
+MinJobAge=2
+MessageTimeout=1
+MaxArraySize=2
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+NodeName=forgetful NodeHostname={host} NodeAddr=127.0.0.1 Port=6921 {hardware}
+PartitionName=forgetful Nodes=forgetful Default=YES MaxTime=INFINITE State=UP
+""")
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        self.daemons: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, daemon: str) -> None:
+        """Start ``slurmctld`` (it recovers its saved state) or ``slurmd``; wait for the node."""
+        command = ["slurmd", "-D", "-N", "forgetful"] if daemon == "slurmd" else [daemon, "-D"]
+        command += ["-f", str(self.conf)]
+        with open(self.where / f"{daemon}.log", "a") as log:
+            self.daemons[daemon] = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        for _ in range(150):
+            up = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True,
+                                text=True).stdout.split()  # fmt: skip
+            if up and (daemon == "slurmctld" or up[0] in ("idle", "mix", "alloc")):
+                return
+            time.sleep(0.2)
+        pytest.fail(f"{daemon} did not come up: {(self.where / f'{daemon}.log').read_text()}")
+
+    def stop(self, daemon: str) -> None:
+        """Stop a daemon this cluster started (SIGTERM: slurmctld saves its state)."""
+        process = self.daemons.pop(daemon)
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def forgetful() -> Iterator[PrivateCluster]:
+    """A `PrivateCluster`, up, and stopped afterwards whatever happens."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set: this test starts Slurm daemons, which needs root")
+        pytest.skip("starting Slurm daemons needs root")
+    cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="kwneuro-forgetful-")))  # short
+    try:
+        cluster.start("slurmctld")
+        cluster.start("slurmd")
+        yield cluster
+    finally:
+        for daemon in reversed(list(cluster.daemons)):
+            cluster.stop(daemon)
+        shutil.rmtree(cluster.where, ignore_errors=True)
+
+
+def submitter(code: str, cluster: PrivateCluster, *args: Path | str) -> subprocess.Popen[str]:
+    """Run ``code`` in a fresh interpreter that submits to ``cluster`` (argv: ``args``)."""
+    import sys
+
+    from tests._children import child_env
+
+    env = child_env(SLURM_CONF=str(cluster.conf))
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def first_job(root: Path, process: subprocess.Popen[str]) -> str:
+    """The id of the first job ``process`` submitted for sub-01 (once it has)."""
+    for _ in range(300):
+        if submitted(root, "sub-01") or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    return next(iter(submitted(root, "sub-01")))
+
+
+SUBMIT = (
+    "import json, sys\n"
+    "from kwneuro_pydra.pydra import run_subjects\n"
+    "from tests import _scheduler_steps\n"
+    "pipeline = getattr(_scheduler_steps, sys.argv[3])\n"
+    "result = run_subjects(pipeline, {'sub-01': {'x': 1.0}}, sys.argv[1], worker='slurm',"
+    " job_cache=sys.argv[2], poll_delay=0.2)['sub-01']\n"
+    "error = result.failure and result.failure.exception\n"
+    "print(json.dumps([result.outputs] if error is None else\n"
+    "                 [result.failure.step, error.state, error.job_id, str(error)]))\n"
+)
+"""Runs a pipeline of `_scheduler_steps` (argv: root, job cache, name) for sub-01 on Slurm;
+prints its outputs or failure."""
+
+
+def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
+    forgetful: PrivateCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without accounting, a job's outcome is known only while the controller remembers it.
+    A submitter suspended (Ctrl-Z, a laptop asleep) until the controller has forgotten its
+    finished job finds nobody to ask: the subject fails saying so, and is not resubmitted."""
+    import json
+    import signal
+
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    process = submitter(SUBMIT, forgetful, root, jobs, "lingering")
+    try:
+        job = first_job(root, process)  # it lingers 3 s
+        process.send_signal(signal.SIGSTOP)
+        for _ in range(300):  # until the controller has forgotten the job
+            said = subprocess.run(["squeue", "-h", "-t", "all", "-j", job], env=forgetful.env,
+                                  capture_output=True, text=True)  # fmt: skip
+            if "Invalid job id" in said.stderr:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the controller still knows job {job}: {said.stdout}")
+        process.send_signal(signal.SIGCONT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, err
+    step, state, job_id, message = json.loads(out.splitlines()[-1])
+    assert (step, state, job_id) == ("linger", "UNKNOWN", job)
+    assert message.startswith(
+        f"Slurm job {job} (linger for sub-01): the controller no longer knows it and accounting "
+        "has no record of it (accounting unavailable? sacct said: Slurm accounting storage is "
+        "disabled); its outcome is unknown. Start slurmdbd"
+    )
+    assert list(submitted(root, "sub-01").values()) == ["linger"]  # not resubmitted
+
+    # The job did complete: its step is cached, and a rerun submits only the next step.
+    monkeypatch.setenv("SLURM_CONF", str(forgetful.conf))
+    with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
+        again = run_subjects(_scheduler_steps.lingering, {"sub-01": {"x": 1.0}}, root,
+                             worker="slurm", job_cache=jobs, **FAST)  # fmt: skip
+    assert again["sub-01"].outputs == 2.0
+    assert list(submitted(root, "sub-01").values()) == ["linger", "double"]
+
+
+def test_subjects_beyond_the_largest_job_array_go_to_another_array(
+    forgetful: PrivateCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_CONF", str(forgetful.conf))
+    subjects = {f"sub-0{i}": {"x": float(i)} for i in (1, 2, 3)}
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
+        results = run_subjects(steps.chain4, subjects, root, worker="slurm",
+                               granularity="subject", job_cache=jobs, **FAST)  # fmt: skip
+    outputs = {s: r.outputs for s, r in results.items()}
+    assert outputs == {"sub-01": 10.0, "sub-02": 14.0, "sub-03": 18.0}
+    tasks = sorted(job.split("_") for s in subjects for job in submitted(root, s))
+    arrays = sorted({array for array, _ in tasks})
+    assert len(arrays) == 2  # MaxArraySize=2: two sbatch calls for three subjects
+    assert tasks == [[arrays[0], "0"], [arrays[0], "1"], [arrays[1], "0"]]
+
+
+def test_jobs_are_followed_through_a_controller_restart(
+    forgetful: PrivateCluster, tmp_path: Path
+) -> None:
+    """While slurmctld restarts, squeue cannot reach it (and there is no accounting): the
+    worker waits for it instead of giving the job up."""
+    import json
+
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    process = submitter(SUBMIT, forgetful, root, jobs, "lingering")
+    try:
+        first_job(root, process)
+        forgetful.stop("slurmctld")
+        time.sleep(10)  # squeue fails after 1 s each time: more than 5 polls without an answer
+        forgetful.start("slurmctld")
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == [2.0]
+    assert list(submitted(root, "sub-01").values()) == ["linger", "double"]
+
+
+def test_a_controller_that_stops_answering_is_given_up_on(
+    forgetful: PrivateCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from pydra.engine.submitter import Submitter
+
+    from kwneuro_pydra.pydra import SlurmWorker
+
+    monkeypatch.setenv("SLURM_CONF", str(forgetful.conf))
+    worker = SlurmWorker(poll_delay=0.2, controller_timeout=2)  # type: ignore[call-arg]
+    task = to_task(_scheduler_steps.linger)(x=1.0, cache_dir=str(tmp_path / "sub-01"))
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        with Submitter(cache_root=tmp_path / "jobs", worker=worker) as submitter:
+            try:
+                submitter(task, raise_errors=True)
+            except SchedulerError as error:
+                raised.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        for _ in range(300):
+            if worker.job_ids or not thread.is_alive():
+                break
+            time.sleep(0.1)
+        forgetful.stop("slurmctld")
+    finally:
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    error = worker.failures["sub-01"]
+    assert raised == [error]
+    (job,) = worker.job_ids
+    assert (error.job_id, error.state, error.step) == (job, "UNKNOWN", "linger")
+    assert re.match(
+        rf"Slurm job {job} \(linger for sub-01\): the controller has not answered for \d+ s "
+        r"\(squeue said: slurm_load_jobs error: Unable to contact slurm controller .*\) and "
+        r"accounting has no record of the job; its outcome is unknown\. Check slurmctld ",
+        str(error),
+    ), str(error)
 
 
 @pytest.fixture

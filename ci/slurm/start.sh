@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Install (apt) and start a single-node Slurm with accounting on this machine, as root, without
-# systemd: munged, MariaDB, slurmdbd, slurmctld, slurmd. Idempotent: a daemon already running is
-# left alone; one started here is recorded under $STATE/started/ so that stop.sh stops exactly
-# what this script started. Settings: /work/shared/DESIGN.md section 5.
+# Install (apt) and start a Slurm with accounting on this machine, as root, without systemd:
+# munged, MariaDB, slurmdbd, slurmctld and two slurmd, one per node: <host> (partition `debug`,
+# the default, where the tests' jobs run) and <host>-2 (a second slurmd on port 6820, run with
+# `slurmd -N`; with <host> it makes partition `two`, a cluster of two nodes). Idempotent: a
+# daemon already running is left alone; one started here is recorded under $STATE/started/ so
+# that stop.sh stops exactly what this script started; when the configuration this script
+# writes changed, the Slurm daemons it started are restarted. Settings: /work/shared/DESIGN.md
+# section 5.
 #   ci/slurm/start.sh            # prints "slurm ready" when `sacct` and `sbatch` answer
 #   KWNEURO_SLURM_STATE=/some/dir ci/slurm/start.sh
 set -euo pipefail
@@ -66,20 +70,23 @@ fi
 ours() { [ ! -e "$1" ] || head -1 "$1" | grep -qxF "$MARK"; }
 NODE=$(slurmd -C | head -1 | sed -e 's/ *$//')
 HOST=$(hostname -s)
-mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$STATE/run"
+SECOND=$HOST-2
+mkdir -p /etc/slurm /var/spool/slurmctld "/var/spool/slurmd/$HOST" "/var/spool/slurmd/$SECOND" \
+    "$STATE/run"
 if ours /etc/slurm/slurm.conf; then
-    cat >/etc/slurm/slurm.conf <<CONF
+    conf=$(mktemp)
+    cat >"$conf" <<CONF
 $MARK
 ClusterName=kwneuro
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=$STATE/run/slurmctld.pid
-SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmdPidFile=$STATE/run/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
@@ -96,8 +103,19 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobCompType=jobcomp/none
 $NODE NodeAddr=127.0.0.1 State=UNKNOWN
+NodeName=$SECOND NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6820 ${NODE#NodeName=$HOST } State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=two Nodes=$HOST,$SECOND MaxTime=INFINITE State=UP
 CONF
+    chmod 644 "$conf"
+    if cmp -s "$conf" /etc/slurm/slurm.conf; then
+        rm "$conf"
+    else
+        mv "$conf" /etc/slurm/slurm.conf
+        # restart the Slurm daemons started here, with the new configuration
+        ours_running=$(cd "$STATE/started" && ls -d slurmd* slurmctld 2>/dev/null || true)
+        [ -z "$ours_running" ] || "$(dirname "$0")/stop.sh" $ours_running >/dev/null
+    fi
 fi
 if ours /etc/slurm/slurmdbd.conf; then
     cat >/etc/slurm/slurmdbd.conf <<CONF
@@ -126,11 +144,24 @@ if ! scontrol ping >/dev/null 2>&1; then
     wait_for 30 slurmctld scontrol ping
     started slurmctld "$STATE/run/slurmctld.pid"
 fi
-if ! pgrep -x slurmd >/dev/null; then
-    slurmd
-    wait_for 30 "the node" sh -c "sinfo -h -N -o %t | grep -qE '^(idle|mix|alloc)'"
-    started slurmd "$STATE/run/slurmd.pid"
-fi
-scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+for node in "$HOST" "$SECOND"; do
+    pidfile=$STATE/run/slurmd-$node.pid
+    if ! { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+        rm -f "$pidfile"
+        slurmd -N "$node"
+        wait_for 30 "slurmd of $node" test -s "$pidfile"
+        started "slurmd-$node" "$pidfile"
+    fi
+done
+# nodes_up: resume a node left down (by a test, or a previous session); true when both are up
+nodes_up() {
+    local states
+    states=$(sinfo -h -N -o '%N %t' | sort -u)
+    for node in $(echo "$states" | awk '$2 ~ /^(down|drain|drng|fail)/ {print $1}'); do
+        scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+    done
+    [ "$(echo "$states" | grep -cE ' (idle|mix|alloc)$')" = 2 ]
+}
+wait_for 30 "the nodes" nodes_up
 wait_for 30 sacct sacct -n -X -S now
-echo "slurm ready ($(sinfo -h -N -o '%N %c CPUs %m MB %t'))"
+echo "slurm ready ($(sinfo -h -N -o '%N %P %c CPUs %m MB %t' | paste -sd ';' -))"

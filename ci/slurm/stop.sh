@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Stop what ci/slurm/start.sh started (and nothing else): cancel the jobs, then stop slurmd,
-# slurmctld, slurmdbd, MariaDB and munged, each only if start.sh recorded starting it.
+# Stop what ci/slurm/start.sh started (and nothing else): cancel the jobs, then stop the slurmd
+# of each node, slurmctld, slurmdbd, MariaDB and munged, each only if start.sh recorded starting
+# it.   ci/slurm/stop.sh DAEMON...   stops only those, and cancels no job: start.sh restarts
+# Slurm's daemons this way when their configuration changed (slurmctld saves its jobs on
+# SIGTERM and recovers them when it starts again; running jobs outlive a slurmd restart).
 set -uo pipefail
 STATE=${KWNEURO_SLURM_STATE:-/var/tmp/kwneuro-slurm}
 [ -d "$STATE/started" ] || exit 0
-if [ -e "$STATE/started/slurmctld" ]; then
-    scancel --quiet --user=root 2>/dev/null || true
+if [ $# = 0 ]; then
+    if [ -e "$STATE/started/slurmctld" ]; then
+        scancel --quiet --user=root 2>/dev/null || true
+    fi
+    # shellcheck disable=SC2046  # one record per slurmd: slurmd-<node>
+    set -- $(cd "$STATE/started" && ls -d slurmd* 2>/dev/null) slurmctld slurmdbd mariadb munged
 fi
-for daemon in slurmd slurmctld slurmdbd mariadb munged; do
+for daemon in "$@"; do
     record=$STATE/started/$daemon
     [ -s "$record" ] || continue
     pid=$(cat "$record")

@@ -1,15 +1,17 @@
 """Checks before anything is submitted: each says what is wrong and what to do.
 
 `check_worker` and `check_cache_root` hold for every worker; `check_slurm` for Slurm: the
-commands are there, accounting answers (warning), the cache root is on a shared file system
-when the cluster has several nodes (warning), the steps import in a fresh interpreter (how a
-job loads them) and sbatch accepts each job's options (``sbatch --test-only``).
+commands are there, accounting answers (warning), sbatch accepts each job's options (``sbatch
+--test-only``), the cache root is on a shared file system when the partitions the jobs go to
+have several nodes (warning), and the steps import in a fresh interpreter (how a job loads
+them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +38,8 @@ LOCAL_FILE_SYSTEMS = frozenset(
     {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "ramfs"}
 )
 """File system types that only the machine holding them sees."""
+_PARTITION = re.compile(r" in partition (\S+)")
+"""Where ``sbatch --test-only`` says a job would run."""
 
 _IMPORT_CHECK = """
 import importlib, json, sys
@@ -97,12 +101,20 @@ def file_system_of(path: Path) -> tuple[str, str]:
 
 
 def slurm_unavailable() -> str | None:
-    """Why this machine cannot run Slurm jobs now (commands, a node up, accounting), or None."""
+    """Why this machine cannot run Slurm jobs now, or None.
+
+    It can when Slurm's commands are on PATH, a node of the default partition (of any
+    partition when none is the default) is up and accounting answers.
+    """
     for command in ("sbatch", "squeue", "scancel", "sacct", "sinfo", "scontrol"):
         if shutil.which(command) is None:
             return f"{command} is not on PATH"
-    nodes = _run("sinfo", "-h", "-o", "%t")
-    if nodes.returncode or not {"idle", "mix", "alloc"} & set(nodes.stdout.split()):
+    nodes = _run("sinfo", "-h", "-o", "%P %t")
+    states = [line.split() for line in nodes.stdout.splitlines() if len(line.split()) == 2]
+    default = [state for partition, state in states if partition.endswith("*")]
+    if nodes.returncode or not {"idle", "mix", "alloc"} & set(
+        default or [state for _, state in states]
+    ):
         return f"no Slurm node is up ({(nodes.stderr or nodes.stdout).strip()})"
     accounting = _run("sacct", "-n", "-X", "-j", "1")
     if accounting.returncode:
@@ -133,7 +145,8 @@ def check_slurm(
 
     Warns:
         ClusterWarning: Accounting does not answer, or one of ``places`` is on a local file
-            system while the cluster has several nodes.
+            system while the partitions the jobs go to (as ``sbatch --test-only`` says) have
+            several nodes.
     """
     missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]
     if missing:
@@ -150,23 +163,30 @@ def check_slurm(
             ClusterWarning,
             stacklevel=3,
         )
-    nodes = set(_run("sinfo", "-h", "-N", "-o", "%N").stdout.split())
-    for what, path in places.items():
-        mount, kind = file_system_of(path)
-        if len(nodes) > 1 and kind in LOCAL_FILE_SYSTEMS:
-            warnings.warn(
-                f"{what} {path} is on a local file system ({kind} mounted at {mount}) but the "
-                f"cluster has {len(nodes)} nodes: jobs on other nodes will not see it; put it "
-                "on a shared file system",
-                ClusterWarning,
-                stacklevel=3,
-            )
+    partitions: set[str] = set()
     for name, request in {"every job": Request(), **requests}.items():
         test = _run("sbatch", "--test-only", *args, *request.sbatch_args(), "--wrap", "true")
         if test.returncode != 0:
             said = " ".join(test.stderr.split()) or test.stdout.strip()
             options = " ".join(args + request.sbatch_args())
             raise ValueError(f"Slurm refuses the options of {name} ({options}): {said}")
+        partitions.update(_PARTITION.findall(test.stderr + test.stdout))
+    # the nodes the jobs may run on: those of the partitions sbatch chose (else all nodes)
+    where = ("-p", ",".join(sorted(partitions))) if partitions else ()
+    nodes = set(_run("sinfo", "-h", "-N", *where, "-o", "%N").stdout.split())
+    cluster = "the cluster"
+    if partitions:
+        cluster = f"partition{'s' * (len(partitions) > 1)} {', '.join(sorted(partitions))}"
+    for what, path in places.items():
+        mount, kind = file_system_of(path)
+        if len(nodes) > 1 and kind in LOCAL_FILE_SYSTEMS:
+            warnings.warn(
+                f"{what} {path} is on a local file system ({kind} mounted at {mount}) but the "
+                f"jobs may run on any of the {len(nodes)} nodes of {cluster}: jobs on other "
+                "nodes will not see it; put it on a shared file system",
+                ClusterWarning,
+                stacklevel=3,
+            )
     _check_imports(steps)
 
 

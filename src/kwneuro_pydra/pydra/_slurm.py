@@ -6,6 +6,8 @@ scheduling; it submits and watches each job itself (see `_workarounds` for why):
 - each job's sbatch options are the user's ``sbatch_args``, ``--no-requeue`` unless
   ``--requeue`` is given, then the step's `Request` (per subject: all steps' requests
   combined, see `Request.and_then`);
+- with a job per subject, the subjects ready together are submitted as one job array (one
+  sbatch call; an array task per subject, watched as its own job);
 - a job that ends other than COMPLETED is recorded per subject as a `SchedulerError` naming
   the job id, Slurm's state and what it means, and is never resubmitted or requeued;
 - a job pending longer than ``pending_timeout`` seconds is cancelled and reported with
@@ -50,8 +52,12 @@ _FINAL = frozenset(MEANINGS) | {"COMPLETED"}
 _MEMORY_KILL = re.compile(r"exceeded (job )?memory limit", re.IGNORECASE)
 """What slurmstepd writes to a job's stderr when jobacct_gather's OverMemoryKill ends it
 (Slurm then records FAILED or CANCELLED, where the cgroup plugin records OUT_OF_MEMORY)."""
+_ARRAY_WINDOW = 0.1
+"""Seconds the first subject ready waits for the others to join its job array (Pydra hands
+all the subjects of a run to the worker at once)."""
 _UNKNOWN_POLLS = 5
-"""Consecutive looks at a job that neither squeue nor sacct answers before giving up on it."""
+"""Consecutive looks at a job that neither the controller nor accounting knows before giving
+up on it."""
 
 
 def _as_requests(resources: Any) -> dict[str, Request]:
@@ -68,7 +74,8 @@ class SchedulerError(RuntimeError):
         job_id: Slurm's job id, or None when no job was submitted.
         state: Slurm's state (``TIMEOUT``, ``OUT_OF_MEMORY``, ``CANCELLED`` ...), ``PENDING``
             for a job cancelled after ``pending_timeout``, ``UNKNOWN`` when neither the
-            controller nor accounting knows the job, ``SBATCH`` when sbatch refused it.
+            controller nor accounting knows the job (or the controller stopped answering),
+            ``SBATCH`` when sbatch refused it.
         step: The step the job ran, or ``"all steps"`` for a job per subject.
     """
 
@@ -100,8 +107,12 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (see `run_subjects`); kept
             as a `Request` per step.
         per_subject: One job per subject workflow (its steps run inside it, in process)
-            instead of one job per node.
+            instead of one job per node; the subjects ready together are submitted as one
+            job array (at most ``MaxArraySize`` tasks an array).
         pending_timeout: Seconds a job may pend before it is cancelled; None: no limit.
+        controller_timeout: Seconds the controller may go without answering (restarting,
+            overloaded) while accounting does not know a job either, before the job is
+            given up as ``UNKNOWN``.
         log_dir: Directory of the per-subject log files; None: no log files.
         directory: Working directory of the jobs (default: the current directory when the
             worker is made; Pydra changes directory while it runs workflows, and a job
@@ -116,14 +127,18 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     resources: dict[str, Request] = attrs.field(factory=dict, converter=_as_requests)
     per_subject: bool = False
     pending_timeout: float | None = None
+    controller_timeout: float = 600.0
     log_dir: str | None = None
     directory: str = attrs.field(factory=os.getcwd)
     failures: dict[str, SchedulerError] = attrs.field(factory=dict)
     job_ids: list[str] = attrs.field(factory=list)
+    _array: list[tuple[Path, asyncio.Future[tuple[str | None, str, Path]]]] = attrs.field(
+        factory=list, init=False
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         state: dict[str, Any] = super().__getstate__()
-        state.update(failures={}, job_ids=[])
+        state.update(failures={}, job_ids=[], _array=[])
         return state
 
     async def submit(self, job: Any, rerun: bool = False) -> Any:
@@ -156,26 +171,29 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         command = [sys.executable, "-m", "kwneuro_pydra.pydra._job", str(pickled)]
         command += [str(int(rerun)), str(log or ""), step]
         script.write_text(f"#!/bin/sh\nexec {shlex.join(command)}\n")
-        args = [
-            f"--job-name=kwneuro.{subject}.{step.replace(' ', '_')}",
-            f"--output={script_dir / 'slurm-%j.out'}",
-            f"--error={script_dir / 'slurm-%j.err'}",
+        options = [
             f"--chdir={self.directory}",
             *sbatch_args(self.sbatch_args),
             *request.sbatch_args(),
-            str(script),
         ]
-        rc, out, err = await base.read_and_display_async("sbatch", *args, hide_display=True)
-        found = re.search(r"\d+", out)
-        if rc or not found:
-            said = err.strip() or out.strip()
+        if self.per_subject and job.is_async:
+            job_id, said, errors = await self._in_array(script, options)
+        else:
+            job_id, said = await _sbatch(
+                f"--job-name=kwneuro.{subject}.{step.replace(' ', '_')}",
+                f"--output={script_dir / 'slurm-%j.out'}",
+                f"--error={script_dir / 'slurm-%j.err'}",
+                *options,
+                str(script),
+            )
+            errors = script_dir / f"slurm-{job_id}.err"
+        if job_id is None:
             message = f"sbatch refused the job of {step} for {subject}: {said}"
             raise self._failed(subject, step, None, "SBATCH", message, log)
-        job_id = found.group()
         self.job_ids.append(job_id)
-        _append(log, f"slurm job {job_id}: {step} submitted ({' '.join(args[4:-1])})")
+        _append(log, f"slurm job {job_id}: {step} submitted ({' '.join(options[1:])})")
         state = await self._wait(job_id, subject, step, log)
-        tail = _tail(script_dir / f"slurm-{job_id}.err")
+        tail = _tail(errors)
         if state in ("FAILED", "CANCELLED") and _MEMORY_KILL.search(tail):
             state = "OUT_OF_MEMORY"  # killed by OverMemoryKill, without cgroups
         _append(
@@ -188,16 +206,50 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             message += f"; its last error line: {tail.splitlines()[-1]}"
         raise self._failed(subject, step, job_id, state, message, log)
 
+    async def _in_array(self, script: Path, options: list[str]) -> tuple[str | None, str, Path]:
+        """Submit ``script`` as a task of the job array of the subjects ready now.
+
+        Returns:
+            The array task's job id (``<array>_<index>``; None if sbatch refused the
+            array), what sbatch said, and the task's stderr file.
+        """
+        task: asyncio.Future[tuple[str | None, str, Path]]
+        task = asyncio.get_running_loop().create_future()
+        self._array.append((script, task))
+        if len(self._array) == 1:  # the first ready submits the array once the others joined
+            await asyncio.sleep(_ARRAY_WINDOW)
+            tasks, self._array = self._array, []
+            try:
+                await _submit_arrays(tasks, options)
+            except Exception as error:  # e.g. the script cannot be written: every task fails
+                for _, waiting in tasks:
+                    if not waiting.done():
+                        waiting.set_exception(error)
+        return await task
+
     async def _wait(self, job_id: str, subject: str, step: str, log: Path | None) -> str:
         """Poll until the job reaches a final state; cancel it if it pends too long."""
-        submitted, unknown = time.monotonic(), 0
+        submitted, unknown, silent_since = time.monotonic(), 0, None
         while True:
             try:
                 state, reason = await _state(job_id)
-                unknown = 0
+                unknown, silent_since = 0, None
+            except _Unanswered as said:
+                silent_since = silent_since or time.monotonic()
+                silent = time.monotonic() - silent_since
+                if silent < self.controller_timeout:
+                    await asyncio.sleep(self.poll_delay)
+                    continue
+                message = (
+                    f"Slurm job {job_id} ({step} for {subject}): the controller has not "
+                    f"answered for {silent:.0f} s (squeue said: {said}) and accounting has no "
+                    "record of the job; its outcome is unknown. Check slurmctld (scontrol "
+                    "ping), or raise controller_timeout"
+                )
+                raise self._failed(subject, step, job_id, "UNKNOWN", message, log) from None
             except LookupError as said:
                 unknown += 1
-                if unknown < _UNKNOWN_POLLS:  # a busy controller may not answer at once
+                if unknown < _UNKNOWN_POLLS:
                     await asyncio.sleep(self.poll_delay)
                     continue
                 message = (
@@ -243,23 +295,74 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         return Path(self.log_dir) / f"{subject}.log"
 
 
+async def _sbatch(*args: str) -> tuple[str | None, str]:
+    """Run sbatch; return the job id (None when sbatch refused the job) and what it said."""
+    rc, out, err = await base.read_and_display_async("sbatch", *args, hide_display=True)
+    found = re.search(r"\d+", out)
+    return (found.group() if found and not rc else None), err.strip() or out.strip()
+
+
+async def _submit_arrays(
+    tasks: list[tuple[Path, asyncio.Future[tuple[str | None, str, Path]]]],
+    options: list[str],
+) -> None:
+    """Submit each subject's ``job.sh`` as a task of a job array; resolve the tasks' futures.
+
+    An array holds at most the cluster's ``MaxArraySize`` tasks: more make several arrays.
+    Its script and output files go next to the first subject's job directory.
+    """
+    rc, out, _ = await base.read_and_display_async("scontrol", "show", "config", hide_display=True)
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    size = max(1, int(found.group(1))) if rc == 0 and found else 1001  # Slurm's default
+    for start in range(0, len(tasks), size):
+        chunk = tasks[start : start + size]
+        where = chunk[0][0].parent.parent / f"array-{chunk[0][0].parent.name}"
+        where.mkdir(parents=True, exist_ok=True)
+        cases = "".join(
+            f"{index}) exec /bin/sh {shlex.quote(str(script))} ;;\n"
+            for index, (script, _) in enumerate(chunk)
+        )
+        array = where / "array.sh"
+        array.write_text(f'#!/bin/sh\ncase "$SLURM_ARRAY_TASK_ID" in\n{cases}esac\nexit 1\n')
+        array_id, said = await _sbatch(
+            f"--job-name=kwneuro.{len(chunk)}_subjects.all_steps",
+            f"--array=0-{len(chunk) - 1}",
+            f"--output={where / 'slurm-%A_%a.out'}",
+            f"--error={where / 'slurm-%A_%a.err'}",
+            *options,
+            str(array),
+        )
+        for index, (_, task) in enumerate(chunk):
+            job_id = None if array_id is None else f"{array_id}_{index}"
+            task.set_result((job_id, said, where / f"slurm-{array_id}_{index}.err"))
+
+
+class _Unanswered(LookupError):
+    """The controller did not answer about a job (down, restarting, overloaded)."""
+
+
 async def _state(job_id: str) -> tuple[str, str]:
     """The job's state and Slurm's reason: from the controller, else from accounting.
 
     Raises:
+        _Unanswered: The controller did not answer, and accounting does not know the job
+            (the message says what squeue said).
         LookupError: Neither knows the job (the message says what sacct said).
     """
-    rc, out, _ = await base.read_and_display_async(
+    rc, out, said = await base.read_and_display_async(
         "squeue", "-h", "-j", job_id, "-t", "all", "-o", "%T|%r", hide_display=True
     )
     if rc == 0 and out.strip():
         state, _, reason = out.strip().splitlines()[0].partition("|")
         return state, reason
+    answered = rc == 0 or "Invalid job id" in said
     rc, out, err = await base.read_and_display_async(
         "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State", hide_display=True
     )
     if rc == 0 and out.strip():
         return out.split()[0], ""
+    if not answered:
+        raise _Unanswered(" ".join(said.split()) or "nothing")
     raise LookupError(err.strip() or "nothing")
 
 

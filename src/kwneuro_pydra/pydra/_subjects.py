@@ -121,14 +121,15 @@ def run_subjects(
             process, subject after subject), ``"slurm"`` (``sbatch_args=``, ``poll_delay=``;
             see ``docs/cluster.md``). ``"sge"`` is refused: Pydra's SGE worker is broken.
         force: Step names to recompute for every subject, with every step depending on
-            them; nothing else is recomputed.
+            them; nothing else is recomputed, nor scheduled when it is cached.
         progress: Show the progress line; default: when stderr is a terminal.
         resources: Slurm only: what each step's jobs ask for, by step name, e.g.
             ``{"estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (keys
             ``mem``, ``cpus``, ``time``, ``options``; see `load_resources`).
         granularity: Slurm only: ``"node"`` submits a job per step call; ``"subject"`` a
             job per subject whose steps run inside it, one after the other, asking for the
-            largest memory and CPUs and the sum of the times of ``resources``.
+            largest memory and CPUs and the sum of the times of ``resources``; the subjects
+            go in one job array (one sbatch call per ``MaxArraySize`` subjects).
         pending_timeout: Slurm only: seconds a job may pend before it is cancelled and its
             subject reported with Slurm's reason; None waits for ever.
         job_cache: Directory of Pydra's job cache; default
