@@ -101,7 +101,8 @@ def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     cluster.add_argument(
         "--granularity", choices=("node", "subject"), default="node",
-        help="one job per step call (node, the default) or one per series (subject)",
+        help="one job per step call (node, the default) or one per series (subject), the "
+        "series submitted together as Slurm job arrays",
     )  # fmt: skip
     cluster.add_argument(
         "--pending-timeout", type=positive_float, metavar="SECONDS",
