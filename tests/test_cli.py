@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -362,3 +363,44 @@ def test_log_lines_go_through_the_display_console_and_forked_workers_stay_quiet(
         assert "from the main process" in err
         assert "from a worker" not in err
     assert handler not in logging.getLogger().handlers
+
+
+_READS = """
+import json, sys
+from kwneuro_pydra import _filedigest
+from kwneuro_pydra.cli import main
+
+hash_file, read = _filedigest._hash_file, []
+
+
+def counted(path):
+    hashed = hash_file(path)
+    if hashed.stat.st_size >= _filedigest.PERSIST_MIN_SIZE:
+        read.append(str(path))
+    return hashed
+
+
+_filedigest._hash_file = counted
+code = main(["run", *sys.argv[1:], "-q"])
+print(json.dumps({"code": code, "read": read}))
+"""
+
+
+def test_a_rerun_in_a_new_process_reads_no_large_file_again(tmp_path: Path) -> None:
+    """Large inputs and outputs are digested once: their digests persist in the subject's
+    cache, across the derivatives' hard links (which change an entry file's ctime)."""
+    from kwneuro_pydra._filedigest import PERSIST_MIN_SIZE
+    from kwneuro_pydra.workflows.demo import write_demo_dataset
+
+    bids_dir = write_demo_dataset(tmp_path / "bids", subjects=1, shape=(64, 64, 40))
+    time.sleep(1.1)  # settled, as a dataset's files are: their digests may be kept
+    args = [str(bids_dir), str(tmp_path / "out"), "participant", "--worker", "debug", *MASK]
+    cold = subprocess.run([sys.executable, "-c", _READS, *args], capture_output=True, text=True)
+    assert json.loads(cold.stdout.splitlines()[-1])["code"] == 0, cold.stderr
+    cache = tmp_path / "out" / ".kwneuro-cache"
+    large = [p for p in cache.rglob("*.nii.gz") if p.stat().st_size >= PERSIST_MIN_SIZE]
+    assert large, "no output is large enough for this test to mean anything"
+    assert all(p.stat().st_nlink == 2 for p in large)  # linked into the derivatives
+    time.sleep(1.1)
+    rerun = subprocess.run([sys.executable, "-c", _READS, *args], capture_output=True, text=True)
+    assert json.loads(rerun.stdout.splitlines()[-1]) == {"code": 0, "read": []}, rerun.stderr

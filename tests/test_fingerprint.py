@@ -269,6 +269,24 @@ def test_in_place_edit_with_restored_mtime_changes_the_fingerprint(
     assert fingerprint(path) != before
 
 
+def test_a_hard_link_keeps_the_memoised_digest_but_a_write_does_not(
+    tmp_path: Path, short_racy_window: float, hash_calls: list[Path]
+) -> None:
+    path = tmp_path / "fa.nii"
+    path.write_bytes(b"a" * 4096)
+    time.sleep(short_racy_window)
+    first = fingerprint(path)
+    before = path.stat()
+    os.link(path, tmp_path / "linked.nii")  # a new ctime, the same bytes
+    _filedigest.carry_over(path, before)
+    assert fingerprint(path) == first and hash_calls == [path]
+    before = path.stat()
+    with path.open("r+b") as handle:  # a write between the status and the carry
+        handle.write(b"b")
+    _filedigest.carry_over(path, before)
+    assert fingerprint(path) != first and hash_calls == [path, path]
+
+
 def test_racy_files_are_not_memoised(tmp_path: Path, hash_calls: list[Path]) -> None:
     path = tmp_path / "fresh.nii"
     path.write_bytes(b"a" * 4096)

@@ -66,6 +66,8 @@ StatKey = tuple[int, int, int, int, int]
 
 _MEMORY_LIMIT = 200_000  # about 40 MB of keys and digests
 _memory: dict[StatKey, str] = {}
+_persisted: set[tuple[Path, StatKey]] = set()
+"""(memo directory, stat key) pairs this process has written (or found) on disk."""
 _memo_dir: ContextVar[Path | None] = ContextVar("kwneuro_pydra_memo_dir", default=None)
 _by_content: ContextVar[bool] = ContextVar("kwneuro_pydra_by_content", default=False)
 _local = threading.local()
@@ -209,13 +211,16 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
         st = os.stat(path)
         key = stat_key(st)
         digest = _memory.get(key)
-        if digest is not None:
-            return digest
         directory = _memo_dir.get()
+        if digest is not None:
+            if directory is not None and st.st_size >= PERSIST_MIN_SIZE:
+                _persist_once(directory, key, digest)  # found outside a Cache first
+            return digest
         if directory is not None and st.st_size >= PERSIST_MIN_SIZE:
             digest = _read_persistent(directory, key)
             if digest is not None:
                 _memory[key] = digest
+                _persisted.add((directory, key))
                 return digest
     return _checked(path, _hash_file(path), settled=settled).digest
 
@@ -253,6 +258,32 @@ def record_digest(path: str | Path, digest: str) -> None:
     _remember(stat_key(st), digest, st.st_size)
 
 
+def carry_over(path: str | Path, before: os.stat_result) -> None:
+    """Keep the memoised digest of a file whose status changed only in its ctime.
+
+    A new hard link to a file changes its ctime, which is part of the memo's key, and not a
+    byte of the file. Called right after making one, with the file's status from just before,
+    this files the digest under the new key too (in memory and, inside a `Cache`, on disk),
+    so the next look, in this process or another, does not read the file again. Nothing is
+    kept when the digest was not memoised or when the size or mtime changed (a write between
+    the two).
+
+    Args:
+        path: The file.
+        before: Its ``os.stat`` from before the link.
+    """
+    old = stat_key(before)
+    digest = _memory.get(old)
+    directory = _memo_dir.get()
+    if digest is None and directory is not None and before.st_size >= PERSIST_MIN_SIZE:
+        digest = _read_persistent(directory, old)
+    if digest is None:
+        return
+    after = os.stat(path)
+    if stat_key(after)[:4] == old[:4]:  # device, inode, size, mtime
+        _remember(stat_key(after), digest, after.st_size)
+
+
 def _checked(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
     """Memoise a digest unless the file changed while it was hashed (then warn) or may
     still change unseen (see `is_settled`)."""
@@ -277,6 +308,15 @@ def _remember(key: StatKey, digest: str, size: int) -> None:
     _memory[key] = digest
     directory = _memo_dir.get()
     if directory is not None and size >= PERSIST_MIN_SIZE:
+        _persist_once(directory, key, digest)
+
+
+def _persist_once(directory: Path, key: StatKey, digest: str) -> None:
+    """Write a digest to the memo directory unless this process already did."""
+    if (directory, key) not in _persisted:
+        if len(_persisted) >= _MEMORY_LIMIT:
+            _persisted.clear()
+        _persisted.add((directory, key))
         _write_persistent(directory, key, digest)
 
 

@@ -77,8 +77,10 @@ def plan(
 ) -> Plan:
     """Look up every step call of ``pipeline(**inputs)`` in ``Cache(cache_dir)``.
 
-    Nothing is computed or written (a cache folder that does not exist is not made). Steps
-    after the first that is not cached are `MISSING`: their inputs do not exist yet.
+    Nothing is computed and no entry is written (a cache folder that does not exist is not
+    made); the digests of large input files are memoised in the cache, as a call in it would,
+    so the next look in another process does not read them again. Steps after the first that
+    is not cached are `MISSING`: their inputs do not exist yet.
 
     Args:
         pipeline: A pipeline of `cacheable` steps.
@@ -100,9 +102,10 @@ def plan(
         functions[found.name] = function
     if not cache_dir.is_dir():
         return Plan(dict.fromkeys(functions, MISSING), {}, None)
-    lookup = _Lookup(Cache(cache_dir), functions)
-    try:
-        with handling_steps(lookup):
+    cache = Cache(cache_dir)
+    lookup = _Lookup(cache, functions)
+    try:  # in the cache: the digests of large inputs persist, the next look reads none again
+        with cache, handling_steps(lookup):
             outputs = pipeline(**inputs)
     except _Stop:
         outputs = None

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from kwneuro_pydra._filedigest import carry_over
 from kwneuro_pydra.bids._discover import DwiSeries
 
 __all__ = [
@@ -72,7 +73,8 @@ def place(source: Path, target: Path) -> None:
     """Make ``target`` a hard link to ``source`` (a copy across file systems), atomically.
 
     A reader of ``target`` sees the old file or the new one, never a partial one; nothing is
-    done when ``target`` already is ``source``.
+    done when ``target`` already is ``source``. The memoised digest of ``source`` is kept
+    across the link (see `kwneuro_pydra._filedigest.carry_over`; on disk inside a `Cache`).
 
     Args:
         source: An existing file (a cache entry's output).
@@ -86,6 +88,7 @@ def place(source: Path, target: Path) -> None:
             return
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    before: os.stat_result | None = os.stat(source)
     try:
         try:
             os.link(source, temporary)
@@ -93,9 +96,12 @@ def place(source: Path, target: Path) -> None:
             if error.errno not in _LINK_FAILURES:
                 raise
             shutil.copyfile(source, temporary)
+            before = None
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+    if before is not None:  # the link changed the entry file's ctime, not its bytes
+        carry_over(source, before)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -312,7 +312,8 @@ def _write_outputs(
             continue
         outputs = dict(zip(bids_app.OUTPUTS, unit.plan.outputs, strict=True))
         maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
-        written = write_derivatives(series, maps, output_dir, parameters=parameters)
+        with Cache(work_dir / unit.name):  # the linked entries' digests stay memoised there
+            written = write_derivatives(series, maps, output_dir, parameters=parameters)
         figures = {
             label: (outputs[name].path, caption)
             for name, (label, caption) in bids_app.FIGURES.items()
