@@ -404,3 +404,16 @@ def test_a_rerun_in_a_new_process_reads_no_large_file_again(tmp_path: Path) -> N
     time.sleep(1.1)
     rerun = subprocess.run([sys.executable, "-c", _READS, *args], capture_output=True, text=True)
     assert json.loads(rerun.stdout.splitlines()[-1]) == {"code": 0, "read": []}, rerun.stderr
+
+
+def test_a_warning_says_its_class_and_message_and_where_only_with_vv(tmp_path: Path) -> None:
+    bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
+    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q",
+                 *MASK]) == 0  # fmt: skip
+    (entry,) = Cache(out / ".kwneuro-cache" / "sub-01").entries("mean_b0")
+    (entry.path / "mean_b0.params.json").write_text("{")  # a damaged entry warns
+    plain = kwneuro("status", str(bids_dir), str(out), *MASK)
+    assert "UserWarning: cache sidecar" in plain.stderr, plain.stderr
+    assert "src/kwneuro_pydra/" not in plain.stderr and "warnings.warn(" not in plain.stderr
+    located = "".join(kwneuro("status", str(bids_dir), str(out), *MASK, "-vv").stderr.split())
+    assert "src/kwneuro_pydra/cache.py:" in located and "UserWarning:cachesidecar" in located

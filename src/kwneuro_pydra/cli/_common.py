@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -153,6 +154,7 @@ def logging_to_console(verbosity: int) -> Iterator[None]:
         root.setLevel(levels[0])
         pydra.setLevel(levels[1])
         logging.captureWarnings(False)
+        warnings.formatwarning = _PYTHON_FORMAT
 
 
 def setup_logging(verbosity: int) -> None:
@@ -172,6 +174,22 @@ def setup_logging(verbosity: int) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+    warnings.formatwarning = _PYTHON_FORMAT if verbosity > 1 else _plain_warning
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
+def _plain_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """A warning as the command shows it: its class and message; where it was raised only
+    with ``-vv``."""
+    return f"{category.__name__}: {message}"
 
 
 def _is_cache(path: Path) -> bool:
