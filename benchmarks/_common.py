@@ -8,8 +8,9 @@ runs them in registration order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _peers
-from benchmarks._harness import Section, Timing, evict, measure
+from benchmarks._harness import Section, Timing, evict, measure, measure_interleaved
 
 OURS = "ours"
 UPSTREAM = "kwneuro 1.0"
@@ -175,18 +176,30 @@ def hit_latency(cached: Cached, args: tuple[Any, ...], *, repeat: int, calls: in
         return measure(lambda: step(*args), repeat=repeat, calls=calls)
 
 
-def miss_latency(
-    cached: Cached, args: Callable[[int], tuple[Any, ...]], *, repeat: int, calls: int
-) -> Timing:
-    """Time calls of a step with arguments ``args(i)`` never seen before (misses).
+def miss_latencies(
+    participants: Mapping[str, tuple[Cached, Callable[[int], tuple[Any, ...]]]],
+    *,
+    repeat: int,
+    calls: int,
+) -> dict[str, Timing]:
+    """Time calls of steps with arguments ``args(i)`` never seen before (misses), in turns.
 
     Every call (warm-up included) takes a fresh ``i``, so each one fingerprints, runs the step,
-    stores the entry and publishes it.
+    stores the entry and publishes it. The participants' rounds interleave, each inside its
+    own cache context (`measure_interleaved`).
     """
-    step, context = cached
-    fresh = itertools.count()
-    with context:
-        return measure(lambda: step(*args(next(fresh))), repeat=repeat, calls=calls)
+    calls_of = {
+        label: functools.partial(_fresh_call, step, args, itertools.count())
+        for label, ((step, _), args) in participants.items()
+    }
+    contexts = {label: context for label, ((_, context), _) in participants.items()}
+    return measure_interleaved(calls_of, repeat=repeat, calls=calls, contexts=contexts)
+
+
+def _fresh_call(
+    step: Callable[..., Any], args: Callable[[int], tuple[Any, ...]], fresh: Iterator[int]
+) -> Any:
+    return step(*args(next(fresh)))
 
 
 def fill(cached: Cached, args: tuple[Any, ...]) -> Any:

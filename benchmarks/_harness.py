@@ -7,16 +7,19 @@ taken with ``time.perf_counter_ns`` while the garbage collector is paused (as ``
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,22 +66,54 @@ def measure(
     the same way.
     """
     samples: list[float] = []
-    gc_was_enabled = gc.isenabled()
     for index in range(warmup + repeat):
         if setup is not None:
             setup()
-        gc.disable()
-        try:
-            start = time.perf_counter_ns()
-            for _ in range(calls):
-                fn()
-            elapsed = time.perf_counter_ns() - start
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        elapsed = _timed(fn, calls)
         if index >= warmup:
             samples.append(elapsed / calls)
     return Timing.from_samples(samples, calls)
+
+
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    repeat: int,
+    calls: int = 1,
+    warmup: int = 1,
+    contexts: Mapping[str, AbstractContextManager[Any]] | None = None,
+) -> dict[str, Timing]:
+    """Time several participants' ``fn()`` in turns, as `measure` times one.
+
+    Each round times *calls* calls of every participant, in an order rotated every round, so
+    that a slow spell of a shared host falls on all of them alike and their ratios hold. A
+    participant's context (from *contexts*, e.g. its ``Cache``) is entered around each of its
+    turns, untimed.
+    """
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(warmup + repeat):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            with (contexts or {}).get(name) or contextlib.nullcontext():
+                elapsed = _timed(fns[name], calls)
+            if index >= warmup:
+                samples[name].append(elapsed / calls)
+    return {name: Timing.from_samples(found, calls) for name, found in samples.items()}
+
+
+def _timed(fn: Callable[[], object], calls: int) -> int:
+    """Nanoseconds of *calls* calls of ``fn()``, with the garbage collector off."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            fn()
+        return time.perf_counter_ns() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 # --- machine limits ----------------------------------------------------------------------------

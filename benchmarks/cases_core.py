@@ -33,7 +33,7 @@ from benchmarks._common import (
     fill,
     hit_latency,
     mb,
-    miss_latency,
+    miss_latencies,
     npy_spec,
     random_array,
     slug,
@@ -365,7 +365,8 @@ def hit_and_miss(
     *participants* maps a label to (cached step, the arguments of its stored entry, fresh
     arguments ``i -> args`` for misses). All entries are stored first, then left to settle
     (as entries do between runs), so that no participant is timed on entries younger than the
-    file memos' racy window. Misses are timed last (they add entries).
+    file memos' racy window. Misses are timed last (they add entries), the participants in
+    turns.
     """
     notes = notes or {}
     others = tuple(p for p in participants if not p.startswith(OURS))
@@ -379,8 +380,11 @@ def hit_and_miss(
         section.rows.append(Row(f"{label}: hit", timing, limit=limit.label,
                                 peers=tuple(f"{p}: hit" for p in peers),
                                 note=notes.get(label, "")))  # fmt: skip
-    for label, (cached, _, fresh) in participants.items():
-        timing = miss_latency(cached, fresh, repeat=sizes.repeat, calls=miss_calls)
+    misses = miss_latencies(
+        {label: (cached, fresh) for label, (cached, _, fresh) in participants.items()},
+        repeat=sizes.repeat, calls=miss_calls,
+    )  # fmt: skip
+    for label, timing in misses.items():
         peers = others if label.startswith(OURS) else ()
         section.rows.append(Row(f"{label}: miss", timing, limit=limit.label,
                                 peers=tuple(f"{p}: miss" for p in peers),
