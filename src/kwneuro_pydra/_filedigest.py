@@ -209,19 +209,9 @@ def file_digest(path: str | Path, *, settled: bool = False) -> str:
     """
     if not _by_content.get():
         st = os.stat(path)
-        key = stat_key(st)
-        digest = _memory.get(key)
-        directory = _memo_dir.get()
+        digest = _memoised(stat_key(st), st.st_size)
         if digest is not None:
-            if directory is not None and st.st_size >= PERSIST_MIN_SIZE:
-                _persist_once(directory, key, digest)  # found outside a Cache first
             return digest
-        if directory is not None and st.st_size >= PERSIST_MIN_SIZE:
-            digest = _read_persistent(directory, key)
-            if digest is not None:
-                _memory[key] = digest
-                _persisted.add((directory, key))
-                return digest
     return _checked(path, _hash_file(path), settled=settled).digest
 
 
@@ -273,15 +263,31 @@ def carry_over(path: str | Path, before: os.stat_result) -> None:
         before: Its ``os.stat`` from before the link.
     """
     old = stat_key(before)
-    digest = _memory.get(old)
-    directory = _memo_dir.get()
-    if digest is None and directory is not None and before.st_size >= PERSIST_MIN_SIZE:
-        digest = _read_persistent(directory, old)
+    digest = _memoised(old, before.st_size)
     if digest is None:
         return
     after = os.stat(path)
     if stat_key(after)[:4] == old[:4]:  # device, inode, size, mtime
         _remember(stat_key(after), digest, after.st_size)
+
+
+def _memoised(key: StatKey, size: int) -> str | None:
+    """The digest memoised under a stat key, or None.
+
+    Looked up in memory, then, for a large file inside a `Cache`, in the memo directory
+    (and kept in memory). Inside a `Cache`, a large file's digest found in memory only
+    (first computed outside any `Cache`) is written to the memo directory.
+    """
+    digest = _memory.get(key)
+    directory = _memo_dir.get()
+    if directory is None or size < PERSIST_MIN_SIZE:
+        return digest
+    if digest is not None:
+        _persist_once(directory, key, digest)
+    elif (digest := _read_persistent(directory, key)) is not None:
+        _memory[key] = digest
+        _persisted.add((directory, key))
+    return digest
 
 
 def _checked(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
