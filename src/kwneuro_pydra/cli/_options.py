@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -70,14 +71,19 @@ def _text(value: Any) -> str:
 
 @functools.cache
 def _options() -> tuple[_Option, ...]:
+    """The options, their defaults those of the BIDS app's pipeline (`bids_dti`)."""
+    from kwneuro_pydra.workflows.bids_app import bids_dti  # type: ignore[import-not-found,unused-ignore]
     from kwneuro_pydra.workflows.dti import FIT_METHODS  # type: ignore[import-not-found,unused-ignore]
 
+    default = {n: p.default for n, p in inspect.signature(bids_dti).parameters.items()}
     return (
-        _Option("--fit-method", "fit_method", str, "WLS", "tensor fit", choices=FIT_METHODS),
-        _Option("--bmax", "bmax", positive_float, 1500.0, "highest shell to fit, s/mm²", "B"),
-        _Option("--mask-median-radius", "median_radius", natural, 4,
+        _Option("--fit-method", "fit_method", str, default["fit_method"], "tensor fit",
+                choices=FIT_METHODS),
+        _Option("--bmax", "bmax", positive_float, default["bmax"],
+                "highest shell to fit, s/mm²", "B"),
+        _Option("--mask-median-radius", "median_radius", natural, default["median_radius"],
                 "median filter radius of the median-Otsu brain mask, voxels", "R"),
-        _Option("--mask-numpass", "numpass", positive_int, 4,
+        _Option("--mask-numpass", "numpass", positive_int, default["numpass"],
                 "median filter passes of the brain mask", "N"),
     )  # fmt: skip
 
