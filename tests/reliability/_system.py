@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,11 @@ def run_python(code: str, *, as_nobody: bool = False, timeout: float = 60.0) -> 
     command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}"]
     if as_nobody:
         require_root("drops to user nobody")
+        closed = [d for d in (ROOT, *ROOT.parents) if not d.stat().st_mode & stat.S_IXOTH]
+        assert not closed, (
+            f"user nobody cannot reach the checkout {ROOT}: {closed[0]} is not searchable by "
+            "others (chmod o+x it, as .ci/run does)"
+        )
         command = [*NOBODY, "--", *command]
     environment = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "NO_ET": "1"}
     try:
