@@ -58,10 +58,12 @@ def run_python(code: str, *, as_nobody: bool = False, timeout: float = 60.0) -> 
     command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}"]
     if as_nobody:
         require_root("drops to user nobody")
-        closed = [d for d in (ROOT, *ROOT.parents) if not d.stat().st_mode & stat.S_IXOTH]
+        closed = [d for d in ROOT.parents if not d.stat().st_mode & stat.S_IXOTH]
+        if ROOT.stat().st_mode & (stat.S_IROTH | stat.S_IXOTH) != stat.S_IROTH | stat.S_IXOTH:
+            closed.insert(0, ROOT)
         assert not closed, (
-            f"user nobody cannot reach the checkout {ROOT}: {closed[0]} is not searchable by "
-            "others (chmod o+x it, as .ci/run does)"
+            f"user nobody cannot read the checkout {ROOT}: {closed[0]} is closed to others "
+            "(chmod o+rx the checkout and o+x the folders above it, as .ci/run does)"
         )
         command = [*NOBODY, "--", *command]
     environment = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "NO_ET": "1"}
