@@ -198,7 +198,7 @@ def _(value: np.ma.MaskedArray[Any, Any]) -> bytes:
     return _record(
         "masked",
         _token(value.data),
-        _token(np.ma.getmaskarray(value)),
+        _token(np.ma.getmaskarray(value)),  # type: ignore[no-untyped-call,unused-ignore]
         _token(value.fill_value),
         _token(bool(value.hardmask)),
     )

@@ -72,8 +72,8 @@ def _text(value: Any) -> str:
 @functools.cache
 def _options() -> tuple[_Option, ...]:
     """The options, their defaults those of the BIDS app's pipeline (`bids_dti`)."""
-    from kwneuro_pydra.workflows.bids_app import bids_dti  # type: ignore[import-not-found,unused-ignore]
-    from kwneuro_pydra.workflows.dti import FIT_METHODS  # type: ignore[import-not-found,unused-ignore]
+    from kwneuro_pydra.workflows.bids_app import bids_dti
+    from kwneuro_pydra.workflows.dti import FIT_METHODS
 
     default = {n: p.default for n, p in inspect.signature(bids_dti).parameters.items()}
     return (

@@ -31,7 +31,7 @@ RECORD = "last-run.json"
 
 def app() -> Any:
     """The BIDS app's pipeline module (`kwneuro_pydra.workflows.bids_app`)."""
-    from kwneuro_pydra.workflows import bids_app  # type: ignore[import-not-found,unused-ignore]
+    from kwneuro_pydra.workflows import bids_app
 
     return bids_app
 

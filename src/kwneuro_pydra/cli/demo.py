@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the dataset, then run the app on it; return the app's exit status."""
     from kwneuro_pydra.cli import main
     from kwneuro_pydra.cli.run import _folder
-    from kwneuro_pydra.workflows.demo import (  # type: ignore[import-not-found,unused-ignore]
+    from kwneuro_pydra.workflows.demo import (
         DEMO_MASK_OPTIONS,
         write_demo_dataset,
     )
@@ -60,7 +60,7 @@ def _print_accuracy(bids_dir: Path, derivatives: Path, subjects: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from kwneuro_pydra.workflows.demo import demo_truths  # type: ignore[import-not-found,unused-ignore]
+    from kwneuro_pydra.workflows.demo import demo_truths
 
     table = Table(
         title="Error against the phantoms' ground truth (tissue in the mask)",
