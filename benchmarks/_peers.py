@@ -1,10 +1,14 @@
 """Install and load what the benchmarks compare: ours and the peers.
 
 - **ours**: ``kwneuro_pydra``, installed or else straight from the repository's ``src/``.
-- **upstream kwneuro 1.0**: installed with ``pip --no-deps`` into ``benchmarks/.peers/kwneuro``
-  (once), and only its ``kwneuro/cache.py`` is loaded: the package's ``__init__`` needs ANTs and
-  dipy, the cache module needs only numpy and the standard library.
-- **joblib.Memory**: an ordinary dependency of the benchmark environment.
+- **upstream kwneuro 1.0**: an installed ``kwneuro`` if there is one, else installed with
+  ``pip --no-deps`` into ``benchmarks/.peers/kwneuro`` (once, on first use), and only its
+  ``kwneuro/cache.py`` is loaded: the package's ``__init__`` needs ANTs and dipy, the cache
+  module needs only numpy and the standard library.
+- **joblib.Memory**: an ordinary dependency of the benchmark environment, imported on first use.
+
+Importing this module installs and imports nothing: the tests load upstream's cache module
+through :func:`upstream` with ``install=False``.
 
 A participant that cannot be loaded raises :class:`Unavailable`; the runner then leaves its rows
 out and says why, instead of failing the whole run.
@@ -22,8 +26,10 @@ import tempfile
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import joblib  # type: ignore[import-untyped]
+if TYPE_CHECKING:
+    import joblib  # type: ignore[import-untyped]
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -62,22 +68,48 @@ def child_env() -> dict[str, str]:
 
 
 @cache
-def upstream() -> ModuleType:
-    """Upstream kwneuro 1.0's ``cache`` module, installed on first use and loaded on its own."""
-    if not (_KWNEURO_CACHE_PY.is_file() and _KWNEURO_DIST_INFO.is_dir()):
-        _install_kwneuro()
+def upstream(*, install: bool = True) -> ModuleType:
+    """Upstream kwneuro 1.0's ``cache`` module, loaded on its own (without ``kwneuro/__init__``).
+
+    Args:
+        install: whether to ``pip install`` kwneuro into ``benchmarks/.peers`` when neither an
+            installed ``kwneuro`` nor an earlier install there is found.
+
+    Returns:
+        The module, registered in ``sys.modules`` as ``kwneuro_upstream_cache``.
+
+    Raises:
+        Unavailable: kwneuro is not found (and *install* is false), cannot be installed, or its
+            ``cache.py`` fails to load.
+    """
+    cache_py = _installed_cache_py()
+    if cache_py is None:
+        if not (_KWNEURO_CACHE_PY.is_file() and _KWNEURO_DIST_INFO.is_dir()):
+            if not install:
+                raise Unavailable(f"upstream: kwneuro is not installed (nor in {PEERS_DIR})")
+            _install_kwneuro()
+        cache_py = _KWNEURO_CACHE_PY
     name = "kwneuro_upstream_cache"
-    spec = importlib.util.spec_from_file_location(name, _KWNEURO_CACHE_PY)
+    spec = importlib.util.spec_from_file_location(name, cache_py)
     if spec is None or spec.loader is None:
-        raise Unavailable(f"upstream: cannot load {_KWNEURO_CACHE_PY}")
+        raise Unavailable(f"upstream: cannot load {cache_py}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the class is built
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise Unavailable(f"upstream: {_KWNEURO_CACHE_PY} failed to load ({exc!r})") from exc
+        raise Unavailable(f"upstream: {cache_py} failed to load ({exc!r})") from exc
     return module
+
+
+def _installed_cache_py() -> Path | None:
+    """``kwneuro/cache.py`` of an installed kwneuro, found without importing the package."""
+    spec = importlib.util.find_spec("kwneuro")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(folder) / "cache.py").is_file():
+            return Path(folder) / "cache.py"
+    return None
 
 
 def _install_kwneuro() -> None:
@@ -104,4 +136,6 @@ def _install_kwneuro() -> None:
 
 def joblib_memory(location: Path) -> joblib.Memory:
     """A quiet ``joblib.Memory`` storing under *location*."""
+    import joblib  # type: ignore[import-untyped]  # only the benchmarks need it
+
     return joblib.Memory(location, verbose=0)

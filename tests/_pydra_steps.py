@@ -249,13 +249,13 @@ def bad_fstring(dwi: str) -> str:
 
 # --- steps decorated by upstream kwneuro 1.0's own `cacheable` ---------------------------------
 def _upstream_cache_module() -> object | None:
-    """Upstream kwneuro 1.0's cache.py, installed on first use as the benchmarks do."""
+    """Upstream kwneuro 1.0's cache.py when kwneuro is installed; never installed from here."""
     from benchmarks._peers import Unavailable
     from benchmarks._peers import upstream as load_upstream
 
     try:
-        return load_upstream()
-    except Unavailable:  # no package index reachable
+        return load_upstream(install=False)
+    except Unavailable:
         return None
 
 

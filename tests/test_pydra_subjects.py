@@ -36,12 +36,20 @@ def tally(counts: Path) -> dict[str, int]:
     return {f.name: steps.executions(counts, f.name) for f in sorted(counts.iterdir())}
 
 
-@pytest.mark.parametrize(("worker", "options"), [("debug", {}), ("cf", {"n_procs": 2})])
-def test_failures_are_reported_reruns_resume_and_force_follows_dependents(
+WORKERS = pytest.mark.parametrize(("worker", "options"), [("debug", {}), ("cf", {"n_procs": 2})])
+FIXED = dict(SUBJECTS, **{"sub-02": {"dwi": "b"}})
+
+
+@WORKERS
+def test_a_failing_subject_is_reported_and_the_others_complete(
     worker: str, options: dict[str, Any], counts: Path, tmp_path: Path
 ) -> None:
+    """Pydra's result for sub-02 is errored: read as a success, it has no outputs to read."""
     root = tmp_path / "derivatives"
-    results = run_subjects(steps.pipeline3, SUBJECTS, root, worker=worker, **options)
+    try:
+        results = run_subjects(steps.pipeline3, SUBJECTS, root, worker=worker, **options)
+    except Exception as exc:
+        pytest.fail(f"run_subjects raised {exc!r} instead of reporting sub-02's failure")
     assert list(results) == list(SUBJECTS)
     ok = results["sub-01"]
     assert ok.ok and ok.outputs == ("dti(a,mask(a,0.5))", "fa(dti(a,mask(a,0.5)))")
@@ -55,22 +63,44 @@ def test_failures_are_reported_reruns_resume_and_force_follows_dependents(
     assert tally(counts) == {"brain_mask": 3, "estimate_dti": 2, "fa_map": 2}
     assert {p.name for p in root.iterdir()} == set(SUBJECTS)
 
-    fixed = dict(SUBJECTS, **{"sub-02": {"dwi": "b"}})
-    again = run_subjects(steps.pipeline3, fixed, root, worker=worker, **options)
+
+@WORKERS
+def test_a_rerun_after_a_fix_computes_only_what_failed(
+    worker: str, options: dict[str, Any], counts: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "derivatives"
+    run_subjects(steps.pipeline3, SUBJECTS, root, worker=worker, **options)
+    again = run_subjects(steps.pipeline3, FIXED, root, worker=worker, **options)
     assert all(r.ok for r in again.values())
+    assert again["sub-02"].outputs == ("dti(b,mask(b,0.5))", "fa(dti(b,mask(b,0.5)))")
     assert tally(counts) == {"brain_mask": 4, "estimate_dti": 3, "fa_map": 3}
 
-    forced = run_subjects(steps.pipeline3, fixed, root, worker=worker, force={"estimate_dti"})
-    assert {s: r.outputs for s, r in forced.items()} == {s: r.outputs for s, r in again.items()}
-    assert tally(counts) == {"brain_mask": 4, "estimate_dti": 6, "fa_map": 6}
-    run_subjects(steps.pipeline3, fixed, root, worker=worker, force={"fa_map"})
-    assert tally(counts) == {"brain_mask": 4, "estimate_dti": 6, "fa_map": 9}
-    with pytest.raises(ValueError, match="force names steps pipeline3 does not call: nope"):
-        run_subjects(steps.pipeline3, fixed, root, force={"nope"})
 
-    with Cache(root / "sub-02"):  # the workflow's entries serve eager calls
-        assert steps.pipeline3("b") == again["sub-02"].outputs
-    assert tally(counts)["brain_mask"] == 4
+@WORKERS
+def test_forcing_a_step_recomputes_it_and_its_dependents_only(
+    worker: str, options: dict[str, Any], counts: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "derivatives"
+    done = run_subjects(steps.pipeline3, FIXED, root, worker=worker, **options)
+    assert tally(counts) == {"brain_mask": 3, "estimate_dti": 3, "fa_map": 3}
+    forced = run_subjects(steps.pipeline3, FIXED, root, worker=worker, force={"estimate_dti"})
+    assert {s: r.outputs for s, r in forced.items()} == {s: r.outputs for s, r in done.items()}
+    assert tally(counts) == {"brain_mask": 3, "estimate_dti": 6, "fa_map": 6}
+    run_subjects(steps.pipeline3, FIXED, root, worker=worker, force={"fa_map"})
+    assert tally(counts) == {"brain_mask": 3, "estimate_dti": 6, "fa_map": 9}
+
+
+def test_forcing_a_step_the_pipeline_does_not_call_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="force names steps pipeline3 does not call: nope"):
+        run_subjects(steps.pipeline3, FIXED, tmp_path, force={"nope"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_workflows_entries_serve_eager_calls(counts: Path, tmp_path: Path) -> None:
+    done = run_subjects(steps.pipeline3, FIXED, tmp_path, worker="debug")
+    with Cache(tmp_path / "sub-02"):
+        assert steps.pipeline3("b") == done["sub-02"].outputs
+    assert tally(counts) == {"brain_mask": 3, "estimate_dti": 3, "fa_map": 3}
 
 
 def test_eager_entries_are_reused_by_run_subjects(counts: Path, tmp_path: Path) -> None:

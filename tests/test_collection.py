@@ -1,0 +1,44 @@
+"""Collecting the tests installs nothing and imports only what the project's extras install.
+
+Runs ``pytest --collect-only`` over the whole suite in a fresh interpreter whose ``pip``,
+``joblib`` and ``kwneuro`` are stand-ins (first on ``PYTHONPATH``) that leave a mark when they
+are imported: ``pip`` would be a network install (the benchmark peers once installed upstream
+kwneuro into ``benchmarks/.peers`` at import), ``joblib`` is only in the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+_STAND_IN = """\
+from pathlib import Path
+Path({mark!r}).write_text("imported")
+raise ImportError("{name} is a stand-in of tests/test_collection.py")
+"""
+
+
+def test_collection_installs_and_imports_no_peer(tmp_path: Path) -> None:
+    shims, marks = tmp_path / "shims", tmp_path / "marks"
+    marks.mkdir()
+    for name in ("pip", "joblib", "kwneuro"):
+        (shims / name).mkdir(parents=True)
+        stand_in = _STAND_IN.format(mark=str(marks / name), name=name)
+        (shims / name / "__init__.py").write_text(stand_in)
+        (shims / name / "__main__.py").write_text(stand_in)
+    env = dict(os.environ, PIP_NO_INDEX="1", NO_ET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shims), env.get("PYTHONPATH")]))
+    before = sorted(p.name for p in (REPO / "benchmarks").iterdir())
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"collection failed:\n{done.stdout[-4000:]}\n{done.stderr}"
+    assert " error" not in done.stdout.splitlines()[-1], done.stdout[-4000:]
+    assert sorted(p.name for p in marks.iterdir()) == [], "collection imported a peer"
+    assert sorted(p.name for p in (REPO / "benchmarks").iterdir()) == before
+    assert "tests/test_collection.py::test_collection_installs_and_imports_no_peer" in done.stdout
