@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,6 +109,40 @@ def test_place_links_then_replaces_without_touching_the_old_file(tmp_path: Path)
     assert os.path.samefile(second, target)
     assert first.read_text() == "first"  # the entry it linked to is intact
     assert sorted(p.name for p in target.parent.iterdir()) == ["t.nii.gz"]  # no leftovers
+
+
+_AUDITORS: list[Callable[[str, tuple[Any, ...]], None]] = []
+"""What the audit hook calls (an audit hook stays for the process: it is installed once)."""
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    for auditor in _AUDITORS:
+        auditor(event, args)
+
+
+sys.addaudithook(_audit)
+
+
+def test_place_never_lets_the_derivatives_name_go_missing(tmp_path: Path) -> None:
+    """Before every rename, removal and link (an audit hook runs first), the target exists."""
+    old, new, target = tmp_path / "old.nii.gz", tmp_path / "new.nii.gz", tmp_path / "d" / "t"
+    old.write_bytes(b"old bytes")
+    new.write_bytes(b"new bytes")
+    place(old, target)
+    seen: list[tuple[str, bool]] = []
+
+    def check(event: str, args: tuple[Any, ...]) -> None:
+        if event in ("os.rename", "os.remove", "os.link"):
+            seen.append((event, target.exists()))
+
+    _AUDITORS.append(check)
+    try:
+        place(new, target)
+    finally:
+        _AUDITORS.remove(check)
+    assert ("os.rename", True) in seen  # the replacement itself was audited
+    assert all(exists for _, exists in seen), seen
+    assert target.read_bytes() == b"new bytes" and old.read_bytes() == b"old bytes"
 
 
 def test_place_copies_across_file_systems(tmp_path: Path) -> None:

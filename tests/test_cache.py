@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,9 @@ def test_cachespec_fields_and_defaults() -> None:
     spec = CacheSpec(files=["a.npy"], save=np.save, load=np.load)
     assert spec.files == ["a.npy"]
     assert spec.step_name == ""
-    assert CacheSpec[np.ndarray] is not None
+    typed = CacheSpec[np.ndarray](files=["a.npy"], save=np.save, load=np.load)
+    assert isinstance(typed, CacheSpec) and typed == spec  # the type parameter is for checkers
+    assert typing.get_args(CacheSpec[np.ndarray]) == (np.ndarray,)
 
 
 def test_cache_fields_defaults_and_directory_creation(tmp_path: Path) -> None:
@@ -455,6 +458,20 @@ def test_check_code_false_reuses_entries_of_other_code(tmp_path: Path) -> None:
     assert new.CALLS == []
 
 
+def test_check_code_false_serves_the_newest_entry_of_other_code(tmp_path: Path) -> None:
+    versions = [
+        _load_module(tmp_path / f"v{i}.py", STEP_SOURCE.format(doc="", comment="", op=op), "v")
+        for i, op in enumerate(("+", "-", "*"))
+    ]
+    for version in versions[:2]:
+        with Cache(tmp_path / "cache"):
+            version.versioned(5)
+    with Cache(tmp_path / "cache", check_code=False) as cache:
+        assert len(cache.entries("versioned")) == 2
+        assert versions[2].versioned(5).tolist() == [4, 4]  # v2's 5 - 1, not v1's 5 + 1
+    assert versions[2].CALLS == []
+
+
 def test_explain_names_what_differs(tmp_path: Path) -> None:
     @cacheable(npy_spec())
     def scale(x: np.ndarray, factor: float, mode: str = "a") -> np.ndarray:
@@ -498,6 +515,27 @@ def test_list_prune_and_clear(tmp_path: Path) -> None:
         fill(7)
         assert cache.clear(fill) == 1
         assert cache.entries(fill) == []
+
+
+def test_clear_and_prune_leave_the_read_only_caches_alone(tmp_path: Path) -> None:
+    """Both caches are writable: only the rule keeps the lab's entries, not the file system."""
+
+    @cacheable(npy_spec())
+    def sq(x: int) -> np.ndarray:
+        return np.full(2, x * x)
+
+    lab, mine = tmp_path / "lab", tmp_path / "mine"
+    with Cache(lab):
+        sq(2)
+    with Cache(mine, read_only=[lab]) as cache:
+        sq(3)
+        assert cache.clear() == 1
+        assert cache.entries(sq) == []
+        cache.prune(keep=0, older_than=0)
+        assert sq(2).tolist() == [4, 4]  # still served by the lab
+        assert cache.entries(sq) == []
+    with Cache(lab) as shared:
+        assert [e.scalars["x"] for e in shared.entries(sq)] == [2]
 
 
 def test_damaged_entries_are_misses_with_a_warning(tmp_path: Path) -> None:

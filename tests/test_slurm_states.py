@@ -1,0 +1,70 @@
+"""How `SlurmWorker` reads each final Slurm state, without a cluster.
+
+``sbatch`` and ``squeue`` are stand-in executables first on ``PATH``: sbatch accepts the job,
+squeue reports the state under test. The worker runs everything else for real (the job's
+script and pickle, the per-subject log, `SlurmWorker.failures`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pydra")
+
+from pydra.engine.job import Job  # type: ignore[import-untyped]
+from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+
+from kwneuro_pydra.pydra import SchedulerError, SlurmWorker, to_task
+from kwneuro_pydra.pydra._slurm import MEANINGS
+from tests import _pydra_steps as steps
+
+
+def _stand_ins(where: Path, state: str) -> None:
+    where.mkdir()
+    scripts = {
+        "sbatch": "echo 'Submitted batch job 4242'",
+        "squeue": f"echo '{state}|None'",
+    }
+    for name, body in scripts.items():
+        path = where / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def _run_one_job(
+    worker: SlurmWorker, state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run one node of `add_one` for subject ``sub-01`` under a Slurm that reports ``state``."""
+    _stand_ins(tmp_path / "bin", state)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    task = to_task(steps.add_one)(x=1.0, cache_dir=str(tmp_path / "sub-01"))
+    with Submitter(cache_root=tmp_path / "p", worker="debug") as submitter:
+        job = Job(task, submitter=submitter, name="n")
+        assert submitter.loop.run_until_complete(worker.run(job)) is True
+
+
+def test_a_completed_job_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = SlurmWorker(poll_delay=0, log_dir=str(tmp_path / "logs"))
+    _run_one_job(worker, "COMPLETED", tmp_path, monkeypatch)
+    assert worker.failures == {} and worker.job_ids == ["4242"]
+    assert "add_one ended COMPLETED" in (tmp_path / "logs" / "sub-01.log").read_text()
+
+
+@pytest.mark.parametrize("state", sorted(MEANINGS))
+def test_every_other_final_state_is_a_scheduler_error_saying_what_it_means(
+    state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = SlurmWorker(poll_delay=0, log_dir=str(tmp_path / "logs"))
+    with pytest.raises(SchedulerError) as raised:
+        _run_one_job(worker, state, tmp_path, monkeypatch)
+    error = raised.value
+    assert (error.state, error.job_id, error.step) == (state, "4242", "add_one")
+    expected = f"Slurm job 4242 (add_one for sub-01) ended {state}: {MEANINGS[state]}"
+    assert str(error) == expected
+    assert worker.failures == {"sub-01": error}  # what run_subjects reports the subject by
+    log = (tmp_path / "logs" / "sub-01.log").read_text()
+    assert log.rstrip().endswith(expected)
