@@ -141,22 +141,40 @@ def test_count_mismatch_names_the_three_files(tmp_path: Path) -> None:
     assert "32 diffusion volumes" in message and "31 b-values" in message
 
 
-def test_multi_shell_fits_shells_up_to_bmax_and_names_those_left_out(tmp_path: Path) -> None:
-    phantom = make_phantom(SMALL, seed=3, shells=(1000.0, 2000.0, 3000.0))
+def _check_fits_only_up_to(
+    tmp_path: Path, shells: tuple[float, ...], up_to: float, left_out: str, **options: float
+) -> Dwi:
+    """Fitting a phantom of ``shells`` warns ``left_out`` and equals fitting b <= ``up_to``."""
+    phantom = make_phantom(SMALL, seed=3, shells=shells)
     dwi = write_dwi(tmp_path, phantom.signal, phantom.bvals, phantom.bvecs)
-    left_out = r"leaving out 60 volumes of b=2000, 3000 s/mm² \(.*dwi\.bval\).*bmax \(now 1500"
     with pytest.warns(UserWarning, match=left_out):
-        multi = estimate_dti(dwi)
-    low = phantom.bvals <= 1000
+        fitted = estimate_dti(dwi, **options)
+    low = phantom.bvals <= up_to
     alone = Dwi(
         InMemoryVolumeResource(phantom.signal[..., low]),
         InMemoryBvalResource(phantom.bvals[low]),
         InMemoryBvecResource(phantom.bvecs[low]),
     )
-    for name, values in arrays(estimate_dti(alone)).items():
-        np.testing.assert_array_equal(arrays(multi)[name], values, err_msg=name)
+    for name, values in arrays(estimate_dti(alone, **options)).items():
+        np.testing.assert_array_equal(arrays(fitted)[name], values, err_msg=name)
+    return dwi
+
+
+def test_multi_shell_fits_shells_up_to_bmax_and_names_those_left_out(tmp_path: Path) -> None:
+    left_out = r"leaving out 60 volumes of b=2000, 3000 s/mm² \(.*dwi\.bval\).*bmax \(now 1500"
+    dwi = _check_fits_only_up_to(tmp_path, (1000.0, 2000.0, 3000.0), 1000, left_out)
     with pytest.warns(UserWarning, match=r"leaving out 30 volumes of b=3000 s/mm²"):
         estimate_dti(dwi, bmax=2500)
+
+
+def test_only_shells_above_bmax_fit_the_lowest_and_name_the_others(tmp_path: Path) -> None:
+    left_out = r"fitting the tensor to b=2000 s/mm².*leaving out 30 volumes of b=3000 s/mm²"
+    _check_fits_only_up_to(tmp_path, (2000.0, 3000.0), 2000, left_out, bmax=1500)
+
+
+def test_a_shell_just_above_bmax_is_left_out(tmp_path: Path) -> None:
+    left_out = r"fitting the tensor to b=500 s/mm².*leaving out 30 volumes of b=1001 s/mm²"
+    _check_fits_only_up_to(tmp_path, (500.0, 1001.0), 1000, left_out, bmax=1000)
 
 
 def test_a_single_shell_above_bmax_is_fitted_as_it_is() -> None:
