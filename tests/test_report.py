@@ -22,7 +22,7 @@ from kwneuro_pydra.resources import (
     InMemoryBvecResource,
     InMemoryVolumeResource,
 )
-from tests.bids_data import MASK, add_series, good_dataset
+from tests.bids_data import MASK, add_series, bare_dataset, good_dataset
 
 _CHECK = """<script>
 window.addEventListener("load", () => {
@@ -124,6 +124,20 @@ def test_the_report_shows_numbers_steps_and_failures(reported: Path) -> None:
     group = (reported / "report.html").read_text()
     assert "3 succeeded" in group and "1 failed" in group  # sub-02 has two sessions
     assert "mean_b0: no b=0 volume" in group
+
+
+def test_a_failure_message_is_escaped_on_every_page(tmp_path: Path) -> None:
+    """The message names the b-value file, under a folder whose name is markup."""
+    bids_dir = bare_dataset(tmp_path / "R&D" / "<scan>")
+    add_series(bids_dir, "sub-01", b0=False)
+    out = tmp_path / "out"
+    code = main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q", *MASK])
+    assert code == 1
+    pages = {page.name: page.read_text() for page in out.glob("*.html")}
+    assert sorted(pages) == ["report.html", "sub-01.html"]
+    for name, page in pages.items():
+        assert "<scan>" not in page, name
+        assert "R&amp;D/&lt;scan&gt;/sub-01/dwi/sub-01_dwi.bval" in page, name
 
 
 def _png_pixels(data: bytes) -> np.ndarray:
