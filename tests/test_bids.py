@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kwneuro_pydra.bids import BidsError, SeriesError, discover, place, write_json
+from tests._audit import watching
 from tests.bids_data import add_series, bare_dataset, good_dataset
 
 
@@ -111,18 +110,6 @@ def test_place_links_then_replaces_without_touching_the_old_file(tmp_path: Path)
     assert sorted(p.name for p in target.parent.iterdir()) == ["t.nii.gz"]  # no leftovers
 
 
-_AUDITORS: list[Callable[[str, tuple[Any, ...]], None]] = []
-"""What the audit hook calls (an audit hook stays for the process: it is installed once)."""
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    for auditor in _AUDITORS:
-        auditor(event, args)
-
-
-sys.addaudithook(_audit)
-
-
 def test_place_never_lets_the_derivatives_name_go_missing(tmp_path: Path) -> None:
     """Before every rename, removal and link (an audit hook runs first), the target exists."""
     old, new, target = tmp_path / "old.nii.gz", tmp_path / "new.nii.gz", tmp_path / "d" / "t"
@@ -135,11 +122,8 @@ def test_place_never_lets_the_derivatives_name_go_missing(tmp_path: Path) -> Non
         if event in ("os.rename", "os.remove", "os.link"):
             seen.append((event, target.exists()))
 
-    _AUDITORS.append(check)
-    try:
+    with watching(check):
         place(new, target)
-    finally:
-        _AUDITORS.remove(check)
     assert ("os.rename", True) in seen  # the replacement itself was audited
     assert all(exists for _, exists in seen), seen
     assert target.read_bytes() == b"new bytes" and old.read_bytes() == b"old bytes"

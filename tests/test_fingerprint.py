@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kwneuro_pydra import Cache, _filedigest, fingerprint
+from tests._audit import watching
 from tests.strategies import arrays, copy_value, values
 
 HEX = set("0123456789abcdef")
@@ -285,6 +286,24 @@ def test_a_hard_link_keeps_the_memoised_digest_but_a_write_does_not(
         handle.write(b"b")
     _filedigest.carry_over(path, before)
     assert fingerprint(path) != first and hash_calls == [path, path]
+
+
+def test_a_file_written_within_the_racy_window_is_hashed_at_every_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However long the test takes, the file stays racy: an hour-wide window."""
+    monkeypatch.setattr(_filedigest, "RACY_WINDOW_NS", 3600 * 10**9)
+    path = tmp_path / "fresh.nii"
+    path.write_bytes(b"a" * 4096)
+    opened: list[object] = []
+
+    def count(event: str, args: tuple[Any, ...]) -> None:
+        if event == "open" and args[0] in (path, str(path)):
+            opened.append(args[0])
+
+    with watching(count):
+        assert fingerprint(path) == fingerprint(path)
+    assert len(opened) == 2
 
 
 def test_racy_files_are_not_memoised(tmp_path: Path, hash_calls: list[Path]) -> None:
