@@ -20,7 +20,7 @@ import pytest
 
 from kwneuro_pydra import Cache
 from kwneuro_pydra.cache import step_of
-from tests.test_review import _import_file
+from tests._step_files import import_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ def _load(directory: Path, name: str, **fields: str) -> ModuleType:
     """Write module ``name`` into ``directory`` and import it afresh under that name."""
     directory.mkdir(exist_ok=True)
     (directory / f"{name}.py").write_text(_MODULE.format(**(_DEFAULTS | fields)))
-    return _import_file(directory / f"{name}.py", name)
+    return import_file(directory / f"{name}.py", name)
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def config(tmp_path: Path) -> Path:
     (tmp_path / "mods").mkdir()
     path = tmp_path / "mods" / "rvc_config.py"
     path.write_text("SCALE = 2\n")
-    _import_file(path, "rvc_config")
+    import_file(path, "rvc_config")
     yield path
     sys.modules.pop("rvc_config", None)
 
@@ -115,7 +115,7 @@ def test_an_edited_constant_of_an_imported_module_is_a_miss(tmp_path: Path, conf
     with Cache(tmp_path / "cache"):
         assert _load(tmp_path / "mods", "rvc_attr", **fields).scaled(5) == 10
         config.write_text("SCALE = 3\n")
-        _import_file(config, "rvc_config")
+        import_file(config, "rvc_config")
         assert _load(tmp_path / "mods", "rvc_attr", **fields).scaled(5) == 15
     sys.modules.pop("rvc_attr", None)
 
@@ -149,9 +149,9 @@ def test_an_edited_protocol_method_of_the_return_type_is_a_miss(tmp_path: Path) 
     path = tmp_path / "rvc_protocol.py"
     with Cache(tmp_path / "cache"):
         path.write_text(_PROTOCOL_MODULE.format(suffix=""))
-        assert _import_file(path, "rvc_protocol").greet("ada").text == "hello ada"
+        assert import_file(path, "rvc_protocol").greet("ada").text == "hello ada"
         path.write_text(_PROTOCOL_MODULE.format(suffix=' + "!"'))
-        assert _import_file(path, "rvc_protocol").greet("ada").text == "hello ada!"
+        assert import_file(path, "rvc_protocol").greet("ada").text == "hello ada!"
     sys.modules.pop("rvc_protocol", None)
 
 
@@ -203,7 +203,7 @@ def test_reading_a_deprecated_module_attribute_warns_nobody(tmp_path: Path) -> N
         "        return 2\n"
         "    raise AttributeError(name)\n"
     )
-    _import_file(lazy, "rvc_lazy")
+    import_file(lazy, "rvc_lazy")
     fields = {"above": "import rvc_lazy", "body": "x * 2 if x else rvc_lazy.OLD"}
     step = step_of(_load(tmp_path / "mods", "rvc_uses_lazy", **fields).scaled)
     assert step is not None
