@@ -61,7 +61,7 @@ def test_the_result_comes_from_the_subjects_cache_not_from_pydras_job_cache(
     monkeypatch.setenv("KWNEURO_TEST_STAMP", "pydra")
     first = run_subjects(steps.stamped, subjects, root, worker="debug", job_cache=jobs)
     assert first["sub-01"].outputs == ("1.0:pydra", 4.0)
-    stored = [load_result(p.name, [jobs]) for p in jobs.glob("python-*")]
+    stored = [load_result(p.name, [p.parent]) for p in jobs.glob("run-*/python-*")]
     assert "1.0:pydra" in [r.outputs.out for r in stored if r is not None]
 
     monkeypatch.setenv("KWNEURO_TEST_STAMP", "eager")

@@ -195,7 +195,7 @@ def test_nothing_is_written_outside_the_cache_root_and_the_private_job_cache(
     (jobs,) = (home / ".cache" / "kwneuro-pydra" / "jobs").iterdir()
     assert all(p in jobs.parents or p == jobs or jobs in p.parents for p in home.rglob("*"))
     assert stat.S_IMODE(jobs.stat().st_mode) == 0o700
-    assert any(jobs.glob("python-*/_result.pklz")) and (jobs / "hash-memo").is_dir()
+    assert any(jobs.glob("run-*/python-*/_result.pklz")) and (jobs / "hash-memo").is_dir()
 
 
 def test_importing_the_package_does_not_import_pydra(tmp_path: Path) -> None:
