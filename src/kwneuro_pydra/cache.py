@@ -55,7 +55,8 @@ class StepHandler(Protocol):
 
 
 _HANDLER: ContextVar[StepHandler | None] = ContextVar("kwneuro_pydra_handler", default=None)
-_STEPS: dict[str, Step] = {}
+_STEPS: dict[str, dict[str, Step]] = {}
+"""The decorated steps by step name, then by function (module and qualified name)."""
 
 
 @contextlib.contextmanager
@@ -210,7 +211,9 @@ class Cache:
     automatically."""
     force: bool | set[str] = False
     """Cache bypass control. False uses all cached outputs, True recomputes everything, a set
-    of step names recomputes only those steps."""
+    of step names recomputes only those steps. A step is named by its step name (every
+    function of that name), or by its function's module and qualified name
+    (``"mymodule.smooth"``: that function only, where two modules define a step ``smooth``)."""
     _: dataclasses.KW_ONLY
     check_code: bool = True
     """When True (default), an entry made by other code of the step is a miss. When False,
@@ -253,7 +256,7 @@ class Cache:
             )
         if not isinstance(self.force, bool):
             self.force = set(self.force)
-            unknown = sorted(self.force - _STEPS.keys())
+            unknown = sorted(self.force - _STEPS.keys() - {f for s in _STEPS.values() for f in s})
             if unknown:
                 warnings.warn(
                     f"Cache(force=...) names steps that no @cacheable function defines: "
@@ -284,6 +287,10 @@ class Cache:
         """Return True if this step should bypass the cache."""
         return self.force is True or (not isinstance(self.force, bool) and step_name in self.force)
 
+    def _forced(self, step: Step) -> bool:
+        """True when ``force`` names this step, by its name or by its function."""
+        return self.is_forced(step.name) or self.is_forced(step.function)
+
     def is_cached(
         self,
         step_name: str,
@@ -311,11 +318,11 @@ class Cache:
             return False
         encoded = {name: encode_scalar(value) for name, value in (scalars or {}).items()}
         arguments = StepArguments(encoded, dict(hashes or {}))
-        step = _STEPS.get(step_name)
-        if step is None:  # not decorated here: the newest entry of any code
+        steps = _STEPS.get(step_name)
+        if not steps:  # not decorated here: the newest entry of any code
             stores = (self._store, *self._shared)
             return any(_newest(store, step_name, arguments, files) for store in stores)
-        return self._entry(step, arguments, files=files) is not None
+        return any(self._entry(s, arguments, files=files) for s in steps.values())
 
     def status(self, steps: list[Callable[..., Any]]) -> dict[str, bool]:
         """Return a mapping of each step's qualified name to whether all its cached output files exist.
@@ -339,7 +346,7 @@ class Cache:
                 result[fn.__qualname__] = any(
                     self._store.lookup(step.name, e.key, files)
                     for e in self.entries(fn)
-                    if e.code == step.code or not self.check_code
+                    if e.code == step.code or (not self.check_code and _made_by(e, step))
                 )
         return result
 
@@ -382,11 +389,11 @@ class Cache:
         if arguments is None:
             return _explanation(found.name, "", None, [_UNKEYABLE])
         key = entry_key(arguments.scalars, arguments.hashes, found.code)
-        stored = self.entries(found.name)
+        stored = [e for e in self.entries(found.name) if _made_by(e, found)]
         closest = min(
             stored, key=lambda e: len(_differences(found, arguments, e, self)), default=None
         )
-        if self.is_forced(found.name):
+        if self._forced(found):
             return _explanation(found.name, key, closest, [_FORCED])
         if closest is None:
             return _explanation(found.name, key, None, [_NO_ENTRY])
@@ -424,8 +431,10 @@ class Cache:
         Args:
             keep: Keep only this many most recent entries per step.
             older_than: Remove entries created more than this many seconds ago.
-            stale_code: Remove the entries made by other code than the step's current code
-                (for the steps decorated in this process; others are left alone).
+            stale_code: Remove the entries made by other code than the step's current code:
+                those of the functions decorated in this process (an entry records its
+                function's module and qualified name), so a step of the same name in
+                another module keeps its entries.
             dry_run: Remove nothing; return what would be removed.
 
         Returns:
@@ -438,8 +447,13 @@ class Cache:
             doomed = entries[: max(len(entries) - keep, 0)] if keep is not None else []
             if cutoff is not None:
                 doomed += [e for e in entries if _timestamp(e) < cutoff]
-            if stale_code and (step := _STEPS.get(name)) is not None:
-                doomed += [e for e in entries if e.code != step.code]
+            if stale_code:
+                steps = _STEPS.get(name, {})
+                doomed += [
+                    e
+                    for e in entries
+                    if (step := steps.get(e.function or "")) is not None and e.code != step.code
+                ]
             for entry in {e.path: e for e in doomed}.values():
                 if not dry_run:
                     self._store.remove(entry)
@@ -470,7 +484,7 @@ class Cache:
                 key = key or entry_key(arguments.scalars, arguments.hashes, step.code)
                 found = store.lookup(step.name, key, files, warn=warn)
             else:
-                found = _newest(store, step.name, arguments, files, warn=warn)
+                found = _newest(store, step.name, arguments, files, warn=warn, step=step)
             if found is not None:
                 return found
         return None
@@ -517,9 +531,11 @@ class Cache:
             return Lookup(StepState.CACHED, *served)
         stale = (
             self.check_code
-            and not self.is_forced(found.name)
+            and not self._forced(found)
             and any(
-                e.code != found.code and e.selected_by(arguments.scalars, arguments.hashes)
+                e.code != found.code
+                and _made_by(e, found)
+                and e.selected_by(arguments.scalars, arguments.hashes)
                 for e in self._store.entries(found.name, warn=False)
             )
         )
@@ -553,7 +569,7 @@ class Cache:
     ) -> tuple[Entry, Any] | None:
         """The entry that serves a call and its loaded result, without the lock; None when
         the step is forced or nothing serves it."""
-        if self.is_forced(step.name) or not (entry := self._entry(step, arguments, key=key)):
+        if self._forced(step) or not (entry := self._entry(step, arguments, key=key)):
             return None
         try:
             before = os.stat(entry.path).st_ino
@@ -569,7 +585,7 @@ class Cache:
         if arguments is None or unsteady_count() != unsteady:  # warned: runs uncached
             return step.fn(*args, **kwargs)
         files = step.files()
-        forced = self.is_forced(step.name)
+        forced = self._forced(step)
         key = entry_key(arguments.scalars, arguments.hashes, step.code)
         if (served := self._serve(step, arguments, key)) is not None:
             return served[1]
@@ -607,7 +623,7 @@ class Cache:
                 "scalars": arguments.scalars,
                 "hashes": arguments.hashes,
                 "code": step.code,
-                "function": f"{step.fn.__module__}.{step.fn.__qualname__}",
+                "function": step.function,
                 "duration": duration,
             }
             try:
@@ -688,14 +704,27 @@ def _step_name(step: Callable[..., Any] | str) -> str:
 
 
 def _newest(
-    store: Store, name: str, arguments: StepArguments, files: list[str], *, warn: bool = True
+    store: Store,
+    name: str,
+    arguments: StepArguments,
+    files: list[str],
+    *,
+    warn: bool = True,
+    step: Step | None = None,
 ) -> Entry | None:
     """The newest intact entry of step ``name`` in ``store`` holding these arguments, made
-    by any code."""
+    by any code (of ``step``'s function, when given)."""
     for entry in reversed(list(store.entries(name, warn=warn))):
-        if entry.selected_by(arguments.scalars, arguments.hashes):
+        mine = step is None or _made_by(entry, step)
+        if mine and entry.selected_by(arguments.scalars, arguments.hashes):
             return store.lookup(name, entry.key, files, warn=warn)
     return None
+
+
+def _made_by(entry: Entry, step: Step) -> bool:
+    """True unless the entry records another function than the step's (one of the same step
+    name in another module, say)."""
+    return entry.function is None or entry.function == step.function
 
 
 _Reason = tuple[MissReason, str]
@@ -796,7 +825,7 @@ def cacheable(fn_or_spec: Callable[..., Any] | CacheSpec[Any]) -> Any:
 
 def _decorate(fn: Callable[..., Any], spec: CacheSpec[Any] | None) -> Callable[..., Any]:
     step = Step(fn, spec)
-    _STEPS[step.name] = step
+    _STEPS.setdefault(step.name, {})[step.function] = step
     get_handler = _HANDLER.get
 
     @functools.wraps(fn)
