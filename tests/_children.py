@@ -28,7 +28,9 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def jobs_run(jobs: Path) -> list[str]:
-    """Names of Pydra's job directories in a job cache: each node or workflow run leaves one."""
+    """Names of Pydra's job directories in a job cache: each node or workflow run leaves one
+    in the directory of its run (``run-*``, kept until the next run)."""
     if not jobs.exists():
         return []
-    return sorted(p.name for p in jobs.iterdir() if p.is_dir() and p.name != "hash-memo")
+    runs = [p for p in jobs.iterdir() if p.is_dir() and p.name.startswith("run-")]
+    return sorted(job.name for run in runs for job in run.iterdir() if job.is_dir())

@@ -176,8 +176,11 @@ def burn(x: float, seconds: float = 0.5) -> float:
 
 @cacheable(json_spec("stamp"))
 def stamp(x: float) -> str:
-    """Its result carries ``$KWNEURO_TEST_STAMP``, which is not part of its key."""
+    """Its result carries ``$KWNEURO_TEST_STAMP``, which is not part of its key; it raises
+    when that is ``raise``."""
     _count("stamp")
+    if os.environ.get("KWNEURO_TEST_STAMP") == "raise":
+        raise ValueError(f"stamp({x}) told to raise")
     return f"{x}:{os.environ.get('KWNEURO_TEST_STAMP', '')}"
 
 

@@ -449,8 +449,11 @@ def test_code_changes_are_misses_but_comments_docstrings_formatting_are_not(
 
 
 def test_check_code_false_reuses_entries_of_other_code(tmp_path: Path) -> None:
-    old = _load_module(tmp_path / "old.py", STEP_SOURCE.format(doc="", comment="", op="+"), "old")
-    new = _load_module(tmp_path / "new.py", STEP_SOURCE.format(doc="", comment="", op="*"), "new")
+    """One module edited (loaded again under its name): its step's old entries serve."""
+    old_source = STEP_SOURCE.format(doc="", comment="", op="+")
+    old = _load_module(tmp_path / "old.py", old_source, "versioned_steps")
+    new_source = STEP_SOURCE.format(doc="", comment="", op="*")
+    new = _load_module(tmp_path / "new.py", new_source, "versioned_steps")
     with Cache(tmp_path / "cache"):
         old.versioned(5)
     with Cache(tmp_path / "cache", check_code=False):
@@ -742,3 +745,123 @@ def test_prune_stale_code_keeps_only_entries_of_the_current_code(tmp_path: Path)
         (kept,) = cache.entries("versioned")
     assert len(removed) == 2
     assert kept.code == step_of(new.versioned).code  # type: ignore[union-attr]
+
+
+def test_lookup_says_which_entry_serves_a_call_or_why_none_does(tmp_path: Path) -> None:
+    from kwneuro_pydra._plan import plan
+    from kwneuro_pydra.cache import Lookup, MissReason, StepState
+
+    v1 = _load_module(tmp_path / "v1.py", STEP_SOURCE.format(doc="", comment="", op="+"), "lk")
+    with Cache(tmp_path / "cache") as cache:
+        assert cache.lookup(v1.versioned, 5) == Lookup(StepState.MISSING)
+        v1.versioned(5)
+        hit = cache.lookup(v1.versioned, 5)
+        assert hit.state is StepState.CACHED and hit.state == "cached"  # a str as well
+        assert hit.value.tolist() == [6, 6] and hit.entry == cache.entries("versioned")[0]
+        assert cache.lookup(step_of(v1.versioned), x=5).entry == hit.entry  # its Step too
+    assert Cache(tmp_path / "cache", force={"versioned"}).lookup(v1.versioned, 5).entry is None
+    complete = plan(lambda x: v1.versioned(x), {"x": 5}, tmp_path / "cache")
+    assert complete.complete and complete.outputs.tolist() == [6, 6]
+
+    v2 = _load_module(tmp_path / "v2.py", STEP_SOURCE.format(doc="", comment="", op="*"), "lk")
+    cache = Cache(tmp_path / "cache")
+    assert cache.lookup(v2.versioned, 5) == Lookup(StepState.STALE)  # its code changed
+    assert cache.lookup(v2.versioned, 6) == Lookup(StepState.MISSING)
+    with pytest.raises(KeyError, match="no stored result of step 'versioned'"):
+        cache.load(v2.versioned, 5)
+    assert cache.explain(v2.versioned, 5).causes == (MissReason.CODE,)
+    assert cache.explain(v2.versioned, 6).causes == (MissReason.ARGUMENT, MissReason.CODE)
+    stale = plan(lambda x: v2.versioned(x), {"x": 5}, tmp_path / "cache", [v2.versioned])
+    assert stale.states == {"versioned": StepState.STALE} and not stale.complete
+
+
+SMOOTH_SOURCE = """
+import json
+from kwneuro_pydra import CacheSpec, cacheable
+CALLS = []
+spec = CacheSpec(files=["s.json"], save=lambda r, d: (d / "s.json").write_text(json.dumps(r)),
+                 load=lambda d: json.loads((d / "s.json").read_text()))
+
+@cacheable(spec)
+def smooth(x: float) -> float:
+    CALLS.append(x)
+    return x + {offset}
+"""
+
+
+def test_two_modules_defining_one_step_name_never_share_entries(tmp_path: Path) -> None:
+    a = _load_module(tmp_path / "a.py", SMOOTH_SOURCE.format(offset=1), "smooth_a")
+    b = _load_module(tmp_path / "b.py", SMOOTH_SOURCE.format(offset=100), "smooth_b")
+    root = tmp_path / "cache"
+    with Cache(root):
+        assert b.smooth(3.0) == 103.0
+    with Cache(root, check_code=False) as cache:
+        assert a.smooth(3.0) == 4.0 and a.CALLS == [3.0]  # never B's entry
+        assert cache.lookup(a.smooth, 3.0).value == 4.0
+        assert cache.status([a.smooth, b.smooth]) == {"smooth": True}
+    entries = {e.function: e for e in Cache(root).entries("smooth")}
+    assert set(entries) == {"smooth_a.smooth", "smooth_b.smooth"}
+
+    with Cache(root, force={"smooth_a.smooth"}):  # the one meant, by module and name
+        assert (a.smooth(3.0), b.smooth(3.0)) == (4.0, 103.0)
+    assert (a.CALLS, b.CALLS) == ([3.0, 3.0], [3.0])
+    with Cache(root, force={"smooth"}):  # the step name: every function of that name
+        assert (a.smooth(3.0), b.smooth(3.0)) == (4.0, 103.0)
+    assert (len(a.CALLS), len(b.CALLS)) == (3, 2)
+
+    a_edited = _load_module(tmp_path / "a2.py", SMOOTH_SOURCE.format(offset=2), "smooth_a")
+    assert Cache(root).prune(stale_code=True) == [entries["smooth_a.smooth"].path]
+    assert [e.function for e in Cache(root).entries("smooth")] == ["smooth_b.smooth"]
+    with Cache(root):
+        assert (a_edited.smooth(3.0), b.smooth(3.0)) == (5.0, 103.0)
+    assert len(b.CALLS) == 2
+
+
+RECORDED_MODULE = """import json
+
+from kwneuro_pydra import CacheSpec, cacheable
+
+CALLS = []
+
+
+@cacheable(
+    CacheSpec(
+        files=["blur.json"],
+        save=lambda r, d: (d / "blur.json").write_text(json.dumps(r)),
+        load=lambda d: json.loads((d / "blur.json").read_text()),
+    )
+)
+def blur(x: float, width: int = 2) -> float:
+    CALLS.append(x)
+    return x * width + 0.5
+"""
+RECORDED_KEY = "11aaabe80634220172c4619173784db4c2a914ed0b2abd2b3100280531f43fdd"
+RECORDED_SIDECAR = {
+    "code": "25113fe596b101fc1de42278f354ae6c3ffe47a135744cb7f5a52a5b39121008",
+    "created": "2026-12-05T06:55:01.401023+00:00",
+    "duration": 2.8550000479299342e-06,
+    "files": {"blur.json": {"digest": "xxh3_128:681375b1a3b3f199e0bfa5d6b0031922", "size": 3}},
+    "format": 1,
+    "function": "recorded_steps.blur",
+    "hashes": {},
+    "library": "kwneuro-pydra 0.1.0",
+    "scalars": {"width": 2, "x": 3.0},
+    "step": "blur",
+}
+"""An entry of ``recorded_steps.blur(3.0)`` as the library wrote it before a step's identity
+included its module and qualified name (commit 2d12f1d)."""
+
+
+def test_an_entry_recorded_before_steps_had_a_module_identity_is_still_served(
+    tmp_path: Path,
+) -> None:
+    entry = tmp_path / "cache" / "blur" / RECORDED_KEY
+    entry.mkdir(parents=True)
+    (entry / "blur.params.json").write_text(json.dumps(RECORDED_SIDECAR))
+    (entry / "blur.json").write_text("6.5")
+    module = _load_module(tmp_path / "recorded_steps.py", RECORDED_MODULE, "recorded_steps")
+    for check_code in (True, False):
+        with Cache(tmp_path / "cache", check_code=check_code):
+            assert module.blur(3.0) == 6.5
+    assert module.CALLS == []
+    assert Cache(tmp_path / "cache").prune(stale_code=True) == []

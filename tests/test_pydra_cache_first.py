@@ -61,7 +61,7 @@ def test_the_result_comes_from_the_subjects_cache_not_from_pydras_job_cache(
     monkeypatch.setenv("KWNEURO_TEST_STAMP", "pydra")
     first = run_subjects(steps.stamped, subjects, root, worker="debug", job_cache=jobs)
     assert first["sub-01"].outputs == ("1.0:pydra", 4.0)
-    stored = [load_result(p.name, [jobs]) for p in jobs.glob("python-*")]
+    stored = [load_result(p.name, [p.parent]) for p in jobs.glob("run-*/python-*")]
     assert "1.0:pydra" in [r.outputs.out for r in stored if r is not None]
 
     monkeypatch.setenv("KWNEURO_TEST_STAMP", "eager")
@@ -138,3 +138,35 @@ def test_steps_their_cache_answers_are_not_scheduled(
                          job_cache=jobs)  # fmt: skip
     assert again["sub-01"].outputs == 10.0
     assert steps.executions(counts) == 8
+
+
+def test_each_run_submits_into_its_own_job_directory_and_the_job_cache_stays_bounded(
+    counts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    from kwneuro_pydra.pydra._jobs import MAX_AGE, run_directory
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "derivatives"
+    jobs = job_cache(root, None)
+    for x in (1.0, 2.0, 3.0):
+        run_subjects(steps.chain4, {"sub-01": {"x": x}}, root, worker="debug")
+        (run,) = jobs.glob("run-*")  # the last run's directory only
+        assert run.stat().st_mode & 0o777 == 0o700 and any(run.glob("python-*"))
+    with run_directory(jobs) as held:  # a run going on: its directory stays
+        run_subjects(steps.chain4, {"sub-01": {"x": 4.0}}, root, worker="debug")
+        assert held.is_dir() and len(list(jobs.glob("run-*"))) == 2
+    memo = jobs / "hash-memo" / "old"
+    memo.write_text("")
+    os.utime(memo, (time.time() - MAX_AGE - 60,) * 2)
+
+    # the job caches of other cache roots: their old run directories go, recent ones stay
+    other = job_cache(tmp_path / "elsewhere", None)
+    with run_directory(other) as old, run_directory(other) as recent:
+        pass
+    os.utime(old, (time.time() - MAX_AGE - 60,) * 2)
+    run_subjects(steps.chain4, {"sub-01": {"x": 5.0}}, root, worker="debug")
+    assert not old.exists() and recent.is_dir() and not memo.exists()
+    assert len(list(jobs.glob("run-*"))) == 1

@@ -225,7 +225,7 @@ def test_nothing_is_written_outside_the_cache_root_and_the_private_job_cache(
     (jobs,) = (home / ".cache" / "kwneuro-pydra" / "jobs").iterdir()
     assert all(p in jobs.parents or p == jobs or jobs in p.parents for p in home.rglob("*"))
     assert stat.S_IMODE(jobs.stat().st_mode) == 0o700
-    assert any(jobs.glob("python-*/_result.pklz")) and (jobs / "hash-memo").is_dir()
+    assert any(jobs.glob("run-*/python-*/_result.pklz")) and (jobs / "hash-memo").is_dir()
 
 
 def test_importing_the_package_does_not_import_pydra(tmp_path: Path) -> None:
@@ -253,3 +253,31 @@ def test_a_step_that_runs_uncached_still_returns_its_result(counts: Path, tmp_pa
         )
     assert results["s"].ok, results["s"].failure
     assert results["s"].outputs == "HI"
+
+
+@pytest.mark.parametrize(("worker", "options"), [("debug", {}), ("cf", {"n_procs": 2})])
+def test_a_forced_step_that_raises_fails_its_subject_whatever_an_older_entry_holds(
+    worker: str, options: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, jobs = tmp_path / "derivatives", tmp_path / "jobs"
+    subjects = {"sub-01": {"x": 1.0}, "sub-02": {"x": 2.0}}
+    monkeypatch.setenv("KWNEURO_TEST_STAMP", "old")
+    first = run_subjects(steps.stamped, subjects, root, worker=worker, job_cache=jobs, **options)
+    assert first["sub-01"].outputs == ("1.0:old", 4.0)
+
+    monkeypatch.setenv("KWNEURO_TEST_STAMP", "raise")
+    with Cache(root / "sub-01", force={"stamp"}), pytest.raises(ValueError, match="told to"):
+        steps.stamp(1.0)  # eagerly: the forced call raises, the old entry notwithstanding
+    forced = run_subjects(steps.stamped, subjects, root, worker=worker, job_cache=jobs,
+                          force={"stamp"}, **options)  # fmt: skip
+    for subject, result in forced.items():
+        assert not result.ok and result.outputs is None, subject
+        assert result.failure is not None and result.failure.step == "stamp"
+        assert isinstance(result.failure.exception, ValueError)
+        assert "told to raise" in str(result.failure)
+    assert Cache(root / "sub-01").load(steps.stamp, 1.0) == "1.0:old"  # kept, not served
+
+    monkeypatch.setenv("KWNEURO_TEST_STAMP", "new")  # fixed: the forced rerun succeeds
+    again = run_subjects(steps.stamped, subjects, root, worker=worker, job_cache=jobs,
+                         force={"stamp"}, **options)  # fmt: skip
+    assert again["sub-02"].outputs == ("2.0:new", 6.0)

@@ -108,3 +108,31 @@ def test_a_dti_result_flows_between_pydra_nodes_with_keyword_inputs(
         assert eager.fa.path == result.fa.path
     (entry,) = cache.entries("estimate_dti")
     assert entry.scalars["fit_method"] == "OLS"
+
+
+@pytest.mark.parametrize("start_over", ["rm -rf", "clear", "one subject"])
+def test_starting_over_recomputes_and_never_meets_pydras_old_results(
+    subjects: dict[str, dict[str, Any]], tmp_path: Path, start_over: str
+) -> None:
+    """The app's pipeline (several steps take one step's result) with the cf worker, run
+    again after its cache root is removed, cleared, or one subject's folder removed."""
+    import shutil
+
+    from kwneuro_pydra.pydra import run_subjects
+    from kwneuro_pydra.workflows.bids_app import bids_dti
+
+    root = tmp_path / "cache"
+    first = run_subjects(bids_dti, subjects, root, worker="cf", n_procs=2)
+    assert all(r.ok for r in first.values()), first
+    if start_over == "rm -rf":
+        shutil.rmtree(root)
+    elif start_over == "clear":
+        assert all(Cache(root / s).clear() > 0 for s in subjects)
+    else:
+        shutil.rmtree(root / "sub-1")
+    again = run_subjects(bids_dti, subjects, root, worker="cf", n_procs=2)
+    assert all(r.ok for r in again.values()), [str(r.failure) for r in again.values()]
+    for subject in subjects:
+        fa = again[subject].outputs[2].fa
+        assert fa.path.is_relative_to(root / subject) and fa.path.exists()
+        np.testing.assert_array_equal(fa.get_array(), first[subject].outputs[2].fa.get_array())

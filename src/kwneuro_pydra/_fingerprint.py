@@ -26,7 +26,7 @@ import xxhash
 from kwneuro_pydra._dirdigest import UndigestableTree, tree_digest
 from kwneuro_pydra._filedigest import file_digest
 
-__all__ = ["Unfingerprintable", "fingerprint", "memory_digest"]
+__all__ = ["Unfingerprintable", "fingerprint", "has_handler", "memory_digest"]
 
 _T = TypeVar("_T")
 
@@ -89,6 +89,17 @@ def _by_type(value: object) -> bytes:
     if attrs.has(cls):
         return _fields_token("attrs", value, [a.name for a in attrs.fields(cls)])
     raise Unfingerprintable(type(value).__qualname__)
+
+
+def has_handler(cls: type) -> bool:
+    """Return True when `fingerprint` has a handler for instances of ``cls`` (of its own,
+    of a base class, or registered): not only the default one of dataclass and attrs
+    instances.
+
+    Args:
+        cls: Any class.
+    """
+    return _by_type.dispatch(cls) is not _DEFAULT
 
 
 def _fields_token(tag: str, value: object, names: list[str]) -> bytes:
@@ -324,6 +335,7 @@ class _Fingerprint:
 
 
 fingerprint = _Fingerprint()
+_DEFAULT = _by_type.dispatch(object)
 
 
 def _prime() -> None:

@@ -2,7 +2,8 @@
 
 Replays the pipeline with a handler that only looks into the cache (never computes), so the
 answer costs one lookup per step. The command line uses it for ``status``, to count the work
-of a run, and to serve subjects whose every step is cached without scheduling anything.
+of a run, and to serve subjects whose every step is cached without scheduling anything;
+`kwneuro_pydra.pydra.run_subjects` reads each subject's outputs back with it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ import attrs
 
 from kwneuro_pydra._step import Step
 from kwneuro_pydra._store import Entry
-from kwneuro_pydra.cache import Cache, handling_steps, step_of
+from kwneuro_pydra.cache import Cache, StepState, handling_steps, step_of
 
-__all__ = ["CACHED", "MISSING", "STALE", "Plan", "plan"]
-
-CACHED, STALE, MISSING = "cached", "stale", "missing"
-_CODE_CHANGED = "the step's code changed since the entry was made"
+__all__ = ["Plan", "StepState", "plan"]
 
 
 @attrs.frozen
@@ -28,20 +26,17 @@ class Plan:
     """The state of each step of a pipeline for one subject.
 
     Attributes:
-        states: Step name -> `CACHED`, `STALE` (an entry of other code only) or `MISSING`,
-            in the order of the ``steps`` given to `plan`.
+        states: Step name -> its `StepState`, in the order of the ``steps`` given to `plan`
+            (else in the order the pipeline calls them, up to the first that is not cached).
         entries: Step name -> the entry that serves it, for the cached steps.
         outputs: What the pipeline returns when every step is cached, else None.
+        complete: True when every step is cached (``outputs`` is then what it returns).
     """
 
-    states: dict[str, str]
+    states: dict[str, StepState]
     entries: dict[str, Entry]
     outputs: Any
-
-    @property
-    def complete(self) -> bool:
-        """True when every step is cached."""
-        return all(state == CACHED for state in self.states.values())
+    complete: bool
 
 
 class _Stop(Exception):
@@ -51,42 +46,39 @@ class _Stop(Exception):
 class _Lookup:
     """Step handler that serves calls from a cache and records what it finds."""
 
-    def __init__(self, cache: Cache, functions: Mapping[str, Callable[..., Any]]) -> None:
+    def __init__(self, cache: Cache) -> None:
         self.cache = cache
-        self.functions = functions
-        self.states: dict[str, str] = {}
+        self.states: dict[str, StepState] = {}
         self.entries: dict[str, Entry] = {}
 
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        served = self.cache._served(step, args, kwargs)
-        if served is not None:
-            self.states[step.name] = CACHED
-            self.entries[step.name] = served[0]
-            return served[1]
-        explanation = self.cache.explain(self.functions[step.name], *args, **kwargs)
-        stale = explanation.closest is not None and explanation.reasons == (_CODE_CHANGED,)
-        self.states[step.name] = STALE if stale else MISSING
-        raise _Stop
+        found = self.cache.lookup(step, *args, **kwargs)
+        self.states[step.name] = found.state
+        if found.entry is None:
+            raise _Stop
+        self.entries[step.name] = found.entry
+        return found.value
 
 
 def plan(
     pipeline: Callable[..., Any],
     inputs: Mapping[str, Any],
     cache_dir: Path,
-    steps: Sequence[Callable[..., Any]],
+    steps: Sequence[Callable[..., Any]] | None = None,
 ) -> Plan:
     """Look up every step call of ``pipeline(**inputs)`` in ``Cache(cache_dir)``.
 
     Nothing is computed and no entry is written (a cache folder that does not exist is not
     made); the digests of large input files are memoised in the cache, as a call in it would,
     so the next look in another process does not read them again. Steps after the first that
-    is not cached are `MISSING`: their inputs do not exist yet.
+    is not cached are `StepState.MISSING`: their inputs do not exist yet.
 
     Args:
         pipeline: A pipeline of `cacheable` steps.
         inputs: Its arguments.
         cache_dir: The subject's cache folder.
-        steps: The `cacheable` functions the pipeline calls, in the order to report them.
+        steps: The `cacheable` functions the pipeline calls, in the order to report them;
+            None: the steps the pipeline calls until one is not cached.
 
     Returns:
         The `Plan`.
@@ -94,21 +86,23 @@ def plan(
     Raises:
         TypeError: One of ``steps`` is not `cacheable`.
     """
-    functions = {}
-    for function in steps:
+    names = []
+    for function in steps or ():
         found = step_of(function)
         if found is None:
             raise TypeError(f"{function!r} is not a @cacheable step")
-        functions[found.name] = function
+        names.append(found.name)
     if not cache_dir.is_dir():
-        return Plan(dict.fromkeys(functions, MISSING), {}, None)
+        return Plan(dict.fromkeys(names, StepState.MISSING), {}, None, complete=False)
     cache = Cache(cache_dir)
-    lookup = _Lookup(cache, functions)
+    lookup = _Lookup(cache)
+    outputs, stopped = None, False
     try:  # in the cache: the digests of large inputs persist, the next look reads none again
         with cache, handling_steps(lookup):
             outputs = pipeline(**inputs)
     except _Stop:
-        outputs = None
-    states = {name: lookup.states.get(name, MISSING) for name in functions}
-    complete = all(s == CACHED for s in states.values())
-    return Plan(states, lookup.entries, outputs if complete else None)
+        stopped = True
+    reported = names if steps is not None else list(lookup.states)
+    states = {name: lookup.states.get(name, StepState.MISSING) for name in reported}
+    complete = not stopped and all(s is StepState.CACHED for s in states.values())
+    return Plan(states, lookup.entries, outputs if complete else None, complete)

@@ -57,6 +57,7 @@ __all__ = [
     "discard",
     "encode_scalar",
     "entry_key",
+    "sidecar_name",
 ]
 
 FORMAT_VERSION = 1
@@ -104,6 +105,8 @@ class Entry:
         created: Creation time, ISO 8601 UTC.
         duration: Seconds the step took to compute.
         library: Library name and version that wrote the entry.
+        function: Module and qualified name of the function that made it, or None when
+            the sidecar does not say.
     """
 
     step: str
@@ -116,6 +119,7 @@ class Entry:
     created: str
     duration: float
     library: str
+    function: str | None = None
 
     def selected_by(self, scalars: Mapping[str, Any], hashes: Mapping[str, str]) -> bool:
         """True when these (JSON-encoded) arguments are the entry's."""
@@ -144,7 +148,8 @@ class SidecarError(ValueError):
     """A sidecar that is not one this library wrote: unknown format or malformed fields."""
 
 
-def _sidecar_name(step: str) -> str:
+def sidecar_name(step: str) -> str:
+    """The name of the sidecar file of an entry of ``step``: ``<step>.params.json``."""
     return f"{step}.params.json"
 
 
@@ -222,6 +227,7 @@ def _entry(raw: dict[str, Any], step: str, key: str, entry_dir: Path) -> Entry:
         created=raw["created"],
         duration=float(raw["duration"]),
         library=raw["library"],
+        function=raw.get("function") if isinstance(raw.get("function"), str) else None,
     )
 
 
@@ -276,10 +282,6 @@ class Store:
         """Directory of the persistent file-digest memo."""
         return self.root / ".kwneuro" / "digests"
 
-    def entry_dir(self, step: str, key: str) -> Path:
-        """Return the directory of the entry ``key`` of ``step``."""
-        return self.root / step / key
-
     def lock(self, step: str, key: str) -> EntryLock:
         """Return the lock that guards computing the entry ``key`` of ``step``."""
         path = f"{self._root}/{step}/{LOCK_FILE}"
@@ -293,7 +295,7 @@ class Store:
         `UserWarning` when ``warn`` holds.
         """
         entry_dir = f"{self._root}/{step}/{key}"
-        sidecar = f"{entry_dir}/{_sidecar_name(step)}"
+        sidecar = f"{entry_dir}/{sidecar_name(step)}"
         try:
             st = os.stat(sidecar)
             memo_key = (sidecar, stat_key(st))
@@ -403,7 +405,7 @@ class Store:
                 "created": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "library": _library(),
             }
-            _write_new(f"{tmp}/{_sidecar_name(step)}", _dump(sidecar))
+            _write_new(f"{tmp}/{sidecar_name(step)}", _dump(sidecar))
             self._swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import errno
 import functools
 import logging
@@ -32,6 +33,9 @@ __all__ = [
     "Cache",
     "CacheSpec",
     "Explanation",
+    "Lookup",
+    "MissReason",
+    "StepState",
     "cacheable",
     "current_cache",
     "handling_steps",
@@ -51,7 +55,8 @@ class StepHandler(Protocol):
 
 
 _HANDLER: ContextVar[StepHandler | None] = ContextVar("kwneuro_pydra_handler", default=None)
-_STEPS: dict[str, Step] = {}
+_STEPS: dict[str, dict[str, Step]] = {}
+"""The decorated steps by step name, then by function (module and qualified name)."""
 
 
 @contextlib.contextmanager
@@ -80,6 +85,63 @@ def step_of(fn: Callable[..., Any]) -> Step | None:
     return step if isinstance(step, Step) else None
 
 
+class StepState(enum.StrEnum):
+    """What a cache holds for one call of a step (equal to its lower-case name as a string).
+
+    .. versionadded:: 0.1
+    """
+
+    CACHED = "cached"
+    """An intact entry serves the call."""
+    STALE = "stale"
+    """Only entries made by other code of the step hold these arguments: its code changed."""
+    MISSING = "missing"
+    """Nothing serves the call: no entry, a damaged one, a forced step, or an argument that
+    cannot be fingerprinted."""
+    FAILED = "failed"
+    """The step raised in the last run that asked for it (a run's record says so:
+    `Cache.lookup` never answers it)."""
+
+
+class MissReason(enum.StrEnum):
+    """Why a call is not served, one per reason of an `Explanation`.
+
+    .. versionadded:: 0.1
+    """
+
+    UNKEYABLE = "unkeyable"
+    """An argument cannot be fingerprinted: the call is never cached."""
+    FORCED = "forced"
+    """The step is forced (``Cache(force=...)``)."""
+    NO_ENTRY = "no entry"
+    """No entry of the step is stored."""
+    ARGUMENT = "argument"
+    """A scalar argument differs from the closest entry's."""
+    CONTENT = "content"
+    """The content (fingerprint) of an argument differs from the closest entry's."""
+    CODE = "code"
+    """The step's code changed since the closest entry was made."""
+    DAMAGED = "damaged"
+    """The closest entry has the call's arguments and code but is damaged."""
+
+
+@attrs.frozen
+class Lookup:
+    """What serves one call of a step, as `Cache.lookup` finds it.
+
+    .. versionadded:: 0.1
+
+    Attributes:
+        state: `StepState.CACHED` when an entry serves the call, else why not.
+        entry: The entry that serves it, or None.
+        value: The call's result loaded from that entry, or None.
+    """
+
+    state: StepState
+    entry: Entry | None = None
+    value: Any = None
+
+
 @attrs.frozen
 class Explanation:
     """Why a call of a step would hit or miss, as `Cache.explain` finds it.
@@ -90,6 +152,7 @@ class Explanation:
         hit: True when the call would be served from the cache.
         reasons: What differs from the closest stored entry (empty on a hit).
         closest: The stored entry compared against, or None.
+        causes: The kind of each of ``reasons``, in the same order.
     """
 
     step: str
@@ -97,6 +160,7 @@ class Explanation:
     hit: bool
     reasons: tuple[str, ...]
     closest: Entry | None
+    causes: tuple[MissReason, ...] = ()
 
     def __str__(self) -> str:
         if self.hit:
@@ -147,7 +211,9 @@ class Cache:
     automatically."""
     force: bool | set[str] = False
     """Cache bypass control. False uses all cached outputs, True recomputes everything, a set
-    of step names recomputes only those steps."""
+    of step names recomputes only those steps. A step is named by its step name (every
+    function of that name), or by its function's module and qualified name
+    (``"mymodule.smooth"``: that function only, where two modules define a step ``smooth``)."""
     _: dataclasses.KW_ONLY
     check_code: bool = True
     """When True (default), an entry made by other code of the step is a miss. When False,
@@ -190,7 +256,7 @@ class Cache:
             )
         if not isinstance(self.force, bool):
             self.force = set(self.force)
-            unknown = sorted(self.force - _STEPS.keys())
+            unknown = sorted(self.force - _STEPS.keys() - {f for s in _STEPS.values() for f in s})
             if unknown:
                 warnings.warn(
                     f"Cache(force=...) names steps that no @cacheable function defines: "
@@ -221,6 +287,10 @@ class Cache:
         """Return True if this step should bypass the cache."""
         return self.force is True or (not isinstance(self.force, bool) and step_name in self.force)
 
+    def _forced(self, step: Step) -> bool:
+        """True when ``force`` names this step, by its name or by its function."""
+        return self.is_forced(step.name) or self.is_forced(step.function)
+
     def is_cached(
         self,
         step_name: str,
@@ -248,7 +318,11 @@ class Cache:
             return False
         encoded = {name: encode_scalar(value) for name, value in (scalars or {}).items()}
         arguments = StepArguments(encoded, dict(hashes or {}))
-        return self._find_any(step_name, arguments, files, _STEPS.get(step_name)) is not None
+        steps = _STEPS.get(step_name)
+        if not steps:  # not decorated here: the newest entry of any code
+            stores = (self._store, *self._shared)
+            return any(_newest(store, step_name, arguments, files) for store in stores)
+        return any(self._entry(s, arguments, files=files) for s in steps.values())
 
     def status(self, steps: list[Callable[..., Any]]) -> dict[str, bool]:
         """Return a mapping of each step's qualified name to whether all its cached output files exist.
@@ -272,7 +346,7 @@ class Cache:
                 result[fn.__qualname__] = any(
                     self._store.lookup(step.name, e.key, files)
                     for e in self.entries(fn)
-                    if e.code == step.code or not self.check_code
+                    if e.code == step.code or (not self.check_code and _made_by(e, step))
                 )
         return result
 
@@ -310,24 +384,21 @@ class Cache:
         Raises:
             TypeError: ``step`` is not a `cacheable` function.
         """
-        found = step_of(step)
-        if found is None:
-            raise TypeError(f"{step!r} is not a @cacheable step")
+        found = _as_step(step)
         arguments = self._arguments(found, args, kwargs)
         if arguments is None:
-            reasons = ("an argument cannot be fingerprinted: the call is never cached",)
-            return Explanation(found.name, "", False, reasons, None)
+            return _explanation(found.name, "", None, [_UNKEYABLE])
         key = entry_key(arguments.scalars, arguments.hashes, found.code)
-        stored = self.entries(found.name)
+        stored = [e for e in self.entries(found.name) if _made_by(e, found)]
         closest = min(
             stored, key=lambda e: len(_differences(found, arguments, e, self)), default=None
         )
-        if self.is_forced(found.name):
-            return Explanation(found.name, key, False, ("the step is forced",), closest)
+        if self._forced(found):
+            return _explanation(found.name, key, closest, [_FORCED])
         if closest is None:
-            return Explanation(found.name, key, False, ("no entry of this step is stored",), None)
-        differences = tuple(_differences(found, arguments, closest, self))
-        return Explanation(found.name, key, not differences, differences, closest)
+            return _explanation(found.name, key, None, [_NO_ENTRY])
+        differences = _differences(found, arguments, closest, self)
+        return _explanation(found.name, key, closest, differences)
 
     def clear(self, step: Callable[..., Any] | str | None = None) -> int:
         """Remove every entry of ``step`` (or of every step); return how many were removed.
@@ -360,8 +431,10 @@ class Cache:
         Args:
             keep: Keep only this many most recent entries per step.
             older_than: Remove entries created more than this many seconds ago.
-            stale_code: Remove the entries made by other code than the step's current code
-                (for the steps decorated in this process; others are left alone).
+            stale_code: Remove the entries made by other code than the step's current code:
+                those of the functions decorated in this process (an entry records its
+                function's module and qualified name), so a step of the same name in
+                another module keeps its entries.
             dry_run: Remove nothing; return what would be removed.
 
         Returns:
@@ -374,8 +447,13 @@ class Cache:
             doomed = entries[: max(len(entries) - keep, 0)] if keep is not None else []
             if cutoff is not None:
                 doomed += [e for e in entries if _timestamp(e) < cutoff]
-            if stale_code and (step := _STEPS.get(name)) is not None:
-                doomed += [e for e in entries if e.code != step.code]
+            if stale_code:
+                steps = _STEPS.get(name, {})
+                doomed += [
+                    e
+                    for e in entries
+                    if (step := steps.get(e.function or "")) is not None and e.code != step.code
+                ]
             for entry in {e.path: e for e in doomed}.values():
                 if not dry_run:
                     self._store.remove(entry)
@@ -386,40 +464,29 @@ class Cache:
             removed.append(leftover)
         return removed
 
-    def _find(
+    def _entry(
         self,
-        store: Store,
-        name: str,
+        step: Step,
         arguments: StepArguments,
-        files: list[str],
-        step: Step | None,
         *,
+        key: str | None = None,
+        stores: Sequence[Store] | None = None,
+        files: list[str] | None = None,
         warn: bool = True,
-        key: str | None = None,
     ) -> Entry | None:
-        """The intact entry of these arguments in ``store``: of the step's current code when
-        it is known and ``check_code`` holds (``key``, when given, is its entry key), else
-        the newest entry of any code."""
-        if step is not None and self.check_code:
-            key = key or entry_key(arguments.scalars, arguments.hashes, step.code)
-            return store.lookup(name, key, files, warn=warn)
-        for entry in reversed(list(store.entries(name, warn=warn))):
-            if entry.selected_by(arguments.scalars, arguments.hashes):
-                return store.lookup(name, entry.key, files, warn=warn)
-        return None
-
-    def _find_any(
-        self,
-        name: str,
-        arguments: StepArguments,
-        files: list[str],
-        step: Step | None,
-        key: str | None = None,
-    ) -> Entry | None:
-        """`_find` in this cache, then in the ``read_only`` caches."""
-        for store in (self._store, *self._shared):
-            if entry := self._find(store, name, arguments, files, step, key=key):
-                return entry
+        """The intact entry of a call in ``stores`` (default: this cache, then the
+        ``read_only`` ones) holding ``files`` (default: the step's): of the step's current
+        code when ``check_code`` holds (``key``, when given, is its entry key), else the
+        newest entry of any code."""
+        files = step.files() if files is None else files
+        for store in (self._store, *self._shared) if stores is None else stores:
+            if self.check_code:
+                key = key or entry_key(arguments.scalars, arguments.hashes, step.code)
+                found = store.lookup(step.name, key, files, warn=warn)
+            else:
+                found = _newest(store, step.name, arguments, files, warn=warn, step=step)
+            if found is not None:
+                return found
         return None
 
     def _arguments(
@@ -431,6 +498,48 @@ class Cache:
             with digests_by_content():
                 return step.arguments(args, kwargs)
         return step.arguments(args, kwargs)
+
+    def lookup(self, step: Callable[..., Any] | Step, /, *args: Any, **kwargs: Any) -> Lookup:
+        """Find what serves ``step(*args, **kwargs)``, never computing it nor waiting.
+
+        The one way to ask the cache whether a call is served, and by which entry: `load`,
+        `kwneuro_pydra.pydra.run_subjects` and the plan of a pipeline use it. No lock is
+        taken; an entry replaced while it is read is not served.
+
+        .. versionadded:: 0.1
+
+        Args:
+            step: A `cacheable` function, or its `Step` (`step_of`).
+            *args: Positional arguments of the call.
+            **kwargs: Keyword arguments of the call.
+
+        Returns:
+            `StepState.CACHED` with the entry and the result loaded from it, exactly as a
+            hit returns it; else `StepState.STALE` when only entries of other code of the
+            step (in this cache, with ``check_code``) hold these arguments, else
+            `StepState.MISSING`.
+
+        Raises:
+            TypeError: ``step`` is not a `cacheable` function.
+        """
+        found = _as_step(step)
+        arguments = self._arguments(found, args, kwargs)
+        if arguments is None:
+            return Lookup(StepState.MISSING)
+        served = self._serve(found, arguments)
+        if served is not None:
+            return Lookup(StepState.CACHED, *served)
+        stale = (
+            self.check_code
+            and not self._forced(found)
+            and any(
+                e.code != found.code
+                and _made_by(e, found)
+                and e.selected_by(arguments.scalars, arguments.hashes)
+                for e in self._store.entries(found.name, warn=False)
+            )
+        )
+        return Lookup(StepState.STALE if stale else StepState.MISSING)
 
     def load(self, step: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Return the stored result of ``step(*args, **kwargs)`` without ever computing it.
@@ -449,33 +558,18 @@ class Cache:
             TypeError: ``step`` is not a `cacheable` function.
             KeyError: The call has no intact entry (or the step is forced).
         """
-        found = step_of(step)
-        if found is None:
-            raise TypeError(f"{step!r} is not a @cacheable step")
-        return self._stored(found, args, kwargs)
+        found = self.lookup(step, *args, **kwargs)
+        if found.state is not StepState.CACHED:
+            name = _as_step(step).name
+            raise KeyError(f"no stored result of step {name!r} for these arguments")
+        return found.value
 
-    def _stored(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        served = self._served(step, args, kwargs)
-        if served is None:
-            raise KeyError(f"no stored result of step {step.name!r} for these arguments")
-        return served[1]
-
-    def _served(
-        self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]
+    def _serve(
+        self, step: Step, arguments: StepArguments, key: str | None = None
     ) -> tuple[Entry, Any] | None:
-        """The entry that serves a call and its loaded result, looked up without the lock;
-        None when nothing serves it (a miss, a forced step, an argument without a
-        fingerprint)."""
-        arguments = self._arguments(step, args, kwargs)
-        return None if arguments is None else self._hit(step, arguments, step.files())
-
-    def _hit(
-        self, step: Step, arguments: StepArguments, files: list[str], key: str | None = None
-    ) -> tuple[Entry, Any] | None:
-        """Load the entry of a call without the lock; None if there is none to serve."""
-        if self.is_forced(step.name) or not (
-            entry := self._find_any(step.name, arguments, files, step, key)
-        ):
+        """The entry that serves a call and its loaded result, without the lock; None when
+        the step is forced or nothing serves it."""
+        if self._forced(step) or not (entry := self._entry(step, arguments, key=key)):
             return None
         try:
             before = os.stat(entry.path).st_ino
@@ -491,9 +585,9 @@ class Cache:
         if arguments is None or unsteady_count() != unsteady:  # warned: runs uncached
             return step.fn(*args, **kwargs)
         files = step.files()
-        forced = self.is_forced(step.name)
+        forced = self._forced(step)
         key = entry_key(arguments.scalars, arguments.hashes, step.code)
-        if (served := self._hit(step, arguments, files, key)) is not None:
+        if (served := self._serve(step, arguments, key)) is not None:
             return served[1]
         lock = self._store.lock(step.name, key)
         try:
@@ -506,9 +600,7 @@ class Cache:
         try:
             self._store.recover(step.name, key)
             if not forced and (
-                entry := self._find(
-                    self._store, step.name, arguments, files, step, warn=False, key=key
-                )
+                entry := self._entry(step, arguments, key=key, stores=[self._store], warn=False)
             ):
                 return step.load(entry.path)
             _log.info("%s: computing entry %s in %s", step.name, key[:12], self.cache_dir)
@@ -531,7 +623,7 @@ class Cache:
                 "scalars": arguments.scalars,
                 "hashes": arguments.hashes,
                 "code": step.code,
-                "function": f"{step.fn.__module__}.{step.fn.__qualname__}",
+                "function": step.function,
                 "duration": duration,
             }
             try:
@@ -600,41 +692,93 @@ def _existing_directory(path: Path) -> Path:
     return path
 
 
-def _step_name(step: Callable[..., Any] | str) -> str:
-    if isinstance(step, str):
-        return step
-    found = step_of(step)
+def _as_step(step: Callable[..., Any] | Step) -> Step:
+    found = step if isinstance(step, Step) else step_of(step)
     if found is None:
         raise TypeError(f"{step!r} is not a @cacheable step")
-    return found.name
+    return found
+
+
+def _step_name(step: Callable[..., Any] | str) -> str:
+    return step if isinstance(step, str) else _as_step(step).name
+
+
+def _newest(
+    store: Store,
+    name: str,
+    arguments: StepArguments,
+    files: list[str],
+    *,
+    warn: bool = True,
+    step: Step | None = None,
+) -> Entry | None:
+    """The newest intact entry of step ``name`` in ``store`` holding these arguments, made
+    by any code (of ``step``'s function, when given)."""
+    for entry in reversed(list(store.entries(name, warn=warn))):
+        mine = step is None or _made_by(entry, step)
+        if mine and entry.selected_by(arguments.scalars, arguments.hashes):
+            return store.lookup(name, entry.key, files, warn=warn)
+    return None
+
+
+def _made_by(entry: Entry, step: Step) -> bool:
+    """True unless the entry records another function than the step's (one of the same step
+    name in another module, say)."""
+    return entry.function is None or entry.function == step.function
+
+
+_Reason = tuple[MissReason, str]
+_UNKEYABLE = (
+    MissReason.UNKEYABLE,
+    "an argument cannot be fingerprinted: the call is never cached",
+)
+_FORCED = (MissReason.FORCED, "the step is forced")
+_NO_ENTRY = (MissReason.NO_ENTRY, "no entry of this step is stored")
+
+
+def _explanation(
+    step: str, key: str, closest: Entry | None, reasons: Sequence[_Reason]
+) -> Explanation:
+    return Explanation(
+        step,
+        key,
+        not reasons,
+        tuple(text for _, text in reasons),
+        closest,
+        tuple(cause for cause, _ in reasons),
+    )
 
 
 def _timestamp(entry: Entry) -> float:
     return datetime.fromisoformat(entry.created).timestamp()
 
 
-def _differences(step: Step, arguments: StepArguments, entry: Entry, cache: Cache) -> list[str]:
+def _differences(
+    step: Step, arguments: StepArguments, entry: Entry, cache: Cache
+) -> list[_Reason]:
     reasons = []
     for name in sorted(arguments.scalars.keys() | entry.scalars.keys()):
         new, old = arguments.scalars.get(name, "<absent>"), entry.scalars.get(name, "<absent>")
         if name not in entry.scalars or name not in arguments.scalars or new != encode_scalar(old):
-            reasons.append(f"argument {name!r} changed: {old!r} -> {decode_scalar(new)!r}")
+            text = f"argument {name!r} changed: {old!r} -> {decode_scalar(new)!r}"
+            reasons.append((MissReason.ARGUMENT, text))
     for name in sorted(arguments.hashes.keys() | entry.hashes.keys()):
         new_hash, old_hash = (
             arguments.hashes.get(name, "<absent>"),
             entry.hashes.get(name, "<absent>"),
         )
         if new_hash != old_hash:
-            reasons.append(
+            text = (
                 f"argument {name!r} content changed: "
                 f"fingerprint {old_hash[:12]} -> {new_hash[:12]}"
             )
+            reasons.append((MissReason.CONTENT, text))
     if cache.check_code and entry.code != step.code:
-        reasons.append("the step's code changed since the entry was made")
+        reasons.append((MissReason.CODE, "the step's code changed since the entry was made"))
     if not reasons:
         damage = cache._store.damage(entry, step.files())
         if damage is not None:
-            reasons.append(damage)
+            reasons.append((MissReason.DAMAGED, damage))
     return reasons
 
 
@@ -681,7 +825,7 @@ def cacheable(fn_or_spec: Callable[..., Any] | CacheSpec[Any]) -> Any:
 
 def _decorate(fn: Callable[..., Any], spec: CacheSpec[Any] | None) -> Callable[..., Any]:
     step = Step(fn, spec)
-    _STEPS[step.name] = step
+    _STEPS.setdefault(step.name, {})[step.function] = step
     get_handler = _HANDLER.get
 
     @functools.wraps(fn)

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(unit.name, f"[red]cannot load: {unit.failure}[/red]")
             counts["failed"] += 1
             continue
-        states = dict(look_up(unit, work_dir, parameters).states)
+        states: dict[str, str] = dict(look_up(unit, work_dir, parameters).states)
         failed_step = failures.get(unit.name, {}).get("step")
         if failed_step in states and states[failed_step] != "cached":
             states[failed_step] = "failed"

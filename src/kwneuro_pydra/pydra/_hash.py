@@ -47,12 +47,11 @@ from pydra.utils.general import get_fields  # type: ignore[import-untyped]
 from pydra.utils.hash import Cache as HashCache  # type: ignore[import-untyped]
 from pydra.utils.hash import bytes_repr, hash_function, register_serializer
 
-from kwneuro_pydra._fingerprint import _by_type, fingerprint
+from kwneuro_pydra._fingerprint import fingerprint, has_handler
 
 __all__ = ["ours", "register_pydra_hash", "stable_checksums", "type_name"]
 
 _PREFIX = b"kwneuro-fingerprint:"
-_TOKEN_DEFAULT = _by_type.dispatch(object)
 _OURS: contextvars.ContextVar[bool] = contextvars.ContextVar("kwneuro_pydra_ours", default=False)
 
 Serializer = Callable[[Any, HashCache], Iterator[bytes]]
@@ -104,7 +103,7 @@ def _ours_only(fallback: Serializer, applies: Callable[[type], bool]) -> Seriali
 def _fingerprinted_class(cls: type) -> bool:
     return (
         getattr(cls, "__fingerprint__", None) is not None
-        or _by_type.dispatch(cls) is not _TOKEN_DEFAULT
+        or has_handler(cls)
         or dataclasses.is_dataclass(cls)
         or attrs.has(cls)
     )

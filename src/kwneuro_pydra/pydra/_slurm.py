@@ -76,10 +76,10 @@ class SchedulerError(RuntimeError):
             for a job cancelled after ``pending_timeout``, ``UNKNOWN`` when neither the
             controller nor accounting knows the job (or the controller stopped answering),
             ``SBATCH`` when sbatch refused it.
-        step: The step the job ran, or ``"all steps"`` for a job per subject.
+        step: The step the job ran, or None for a job of a whole subject (its steps).
     """
 
-    def __init__(self, message: str, *, job_id: str | None, state: str, step: str) -> None:
+    def __init__(self, message: str, *, job_id: str | None, state: str, step: str | None) -> None:
         super().__init__(message)
         self.job_id = job_id
         self.state = state
@@ -89,7 +89,7 @@ class SchedulerError(RuntimeError):
         return _rebuild, (str(self), self.job_id, self.state, self.step)
 
 
-def _rebuild(message: str, job_id: str | None, state: str, step: str) -> SchedulerError:
+def _rebuild(message: str, job_id: str | None, state: str, step: str | None) -> SchedulerError:
     return SchedulerError(message, job_id=job_id, state=state, step=step)
 
 
@@ -156,8 +156,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         """
         subject_dir = _subject_dir(job)
         subject = Path(subject_dir).name if subject_dir else job.name
-        step = "all steps" if job.is_async else type(job.task).__name__
-        if job.is_async:
+        step: str | None = None if job.is_async else type(job.task).__name__
+        what = _what(step)
+        if step is None:
             request = in_sequence(self.resources.values())
         else:
             request = self.resources.get(step, Request())
@@ -169,7 +170,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         log = self._log_file(subject)
         script = script_dir / "job.sh"
         command = [sys.executable, "-m", "kwneuro_pydra.pydra._job", str(pickled)]
-        command += [str(int(rerun)), str(log or ""), step]
+        command += [str(int(rerun)), str(log or ""), what]
         script.write_text(f"#!/bin/sh\nexec {shlex.join(command)}\n")
         options = [
             f"--chdir={self.directory}",
@@ -180,7 +181,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             job_id, said, errors = await self._in_array(script, options)
         else:
             job_id, said = await _sbatch(
-                f"--job-name=kwneuro.{subject}.{step.replace(' ', '_')}",
+                f"--job-name=kwneuro.{subject}.{what.replace(' ', '_')}",
                 f"--output={script_dir / 'slurm-%j.out'}",
                 f"--error={script_dir / 'slurm-%j.err'}",
                 *options,
@@ -188,20 +189,20 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             )
             errors = script_dir / f"slurm-{job_id}.err"
         if job_id is None:
-            message = f"sbatch refused the job of {step} for {subject}: {said}"
+            message = f"sbatch refused the job of {what} for {subject}: {said}"
             raise self._failed(subject, step, None, "SBATCH", message, log)
         self.job_ids.append(job_id)
-        _append(log, f"slurm job {job_id}: {step} submitted ({' '.join(options[1:])})")
+        _append(log, f"slurm job {job_id}: {what} submitted ({' '.join(options[1:])})")
         state = await self._wait(job_id, subject, step, log)
         tail = _tail(errors)
         if state in ("FAILED", "CANCELLED") and _MEMORY_KILL.search(tail):
             state = "OUT_OF_MEMORY"  # killed by OverMemoryKill, without cgroups
         _append(
-            log, f"slurm job {job_id}: {step} ended {state}" + f"; stderr:\n{tail}" * bool(tail)
+            log, f"slurm job {job_id}: {what} ended {state}" + f"; stderr:\n{tail}" * bool(tail)
         )
         if state == "COMPLETED":
             return True
-        message = f"Slurm job {job_id} ({step} for {subject}) ended {state}: {MEANINGS[state]}"
+        message = f"Slurm job {job_id} ({what} for {subject}) ended {state}: {MEANINGS[state]}"
         if state == "FAILED" and tail:
             message += f"; its last error line: {tail.splitlines()[-1]}"
         raise self._failed(subject, step, job_id, state, message, log)
@@ -227,8 +228,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
                         waiting.set_exception(error)
         return await task
 
-    async def _wait(self, job_id: str, subject: str, step: str, log: Path | None) -> str:
+    async def _wait(self, job_id: str, subject: str, step: str | None, log: Path | None) -> str:
         """Poll until the job reaches a final state; cancel it if it pends too long."""
+        what = _what(step)
         submitted, unknown, silent_since = time.monotonic(), 0, None
         while True:
             try:
@@ -241,7 +243,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
                     await asyncio.sleep(self.poll_delay)
                     continue
                 message = (
-                    f"Slurm job {job_id} ({step} for {subject}): the controller has not "
+                    f"Slurm job {job_id} ({what} for {subject}): the controller has not "
                     f"answered for {silent:.0f} s (squeue said: {said}) and accounting has no "
                     "record of the job; its outcome is unknown. Check slurmctld (scontrol "
                     "ping), or raise controller_timeout"
@@ -253,7 +255,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
                     await asyncio.sleep(self.poll_delay)
                     continue
                 message = (
-                    f"Slurm job {job_id} ({step} for {subject}): the controller no longer "
+                    f"Slurm job {job_id} ({what} for {subject}): the controller no longer "
                     "knows it and accounting has no record of it (accounting unavailable? "
                     f"sacct said: {said}); its outcome is unknown. Start slurmdbd (Slurm "
                     "accounting) or raise MinJobAge in slurm.conf"
@@ -266,7 +268,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             if state == "PENDING" and limit is not None and waited > limit:
                 await base.read_and_display_async("scancel", job_id, hide_display=True)
                 message = (
-                    f"Slurm job {job_id} ({step} for {subject}) was still pending after "
+                    f"Slurm job {job_id} ({what} for {subject}) was still pending after "
                     f"{waited:.0f} s (Slurm's reason: {reason}); cancelled it. Check what "
                     "the job asks for (resources, sbatch_args) against the cluster "
                     "(sinfo -N -l), or raise pending_timeout"
@@ -277,7 +279,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     def _failed(
         self,
         subject: str,
-        step: str,
+        step: str | None,
         job_id: str | None,
         state: str,
         message: str,
@@ -293,6 +295,11 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             return None
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
         return Path(self.log_dir) / f"{subject}.log"
+
+
+def _what(step: str | None) -> str:
+    """What a job runs, for messages and logs: its step, or ``all steps`` of a subject."""
+    return "all steps" if step is None else step
 
 
 async def _sbatch(*args: str) -> tuple[str | None, str]:

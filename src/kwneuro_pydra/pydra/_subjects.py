@@ -19,8 +19,7 @@ from pydra.engine.result import load_result  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 from pydra.engine.workflow import Workflow  # type: ignore[import-untyped]
 
-from kwneuro_pydra._step import Step
-from kwneuro_pydra.cache import Cache, handling_steps
+from kwneuro_pydra._plan import plan
 from kwneuro_pydra.pydra import _failures, _jobs, _task, _workflow
 from kwneuro_pydra.pydra._progress import progress_line
 from kwneuro_pydra.pydra._scheduler import (
@@ -108,8 +107,12 @@ def run_subjects(
     the workflow is built, so only missing steps become jobs. Pydra's own job
     cache (pickles, which are loaded) goes to a directory only you can write, ``job_cache``,
     with its hash memo (unless ``PYDRA_HASH_CACHE`` is set); nothing under ``cache_root`` is
-    ever unpickled, so the cache root may be shared. A failing subject is reported while the
-    others' results are kept; a rerun recomputes only what failed or is missing.
+    ever unpickled, so the cache root may be shared. Each run submits into a fresh directory
+    of the job cache, removed by the next run: Pydra's results never outlive their run, so
+    removing the cache root, a subject's cache or entries never strands a rerun. A failing
+    subject is reported while the others' results are kept, even where an entry made before
+    holds the step's result (a forced step that raised fails its subject); a rerun
+    recomputes only what failed or is missing.
     Progress: INFO records on the ``kwneuro_pydra.pydra`` logger (one per node, from the
     process that runs it) and a progress line on stderr.
 
@@ -135,7 +138,8 @@ def run_subjects(
         job_cache: Directory of Pydra's job cache; default
             ``$XDG_CACHE_HOME/kwneuro-pydra/jobs/<digest of cache_root>`` (``~/.cache``
             without ``XDG_CACHE_HOME``). Created with mode 0700; it must be visible from the
-            nodes of a cluster.
+            nodes of a cluster. Each run submits into its own ``run-*`` directory in it,
+            removed by a later run once no run holds it (see ``docs/workflows.md``).
         **worker_options: Passed to Pydra's ``Submitter`` (for ``"slurm"``: ``sbatch_args``,
             ``poll_delay``).
 
@@ -159,63 +163,58 @@ def run_subjects(
     ids = list(subjects)
     inputs = {s: _inputs_of(pipeline, s, subjects[s]) for s in ids}
     with _pydra_environment(jobs / "hash-memo"):
-        plans = {s: _workflow.discover(pipeline, inputs[s]) for s in ids}
-        known = {n: fn for p in plans.values() for n, fn in p.steps.items()}
+        calls = {s: _workflow.discover(pipeline, inputs[s]) for s in ids}
+        known = {n: fn for p in calls.values() for n, fn in p.steps.items()}
         unknown = sorted(set(force) - set(known))
         if unknown:
             raise ValueError(
                 f"force names steps {pipeline.__name__} does not call: {', '.join(unknown)} "
                 f"(its steps: {', '.join(sorted(known))})"
             )
-        steps = {n: fn for p in plans.values() for n, fn in p.steps.items()}
+        steps = {n: fn for p in calls.values() for n, fn in p.steps.items()}
         chosen, options = prepare_worker(
             worker, root, steps, resources=resources, granularity=granularity,
             pending_timeout=pending_timeout, options=worker_options,
         )  # fmt: skip
         forced: set[str] = set()
-        for plan in plans.values():
-            forced |= plan.dependents(set(force)) if force else set()
+        for call in calls.values():
+            forced |= call.dependents(set(force)) if force else set()
         start = time.perf_counter()
         # Cache first: a subject its cache answers is never submitted.
         results = {s: None if forced else _replay(pipeline, s, inputs[s], root) for s in ids}
         tasks = {
-            s: dict(inputs[s], cache_dir=str(root / s), code_digest=plans[s].digest)
+            s: dict(inputs[s], cache_dir=str(root / s), code_digest=calls[s].digest)
             for s in ids
             if results[s] is None
         }
-        n_nodes = sum(len(plans[s].steps) for s in tasks)
+        n_nodes = sum(len(calls[s].steps) for s in tasks)
         _log.info(
             "running %s for %d subject(s) (%d served from their caches, %d step(s) to "
             "schedule) with worker %r in %s%s",
             pipeline.__name__, len(ids), len(ids) - len(tasks), n_nodes, worker, root,
             f", forcing {', '.join(sorted(forced))}" if forced else "",
         )  # fmt: skip
+        names = _output_names(calls[ids[0]].n_outputs) if ids else []
+        outcomes: dict[str, SubjectResult] = {}
         if tasks:
             _check_sendable(pipeline, workflow_class, known)
             check_before_submitting(chosen, root, jobs, steps)
             for s in tasks:
                 _failures.clear(root / s)
-            with _submitting(forced), progress_line(jobs, progress, n_nodes):
-                _submit(workflow_class, tasks, jobs, chosen, bool(forced), options)
-                results.update((s, _replay(pipeline, s, inputs[s], root)) for s in tasks)
-                stale = {
-                    s: tasks[s]
-                    for s in tasks
-                    if not results[s]
-                    and not _failures.failed(root / s)
-                    and scheduler_failure(chosen, s) is None  # never resubmitted
-                }
-                if stale:  # Pydra's job cache outlived entries of the subjects' caches
-                    _log.info("%d subject(s) lost cache entries: recomputing", len(stale))
-                    _submit(workflow_class, stale, jobs, chosen, True, options)
-                    results.update((s, _replay(pipeline, s, inputs[s], root)) for s in stale)
-        names = _output_names(plans[ids[0]].n_outputs) if ids else []
-        outcomes = {
-            s: results[s]
-            or _scheduler_outcome(chosen, s, root)
-            or _from_pydra(workflow_class, s, tasks[s], root, jobs, names)
-            for s in ids
-        }
+            with (
+                _jobs.run_directory(jobs) as run_jobs,
+                _submitting(forced),
+                progress_line(run_jobs, progress, n_nodes),
+            ):
+                _submit(workflow_class, tasks, run_jobs, chosen, options)
+                for s in tasks:  # a step that raised in this run fails its subject
+                    raised = _failures.failed(root / s)
+                    outcomes[s] = (
+                        (None if raised else _replay(pipeline, s, inputs[s], root))
+                        or _scheduler_outcome(chosen, s, root)
+                        or _from_pydra(workflow_class, s, tasks[s], root, run_jobs, names)
+                    )
+        outcomes = {s: results[s] or outcomes[s] for s in ids}
     failed = [r for r in outcomes.values() if not r.ok]
     _log.info(
         "%s: %d subject(s) done, %d failed in %.2f s%s",
@@ -312,7 +311,6 @@ def _submit(
     tasks: dict[str, dict[str, Any]],
     jobs: Path,
     worker: Any,
-    rerun: bool,
     options: dict[str, Any],
 ) -> None:
     """Run the subjects' workflows; failures are read back per subject afterwards."""
@@ -320,7 +318,7 @@ def _submit(
     def run(task: Any) -> None:
         with Submitter(cache_root=jobs, worker=worker, **options) as submitter:
             try:
-                submitter(task, raise_errors=False, rerun=rerun)
+                submitter(task, raise_errors=False)
             except Exception as error:  # a failed subject: reported per subject
                 _log.debug("Pydra reported: %s", error)
 
@@ -350,32 +348,18 @@ def _submit(
         Workflow.clear_cache()
 
 
-class _Replay:
-    """Handler that serves every step call of a pipeline from a cache, never computing."""
-
-    def __init__(self, cache: Cache) -> None:
-        self.cache = cache
-
-    def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self.cache._stored(step, args, kwargs)
-
-
 def _replay(
     pipeline: Callable[..., Any], subject: str, inputs: dict[str, Any], root: Path
 ) -> SubjectResult | None:
     """A subject's result read from its cache (intact entries only), or None if incomplete.
 
     Pydra schedules; the cache owns the results: an entry removed, damaged or superseded
-    (an upstream step forced eagerly, say) since Pydra's job cache recorded the subject is
-    caught here, whatever Pydra remembers.
+    (an upstream step forced eagerly, say) since Pydra ran is caught here.
     """
-    cache = Cache(root / subject)
-    try:
-        with handling_steps(_Replay(cache)):
-            outputs = pipeline(**inputs)
-    except KeyError:
+    found = plan(pipeline, inputs, root / subject)
+    if not found.complete:
         return None
-    return SubjectResult(subject, outputs, None, cache.cache_dir)
+    return SubjectResult(subject, found.outputs, None, root / subject)
 
 
 def _from_pydra(
@@ -394,7 +378,7 @@ def _from_pydra(
     task = workflow_class(**values)
     result = load_result(task._checksum, [jobs], retries=1, polling_interval=0)
     cache_dir = root / subject
-    if result is not None and not result.errored:
+    if result is not None and not result.errored and not _failures.failed(cache_dir):
         value = tuple(getattr(result.outputs, name) for name in names)
         return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
     return SubjectResult(subject, None, _why(subject, cache_dir, result), cache_dir)
@@ -408,8 +392,7 @@ def _scheduler_outcome(worker: Any, subject: str, root: Path) -> SubjectResult |
     error = scheduler_failure(worker, subject)
     if error is None or (error.state == "FAILED" and _failures.failed(root / subject)):
         return None
-    step = None if error.step == "all steps" else error.step
-    failure = StepFailure(subject, step, error, str(error))
+    failure = StepFailure(subject, error.step, error, str(error))
     return SubjectResult(subject, None, failure, root / subject)
 
 

@@ -32,12 +32,14 @@ from kwneuro_pydra.pydra._task import (
     to_task,
 )
 
-__all__ = ["Plan", "discover", "to_workflow"]
+__all__ = ["Calls", "discover", "to_workflow"]
 
 
 @attrs.frozen
-class Plan:
+class Calls:
     """What a dry call of a pipeline found: its steps, their dependencies and its outputs.
+
+    (The state of each step in a subject's cache is a `kwneuro_pydra._plan.Plan`.)
 
     Attributes:
         steps: Decorated function of each step called, by step name.
@@ -104,7 +106,7 @@ class _Recorder:
         return _lazy_outputs(step, [None] * len(output_names(function)), step.name)
 
 
-def discover(pipeline: Callable[..., Any], values: Mapping[str, Any] | None = None) -> Plan:
+def discover(pipeline: Callable[..., Any], values: Mapping[str, Any] | None = None) -> Calls:
     """Dry-call ``pipeline``: step calls are recorded, not run.
 
     Args:
@@ -128,7 +130,7 @@ def discover(pipeline: Callable[..., Any], values: Mapping[str, Any] | None = No
     with _cache.handling_steps(recorder):
         returned = pipeline(**arguments)
     n_outputs = len(returned) if type(returned) is tuple else 1
-    return Plan(recorder.steps, recorder.depends, n_outputs)
+    return Calls(recorder.steps, recorder.depends, n_outputs)
 
 
 _NOT_STORED = object()
@@ -155,10 +157,8 @@ class _Builder:
             or not all(is_concrete(value) for value in arguments.values())
         ):
             return _NOT_STORED
-        try:
-            return _cache.Cache(Path(self.cache_dir))._stored(step, (), arguments)
-        except KeyError:
-            return _NOT_STORED
+        found = _cache.Cache(Path(self.cache_dir)).lookup(step, **arguments)
+        return found.value if found.entry is not None else _NOT_STORED
 
     def _run_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         function = step_function(step)
@@ -208,7 +208,7 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
                 f"input (reserved names: {', '.join(sorted(RESERVED))}; no positional-only "
                 "parameters, *args or **kwargs)"
             )
-    plan = discover(pipeline)
+    calls = discover(pipeline)
     try:
         hints = typing.get_type_hints(pipeline)
     except Exception:  # annotations that do not evaluate: let Pydra take them as Any
@@ -224,12 +224,12 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
     extra = [
         inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
                           annotation=str | None),
-        inspect.Parameter("code_digest", inspect.Parameter.KEYWORD_ONLY, default=plan.digest,
+        inspect.Parameter("code_digest", inspect.Parameter.KEYWORD_ONLY, default=calls.digest,
                           annotation=str),
     ]  # fmt: skip
     constructor.__signature__ = inspect.Signature(params + extra)  # type: ignore[attr-defined]
     constructor.__annotations__ = {p.name: p.annotation for p in params + extra}
-    names = ["out"] if plan.n_outputs == 1 else [f"out{i}" for i in range(1, plan.n_outputs + 1)]
+    names = ["out"] if calls.n_outputs == 1 else [f"out{i}" for i in range(1, calls.n_outputs + 1)]
     cache_dir_input = workflow.arg(
         name="cache_dir", type=str | None, default=None, converter=absolute_cache_dir
     )

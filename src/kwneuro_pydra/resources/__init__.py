@@ -48,7 +48,12 @@ Layout: `_files` (paths, file errors), `_base` (`Resource`), `_nifti` (NIfTI-1 p
 
 from kwneuro_pydra.resources._base import Resource
 from kwneuro_pydra.resources._dwi import B0_THRESHOLD, BVEC_NORM_TOLERANCE, Dwi
-from kwneuro_pydra.resources._files import PathLike, ResourceFileError, normalize_path
+from kwneuro_pydra.resources._files import (
+    PathLike,
+    ResourceFileError,
+    normalize_path,
+    source_of,
+)
 from kwneuro_pydra.resources._gradients import (
     BvalResource,
     BvecResource,
@@ -80,6 +85,7 @@ __all__ = [
     "ResourceFileError",
     "VolumeResource",
     "normalize_path",
+    "source_of",
 ]
 
 # The public names report this package as their module (as httpx does): a fingerprint mixes
@@ -89,6 +95,6 @@ __all__ = [
 # needs no lookup here.
 for _name in __all__:
     _public = globals()[_name]
-    if callable(_public):  # the classes and `normalize_path`
+    if callable(_public):  # the classes, `normalize_path` and `source_of`
         _public.__module__ = __name__
 del _name, _public

@@ -20,8 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 from scipy import ndimage  # type: ignore[import-untyped]
 
-from kwneuro_pydra.resources import B0_THRESHOLD, Dwi
-from kwneuro_pydra.resources._files import source_of
+from kwneuro_pydra.resources import B0_THRESHOLD, Dwi, source_of
 
 __all__ = ["b0_average", "median_filter", "median_otsu", "otsu_threshold"]
 

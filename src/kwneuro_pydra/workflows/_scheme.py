@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from kwneuro_pydra.resources import B0_THRESHOLD, Dwi
-from kwneuro_pydra.resources._files import source_of
+from kwneuro_pydra.resources import B0_THRESHOLD, Dwi, source_of
 
 __all__ = ["MAX_BVALUE", "SHELL_TOLERANCE", "Scheme", "fitted_scheme", "shells"]
 

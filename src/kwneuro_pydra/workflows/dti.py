@@ -16,8 +16,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kwneuro_pydra.cache import cacheable
-from kwneuro_pydra.resources import B0_THRESHOLD, Dwi, InMemoryVolumeResource, VolumeResource
-from kwneuro_pydra.resources._files import source_of
+from kwneuro_pydra.resources import (
+    B0_THRESHOLD,
+    Dwi,
+    InMemoryVolumeResource,
+    VolumeResource,
+    source_of,
+)
 
 from ._mask import b0_average, median_otsu
 from ._result import DtiResult
