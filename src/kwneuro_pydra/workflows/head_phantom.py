@@ -35,6 +35,7 @@ noise of standard deviation ``1000 / snr``.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,7 @@ HEAD_TISSUES = ("grey matter", "white matter", "CSF", "skull", "scalp")
 """The tissues of `HeadPhantom.fractions`, in order."""
 
 _S0 = np.array([1100.0, 1000.0, 2200.0, 60.0, 650.0])
-_DIFFUSIVITY = np.array([0.85e-3, 0.0, 3.0e-3, 0.5e-3, 1.2e-3])  # white matter: see _WM
+_DIFFUSIVITY = np.array([0.85e-3, np.nan, 3.0e-3, 0.5e-3, 1.2e-3])  # white matter: _WM_*
 _WM_AXIAL, _WM_RADIAL = 1.6e-3, 0.4e-3
 _REFERENCE_SIGNAL = 1000.0
 """The b=0 signal of white matter; the noise is this divided by the SNR."""
@@ -115,13 +116,12 @@ class HeadPhantom:
 
 def _mni_maps() -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """nilearn's MNI152 2009a grey- and white-matter probabilities at 1 mm (0 to 1)."""
-    try:
-        import nilearn  # type: ignore[import-untyped]
-    except ImportError as error:  # pragma: no cover - nilearn is in the test extra
+    spec = importlib.util.find_spec("nilearn")  # its files only: no import, no warnings
+    if spec is None or spec.origin is None:
         raise ImportError(
             "the head phantom needs nilearn (its MNI152 tissue maps): pip install nilearn"
-        ) from error
-    folder = Path(nilearn.__file__).parent / "datasets" / "data"
+        )
+    folder = Path(spec.origin).parent / "datasets" / "data"
     maps: list[NDArray[np.float32]] = []
     for tissue in ("gm", "wm"):
         path = folder / f"mni_icbm152_{tissue}_tal_nlin_sym_09a_converted.nii.gz"
@@ -248,6 +248,7 @@ def make_head_phantom(
     sigma = np.float32(_REFERENCE_SIGNAL / snr)
     for index, (b, g) in enumerate(zip(bvals, bvecs, strict=True)):
         attenuation = np.exp(-b * _DIFFUSIVITY).astype(np.float32)
+        attenuation[1] = 0  # white matter's anisotropic term follows
         clean = weights @ attenuation
         along = (fibres @ g.astype(np.float32)) ** 2
         wm = np.exp(-b * (_WM_RADIAL + (_WM_AXIAL - _WM_RADIAL) * along), dtype=np.float32)
