@@ -312,7 +312,7 @@ def test_every_mask_parameter_changes_the_mask(
     changed: dict[str, object], option: dict[str, object]
 ) -> None:
     dwi = _gradual_dwi()
-    base = {"median_radius": 2, "numpass": 2}
+    base = {"mask_method": "median-otsu", "median_radius": 2, "numpass": 2}
     first = brain_mask(dwi, **{**base, **changed}).get_array()  # type: ignore[arg-type]
     second = brain_mask(dwi, **{**base, **option}).get_array()  # type: ignore[arg-type]
     assert 0.01 < first.mean() < 0.9 and 0.01 < second.mean() < 0.9

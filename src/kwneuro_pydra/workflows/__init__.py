@@ -11,10 +11,11 @@ or `kwneuro_pydra.pydra.run_subjects`. Installed as ``kwneuro_pydra.workflows``.
 """
 
 from ._result import DtiResult
-from .dti import FIT_METHODS, brain_mask, dti_pipeline, estimate_dti, mean_b0
+from .dti import FIT_METHODS, MASK_METHODS, brain_mask, dti_pipeline, estimate_dti, mean_b0
 
 __all__ = [
     "FIT_METHODS",
+    "MASK_METHODS",
     "DtiResult",
     "brain_mask",
     "dti_pipeline",

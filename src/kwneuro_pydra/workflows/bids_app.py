@@ -117,26 +117,28 @@ def bids_dti(
     *,
     fit_method: str = "WLS",
     bmax: float = 1500.0,
+    mask_method: str = "shells",
     median_radius: int = 4,
     numpass: int = 4,
 ) -> tuple[
     VolumeResource, VolumeResource, DtiResult, SeriesStats, Png, Png, Png, Png, Png
 ]:  # fmt: skip
-    """Fit DTI inside a median-Otsu brain mask and render the series' report figures.
+    """Fit DTI inside a brain mask and render the series' report figures.
 
     Args:
         dwi: The series' diffusion-weighted image.
         fit_method: ``"WLS"`` or ``"OLS"`` (see `estimate_dti`).
         bmax: Highest shell to fit, in s/mm².
-        median_radius: Radius of the mask's median filter in voxels (see `brain_mask`).
-        numpass: Passes of the mask's median filter.
+        mask_method: ``"shells"`` or ``"median-otsu"`` (see `brain_mask`).
+        median_radius: median-otsu: radius of the median filter in voxels.
+        numpass: median-otsu: passes of the median filter.
 
     Returns:
         The outputs named by `OUTPUTS`: mean b0, mask, tensor maps, numbers, five figures.
     """
     b0 = mean_b0(dwi)
     gradients = gradient_sphere(dwi)
-    mask = brain_mask(dwi, median_radius=median_radius, numpass=numpass)
+    mask = brain_mask(dwi, mask_method=mask_method, median_radius=median_radius, numpass=numpass)
     dti = estimate_dti(dwi, mask, fit_method=fit_method, bmax=bmax)
     stats = dti_statistics(dwi, mask, dti)
     return (

@@ -1,7 +1,8 @@
 """Diffusion tensor imaging (DTI) for one subject: mean b0, brain mask, tensor maps.
 
-The steps give dipy's numbers (``dipy.reconst.dti.TensorModel`` and
-``dipy.segment.mask.median_otsu``; see ``tests/test_dti_dipy.py``) on real data without a
+The steps give dipy's numbers (``dipy.reconst.dti.TensorModel``, and
+``dipy.segment.mask.median_otsu`` for the ``median-otsu`` mask; see
+``tests/test_dti_dipy.py``) on real data without a
 crash: the acquisition is checked first (`fitted_scheme`), and unusual voxels get documented
 values with a warning. The numerics live in `kwneuro_pydra.workflows._tensor` (the fit) and
 `kwneuro_pydra.workflows._mask` (the mask).
@@ -24,15 +25,30 @@ from kwneuro_pydra.resources import (
     source_of,
 )
 
-from ._mask import b0_average, median_otsu
+from ._mask import b0_average, group_means, median_otsu, shells_mask, volume_groups
 from ._result import DtiResult
 from ._scheme import fitted_scheme
 from ._tensor import MIN_POSITIVE_SIGNAL, FitMethod, design_matrix, fit_volume
 
-__all__ = ["FIT_METHODS", "brain_mask", "dti_pipeline", "estimate_dti", "mean_b0"]
+__all__ = [
+    "FIT_METHODS",
+    "MASK_METHODS",
+    "brain_mask",
+    "dti_pipeline",
+    "estimate_dti",
+    "mean_b0",
+]
 
 FIT_METHODS = ("WLS", "OLS")
 """The ``fit_method`` values of `estimate_dti`: dipy's weighted and ordinary least squares."""
+
+MASK_METHODS = ("shells", "median-otsu")
+"""The ``mask_method`` values of `brain_mask`: every volume, as MRtrix3's ``dwi2mask``
+(the default), or dipy's ``median_otsu`` of the mean b=0 image."""
+
+_MIN_MASK_FRACTION = 0.005
+"""A mask of fewer voxels than this fraction of the image fails its step (an empty mask
+would give all-zero maps and a "successful" series)."""
 
 _DESCRIPTIONS = {
     "fa": "fractional anisotropy",
@@ -45,7 +61,7 @@ _DESCRIPTIONS = {
     "s0": "fitted b=0 signal",
     "color_fa": "colour FA RGB 0-1",
     "mean_b0": "mean b=0 image",
-    "mask": "brain mask median-Otsu",
+    "mask": "brain mask",
 }
 """What each volume holds, for the ``descrip`` field of its NIfTI header."""
 
@@ -80,43 +96,90 @@ def mean_b0(dwi: Dwi) -> VolumeResource:
 def brain_mask(
     dwi: Dwi,
     *,
+    mask_method: str = "shells",
     median_radius: int = 4,
     numpass: int = 4,
     dilate: int = 0,
     finalize_mask: bool = True,
+    neighbourhood_mm: float = 4.0,
+    bridge_mm: float = 8.0,
 ) -> VolumeResource:
-    """A brain mask by median-Otsu (dipy's ``median_otsu``) of the mean b=0 image.
+    """A brain mask: brain tissue and the CSF inside the skull.
 
+    ``mask_method="shells"`` (the default) uses every volume, as MRtrix3's ``dwi2mask``
+    does: the mean b=0 image and the mean of each shell (a DSI-like scheme's b-values
+    pooled six volumes or more at a time) are each thresholded (Otsu, then half-way
+    between the tissue and the background around each voxel, within about
+    ``neighbourhood_mm``), united, and cleaned: the largest connected component, its holes
+    filled, the parts joined by bridges narrower than ``bridge_mm`` cut off.
+
+    ``mask_method="median-otsu"`` is dipy's ``median_otsu`` of the mean b=0 image, exactly:
     ``numpass`` passes of a median filter over cubes of side ``2 * median_radius + 1``,
     Otsu's threshold of the result, ``dilate`` iterations of a 6-connected dilation, then
     (``finalize_mask``) the largest connected component with its holes filled. dipy's
     defaults, except that dipy does not finalize unless asked.
 
+    Each method reads only its own parameters; the others' are accepted and ignored, so
+    that one set of options serves both.
+
     Args:
         dwi: The diffusion-weighted image.
-        median_radius: Radius of the median filter in voxels (0 for none).
-        numpass: Passes of the median filter.
-        dilate: Dilation iterations after thresholding (0 for none).
-        finalize_mask: Keep the largest connected component and fill its holes.
+        mask_method: ``"shells"`` or ``"median-otsu"``.
+        median_radius: median-otsu: radius of the median filter in voxels (0 for none).
+        numpass: median-otsu: passes of the median filter.
+        dilate: median-otsu: dilation iterations after thresholding (0 for none).
+        finalize_mask: median-otsu: keep the largest connected component and fill its holes.
+        neighbourhood_mm: shells: width (Gaussian standard deviation) of the neighbourhood
+            of the local threshold, in mm (0 keeps Otsu's threshold).
+        bridge_mm: shells: the widest bridge cut, in mm (0 cuts none).
 
     Returns:
         A 3-D uint8 volume (1 inside the brain) with the DWI's affine.
 
     Raises:
-        ValueError: A parameter is negative, or the DWI has no b=0 volume.
+        ValueError: ``mask_method`` is unknown; a parameter is negative; median-otsu and the
+            DWI has no b=0 volume; the mask is empty or holds less than 0.5 % of the image
+            (the message names the DWI and what to try).
     """
+    if mask_method not in MASK_METHODS:
+        raise ValueError(f"brain_mask: mask_method must be one of {', '.join(MASK_METHODS)}, "
+                         f"got {mask_method!r}")  # fmt: skip
     for name, value in (("median_radius", median_radius), ("numpass", numpass),
                         ("dilate", dilate)):  # fmt: skip
         if int(value) != value or value < 0:
             raise ValueError(f"brain_mask: {name} must be a whole number >= 0, got {value!r}")
-    mask = median_otsu(
-        b0_average(dwi, step="brain_mask"),
-        median_radius=int(median_radius),
-        numpass=int(numpass),
-        dilate=int(dilate),
-        finalize=finalize_mask,
+    for name, length in (("neighbourhood_mm", neighbourhood_mm), ("bridge_mm", bridge_mm)):
+        if not length >= 0:
+            raise ValueError(f"brain_mask: {name} must be a length >= 0 in mm, got {length!r}")
+    if mask_method == "median-otsu":
+        mask = median_otsu(
+            b0_average(dwi, step="brain_mask"),
+            median_radius=int(median_radius),
+            numpass=int(numpass),
+            dilate=int(dilate),
+            finalize=finalize_mask,
+        )
+    else:
+        images = group_means(dwi.volume.get_array(), volume_groups(np.asarray(dwi.bval.get())))
+        voxel_size = np.linalg.norm(np.asarray(dwi.volume.get_affine())[:3, :3], axis=0)
+        mask = shells_mask(images, voxel_size, neighbourhood_mm=float(neighbourhood_mm),
+                           bridge_mm=float(bridge_mm))  # fmt: skip
+    _check_not_empty(mask, dwi, mask_method)
+    return _volume(mask.astype(np.uint8), dwi, "mask", f"kwneuro-pydra {mask_method}")
+
+
+def _check_not_empty(mask: NDArray[np.bool_], dwi: Dwi, method: str) -> None:
+    """Refuse an empty or near-empty mask, naming the DWI and what to try."""
+    if mask.sum() >= max(1.0, _MIN_MASK_FRACTION * mask.size):
+        return
+    other = next(name for name in MASK_METHODS if name != method)
+    raise ValueError(
+        f"brain_mask: the {method} brain mask of {source_of(dwi.volume)} is "
+        f"{'empty' if not mask.any() else 'nearly empty'} ({int(mask.sum())} of {mask.size} "
+        f"voxels, under {_MIN_MASK_FRACTION:.1%}): check that the DWI holds a head with "
+        f"signal in its volumes (not only background or zeros); try mask_method={other!r} "
+        "(--mask-method in the CLI), or fit without a mask (estimate_dti(dwi, None))"
     )
-    return _volume(mask.astype(np.uint8), dwi, "mask", "kwneuro-pydra")
 
 
 @cacheable
@@ -204,23 +267,27 @@ def dti_pipeline(
     *,
     fit_method: str = "WLS",
     bmax: float = 1500.0,
+    mask_method: str = "shells",
     median_radius: int = 4,
     numpass: int = 4,
 ) -> DtiResult:
-    """The per-subject DTI workflow: median-Otsu brain mask, then the tensor fit inside it.
+    """The per-subject DTI workflow: a brain mask, then the tensor fit inside it.
 
-    The mask's defaults are dipy's, chosen for brains about 60 voxels or more across; a
-    smaller image (a phantom, a low-resolution scan) needs a smaller median filter.
+    The median-otsu mask's defaults are dipy's, chosen for brains about 60 voxels or more
+    across; a smaller image (a phantom, a low-resolution scan) needs a smaller median
+    filter. The shells mask's parameters are in mm and need no such care.
 
     Args:
         dwi: The subject's diffusion-weighted image.
         fit_method: ``"WLS"`` or ``"OLS"`` (see `estimate_dti`).
         bmax: Highest shell to fit, in s/mm².
-        median_radius: Radius of the mask's median filter in voxels (see `brain_mask`).
-        numpass: Passes of the mask's median filter.
+        mask_method: ``"shells"`` or ``"median-otsu"`` (see `brain_mask`).
+        median_radius: median-otsu: radius of the median filter in voxels.
+        numpass: median-otsu: passes of the median filter.
 
     Returns:
         The tensor maps.
     """
-    mask = brain_mask(dwi, median_radius=median_radius, numpass=numpass)
+    mask = brain_mask(dwi, mask_method=mask_method, median_radius=median_radius,
+                      numpass=numpass)  # fmt: skip
     return estimate_dti(dwi, mask, fit_method=fit_method, bmax=bmax)
