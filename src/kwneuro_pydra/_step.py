@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeGuard, TypeVar
 
 from kwneuro_pydra._code import Code, capture, code_fingerprint
 from kwneuro_pydra._fingerprint import fingerprint
-from kwneuro_pydra._store import _sidecar_name, encode_scalar
+from kwneuro_pydra._sidecar import encode_scalar, sidecar_name
 
 __all__ = ["CacheSpec", "Step", "StepArguments"]
 
@@ -325,7 +325,7 @@ def _check_files(step: str, files: object, where: str) -> list[str]:
     """
     if isinstance(files, str | bytes) or not isinstance(files, list | tuple):
         raise TypeError(f"step {step!r}: {where} must be a list of file names, not {files!r}")
-    taken = {_sidecar_name(step).casefold(): _sidecar_name(step)}  # case-folded -> as given
+    taken = {sidecar_name(step).casefold(): sidecar_name(step)}  # case-folded -> as given
     directories: dict[str, str] = {}  # case-folded -> a file inside
     for name in files:
         problem = _file_problem(name) or _clash(step, name, taken, directories)
@@ -348,7 +348,7 @@ def _clash(step: str, name: str, taken: dict[str, str], directories: dict[str, s
     """Why ``name`` cannot sit beside the files already ``taken``, or None."""
     other = taken.get(name.casefold())
     if other is not None:
-        sidecar = other == _sidecar_name(step)
+        sidecar = other == sidecar_name(step)
         what = "the entry's sidecar" if sidecar else f"output file {other!r}"
         case = "" if other == name else " (names equal but for case collide on macOS, Windows)"
         return f"collides with {what}{case}" if sidecar or case else "appears twice"
