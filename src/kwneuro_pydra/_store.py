@@ -5,7 +5,7 @@ Layout of one cache directory::
     <cache_dir>/<step>/<key>/<output files>        one complete entry
     <cache_dir>/<step>/<key>/<step>.params.json    its sidecar, written last
     <cache_dir>/<step>/.lock                        one byte per key, locked while computed
-    <cache_dir>/<step>/.tmp-<key>/                  an entry being written
+    <cache_dir>/<step>/.tmp-<key>-<random>/         an entry being written
     <cache_dir>/.kwneuro/digests/                   the persistent file-digest memo
 
 An entry is written into a hidden temporary directory and renamed into place, so it appears
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -38,7 +40,7 @@ from kwneuro_pydra._filedigest import (
     is_settled,
     stat_key,
 )
-from kwneuro_pydra._files import read_regular
+from kwneuro_pydra._files import open_new, read_regular
 from kwneuro_pydra._lock import LOCK_FILE, EntryLock
 from kwneuro_pydra._sidecar import (
     DIGEST_PREFIX,
@@ -96,7 +98,7 @@ _NEARLY_FULL = 1 << 20
 
 
 def _write_new(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = open_new(path, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -231,12 +233,10 @@ class Store:
             OSError: The entry could not be written (nothing is left behind).
         """
         step_dir = f"{self._root}/{step}"
-        tmp = f"{step_dir}/.tmp-{key}"  # one writer per key: it holds the lock
-        try:
-            os.mkdir(tmp)
-        except FileExistsError:  # left by a writer that crashed
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.mkdir(tmp)
+        for left in glob.glob(f"{glob.escape(step_dir)}/.tmp-{key}-*"):  # a crashed writer's
+            shutil.rmtree(left, ignore_errors=True)  # (one writer per key: it holds the lock)
+        tmp = f"{step_dir}/.tmp-{key}-{secrets.token_hex(8)}"  # unguessable: never a link
+        os.mkdir(tmp)  # the umask's mode (tempfile.mkdtemp's 0700 would hide it from a lab)
         target = f"{step_dir}/{key}"
         try:
             _write_outputs(write, tmp)
