@@ -19,6 +19,7 @@ import contextlib
 import io
 import os
 import re
+import secrets
 import threading
 import time
 import warnings
@@ -29,7 +30,7 @@ from typing import NamedTuple
 
 import xxhash
 
-from kwneuro_pydra._files import open_regular, read_regular
+from kwneuro_pydra._files import open_new, open_regular, read_regular
 
 __all__ = [
     "CHUNK_SIZE",
@@ -168,14 +169,13 @@ def _write_persistent(directory: Path, key: StatKey, digest: str) -> None:
     """Store a digest in the memo directory; on any failure (a full disk, a read-only cache)
     leave nothing behind, not even the temporary file."""
     target = _memo_file(directory, key)
-    tmp = target.parent / f"{MEMO_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{target.name}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    tmp = target.parent / f"{MEMO_TMP_PREFIX}{secrets.token_hex(8)}-{target.name}"
     try:
         try:
-            fd = os.open(tmp, flags, 0o644)
+            fd = open_new(tmp, 0o644)
         except FileNotFoundError:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, flags, 0o644)
+            fd = open_new(tmp, 0o644)
         try:
             os.write(fd, digest.encode("ascii"))
         finally:

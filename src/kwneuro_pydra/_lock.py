@@ -5,7 +5,9 @@ an open file description (OFD) lock. The kernel releases it when the holder's fi
 which happens when the holder exits for any reason, SIGKILL included, so a lock left by a dead
 process is recovered by the next waiter without guessing from pids or ages. The file is
 shared by every key and never removed, so taking a lock creates no file: open, lock, unlock,
-close. Each open takes its own lock, so threads of one process exclude each other too.
+close. Each open takes its own lock, so threads of one process exclude each other too. The
+file is opened with ``O_NOFOLLOW``: a link planted at its place by another member of a
+shared cache's group is refused, never written through.
 
 While it holds a key, the holder writes who it is (host, pid, time, key) into the key's slot
 of the file, so a waiter can say what it waits for. On NFS, Linux sends OFD locks to the
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from kwneuro_pydra._files import read_regular
+from kwneuro_pydra._files import open_shared, read_regular
 
 __all__ = ["LOCK_FILE", "EntryLock", "held", "read_owners"]
 
@@ -77,8 +79,8 @@ def held(path: str | Path, key: str | None = None) -> bool:
     """True when some open file holds the lock of ``key`` in the lock file ``path`` (any key
     when ``key`` is None). A missing lock file holds nothing."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):  # none, or a link planted there: holds nothing
         return False
     try:
         if not _OFD:
@@ -131,6 +133,8 @@ class EntryLock:
         """Block until the lock is held by this open file.
 
         Raises:
+            UnsafeFileError: A symbolic link or a file that is not regular is where the
+                lock file should be (refused, never followed).
             OSError: The lock file cannot be created or opened for writing (a read-only
                 directory, a full disk), or its owner record not written. The lock is then
                 not held.
@@ -152,12 +156,11 @@ class EntryLock:
             os.close(fd)  # the step directory was removed and made again: lock the new file
 
     def _open(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            return os.open(self.path, flags, 0o666)
+            return open_shared(self.path)
         except FileNotFoundError:  # the first entry of its step: make the step's directory
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            return os.open(self.path, flags, 0o666)
+            return open_shared(self.path)
 
     def _is_current(self, fd: int) -> bool:
         try:

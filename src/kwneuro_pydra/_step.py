@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeGuard, TypeVar
 
 from kwneuro_pydra._code import Code, capture, code_fingerprint
 from kwneuro_pydra._fingerprint import fingerprint
-from kwneuro_pydra._store import encode_scalar, sidecar_name
+from kwneuro_pydra._sidecar import encode_scalar, sidecar_name
 
 __all__ = ["CacheSpec", "Step", "StepArguments"]
 

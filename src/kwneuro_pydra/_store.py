@@ -1,39 +1,35 @@
-"""Cache entries on disk: layout, sidecar format, atomic publish, locks, listing and pruning.
+"""Cache entries on disk: layout, atomic publish, locks, listing and pruning.
 
 Layout of one cache directory::
 
     <cache_dir>/<step>/<key>/<output files>        one complete entry
     <cache_dir>/<step>/<key>/<step>.params.json    its sidecar, written last
     <cache_dir>/<step>/.lock                        one byte per key, locked while computed
-    <cache_dir>/<step>/.tmp-<key>/                  an entry being written
+    <cache_dir>/<step>/.tmp-<key>-<random>/         an entry being written
     <cache_dir>/.kwneuro/digests/                   the persistent file-digest memo
 
 An entry is written into a hidden temporary directory and renamed into place, so it appears
 whole or not at all. The sidecar records the size and content digest of every output file;
 a lookup checks them (through the stat-keyed memo, so a warm check costs one stat per file),
-so a file truncated or edited after publishing is a miss, never a wrong hit.
+so a file truncated or edited after publishing is a miss, never a wrong hit. The sidecar's
+format is `kwneuro_pydra._sidecar`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import hashlib
-import json
-import math
+import glob
 import os
+import secrets
 import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-
-import attrs
 
 from kwneuro_pydra._exchange import exchange
 from kwneuro_pydra._filedigest import (
@@ -44,97 +40,33 @@ from kwneuro_pydra._filedigest import (
     is_settled,
     stat_key,
 )
-from kwneuro_pydra._files import read_regular
+from kwneuro_pydra._files import open_new, read_regular
 from kwneuro_pydra._lock import LOCK_FILE, EntryLock
+from kwneuro_pydra._sidecar import (
+    DIGEST_PREFIX,
+    FORMAT_VERSION,
+    Entry,
+    decode_scalar,
+    dump,
+    encode_scalar,
+    entry_from,
+    entry_key,
+    library,
+    parse,
+    sidecar_name,
+)
 
 __all__ = [
-    "FORMAT_VERSION",
     "LEFTOVER_PREFIXES",
     "Entry",
-    "SidecarError",
     "Store",
     "decode_scalar",
     "discard",
     "encode_scalar",
     "entry_key",
-    "sidecar_name",
 ]
-
-FORMAT_VERSION = 1
-"""Version of the sidecar format; a sidecar of another version is a miss."""
-
-Scalar = bool | int | float | str | None
-_NONFINITE = "float"
-
-
-def encode_scalar(value: Scalar) -> Any:
-    """Return the JSON form of a scalar; non-finite floats become ``{"float": "nan"}`` etc."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return {_NONFINITE: repr(value)}
-    return value
-
-
-def decode_scalar(value: Any) -> Scalar:
-    """Invert `encode_scalar`."""
-    if isinstance(value, dict):
-        return float(value[_NONFINITE])
-    return value  # type: ignore[no-any-return]
-
-
-def entry_key(scalars: Mapping[str, Any], hashes: Mapping[str, str], code: str) -> str:
-    """Return the 64-hex key of the entry of these (JSON-encoded) arguments and this code."""
-    text = _KEY_ENCODER.encode({"scalars": scalars, "hashes": hashes, "code": code})
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-_KEY_ENCODER = json.JSONEncoder(sort_keys=True, allow_nan=False, ensure_ascii=False)
-
-
-@attrs.frozen
-class Entry:
-    """One stored entry of a step, as its sidecar describes it.
-
-    Attributes:
-        step: Step name.
-        key: Entry key (64 hex).
-        path: Entry directory.
-        scalars: Scalar arguments, decoded.
-        hashes: Fingerprints of the other arguments.
-        code: Fingerprint of the step's code when the entry was made, or None.
-        files: Output file name -> {"size": int, "digest": str}.
-        created: Creation time, ISO 8601 UTC.
-        duration: Seconds the step took to compute.
-        library: Library name and version that wrote the entry.
-        function: Module and qualified name of the function that made it, or None when
-            the sidecar does not say.
-    """
-
-    step: str
-    key: str
-    path: Path
-    scalars: dict[str, Scalar]
-    hashes: dict[str, str]
-    code: str | None
-    files: dict[str, dict[str, Any]]
-    created: str
-    duration: float
-    library: str
-    function: str | None = None
-
-    def selected_by(self, scalars: Mapping[str, Any], hashes: Mapping[str, str]) -> bool:
-        """True when these (JSON-encoded) arguments are the entry's."""
-        stored = {name: encode_scalar(value) for name, value in self.scalars.items()}
-        return self.hashes == hashes and stored == scalars
-
-    def lacks(self, files: list[str]) -> bool:
-        """Return True when some of ``files`` are not outputs of this entry."""
-        return not self.files.keys() >= set(files)
-
-    @property
-    def nbytes(self) -> int:
-        """Total size of the output files in bytes."""
-        return sum(int(f["size"]) for f in self.files.values())
-
+"""`Entry`, `decode_scalar`, `encode_scalar` and `entry_key` are the sidecar format's
+(`kwneuro_pydra._sidecar`), named here too for the cache that uses both."""
 
 _SIDECAR_LIMIT = 50_000
 _SIDECARS: dict[tuple[str, StatKey], Entry] = {}
@@ -144,99 +76,8 @@ LEFTOVER_PREFIXES = (".tmp-", ".trash-", ".swap-")
 """Hidden names a crashed or interrupted writer can leave in a step directory."""
 
 
-class SidecarError(ValueError):
-    """A sidecar that is not one this library wrote: unknown format or malformed fields."""
-
-
-def sidecar_name(step: str) -> str:
-    """The name of the sidecar file of an entry of ``step``: ``<step>.params.json``."""
-    return f"{step}.params.json"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_scalar(value: Any) -> bool:
-    """True for what `encode_scalar` writes."""
-    if isinstance(value, dict):
-        return value.keys() == {_NONFINITE} and value[_NONFINITE] in ("nan", "inf", "-inf")
-    return value is None or isinstance(value, bool | str) or _is_number(value)
-
-
-def _is_file_record(value: Any) -> bool:
-    if not isinstance(value, dict) or not isinstance(value.get("digest"), str):
-        return False
-    size = value.get("size")
-    return isinstance(size, int) and not isinstance(size, bool) and size >= 0
-
-
-def _is_timestamp(value: Any) -> bool:
-    try:
-        datetime.fromisoformat(value).timestamp()
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return True
-
-
-_FIELDS: dict[str, Callable[[Any], bool]] = {
-    "scalars": lambda v: isinstance(v, dict) and all(map(_is_scalar, v.values())),
-    "hashes": lambda v: isinstance(v, dict) and all(isinstance(h, str) for h in v.values()),
-    "code": lambda v: v is None or isinstance(v, str),
-    "files": lambda v: isinstance(v, dict) and all(map(_is_file_record, v.values())),
-    "created": _is_timestamp,
-    "duration": _is_number,
-    "library": lambda v: isinstance(v, str),
-}
-"""Every field an entry needs, with what a well-formed value is."""
-
-
-def _validate(raw: Any, key: str) -> dict[str, Any]:
-    """Return ``raw`` if it is a sidecar this library wrote for the entry ``key``.
-
-    Raises:
-        SidecarError: Another format, a missing or malformed field, or arguments that do not
-            select ``key`` (a sidecar edited or moved from another entry).
-    """
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
-        version = raw.get("format") if isinstance(raw, dict) else None
-        raise SidecarError(f"unknown sidecar format version {version!r}")
-    for name, valid in _FIELDS.items():
-        if name not in raw:
-            raise SidecarError(f"field {name!r} is missing")
-        if not valid(raw[name]):
-            raise SidecarError(f"field {name!r} is malformed: {repr(raw[name])[:80]}")
-    if entry_key(raw["scalars"], raw["hashes"], raw["code"]) != key:
-        raise SidecarError("its arguments and code do not select this entry's key")
-    return raw
-
-
 def _parse_sidecar(path: str, step: str, key: str, entry_dir: str) -> Entry:
-    return _entry(_validate(json.loads(read_regular(path)), key), step, key, Path(entry_dir))
-
-
-def _entry(raw: dict[str, Any], step: str, key: str, entry_dir: Path) -> Entry:
-    return Entry(
-        step=step,
-        key=key,
-        path=entry_dir,
-        scalars={k: decode_scalar(v) for k, v in raw["scalars"].items()},
-        hashes=dict(raw["hashes"]),
-        code=raw["code"],
-        files=dict(raw["files"]),
-        created=raw["created"],
-        duration=float(raw["duration"]),
-        library=raw["library"],
-        function=raw.get("function") if isinstance(raw.get("function"), str) else None,
-    )
-
-
-_ENCODER = json.JSONEncoder(sort_keys=True, allow_nan=False)
-
-
-def _dump(sidecar: Mapping[str, Any]) -> bytes:
-    """One line of JSON (json's C encoder; ``python -m json.tool`` shows it indented)."""
-    return (_ENCODER.encode(sidecar) + "\n").encode()
+    return parse(read_regular(path), step, key, Path(entry_dir))
 
 
 def _write_outputs(write: Callable[[Path], None], directory: str) -> None:
@@ -257,7 +98,7 @@ _NEARLY_FULL = 1 << 20
 
 
 def _write_new(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = open_new(path, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -388,12 +229,10 @@ class Store:
             OSError: The entry could not be written (nothing is left behind).
         """
         step_dir = f"{self._root}/{step}"
-        tmp = f"{step_dir}/.tmp-{key}"  # one writer per key: it holds the lock
-        try:
-            os.mkdir(tmp)
-        except FileExistsError:  # left by a writer that crashed
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.mkdir(tmp)
+        for left in glob.glob(f"{glob.escape(step_dir)}/.tmp-{key}-*"):  # a crashed writer's
+            shutil.rmtree(left, ignore_errors=True)  # (one writer per key: it holds the lock)
+        tmp = f"{step_dir}/.tmp-{key}-{secrets.token_hex(8)}"  # unguessable: never a link
+        os.mkdir(tmp)  # the umask's mode (tempfile.mkdtemp's 0700 would hide it from a lab)
         target = f"{step_dir}/{key}"
         try:
             _write_outputs(write, tmp)
@@ -403,14 +242,14 @@ class Store:
                 **record,
                 "files": {name: _describe(f"{tmp}/{name}", step) for name in files},
                 "created": datetime.now(UTC).isoformat(timespec="microseconds"),
-                "library": _library(),
+                "library": library(),
             }
-            _write_new(f"{tmp}/{sidecar_name(step)}", _dump(sidecar))
+            _write_new(f"{tmp}/{sidecar_name(step)}", dump(sidecar))
             self._swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return _entry(sidecar, step, key, Path(target))
+        return entry_from(sidecar, step, key, Path(target))
 
     @staticmethod
     def _swap_in(tmp: str, target: str) -> None:
@@ -521,19 +360,8 @@ def _describe(path: str, step: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"step {step!r} did not write its declared output file {os.path.basename(path)!r}"
         ) from None
-    return {"size": size, "digest": f"{_DIGEST_PREFIX}{digest}"}
-
-
-_DIGEST_PREFIX = "xxh3_128:"
+    return {"size": size, "digest": f"{DIGEST_PREFIX}{digest}"}
 
 
 def _content_digest(path: str | Path) -> str:
-    return f"{_DIGEST_PREFIX}{file_digest(path)}"
-
-
-@functools.cache
-def _library() -> str:
-    try:
-        return f"kwneuro-pydra {version('kwneuro-pydra')}"
-    except PackageNotFoundError:
-        return "kwneuro-pydra (not installed)"
+    return f"{DIGEST_PREFIX}{file_digest(path)}"

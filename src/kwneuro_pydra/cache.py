@@ -645,14 +645,22 @@ class Cache:
             self._unstored.add(step.name)
             warnings.warn(
                 f"step {step.name!r}: cannot store results in {self.cache_dir} "
-                f"({error.strerror}); they are computed and returned without being stored",
+                f"({_cause(error)}); they are computed and returned without being stored",
                 UserWarning,
                 stacklevel=4,
             )
 
 
-_CANNOT_STORE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
-"""Errors that mean the cache directory cannot take a new entry (read-only, full)."""
+_CANNOT_STORE = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ELOOP}
+)
+"""Errors that mean the cache directory cannot take a new entry (read-only, full, a link
+planted where a file is written)."""
+
+
+def _cause(error: OSError) -> str:
+    """``<strerror>: <path>``, the path when the error names one."""
+    return f"{error.strerror}: {error.filename}" if error.filename else str(error.strerror)
 
 
 def _changed(before: StepArguments, after: StepArguments | None) -> str | None:

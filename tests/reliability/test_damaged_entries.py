@@ -222,7 +222,7 @@ def test_a_sidecar_moved_to_another_entry_is_malformed(tmp_path: Path) -> None:
 def test_strategies_only_break_sidecars(data: st.DataObject) -> None:
     """Every corruption the strategy draws is rejected by the sidecar check (no false
     "damaged" report hides a strategy that produces valid sidecars)."""
-    from kwneuro_pydra._store import SidecarError, _validate, entry_key
+    from kwneuro_pydra._sidecar import SidecarError, entry_key, validate
 
     raw = {
         "format": 1,
@@ -235,8 +235,8 @@ def test_strategies_only_break_sidecars(data: st.DataObject) -> None:
         "library": "kwneuro-pydra",
     }
     key = entry_key(raw["scalars"], raw["hashes"], raw["code"])  # type: ignore[arg-type]
-    assert _validate(raw, key) is raw
+    assert validate(raw, key) is raw
     for _ in range(200):
         broken = json.loads(json.dumps(corrupt_sidecar(raw, data.draw(sidecar_corruptions))))
         with pytest.raises(SidecarError):
-            _validate(broken, key)
+            validate(broken, key)

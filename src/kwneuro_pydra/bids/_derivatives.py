@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import attrs
 
 from kwneuro_pydra._filedigest import carry_over
+from kwneuro_pydra._files import UnsafeFileError, open_new, temporary_name, write_atomic
 from kwneuro_pydra.bids._discover import DwiSeries
 
 __all__ = [
@@ -81,21 +81,25 @@ def place(source: Path, target: Path) -> None:
         target: The derivative's path; its folder is created.
 
     Raises:
+        UnsafeFileError: ``target`` is a symbolic link (refused, never followed).
         OSError: Neither a link nor a copy could be made.
     """
     with contextlib.suppress(OSError):
         if os.path.samefile(source, target):
             return
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    if target.is_symlink():
+        raise UnsafeFileError(target)
+    temporary = temporary_name(target)
     before: os.stat_result | None = os.stat(source)
     try:
         try:
-            os.link(source, temporary)
+            os.link(source, temporary)  # a new name: fails on anything planted there
         except OSError as error:
             if error.errno not in _LINK_FAILURES:
                 raise
-            shutil.copyfile(source, temporary)
+            with open(source, "rb") as reading, os.fdopen(open_new(temporary), "wb") as copy:
+                shutil.copyfileobj(reading, copy)
             before = None
         os.replace(temporary, target)
     finally:
@@ -110,18 +114,17 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     Args:
         path: The file; its folder is created.
         data: JSON-serialisable mapping.
+
+    Raises:
+        UnsafeFileError: ``path`` is a symbolic link (refused, never followed).
+        OSError: The file cannot be written (the error names it and the cause).
     """
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     with contextlib.suppress(OSError):
         if path.read_text(encoding="utf-8") == text:
             return
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomic(path, text.encode("utf-8"))
 
 
 def write_dataset_description(

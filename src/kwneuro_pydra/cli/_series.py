@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from kwneuro_pydra._files import write_atomic
 from kwneuro_pydra._plan import Plan, plan
 from kwneuro_pydra.bids import BidsError, DwiSeries, SeriesError, discover
 from kwneuro_pydra.cli._common import UsageError, plural
@@ -105,7 +106,7 @@ def look_up(unit: Unit, work_dir: Path, parameters: dict[str, Any]) -> Plan:
 def write_record(work_dir: Path, all_units: Sequence[Unit]) -> None:
     """Remember which units failed in this run, and why (read by ``status``)."""
     failed = {u.name: {"step": u.failed_step, "reason": u.failure} for u in all_units if u.failure}
-    (work_dir / RECORD).write_text(json.dumps(failed, indent=2) + "\n", encoding="utf-8")
+    write_atomic(work_dir / RECORD, (json.dumps(failed, indent=2) + "\n").encode())
 
 
 def read_record(work_dir: Path) -> dict[str, dict[str, Any]]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import os
 import traceback
 from pathlib import Path
 from typing import Any
+
+from kwneuro_pydra._files import write_atomic
 
 __all__ = ["ERRORS_DIR", "StepError", "clear", "describe", "failed", "read", "record"]
 
@@ -76,9 +77,7 @@ def record(cache_dir: Path, step: str, error: BaseException) -> None:
     }
     directory = cache_dir / ERRORS_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{step}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, directory / f"{step}.json")
+    write_atomic(directory / f"{step}.json", json.dumps(payload).encode())
 
 
 def _records(cache_dir: Path) -> list[Path]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import html
 import math
-import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
 
+from kwneuro_pydra._files import write_atomic
 from kwneuro_pydra.bids import place
 from kwneuro_pydra.report._figures import SeriesStats
 
@@ -282,6 +283,10 @@ def _group_body(
 
 
 def _write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomic(path, text.translate(_BIDI_ESCAPED).encode("utf-8"))
+
+
+_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_BIDI_ESCAPED = {code: urllib.parse.quote(chr(code)) for code in _BIDI}
+"""Bidirectional controls (which can make a name read backwards) shown percent-encoded:
+visible in the text, and the same file name where a link or an image source holds one."""

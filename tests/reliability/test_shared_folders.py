@@ -1,0 +1,97 @@
+"""A lab's shared, group-writable folders: a link planted by another member is never written
+through, whatever file this process writes there next.
+
+Two real users: the test (root) and user ``nobody`` (through ``setpriv``, without
+capabilities), sharing the group of a setgid, group-writable folder, as a lab's cache root
+and output folder are. ``nobody`` plants symbolic links to a file of root's at the names root
+writes next; root's writes must refuse them (naming the link) and leave the file untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from kwneuro_pydra import Cache
+from kwneuro_pydra._files import UnsafeFileError, write_atomic
+from kwneuro_pydra._lock import LOCK_FILE
+from kwneuro_pydra.bids import place, write_json
+from kwneuro_pydra.report._html import write_reports
+from tests.reliability import _steps
+from tests.reliability._system import require_root, run_python
+
+SECRET = b"root's own file: nobody may change it\n"
+
+
+@pytest.fixture
+def lab(shared_dir: Path) -> tuple[Path, Path]:
+    """A setgid folder writable by the group ``nogroup`` (user nobody's), and a file of
+    root's that only root can reach."""
+    require_root("shares a folder with user nobody")
+    folder = shared_dir / "lab"
+    folder.mkdir()
+    shutil.chown(folder, group="nogroup")
+    folder.chmod(0o2775)
+    private = shared_dir / "private"
+    private.mkdir(mode=0o700)
+    victim = private / "victim"
+    victim.write_bytes(SECRET)
+    return folder, victim
+
+
+def _plant(links: dict[Path, Path]) -> None:
+    """Make the links as user nobody (their folders too), each pointing at its target."""
+    code = "import json, os\n"
+    for link, target in links.items():
+        code += f"os.makedirs({str(link.parent)!r}, exist_ok=True)\n"
+        code += f"os.symlink({str(target)!r}, {str(link)!r})\n"
+    run_python(code + "print(json.dumps(True))", as_nobody=True)
+    for link in links:
+        assert link.is_symlink() and link.lstat().st_uid != 0, "nobody planted it"
+
+
+def test_a_lock_file_planted_as_a_link_is_refused_and_the_result_returned(
+    lab: tuple[Path, Path],
+) -> None:
+    folder, victim = lab
+    lock = folder / "cache" / "rl_square" / LOCK_FILE
+    _plant({lock: victim})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Cache(folder / "cache"):
+            assert _steps.rl_square(7).tolist() == [49]
+    assert victim.read_bytes() == SECRET, "the lock record was written through the link"
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert str(lock) in messages[0] and "symbolic link" in messages[0], messages[0]
+
+
+def test_files_written_in_a_shared_folder_never_follow_a_planted_link(
+    lab: tuple[Path, Path],
+) -> None:
+    folder, victim = lab
+    output = folder / "output"
+    sidecar = output / "sub-01" / "dwi" / "sub-01_dwi.json"
+    image = output / "sub-01" / "dwi" / "sub-01_desc-brain_mask.nii.gz"
+    record = folder / "work" / "last-run.json"
+    # The names the old code wrote aside: predictable from this process's pid.
+    report_aside = output / f".report.html.{os.getpid()}.tmp"
+    _plant({sidecar: victim, image: victim, record: victim, report_aside: victim})
+    for target, write in [
+        (sidecar, lambda: write_json(sidecar, {"Description": "a map"})),
+        (image, lambda: place(folder / "source.nii.gz", image)),
+        (record, lambda: write_atomic(record, b"{}\n")),
+    ]:
+        if target == image:
+            (folder / "source.nii.gz").write_bytes(b"new image")
+        with pytest.raises(UnsafeFileError, match="symbolic link") as refused:
+            write()
+        assert refused.value.filename == str(target)
+        assert target.is_symlink(), "the link is left for the user to see"
+    write_reports(output, [], title="Report", summary="none")
+    assert (output / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE")
+    assert victim.read_bytes() == SECRET, "a write went through a planted link"
