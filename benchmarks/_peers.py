@@ -136,6 +136,6 @@ def _install_kwneuro() -> None:
 
 def joblib_memory(location: Path) -> joblib.Memory:
     """A quiet ``joblib.Memory`` storing under *location*."""
-    import joblib  # type: ignore[import-untyped]  # only the benchmarks need it
+    import joblib  # only the benchmarks need it
 
     return joblib.Memory(location, verbose=0)

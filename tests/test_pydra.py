@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("pydra")
 
-from pydra.engine.submitter import Submitter
-from pydra.utils.general import get_fields
+from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+from pydra.utils.general import get_fields  # type: ignore[import-untyped]
 
 from kwneuro_pydra import Cache, CacheSpec, cacheable, fingerprint
 from kwneuro_pydra.pydra import LazyValueError, to_task, to_workflow
