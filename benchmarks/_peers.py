@@ -67,13 +67,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
+NO_INSTALL = "KWNEURO_BENCH_NO_INSTALL"
+"""Environment variable: when ``1``, upstream kwneuro is never installed (the fast smoke test)."""
+
+
 @cache
-def upstream(*, install: bool = True) -> ModuleType:
+def upstream(*, install: bool | None = None) -> ModuleType:
     """Upstream kwneuro 1.0's ``cache`` module, loaded on its own (without ``kwneuro/__init__``).
 
     Args:
         install: whether to ``pip install`` kwneuro into ``benchmarks/.peers`` when neither an
-            installed ``kwneuro`` nor an earlier install there is found.
+            installed ``kwneuro`` nor an earlier install there is found; None: unless
+            `NO_INSTALL` is set to ``1``.
 
     Returns:
         The module, registered in ``sys.modules`` as ``kwneuro_upstream_cache``.
@@ -85,7 +90,7 @@ def upstream(*, install: bool = True) -> ModuleType:
     cache_py = _installed_cache_py()
     if cache_py is None:
         if not (_KWNEURO_CACHE_PY.is_file() and _KWNEURO_DIST_INFO.is_dir()):
-            if not install:
+            if not (install if install is not None else os.environ.get(NO_INSTALL) != "1"):
                 raise Unavailable(f"upstream: kwneuro is not installed (nor in {PEERS_DIR})")
             _install_kwneuro()
         cache_py = _KWNEURO_CACHE_PY
