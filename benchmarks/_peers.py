@@ -17,6 +17,7 @@ out and says why, instead of failing the whole run.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -109,7 +110,12 @@ def upstream(*, install: bool | None = None) -> ModuleType:
 
 
 def _installed_cache_py() -> Path | None:
-    """``kwneuro/cache.py`` of an installed kwneuro, found without importing the package."""
+    """``kwneuro/cache.py`` of an installed kwneuro 1.0.x, found without importing the package."""
+    try:
+        if not importlib.metadata.version("kwneuro").startswith("1.0."):
+            return None
+    except importlib.metadata.PackageNotFoundError:
+        return None
     spec = importlib.util.find_spec("kwneuro")
     for folder in (spec.submodule_search_locations or []) if spec is not None else []:
         if (Path(folder) / "cache.py").is_file():
