@@ -128,7 +128,7 @@ def test_without_cache_dir_a_node_runs_plainly_even_inside_a_cache(
     assert steps.executions(counts, "add_one") == 1
 
 
-@pytest.mark.skipif(steps.upstream is None, reason="upstream kwneuro 1.0 cache.py not found")
+@pytest.mark.skipif(steps.upstream is None, reason="kwneuro 1.0 is not installed")
 def test_upstream_kwneuro_cacheable_steps(counts: Path, tmp_path: Path) -> None:
     cache_dir = tmp_path / "sub-01"
     square, volume = to_task(steps.up_square), to_task(steps.up_volume)
