@@ -17,6 +17,7 @@ out and says why, instead of failing the whole run.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -67,13 +68,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
+NO_INSTALL = "KWNEURO_BENCH_NO_INSTALL"
+"""Environment variable: when ``1``, upstream kwneuro is never installed (the fast smoke test)."""
+
+
 @cache
-def upstream(*, install: bool = True) -> ModuleType:
+def upstream(*, install: bool | None = None) -> ModuleType:
     """Upstream kwneuro 1.0's ``cache`` module, loaded on its own (without ``kwneuro/__init__``).
 
     Args:
         install: whether to ``pip install`` kwneuro into ``benchmarks/.peers`` when neither an
-            installed ``kwneuro`` nor an earlier install there is found.
+            installed ``kwneuro`` nor an earlier install there is found; None: unless
+            `NO_INSTALL` is set to ``1``.
 
     Returns:
         The module, registered in ``sys.modules`` as ``kwneuro_upstream_cache``.
@@ -85,7 +91,7 @@ def upstream(*, install: bool = True) -> ModuleType:
     cache_py = _installed_cache_py()
     if cache_py is None:
         if not (_KWNEURO_CACHE_PY.is_file() and _KWNEURO_DIST_INFO.is_dir()):
-            if not install:
+            if not (install if install is not None else os.environ.get(NO_INSTALL) != "1"):
                 raise Unavailable(f"upstream: kwneuro is not installed (nor in {PEERS_DIR})")
             _install_kwneuro()
         cache_py = _KWNEURO_CACHE_PY
@@ -104,7 +110,12 @@ def upstream(*, install: bool = True) -> ModuleType:
 
 
 def _installed_cache_py() -> Path | None:
-    """``kwneuro/cache.py`` of an installed kwneuro, found without importing the package."""
+    """``kwneuro/cache.py`` of an installed kwneuro 1.0.x, found without importing the package."""
+    try:
+        if not importlib.metadata.version("kwneuro").startswith("1.0."):
+            return None
+    except importlib.metadata.PackageNotFoundError:
+        return None
     spec = importlib.util.find_spec("kwneuro")
     for folder in (spec.submodule_search_locations or []) if spec is not None else []:
         if (Path(folder) / "cache.py").is_file():
@@ -136,6 +147,6 @@ def _install_kwneuro() -> None:
 
 def joblib_memory(location: Path) -> joblib.Memory:
     """A quiet ``joblib.Memory`` storing under *location*."""
-    import joblib  # type: ignore[import-untyped]  # only the benchmarks need it
+    import joblib  # only the benchmarks need it
 
     return joblib.Memory(location, verbose=0)

@@ -33,9 +33,13 @@ def executions(where: Path, name: str | None = None) -> int:
 
 def json_spec(name: str) -> CacheSpec[object]:
     """A CacheSpec storing a JSON-able result in ``<name>.json``."""
+
+    def save(result: object, directory: Path) -> None:
+        (directory / f"{name}.json").write_text(json.dumps(result))
+
     return CacheSpec(
         files=[f"{name}.json"],
-        save=lambda r, d: (d / f"{name}.json").write_text(json.dumps(r)),
+        save=save,
         load=lambda d: _tuples(json.loads((d / f"{name}.json").read_text())),
     )
 
@@ -52,7 +56,8 @@ class NpyVolume:
 
     @property
     def array(self) -> np.ndarray:
-        return np.load(self.path, mmap_mode="r")
+        array: np.ndarray = np.load(self.path, mmap_mode="r")
+        return array
 
     @classmethod
     def create(cls, array: np.ndarray) -> NpyVolume:
@@ -266,7 +271,7 @@ upstream = _upstream_cache_module()
 
 if upstream is not None:
 
-    @upstream.cacheable(upstream.CacheSpec(  # type: ignore[attr-defined]
+    @upstream.cacheable(upstream.CacheSpec(  # type: ignore[attr-defined,untyped-decorator]
         files=["up_square.json"],
         save=lambda r, d: (d / "up_square.json").write_text(json.dumps(r)),
         load=lambda d: json.loads((d / "up_square.json").read_text()),
@@ -275,7 +280,7 @@ if upstream is not None:
         _count("up_square")
         return x * x
 
-    @upstream.cacheable  # type: ignore[attr-defined]
+    @upstream.cacheable  # type: ignore[attr-defined,untyped-decorator]
     def up_volume(n: int) -> NpyVolume:
         _count("up_volume")
         return NpyVolume.create(np.arange(n, dtype=np.float32))

@@ -238,7 +238,7 @@ def race_worker(
     os.environ[NONCE_ENV] = f"pid-{os.getpid()}"
     warnings.simplefilter("error")
     try:
-        cache = Cache(cache_dir)
+        cache = Cache(Path(cache_dir))
         if ready is not None:
             ready.set()
         if barrier is not None:

@@ -32,7 +32,11 @@ nifti_dtypes = st.one_of(
 
 nifti_arrays = st.tuples(
     nifti_dtypes, hnp.array_shapes(min_dims=3, max_dims=4, max_side=5), st.sampled_from("CF")
-).flatmap(lambda spec: hnp.arrays(spec[0], spec[1]).map(lambda a: np.asarray(a, order=spec[2])))
+).flatmap(
+    lambda spec: hnp.arrays(spec[0], spec[1]).map(
+        lambda a: np.asfortranarray(a) if spec[2] == "F" else np.ascontiguousarray(a)
+    )
+)
 """Volumes (3-D or 4-D, C or Fortran order) of those dtypes, any values (NaN included)."""
 
 scalars = st.one_of(

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -17,6 +16,7 @@ from kwneuro_pydra import Cache
 from kwneuro_pydra._store import entry_key
 from kwneuro_pydra.bids import discover
 from kwneuro_pydra.cli import main
+from tests._volumes import nibabel_image
 from tests.bids_data import MASK, add_series, good_dataset
 
 MAPS = ("desc-brain_mask", "model-tensor_param-fa_dwimap", "model-tensor_param-md_dwimap")
@@ -59,8 +59,8 @@ def test_run_writes_bids_derivatives_linked_to_the_cache(ran: tuple[Path, Path])
     (entry,) = Cache(out / ".kwneuro-cache" / "sub-01").entries("estimate_dti")
     assert any(os.path.samefile(fa, entry.path / name) for name in entry.files)
     md_file = out / "sub-03/dwi/sub-03_model-tensor_param-md_dwimap.nii.gz"
-    md = np.asanyarray(nib.load(md_file).dataobj)
-    mask = np.asanyarray(nib.load(out / "sub-03/dwi/sub-03_desc-brain_mask.nii.gz").dataobj)
+    md = np.asanyarray(nibabel_image(md_file).dataobj)
+    mask = np.asanyarray(nibabel_image(out / "sub-03/dwi/sub-03_desc-brain_mask.nii.gz").dataobj)
     assert 5e-4 < np.median(md[mask > 0]) < 1.2e-3  # the phantoms' MD
     for page in ("report.html", "sub-01.html", "sub-02.html", "sub-03.html"):
         assert (out / page).is_file()

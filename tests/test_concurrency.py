@@ -44,7 +44,7 @@ def executions(counter: Path) -> list[tuple[int, int, float, float | None]]:
             runs[int(pid)] = [int(pid), int(x), float(stamp), None]
         else:
             runs[int(pid)][3] = float(stamp)
-    return [tuple(run) for run in runs.values()]  # type: ignore[misc]
+    return [tuple(run) for run in runs.values()]
 
 
 def expected_result(x: int, nonce: str) -> w.Bundle:

@@ -18,7 +18,7 @@ from dipy.data import get_fnames
 from dipy.reconst.dti import TensorModel
 from dipy.segment.threshold import otsu as dipy_otsu
 from numpy.typing import NDArray
-from scipy import ndimage
+from scipy import ndimage  # type: ignore[import-untyped]
 
 from kwneuro_pydra.resources import (
     Dwi,
@@ -68,7 +68,7 @@ def fits() -> dict[tuple[str, str], Fit]:
                 ours = estimate_dti(
                     dwi, InMemoryVolumeResource(mask.astype(np.uint8)), fit_method=ours_method
                 )
-            model = TensorModel(table, fit_method=dipy_method, return_S0_hat=True)
+            model = TensorModel(table, fit_method=dipy_method, return_S0_hat=True)  # type: ignore[no-untyped-call]
             out[name, ours_method] = (ours, model.fit(data, mask=mask), mask)
     return out
 

@@ -30,7 +30,8 @@ def test_a_returned_result_keeps_its_content_when_other_code_replaces_the_entry(
     tmp_path: Path,
 ) -> None:
     v1, v2 = tmp_path / "v1", tmp_path / "v2"
-    v1.mkdir(), v2.mkdir()
+    v1.mkdir()
+    v2.mkdir()
     (v1 / "rv_lazy.py").write_text(_VOLUME_MODULE.format(value=1))
     (v2 / "rv_lazy.py").write_text(_VOLUME_MODULE.format(value=2))
     module = import_file(v1 / "rv_lazy.py", "rv_lazy")

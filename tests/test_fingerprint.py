@@ -374,7 +374,7 @@ def test_different_values_give_different_fingerprints(a: Any, b: Any) -> None:
 
 def _structurally_equal(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray):
-        return (
+        return bool(
             a.dtype == b.dtype
             and a.shape == b.shape
             and a.tobytes(order="A") == b.tobytes(order="A")

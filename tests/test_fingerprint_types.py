@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import collections
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from tests._pydra_steps import json_spec
 
 
 @cacheable(json_spec("rv_square"))
-def rv_square(a: np.ndarray) -> list[Any]:
-    return np.asarray(a * a).ravel().tolist()  # a tuple once loaded
+def rv_square(a: np.ndarray) -> Sequence[int]:
+    return tuple(np.asarray(a * a).ravel().tolist())
 
 
 def test_ndarray_subclass_is_not_confused_with_ndarray(tmp_path: Path) -> None:
@@ -60,8 +59,8 @@ def _struct(offsets: list[int]) -> np.ndarray:
     [
         (lambda: np.datetime64(1, "s"), lambda: np.datetime64(1, "ms")),
         (
-            lambda: np.ma.array([1, 2, 3], mask=[0, 1, 0]),
-            lambda: np.ma.array([1, 2, 3], mask=[0, 0, 0]),
+            lambda: np.ma.array([1, 2, 3], mask=[False, True, False]),
+            lambda: np.ma.array([1, 2, 3], mask=[False, False, False]),
         ),
         (lambda: _struct([4, 0]), lambda: _struct([0, 4])),
     ],

@@ -70,7 +70,12 @@ def test_a_waiter_whose_lock_file_was_removed_locks_the_new_one(tmp_path: Path) 
     holder.acquire()
     got = threading.Event()
     waiter = EntryLock(path, KEY_A, "entry a")
-    thread = threading.Thread(target=lambda: (waiter.acquire(), got.set()))
+
+    def wait_then_signal() -> None:
+        waiter.acquire()
+        got.set()
+
+    thread = threading.Thread(target=wait_then_signal)
     thread.start()
     time.sleep(0.2)
     assert not got.is_set()

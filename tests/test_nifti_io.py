@@ -30,6 +30,7 @@ from kwneuro_pydra.resources import (
     _gzip,
     _niftiio,
 )
+from tests._volumes import nibabel_image, path_of
 from tests.strategies import nifti_arrays
 
 SUFFIXES = [".nii.gz", ".nii"]
@@ -47,9 +48,9 @@ def _nibabel_image(dtype: Any, *, scaled: bool = False, big_endian: bool = False
     data = _array(np.float64 if scaled else dtype)
     if scaled:
         data = data * 0.37 + 5.5
-        header.set_data_dtype(np.int16)
+        header.set_data_dtype(np.int16)  # type: ignore[no-untyped-call]
     else:
-        header.set_data_dtype(dtype)
+        header.set_data_dtype(dtype)  # type: ignore[no-untyped-call]
     affine = np.diag([2.0, 2.5, 3.0, 1.0])
     return nib.Nifti1Image(data, affine, header)  # type: ignore[no-untyped-call]
 
@@ -59,7 +60,7 @@ def _bits(array: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
 
 
 def _nibabel_voxels(path: Path) -> np.ndarray:
-    return np.asanyarray(nib.load(path).dataobj)
+    return np.asanyarray(nibabel_image(path).dataobj)
 
 
 def _content(path: Path) -> bytes:
@@ -121,7 +122,7 @@ def test_nibabel_reads_ours_bit_identical(tmp_path: Path, suffix: str, dtype: An
     assert _bits(ours.get_array()) == _bits(array)
     # Byte for byte what nibabel itself writes for the same image, once decompressed.
     theirs = tmp_path / f"n{suffix}"
-    nib.load(ours.path).to_filename(theirs)
+    nibabel_image(ours.path).to_filename(theirs)
     assert _content(ours.path) == _content(theirs)
 
 
@@ -138,7 +139,7 @@ def test_any_volume_round_trips_bit_identical_with_nibabel(
         assert _bits(_nibabel_voxels(ours.path)) == expected
         assert _bits(NiftiVolumeResource(ours.path).get_array()) == expected
         theirs = tmp_path / f"n{suffix}"
-        nib.load(ours.path).to_filename(theirs)
+        nibabel_image(ours.path).to_filename(theirs)
         assert _content(ours.path) == _content(theirs)
 
 
@@ -157,7 +158,7 @@ def test_we_read_nibabel_files_bit_identical(
     assert (expected.dtype.kind == "f") == (scaled or np.dtype(dtype).kind == "f")
     resource = NiftiVolumeResource(path)
     assert _bits(resource.get_array()) == _bits(expected)
-    np.testing.assert_array_equal(resource.get_affine(), nib.load(path).affine)
+    np.testing.assert_array_equal(resource.get_affine(), nibabel_image(path).affine)
 
 
 def test_scaled_image_saved_by_us_keeps_nibabels_values(tmp_path: Path) -> None:
@@ -348,10 +349,10 @@ def test_cache_publish_reads_no_volume_back(
 
     with Cache(tmp_path / "cache"):
         result = make_volume(3)
-        assert make_volume(3).path == result.path  # a hit: the recorded digest matches
+        assert path_of(make_volume(3)) == path_of(result)  # a hit: the recorded digest matches
     assert not [name for name in digest_reads if name.endswith(".nii.gz")]
     monkeypatch.setattr(_filedigest, "_memory", {})
-    entry = result.path.parent
+    entry = path_of(result).parent
     sidecar = next(entry.glob("*.json"))
-    assert f"xxh3_128:{file_digest(result.path)}" in sidecar.read_text()
-    assert os.path.getsize(result.path) > 0
+    assert f"xxh3_128:{file_digest(path_of(result))}" in sidecar.read_text()
+    assert os.path.getsize(path_of(result)) > 0

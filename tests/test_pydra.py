@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("pydra")
 
-from pydra.engine.submitter import Submitter
-from pydra.utils.general import get_fields
+from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+from pydra.utils.general import get_fields  # type: ignore[import-untyped]
 
 from kwneuro_pydra import Cache, CacheSpec, cacheable, fingerprint
 from kwneuro_pydra.pydra import LazyValueError, to_task, to_workflow
@@ -128,7 +128,7 @@ def test_without_cache_dir_a_node_runs_plainly_even_inside_a_cache(
     assert steps.executions(counts, "add_one") == 1
 
 
-@pytest.mark.skipif(steps.upstream is None, reason="upstream kwneuro 1.0 cache.py not found")
+@pytest.mark.skipif(steps.upstream is None, reason="kwneuro 1.0 is not installed")
 def test_upstream_kwneuro_cacheable_steps(counts: Path, tmp_path: Path) -> None:
     cache_dir = tmp_path / "sub-01"
     square, volume = to_task(steps.up_square), to_task(steps.up_volume)

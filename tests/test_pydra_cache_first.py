@@ -54,7 +54,7 @@ def test_the_result_comes_from_the_subjects_cache_not_from_pydras_job_cache(
 ) -> None:
     """After Pydra stored its job result, an eager forced recompute replaces an entry: the
     next `run_subjects` returns the cache's result, not the one Pydra stored."""
-    from pydra.engine.result import load_result
+    from pydra.engine.result import load_result  # type: ignore[import-untyped]
 
     root, jobs = tmp_path / "derivatives", tmp_path / "jobs"
     subjects = {"sub-01": {"x": 1.0}}

@@ -20,7 +20,7 @@ def rv_stamp(t: Any) -> str:
 
 
 def test_pydra_checksum_tells_numpy_scalar_dtypes_apart(tmp_path: Path) -> None:
-    from pydra.engine.submitter import Submitter
+    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
     from kwneuro_pydra.pydra import to_task
 
@@ -60,7 +60,7 @@ def test_to_task_node_shares_a_relative_cache_dir_with_eager_runs(
     from kwneuro_pydra.pydra import to_task
 
     monkeypatch.chdir(tmp_path)
-    with Cache("rel"):
+    with Cache(Path("rel")):
         assert rv_length("abc") == 3
     with Submitter(cache_root=tmp_path / "pydra", worker="debug") as submitter:
         assert submitter(to_task(rv_length)(s="abc", cache_dir="rel")).outputs.out == 3

@@ -161,7 +161,7 @@ def test_inputs_of_our_tasks_are_hashed_by_content(tmp_path: Path) -> None:
         label: int
         note: str = attrs.field(eq=False)
 
-    from pydra.utils.hash import hash_function
+    from pydra.utils.hash import hash_function  # type: ignore[import-untyped]
 
     from kwneuro_pydra.pydra._hash import ours
 

@@ -134,9 +134,9 @@ def test_inputs_are_checked(tmp_path: Path) -> None:
 def test_a_pickled_job_runs_in_a_fresh_interpreter(
     counts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pydra.engine.job import Job
-    from pydra.engine.result import load_result, save
-    from pydra.engine.submitter import Submitter
+    from pydra.engine.job import Job  # type: ignore[import-untyped]
+    from pydra.engine.result import load_result, save  # type: ignore[import-untyped]
+    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
     monkeypatch.setenv("PYDRA_HASH_CACHE", str(tmp_path / "h"))
     task = to_task(steps.describe)(a=np.arange(6.0).reshape(2, 3), cache_dir=str(tmp_path / "s"))
@@ -163,7 +163,7 @@ def test_pins_checksums_agree_across_processes(tmp_path: Path) -> None:
     another (as every worker does), has the same checksum there."""
     from importlib.metadata import version
 
-    import cloudpickle
+    import cloudpickle  # type: ignore[import-untyped]
 
     assert version("pydra") == "1.0a12"
     assert tuple(int(p) for p in cloudpickle.__version__.split(".")[:3]) < (3, 1, 3)

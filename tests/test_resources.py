@@ -33,6 +33,7 @@ from kwneuro_pydra.resources import (
     VolumeResource,
     _gzip,
 )
+from tests._volumes import nibabel_image, path_of
 
 DIPY_FILES = Path(pytest.importorskip("dipy").__file__).parent / "data" / "files"
 SUFFIXES = [".nii.gz", ".nii"]
@@ -49,11 +50,11 @@ def _affine() -> np.ndarray[Any, Any]:
 
 
 def _metadata(**extra: Any) -> dict[str, Any]:
-    header = Nifti1Header()
+    header = Nifti1Header()  # type: ignore[no-untyped-call]
     header["qform_code"] = 1
     header["sform_code"] = 4
-    header.set_xyzt_units("mm", "sec")
-    header.set_intent("estimate", (), "FA")
+    header.set_xyzt_units("mm", "sec")  # type: ignore[no-untyped-call]
+    header.set_intent("estimate", (), "FA")  # type: ignore[no-untyped-call]
     header["descrip"] = b"a test volume"
     header["pixdim"] = [1.0, 2.0, 2.5, 3.0, 2.5, 1.0, 1.0, 1.0]  # zooms of _affine(), TR 2.5
     metadata = dict(header)
@@ -72,7 +73,8 @@ def _volume(
 def _unit_bvecs(n: int, seed: int = 0) -> np.ndarray[Any, Any]:
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(n, 3))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: np.ndarray[Any, Any] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit
 
 
 def _dwi(n: int = 7, seed: int = 0) -> Dwi:
@@ -130,7 +132,7 @@ def test_nifti_save_load_round_trip(tmp_path: Path, suffix: str, dtype: Any) -> 
     assert meta["descrip"] == b"a test volume"
     assert saved.get_shape() == volume.get_shape()
     # what nibabel itself reads back
-    image = nib.load(saved.path)
+    image = nibabel_image(saved.path)
     assert image.get_data_dtype() == np.dtype(dtype)
     assert image.header.get_intent() == ("estimate", (), "FA")
     assert image.header.get_xyzt_units() == ("mm", "sec")
@@ -155,7 +157,7 @@ def test_boolean_volume_is_stored_as_uint8(tmp_path: Path) -> None:
 
 
 def test_scaled_nifti_loads_scaled_values(tmp_path: Path) -> None:
-    image = nib.Nifti1Image(np.arange(8, dtype=np.int16).reshape(2, 2, 2), np.eye(4))
+    image: Any = nib.Nifti1Image(np.arange(8, dtype=np.int16).reshape(2, 2, 2), np.eye(4))  # type: ignore[no-untyped-call]
     image.header.set_slope_inter(2.0, 1.0)
     nib.save(image, tmp_path / "scaled.nii.gz")
     array = NiftiVolumeResource(tmp_path / "scaled.nii.gz").get_array()
@@ -403,7 +405,7 @@ def test_in_memory_fingerprint_ignores_descriptive_fields_and_value_types() -> N
     numpy_typed = InMemoryVolumeResource(np.zeros((2, 2, 2)), metadata={"qform_code": np.int16(1)})
     assert fingerprint(plain) == fingerprint(numpy_typed)
     empty = InMemoryVolumeResource(np.zeros((2, 2, 2)))
-    defaults = InMemoryVolumeResource(np.zeros((2, 2, 2)), metadata=dict(Nifti1Header()))
+    defaults = InMemoryVolumeResource(np.zeros((2, 2, 2)), metadata=dict(Nifti1Header()))  # type: ignore[no-untyped-call]
     assert fingerprint(empty) == fingerprint(defaults)
 
 
@@ -603,7 +605,7 @@ def test_dwi_save_load_and_gtab(tmp_path: Path) -> None:
     saved = dwi.save(tmp_path / "out", "sub-01_dwi")
     assert isinstance(saved.volume, NiftiVolumeResource)
     assert saved.volume.path.name == "sub-01_dwi.nii.gz"
-    assert dwi.save(tmp_path / "raw", "d", compress=False).volume.path.name == "d.nii"
+    assert path_of(dwi.save(tmp_path / "raw", "d", compress=False).volume).name == "d.nii"
     loaded = saved.load()
     _assert_same_volume(loaded.volume, dwi.volume)
     np.testing.assert_array_equal(loaded.bval.get(), dwi.bval.get())
@@ -619,7 +621,7 @@ def test_dwi_save_load_and_gtab(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["small_101D", "small_64D", "small_25"])
 def test_dipy_sample_data_loads_as_dwi(name: str) -> None:
     dwi = _dipy_dwi(name)
-    reference = nib.load(dwi.volume.path)  # type: ignore[attr-defined]
+    reference = nibabel_image(path_of(dwi.volume))
     assert dwi.volume.get_shape() == reference.shape
     array = dwi.volume.get_array()
     assert array.dtype == reference.get_data_dtype()  # stored dtype, no float64 upcast

@@ -25,7 +25,7 @@ def test_upstream_sge_worker_still_has_the_bug_we_refuse_it_for() -> None:
     """When this fails, Pydra changed its SGE worker: try it again (docs/cluster.md)."""
     import inspect
 
-    from pydra.workers.sge import Worker as SGEWorker
+    from pydra.workers.sge import Worker as SGEWorker  # type: ignore[import-untyped]
 
     assert isinstance(SGEWorker().threads_used, dict)  # sge.py:225 adds an int to it
     assert "self.threads_used += threads_requested" in inspect.getsource(SGEWorker)

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ from tests import _scheduler_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
-FAST = {"poll_delay": 0.2}
+FAST: dict[str, Any] = {"poll_delay": 0.2}
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +89,7 @@ def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
 def test_each_step_gets_its_own_request_and_a_rerun_submits_only_what_it_must(
     tmp_path: Path,
 ) -> None:
-    resources = {
+    resources: dict[str, dict[str, Any]] = {
         "brain_mask": {"mem": "300M", "time": 5},
         "estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"},
     }
@@ -135,7 +136,7 @@ def test_each_step_gets_its_own_request_and_a_rerun_submits_only_what_it_must(
 
 
 def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
-    resources = {
+    resources: dict[str, dict[str, Any]] = {
         "brain_mask": {"mem": "300M", "time": 5},
         "estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"},
         "fa_map": {"time": "1:00"},
@@ -516,7 +517,7 @@ def test_a_controller_that_stops_answering_is_given_up_on(
 ) -> None:
     import threading
 
-    from pydra.engine.submitter import Submitter
+    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
     from kwneuro_pydra.pydra import SlurmWorker
 

@@ -35,6 +35,12 @@ def _stand_ins(where: Path, state: str) -> None:
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
+def _worker(tmp_path: Path) -> SlurmWorker:
+    worker = SlurmWorker(log_dir=str(tmp_path / "logs"))
+    worker.poll_delay = 0  # Pydra's field: its class is untyped
+    return worker
+
+
 def _run_one_job(
     worker: SlurmWorker, state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -48,7 +54,7 @@ def _run_one_job(
 
 
 def test_a_completed_job_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    worker = SlurmWorker(poll_delay=0, log_dir=str(tmp_path / "logs"))
+    worker = _worker(tmp_path)
     _run_one_job(worker, "COMPLETED", tmp_path, monkeypatch)
     assert worker.failures == {} and worker.job_ids == ["4242"]
     assert "add_one ended COMPLETED" in (tmp_path / "logs" / "sub-01.log").read_text()
@@ -58,7 +64,7 @@ def test_a_completed_job_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_every_other_final_state_is_a_scheduler_error_saying_what_it_means(
     state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    worker = SlurmWorker(poll_delay=0, log_dir=str(tmp_path / "logs"))
+    worker = _worker(tmp_path)
     with pytest.raises(SchedulerError) as raised:
         _run_one_job(worker, state, tmp_path, monkeypatch)
     error = raised.value

@@ -11,6 +11,10 @@ import pytest
 from kwneuro_pydra import Cache
 from kwneuro_pydra.workflows import DtiResult, brain_mask, dti_pipeline, estimate_dti, mean_b0
 from kwneuro_pydra.workflows.demo import DEMO_MASK_OPTIONS, make_demo_subject
+from tests._volumes import path_of
+
+MASK_OPTIONS: dict[str, Any] = DEMO_MASK_OPTIONS
+"""The demo's mask options, as keyword arguments of any step."""
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +23,7 @@ def subjects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     return {
         f"sub-{i}": {
             "dwi": make_demo_subject(root / f"sub-{i}", i, shape=(24, 24, 16)),
-            **DEMO_MASK_OPTIONS,
+            **MASK_OPTIONS,
         }
         for i in (1, 2)
     }
@@ -30,8 +34,8 @@ def test_dti_of_the_phantom_is_anisotropic_inside_and_empty_outside(
 ) -> None:
     dwi = subjects["sub-1"]["dwi"]
     with Cache(tmp_path):
-        mask = brain_mask(dwi, **DEMO_MASK_OPTIONS).get_array()
-        result = dti_pipeline(dwi, **DEMO_MASK_OPTIONS)
+        mask = brain_mask(dwi, **MASK_OPTIONS).get_array()
+        result = dti_pipeline(dwi, **MASK_OPTIONS)
         b0 = mean_b0(dwi).get_array()
     fa, md = result.fa.get_array(), result.md.get_array()
     inside = mask != 0
@@ -62,7 +66,7 @@ def test_workflow_run_reuses_the_eager_entries(
     assert all(r.ok for r in results.values())
     result = results["sub-1"].outputs
     assert isinstance(result, DtiResult)
-    assert result.fa.path == eager.fa.path  # the same cache entry served both
+    assert path_of(result.fa) == path_of(eager.fa)  # the same cache entry served both
     for subject in subjects:
         entries = Cache(tmp_path / subject).entries("estimate_dti")
         assert len(entries) == 1
@@ -99,13 +103,13 @@ def test_a_dti_result_flows_between_pydra_nodes_with_keyword_inputs(
     assert isinstance(result, DtiResult)
     np.testing.assert_array_equal(wm.get_array(), result.fa.get_array() > 0.3)
     with Cache(tmp_path / "sub-2") as cache:
-        assert white_matter(result).path == wm.path  # the Pydra run's entry, reused
+        assert path_of(white_matter(result)) == path_of(wm)  # the Pydra run's entry, reused
         eager = estimate_dti(
             subjects["sub-2"]["dwi"],
-            brain_mask(subjects["sub-2"]["dwi"], **DEMO_MASK_OPTIONS),
+            brain_mask(subjects["sub-2"]["dwi"], **MASK_OPTIONS),
             fit_method="OLS",
         )
-        assert eager.fa.path == result.fa.path
+        assert path_of(eager.fa) == path_of(result.fa)
     (entry,) = cache.entries("estimate_dti")
     assert entry.scalars["fit_method"] == "OLS"
 

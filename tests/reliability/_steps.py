@@ -21,7 +21,8 @@ def _save(result: np.ndarray, directory: Path) -> None:
 
 
 def _load(directory: Path) -> np.ndarray:
-    return np.load(directory / "out.npy")
+    array: np.ndarray = np.load(directory / "out.npy")
+    return array
 
 
 NPY = CacheSpec(files=["out.npy"], save=_save, load=_load)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from kwneuro_pydra import Cache, CacheSpec, cacheable
+from kwneuro_pydra import Cache, cacheable
+from tests._pydra_steps import json_spec
 
 if TYPE_CHECKING:
     from nibabel.nifti1 import Nifti1Header  # only for type checkers: unbound at run time
@@ -47,13 +48,7 @@ def describe(header: Nifti1Header | None, scale: float = 1.0) -> Note:
     return Note(f"{header is None} {scale!r}")
 
 
-@cacheable(
-    CacheSpec(
-        files=["n.txt"],
-        save=lambda n, d: (d / "n.txt").write_text(repr(n)),
-        load=lambda d: float((d / "n.txt").read_text()),
-    )
-)
+@cacheable(json_spec("scaled"))
 def scaled(header: Nifti1Header | None, scale: float) -> Nifti1Header:
     """A CacheSpec step whose return annotation is for type checkers only too."""
     CALLS.append("scaled")
@@ -95,8 +90,8 @@ def test_a_bare_step_whose_return_annotation_cannot_resolve_still_raises(tmp_pat
 
 def test_to_task_types_such_parameters_any_and_runs_the_node(tmp_path: Path) -> None:
     pytest.importorskip("pydra")
-    from pydra.engine.submitter import Submitter
-    from pydra.utils.general import get_fields
+    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+    from pydra.utils.general import get_fields  # type: ignore[import-untyped]
 
     from kwneuro_pydra.pydra import to_task
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -58,7 +59,7 @@ def _load(directory: Path, name: str, **fields: str) -> ModuleType:
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path) -> Iterator[Path]:
     """A configuration module ``rvc_config`` the steps may import (``SCALE = 2``)."""
     (tmp_path / "mods").mkdir()
     path = tmp_path / "mods" / "rvc_config.py"

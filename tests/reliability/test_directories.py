@@ -15,15 +15,12 @@ from typing import Any
 
 import pytest
 
-from kwneuro_pydra import Cache, CacheSpec, _filedigest, cacheable, fingerprint
+from kwneuro_pydra import Cache, _filedigest, cacheable, fingerprint
+from tests._pydra_steps import json_spec
 
 _calls: list[str] = []
 
-LISTING = CacheSpec(
-    files=["listing.txt"],
-    save=lambda text, d: (d / "listing.txt").write_text(text),
-    load=lambda d: (d / "listing.txt").read_text(),
-)
+LISTING = json_spec("listing")
 
 
 @cacheable(LISTING)
@@ -92,7 +89,8 @@ def test_a_change_inside_a_directory_is_a_miss(
     time.sleep(short_racy_window)  # settled: file digests come from the memo
     with Cache(tmp_path / "cache"):
         describe(dataset)
-        assert describe(dataset) == describe(str(dataset))  # hits, by content
+        as_str: Any = str(dataset)
+        assert describe(dataset) == describe(as_str)  # hits, by content
         _edits()[edit](dataset)
         time.sleep(short_racy_window)
         changed = describe(dataset)
@@ -105,7 +103,8 @@ def test_equal_trees_fingerprint_alike_wherever_they_are(dataset: Path, tmp_path
     assert fingerprint(copy) == fingerprint(dataset) is not None
     assert fingerprint(dataset) != fingerprint(dataset / "sub-01")
     empty_a, empty_b = tmp_path / "a", tmp_path / "b"
-    empty_a.mkdir(), empty_b.mkdir()
+    empty_a.mkdir()
+    empty_b.mkdir()
     assert fingerprint(empty_a) == fingerprint(empty_b) != fingerprint(tmp_path / "missing")
     (empty_b / "x").write_text("")
     assert fingerprint(empty_a) != fingerprint(empty_b)

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ sys.stdin.read()  # alive, holding whatever it holds, until the parent has looke
 """
 
 
-def _report(child: subprocess.Popen[str], timeout: float) -> dict[str, object]:
+def _report(child: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     assert child.stdout is not None
     readable, _, _ = select.select([child.stdout], [], [], timeout)
     if not readable:
@@ -94,7 +95,7 @@ def test_a_miss_on_a_full_disk_returns_its_result_and_releases_everything(
         assert report["entries"] == 1, "nothing was stored on the full disk"
         assert report["left"] == [], "no temporary entry left behind"
         assert report["held"] is False, "no lock left held"
-        (warning,) = report["warnings"]  # type: ignore[misc]
+        (warning,) = report["warnings"]
         assert "rl_ramp" in warning and "No space left on device" in warning
         # While that process lives, another one takes the same key's lock and stores it.
         (cache_dir.parent / "filler").unlink()
