@@ -758,7 +758,9 @@ def test_lookup_says_which_entry_serves_a_call_or_why_none_does(tmp_path: Path) 
     v1 = _load_module(tmp_path / "v1.py", STEP_SOURCE.format(doc="", comment="", op="+"), "lk")
     with Cache(tmp_path / "cache") as cache:
         assert cache.lookup(v1.versioned, 5) == Lookup(StepState.MISSING)
-        v1.versioned(5)
+        found = step_of(v1.versioned)
+        assert found is not None and cache.call(found, 5).tolist() == [6, 6]  # a Step, run
+        assert cache.call(v1.versioned, x=5).tolist() == [6, 6] and v1.CALLS == [5]
         hit = cache.lookup(v1.versioned, 5)
         assert hit.state is StepState.CACHED and hit.state == "cached"  # a str as well
         assert hit.value.tolist() == [6, 6] and hit.entry == cache.entries("versioned")[0]

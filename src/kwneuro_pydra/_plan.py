@@ -43,7 +43,7 @@ class _Stop(Exception):
     """A step is not cached: what follows cannot be looked up."""
 
 
-class _Lookup:
+class _CacheOnly:
     """Step handler that serves calls from a cache and records what it finds."""
 
     def __init__(self, cache: Cache) -> None:
@@ -95,14 +95,14 @@ def plan(
     if not cache_dir.is_dir():
         return Plan(dict.fromkeys(names, StepState.MISSING), {}, None, complete=False)
     cache = Cache(cache_dir)
-    lookup = _Lookup(cache)
+    handler = _CacheOnly(cache)
     outputs, stopped = None, False
     try:  # in the cache: the digests of large inputs persist, the next look reads none again
-        with cache, handling_steps(lookup):
+        with cache, handling_steps(handler):
             outputs = pipeline(**inputs)
     except _Stop:
         stopped = True
-    reported = names if steps is not None else list(lookup.states)
-    states = {name: lookup.states.get(name, StepState.MISSING) for name in reported}
+    reported = names if steps is not None else list(handler.states)
+    states = {name: handler.states.get(name, StepState.MISSING) for name in reported}
     complete = not stopped and all(s is StepState.CACHED for s in states.values())
-    return Plan(states, lookup.entries, outputs if complete else None, complete)
+    return Plan(states, handler.entries, outputs if complete else None, complete)

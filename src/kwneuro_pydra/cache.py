@@ -564,6 +564,28 @@ class Cache:
             raise KeyError(f"no stored result of step {name!r} for these arguments")
         return found.value
 
+    def call(self, step: Callable[..., Any] | Step, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``step(*args, **kwargs)`` in this cache, as a call of the decorated function
+        inside ``with cache:`` does: served when an entry holds it, else computed and stored.
+
+        For a `Step` at hand (a Pydra node runs its step this way) or a decorated function.
+        The steps it calls in turn go to this cache only inside ``with cache:``.
+
+        .. versionadded:: 0.1
+
+        Args:
+            step: A `cacheable` function, or its `Step` (`step_of`).
+            *args: Positional arguments of the call.
+            **kwargs: Keyword arguments of the call.
+
+        Returns:
+            The call's result.
+
+        Raises:
+            TypeError: ``step`` is not a `cacheable` function.
+        """
+        return self._run_step(_as_step(step), args, kwargs)
+
     def _serve(
         self, step: Step, arguments: StepArguments, key: str | None = None
     ) -> tuple[Entry, Any] | None:

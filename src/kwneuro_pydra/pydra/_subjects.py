@@ -171,9 +171,8 @@ def run_subjects(
                 f"force names steps {pipeline.__name__} does not call: {', '.join(unknown)} "
                 f"(its steps: {', '.join(sorted(known))})"
             )
-        steps = {n: fn for p in calls.values() for n, fn in p.steps.items()}
         chosen, options = prepare_worker(
-            worker, root, steps, resources=resources, granularity=granularity,
+            worker, root, known, resources=resources, granularity=granularity,
             pending_timeout=pending_timeout, options=worker_options,
         )  # fmt: skip
         forced: set[str] = set()
@@ -198,7 +197,7 @@ def run_subjects(
         outcomes: dict[str, SubjectResult] = {}
         if tasks:
             _check_sendable(pipeline, workflow_class, known)
-            check_before_submitting(chosen, root, jobs, steps)
+            check_before_submitting(chosen, root, jobs, known)
             for s in tasks:
                 _failures.clear(root / s)
             with (

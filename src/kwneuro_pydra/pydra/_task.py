@@ -224,7 +224,7 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
                 result = step.fn(**kwargs)
         else:
             with _cache.Cache(cache_dir, force=forced_steps() & {step.name}) as cache:
-                result = cache._run_step(step, (), kwargs)
+                result = cache.call(step, **kwargs)
     except BaseException as error:
         error.add_note(f"[kwneuro] step {step.name!r} failed (cache_dir={cache_dir})")
         _log.info("%s%s: failed (%s: %s)", where, step.name, type(error).__name__, error)
