@@ -31,6 +31,7 @@ from benchmarks import (
     cases_bids,
     cases_core,
     cases_dti,
+    cases_mrtrix,
     cases_profile,
     cases_pydra,
     cases_resources,
@@ -47,6 +48,7 @@ _MODULES = (
     cases_pydra,
     cases_profile,
     cases_dti,
+    cases_mrtrix,
     cases_slurm,
     cases_bids,
 )

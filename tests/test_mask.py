@@ -213,16 +213,22 @@ def test_volume_groups_pool_a_dsi_schemes_b_values_and_keep_shells_apart() -> No
 # --- median-otsu's exact median on ranks ----------------------------------------------------
 
 
-@pytest.mark.parametrize("distinct", ["uint16 ranks", "int32 ranks"])
-def test_median_filter_on_ranks_equals_scipys(distinct: str) -> None:
-    """Both rank types: at most 65536 distinct values (uint16), and more (int32)."""
-    rng = np.random.default_rng(1)
-    shape = (48, 48, 36)
-    volume = rng.random(shape).astype(np.float32)
-    if distinct == "uint16 ranks":
-        volume = np.round(volume * 3000).astype(np.float32)
-    assert (len(np.unique(volume)) > 65536) == (distinct == "int32 ranks")
-    for radius in (1, 2):
+@pytest.mark.parametrize(
+    ("shape", "levels", "radii"),
+    [
+        ((48, 48, 36), 3000, (1, 2)),  # at most 65536 values: the volume's ranks
+        ((120, 120, 12), None, (1, 2)),  # more: ranks per block of rows (1 and 2 blocks)
+        ((4, 1000, 20), None, (4,)),  # a block of one row reads more: int32 ranks
+    ],
+)
+def test_median_filter_on_ranks_equals_scipys(
+    shape: tuple[int, int, int], levels: int | None, radii: tuple[int, ...]
+) -> None:
+    volume = np.random.default_rng(1).random(shape).astype(np.float32)
+    if levels:
+        volume = np.round(volume * levels).astype(np.float32)
+    assert (len(np.unique(volume)) > 65536) == (levels is None)
+    for radius in radii:
         expected = ndimage.median_filter(volume, size=2 * radius + 1, mode="reflect")
         np.testing.assert_array_equal(median_filter(volume, radius), expected)
 

@@ -15,10 +15,10 @@ connected component, with every background region but the largest filled (dipy's
 ``finalize_mask``).
 
 The median filter is exact (the same values as ``scipy.ndimage.median_filter`` with
-``mode="reflect"``): it works on the ranks of the values (uint16 when there are at most
-65536 distinct values, int32 otherwise), whose order statistics `numpy.partition` selects
-with SIMD instructions, over a sliding-window view one slice at a time: 2-4x faster than
-scipy's filter on float data.
+``mode="reflect"``): it works on the ranks of the values as uint16 (of the whole volume when
+it has at most 65536 distinct values, else of each block of windows), whose order statistics
+`numpy.partition` selects with SIMD instructions, over a sliding-window view one slice at a
+time: 3-4x faster than scipy's filter.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ __all__ = [
 
 _BINS = 256
 """Histogram bins of Otsu's threshold (scikit-image's and dipy's default)."""
+_UINT16_VALUES = np.iinfo(np.uint16).max + 1
+"""Distinct values whose ranks fit uint16, which `numpy.partition` selects twice as fast as
+int32 (SIMD)."""
 _SHELL_TOLERANCE = 100.0
 """b-values (s/mm²) at most this far from the previous one in sorted order share a shell."""
 _GROUP_SIZE = 6
@@ -197,6 +200,10 @@ def median_filter(volume: NDArray[Any], radius: int) -> NDArray[Any]:
     """Median over the cube of side ``2 * radius + 1`` around each voxel, edges reflected.
 
     Equal to ``scipy.ndimage.median_filter(volume, size=2 * radius + 1, mode="reflect")``.
+    The medians are taken of the values' ranks, as uint16 when they fit (the median of
+    ranks is the rank of the median): the volume's own ranks when it has at most 65536
+    distinct values, else the ranks within each block of windows small enough to read at
+    most 65536 values.
 
     Args:
         volume: A 3-D array.
@@ -207,30 +214,40 @@ def median_filter(volume: NDArray[Any], radius: int) -> NDArray[Any]:
     """
     if radius == 0:
         return np.array(volume, copy=True)
-    values, ranks = _ranks(volume)
-    filtered: NDArray[Any] = values[_rank_median(ranks, radius)]
-    return filtered
-
-
-def _ranks(volume: NDArray[Any]) -> tuple[NDArray[Any], NDArray[np.integer[Any]]]:
-    """The distinct values of a volume (sorted) and each voxel's index among them, as uint16
-    when there are at most 65536 distinct values (partitions twice as fast), else int32."""
     values, inverse = np.unique(volume, return_inverse=True)
-    small = values.size <= np.iinfo(np.uint16).max + 1
-    return values, inverse.reshape(volume.shape).astype(np.uint16 if small else np.int32)
+    if values.size <= _UINT16_VALUES:
+        ranks = inverse.reshape(volume.shape).astype(np.uint16)
+        ranked: NDArray[Any] = values[_windowed_median(ranks, radius, rank_blocks=False)]
+        return ranked
+    return _windowed_median(np.asarray(volume), radius, rank_blocks=True)
 
 
-def _rank_median(ranks: NDArray[np.integer[Any]], radius: int) -> NDArray[np.integer[Any]]:
-    """`median_filter` of integer ranks (the median of ranks is the rank of the median)."""
+def _windowed_median(volume: NDArray[Any], radius: int, *, rank_blocks: bool) -> NDArray[Any]:
+    """`median_filter` by `numpy.partition` of each slice's windows, a block of rows at a
+    time; with ``rank_blocks``, of the ranks of the values each block reads (uint16)."""
     side = 2 * radius + 1
-    padded = np.pad(ranks, radius, mode="symmetric")  # scipy's "reflect"
-    out = np.empty_like(ranks)
+    padded = np.pad(volume, radius, mode="symmetric")  # scipy's "reflect"
+    out = np.empty_like(volume)
     middle = side**3 // 2
-    for z in range(ranks.shape[2]):
-        windows = sliding_window_view(padded[:, :, z : z + side], (side, side, side))
-        flat = windows.reshape(-1, side**3)  # a copy of this slice's windows only
-        flat.partition(middle, axis=1)
-        out[:, :, z] = flat[:, middle].reshape(ranks.shape[:2])
+    rows, columns = volume.shape[:2]
+    block = rows
+    if rank_blocks:  # rows whose windows read at most 65536 values
+        block = max(1, _UINT16_VALUES // ((columns + 2 * radius) * side) - 2 * radius)
+    for z in range(volume.shape[2]):
+        for row in range(0, rows, block):
+            slab = padded[row : row + block + 2 * radius, :, z : z + side]
+            keys = slab
+            if rank_blocks:
+                values, inverse = np.unique(slab, return_inverse=True)
+                small = values.size <= _UINT16_VALUES
+                keys = inverse.reshape(slab.shape).astype(np.uint16 if small else np.int32)
+            windows = sliding_window_view(keys, (side, side, side))
+            flat = windows.reshape(-1, side**3)  # a copy of this block's windows only
+            flat.partition(middle, axis=1)
+            median = flat[:, middle]
+            out[row : row + block, :, z] = (values[median] if rank_blocks else median).reshape(
+                -1, columns
+            )
     return out
 
 
