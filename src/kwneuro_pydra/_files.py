@@ -22,6 +22,7 @@ from pathlib import Path
 __all__ = [
     "NotRegularFileError",
     "UnsafeFileError",
+    "kind",
     "open_new",
     "open_regular",
     "open_shared",
@@ -36,6 +37,24 @@ class NotRegularFileError(IsADirectoryError):
 
     A subclass of `IsADirectoryError`, which callers of `file_digest` already handle.
     """
+
+
+def kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for messages: "a FIFO", "a directory" ..."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
 
 
 class UnsafeFileError(OSError):
@@ -103,9 +122,10 @@ def open_shared(path: str | Path) -> int:
         if error.errno == errno.ELOOP:
             raise UnsafeFileError(path) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
-        raise UnsafeFileError(path, "a file that is not a regular file")
+        raise UnsafeFileError(path, kind(mode))
     return fd
 
 
@@ -166,7 +186,8 @@ def open_regular(path: str | Path) -> tuple[int, os.stat_result]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFileError(f"not a regular file: {path}")
+            what = f"not a regular file ({kind(st.st_mode)})"
+            raise NotRegularFileError(errno.EINVAL, what, str(path))
     except BaseException:
         os.close(fd)
         raise

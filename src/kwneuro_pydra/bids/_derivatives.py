@@ -14,7 +14,13 @@ from typing import Any
 import attrs
 
 from kwneuro_pydra._filedigest import carry_over
-from kwneuro_pydra._files import UnsafeFileError, open_new, temporary_name, write_atomic
+from kwneuro_pydra._files import (
+    UnsafeFileError,
+    open_new,
+    read_regular,
+    temporary_name,
+    write_atomic,
+)
 from kwneuro_pydra.bids._discover import DwiSeries
 
 __all__ = [
@@ -121,7 +127,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     with contextlib.suppress(OSError):
-        if path.read_text(encoding="utf-8") == text:
+        if read_regular(path) == text.encode("utf-8"):
             return
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text.encode("utf-8"))

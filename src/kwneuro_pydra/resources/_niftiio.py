@@ -32,6 +32,7 @@ from nibabel.volumeutils import apply_read_scaling
 from numpy.typing import NDArray
 
 from kwneuro_pydra._filedigest import StatKey, is_settled, record_digest, stat_key
+from kwneuro_pydra._files import open_regular
 from kwneuro_pydra.resources import _gzip
 
 MEMO_ENV = "KWNEURO_PYDRA_VOLUME_MEMO_MB"
@@ -91,7 +92,7 @@ def read_gzipped_voxels(path: Path) -> NDArray[Any]:
         EOFError: the file holds fewer voxel bytes than its header says.
         Exception: one of `_gzip.ERRORS` or nibabel's header errors for a damaged file.
     """
-    with open(path, "rb") as handle:
+    with os.fdopen(open_regular(path)[0], "rb") as handle:
         key = stat_key(os.fstat(handle.fileno()))
         cached = _memo.get(key)
         if cached is not None:

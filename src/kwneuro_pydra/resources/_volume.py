@@ -258,8 +258,7 @@ class NiftiVolumeResource(VolumeResource):
         memo = self._header_memo
         if memo is not None and memo[0] == key:
             return memo[1]
-        if not os.path.isfile(self.path):
-            raise missing(self.path, "NIfTI file")
+        require_file(self.path, "NIfTI file")
         try:
             image = nib.load(self.path, mmap="r")
         except FileNotFoundError:
