@@ -103,7 +103,9 @@ def open_new(path: str | Path, mode: int = 0o666) -> int:
 def open_shared(path: str | Path) -> int:
     """Open (or create) a regular file that several processes share, e.g. a lock file.
 
-    Opened read-write, non-blocking, never through a link.
+    Opened read-write, non-blocking, never through a link: neither the file nor the folder
+    holding it may be one (the file is opened relative to its folder, itself opened with
+    ``O_NOFOLLOW``).
 
     Args:
         path: The file.
@@ -112,16 +114,26 @@ def open_shared(path: str | Path) -> int:
         A non-blocking descriptor open for reading and writing (the caller closes it).
 
     Raises:
-        UnsafeFileError: ``path`` is a symbolic link or not a regular file (nothing left open).
+        UnsafeFileError: ``path`` or its folder is a symbolic link, or ``path`` is not a
+            regular file (nothing left open).
         OSError: ``path`` cannot be opened or created.
     """
+    folder, name = os.path.split(path)
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:  # a link gives ELOOP, or ENOTDIR with O_DIRECTORY
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(folder):
+            raise UnsafeFileError(folder) from None
+        raise
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o666)
+        fd = os.open(name, flags, 0o666, dir_fd=folder_fd)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise UnsafeFileError(path) from None
         raise
+    finally:
+        os.close(folder_fd)
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)

@@ -293,10 +293,15 @@ class Store:
                 os.rename(aside, target)
 
     def steps(self) -> list[str]:
-        """Return the names of the steps that have a directory in this cache."""
+        """Return the names of the steps that have a directory in this cache (a link is not
+        one: listing, pruning and clearing never reach through it)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _visible(p))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.is_symlink() and _visible(p)
+        )
 
     def entries(self, step: str, *, warn: bool = True) -> Iterator[Entry]:
         """Yield the readable entries of ``step``, oldest first.

@@ -76,6 +76,24 @@ def test_a_lock_file_planted_as_a_link_is_refused_and_the_result_returned(
     assert str(lock) in messages[0] and "symbolic link" in messages[0], messages[0]
 
 
+def test_a_step_folder_planted_as_a_link_is_refused_and_the_result_returned(
+    lab: tuple[Path, Path],
+) -> None:
+    folder, victim = lab
+    step_dir = folder / "cache" / "rl_ramp"
+    (victim.parent / LOCK_FILE).write_bytes(SECRET)  # root's own lock file, elsewhere
+    _plant({step_dir: victim.parent})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Cache(folder / "cache"):
+            assert _steps.rl_ramp(1, 3).tolist() == [1, 2, 3]
+    assert (victim.parent / LOCK_FILE).read_bytes() == SECRET
+    assert sorted(p.name for p in victim.parent.iterdir()) == [LOCK_FILE, victim.name]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert str(step_dir) in messages[0] and "symbolic link" in messages[0], messages[0]
+
+
 def test_files_written_in_a_shared_folder_never_follow_a_planted_link(
     lab: tuple[Path, Path],
 ) -> None:
