@@ -126,10 +126,6 @@ class Store:
         """Directory of the persistent file-digest memo."""
         return self.root / ".kwneuro" / "digests"
 
-    def entry_dir(self, step: str, key: str) -> Path:
-        """Return the directory of the entry ``key`` of ``step``."""
-        return self.root / step / key
-
     def lock(self, step: str, key: str) -> EntryLock:
         """Return the lock that guards computing the entry ``key`` of ``step``."""
         path = f"{self._root}/{step}/{LOCK_FILE}"
