@@ -119,17 +119,17 @@ class _Timers:
 
         return timed
 
-    def counting_dwis(self, gunzip: Callable[[bytes], bytes], sizes: set[int]) -> Any:
+    def counting_dwis(self, gunzip: Callable[[bytes, int], bytes], sizes: set[int]) -> Any:
         """``gunzip`` counting the decompressions of a DWI (by its compressed size) under the
         name of the innermost step calling it."""
 
         @functools.wraps(gunzip)
-        def counted(data: bytes) -> bytes:
+        def counted(data: bytes, size: int) -> bytes:
             if len(data) in sizes:
                 names = [entry[2] for entry in self.stack]
                 step = next((n for n in reversed(names) if n in _STEP_NAMES), "no step")
                 self.calls[f"DWI decompressed by {step}"] += 1
-            return gunzip(data)
+            return gunzip(data, size)
 
         return counted
 

@@ -215,9 +215,9 @@ def test_nifti_resource_is_lazy_and_reads_header_once(
         calls["header"] += 1
         return real_load(*args, **kwargs)
 
-    def counting_gunzip(data: bytes) -> bytes:
+    def counting_gunzip(data: bytes, size: int) -> bytes:
         calls["decode"] += 1
-        return real_gunzip(data)
+        return real_gunzip(data, size)
 
     monkeypatch.setattr(nib, "load", counting_load)
     monkeypatch.setattr(_gzip, "gunzip", counting_gunzip)

@@ -22,6 +22,7 @@ from pathlib import Path
 __all__ = [
     "NotRegularFileError",
     "UnsafeFileError",
+    "kind",
     "open_new",
     "open_regular",
     "open_shared",
@@ -36,6 +37,24 @@ class NotRegularFileError(IsADirectoryError):
 
     A subclass of `IsADirectoryError`, which callers of `file_digest` already handle.
     """
+
+
+def kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for messages: "a FIFO", "a directory" ..."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
 
 
 class UnsafeFileError(OSError):
@@ -84,7 +103,9 @@ def open_new(path: str | Path, mode: int = 0o666) -> int:
 def open_shared(path: str | Path) -> int:
     """Open (or create) a regular file that several processes share, e.g. a lock file.
 
-    Opened read-write, non-blocking, never through a link.
+    Opened read-write, non-blocking, never through a link: neither the file nor the folder
+    holding it may be one (the file is opened relative to its folder, itself opened with
+    ``O_NOFOLLOW``).
 
     Args:
         path: The file.
@@ -93,19 +114,30 @@ def open_shared(path: str | Path) -> int:
         A non-blocking descriptor open for reading and writing (the caller closes it).
 
     Raises:
-        UnsafeFileError: ``path`` is a symbolic link or not a regular file (nothing left open).
+        UnsafeFileError: ``path`` or its folder is a symbolic link, or ``path`` is not a
+            regular file (nothing left open).
         OSError: ``path`` cannot be opened or created.
     """
+    folder, name = os.path.split(path)
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:  # a link gives ELOOP, or ENOTDIR with O_DIRECTORY
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(folder):
+            raise UnsafeFileError(folder) from None
+        raise
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o666)
+        fd = os.open(name, flags, 0o666, dir_fd=folder_fd)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise UnsafeFileError(path) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    finally:
+        os.close(folder_fd)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
-        raise UnsafeFileError(path, "a file that is not a regular file")
+        raise UnsafeFileError(path, kind(mode))
     return fd
 
 
@@ -166,7 +198,8 @@ def open_regular(path: str | Path) -> tuple[int, os.stat_result]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFileError(f"not a regular file: {path}")
+            what = f"not a regular file ({kind(st.st_mode)})"
+            raise NotRegularFileError(errno.EINVAL, what, str(path))
     except BaseException:
         os.close(fd)
         raise

@@ -9,6 +9,11 @@ close. Each open takes its own lock, so threads of one process exclude each othe
 file is opened with ``O_NOFOLLOW``: a link planted at its place by another member of a
 shared cache's group is refused, never written through.
 
+One thread of one process opens each lock file once, however many keys of it it holds (a
+step whose computation calls the same step with other arguments, thousands deep, holds one
+descriptor), and a thread asking for a key it already holds (a step calling itself with its
+own arguments) gets a `ReentrantLockError` instead of waiting for itself forever.
+
 While it holds a key, the holder writes who it is (host, pid, time, key) into the key's slot
 of the file, so a waiter can say what it waits for. On NFS, Linux sends OFD locks to the
 server's lock manager, which recovers them when a client dies. Where OFD locks do not exist
@@ -26,13 +31,14 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
 
 from kwneuro_pydra._files import open_shared, read_regular
 
-__all__ = ["LOCK_FILE", "EntryLock", "held", "read_owners"]
+__all__ = ["LOCK_FILE", "EntryLock", "ReentrantLockError", "held", "read_owners"]
 
 _log = logging.getLogger("kwneuro_pydra")
 
@@ -73,6 +79,35 @@ def _lock_key(fd: int, key: str, *, wait: bool) -> bool:
             raise
         return False
     return True
+
+
+class ReentrantLockError(RuntimeError):
+    """This thread already holds the lock it asks for: it would wait for itself forever."""
+
+
+class _Open:
+    """One thread's open lock files: the descriptor of each path, and the keys each holds."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.by_path: dict[str, int] = {}
+        self.keys: dict[int, set[str]] = {}
+
+
+_threads = threading.local()
+
+
+def _this_thread() -> _Open:
+    """This thread's open lock files; none in a forked child (its descriptors would share
+    the parent's locks)."""
+    mine: _Open | None = getattr(_threads, "open", None)
+    if mine is None or mine.pid != os.getpid():
+        mine = _threads.open = _Open()
+    return mine
+
+
+def _unlock_key(fd: int, key: str) -> None:
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, _offset(key), 1, 0))
 
 
 def held(path: str | Path, key: str | None = None) -> bool:
@@ -124,43 +159,75 @@ class EntryLock:
     """
 
     def __init__(self, path: str | Path, key: str, what: str) -> None:
-        self.path = path
+        self.path = str(path)
         self.key = key
         self.what = what
         self._fd: int | None = None
+        self._mine = _Open()
 
     def acquire(self) -> None:
         """Block until the lock is held by this open file.
 
         Raises:
+            ReentrantLockError: This thread holds the lock already (nothing changes).
             UnsafeFileError: A symbolic link or a file that is not regular is where the
                 lock file should be (refused, never followed).
             OSError: The lock file cannot be created or opened for writing (a read-only
                 directory, a full disk), or its owner record not written. The lock is then
                 not held.
         """
+        mine = self._mine = _this_thread()
+        fd = mine.by_path.get(self.path)
+        if fd is not None and self.key in mine.keys[fd] and self._is_current(fd):
+            raise ReentrantLockError(
+                f"{self.what} is being computed by this very call chain (a step calling "
+                "itself with the same arguments)"
+            )
         while True:
-            fd = self._open()
+            fd = self._open(mine)
+            locked = False
             try:
                 if not _lock_key(fd, self.key, wait=False):
                     owner = read_owners(self.path).get(self.key)
                     _log.info("waiting for %s, locked by %s", self.what, owner)
                     _lock_key(fd, self.key, wait=True)
+                locked = True
                 if self._is_current(fd):
                     os.pwrite(fd, _owner_record(self.key), _slot(self.key))
                     self._fd = fd
                     return
             except BaseException:
-                os.close(fd)  # closing the file drops its lock
+                self._drop(mine, fd, locked)
                 raise
-            os.close(fd)  # the step directory was removed and made again: lock the new file
+            self._drop(mine, fd, locked)  # the step directory was made again: lock the new file
 
-    def _open(self) -> int:
-        try:
-            return open_shared(self.path)
-        except FileNotFoundError:  # the first entry of its step: make the step's directory
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            return open_shared(self.path)
+    def _open(self, mine: _Open) -> int:
+        """This thread's descriptor of the lock file, opened when it holds none of it."""
+        fd = mine.by_path.get(self.path)
+        if fd is None or not _OFD or not self._is_current(fd):
+            try:
+                fd = open_shared(self.path)
+            except FileNotFoundError:  # the first entry of its step: make the step's directory
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                fd = open_shared(self.path)
+            mine.by_path[self.path] = fd
+            mine.keys[fd] = set()
+        mine.keys[fd].add(self.key)
+        return fd
+
+    def _drop(self, mine: _Open, fd: int, locked: bool) -> None:
+        """Release this key's share of ``fd``: unlock its byte, close the file when no other
+        key of this thread holds it (closing drops every lock of the file)."""
+        keys = mine.keys[fd]
+        keys.discard(self.key)
+        if keys:
+            if locked:
+                _unlock_key(fd, self.key)
+            return
+        del mine.keys[fd]
+        if mine.by_path.get(self.path) == fd:
+            del mine.by_path[self.path]
+        os.close(fd)
 
     def _is_current(self, fd: int) -> bool:
         try:
@@ -178,8 +245,8 @@ class EntryLock:
             with contextlib.suppress(OSError):
                 os.pwrite(self._fd, _BLANK, _slot(self.key))
         finally:
-            os.close(self._fd)  # drops the lock
-            self._fd = None
+            fd, self._fd = self._fd, None
+            self._drop(self._mine, fd, locked=True)
 
     def __enter__(self) -> EntryLock:
         self.acquire()

@@ -23,6 +23,7 @@ import glob
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 import warnings
@@ -64,6 +65,8 @@ __all__ = [
     "discard",
     "encode_scalar",
     "entry_key",
+    "sharing_problem",
+    "umask",
 ]
 """`Entry`, `decode_scalar`, `encode_scalar` and `entry_key` are the sidecar format's
 (`kwneuro_pydra._sidecar`), named here too for the cache that uses both."""
@@ -286,10 +289,15 @@ class Store:
                 os.rename(aside, target)
 
     def steps(self) -> list[str]:
-        """Return the names of the steps that have a directory in this cache."""
+        """Return the names of the steps that have a directory in this cache (a link is not
+        one: listing, pruning and clearing never reach through it)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _visible(p))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.is_symlink() and _visible(p)
+        )
 
     def entries(self, step: str, *, warn: bool = True) -> Iterator[Entry]:
         """Yield the readable entries of ``step``, oldest first.
@@ -331,6 +339,40 @@ class Store:
         candidates += self.memo_dir.glob(f"*/{MEMO_TMP_PREFIX}*")
         cutoff = time.time() - older_than
         return [path for path in candidates if _modified_before(path, cutoff)]
+
+
+def umask() -> int:
+    """This process's umask (read from ``/proc``, where it is not changed to be read)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text(encoding="ascii").splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def sharing_problem(root: Path) -> str | None:
+    """Say why entries this process writes under ``root`` would shut its group out, if so.
+
+    A folder that its group can write (``root`` or the folder above it: a lab's shared,
+    setgid cache root) is meant to be shared; a umask that takes the group's write bit
+    away makes entries, lock files and folders the other members cannot replace or lock.
+
+    Returns:
+        The message, or None when the umask keeps the group's write bit or nothing is shared.
+    """
+    mask = umask()
+    if not mask & stat.S_IWGRP:
+        return None
+    for folder in (root, root.parent):
+        with contextlib.suppress(OSError):
+            if os.stat(folder).st_mode & stat.S_IWGRP:
+                return (
+                    f"{folder} is group-writable (a shared cache) but this process's umask is "
+                    f"{mask:03o}: what it writes there, the group cannot replace or lock; "
+                    f"run with umask {mask & ~stat.S_IWGRP:03o} (e.g. 'umask 002')"
+                )
+    return None
 
 
 def discard(path: Path) -> None:

@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,8 +27,17 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 import attrs
 
 from kwneuro_pydra._filedigest import digests_by_content, memo_directory, unsteady_count
+from kwneuro_pydra._lock import ReentrantLockError
 from kwneuro_pydra._step import CacheSpec, Step, StepArguments
-from kwneuro_pydra._store import Entry, Store, decode_scalar, discard, encode_scalar, entry_key
+from kwneuro_pydra._store import (
+    Entry,
+    Store,
+    decode_scalar,
+    discard,
+    encode_scalar,
+    entry_key,
+    sharing_problem,
+)
 
 __all__ = [
     "Cache",
@@ -57,6 +67,10 @@ class StepHandler(Protocol):
 _HANDLER: ContextVar[StepHandler | None] = ContextVar("kwneuro_pydra_handler", default=None)
 _STEPS: dict[str, dict[str, Step]] = {}
 """The decorated steps by step name, then by function (module and qualified name)."""
+_WARNED: set[str] = set()
+"""Warnings given once per process: a shared root with the wrong umask, a thread."""
+_ENTERED = [0]
+"""How many ``with Cache(...)`` blocks are open, in every thread."""
 
 
 @contextlib.contextmanager
@@ -265,12 +279,16 @@ class Cache:
                     stacklevel=3,
                 )
         self._store = Store(self.cache_dir)
+        if (problem := sharing_problem(self.cache_dir)) and problem not in _WARNED:
+            _WARNED.add(problem)
+            warnings.warn(problem, UserWarning, stacklevel=3)
         self._tokens: list[tuple[Token[StepHandler | None], contextlib.ExitStack]] = []
 
     def __enter__(self) -> Cache:
         memo = contextlib.ExitStack()
         memo.enter_context(memo_directory(self._store.memo_dir))
         self._tokens.append((_HANDLER.set(self), memo))
+        _ENTERED[0] += 1
         return self
 
     def __exit__(
@@ -280,6 +298,7 @@ class Cache:
         tb: TracebackType | None,
     ) -> None:
         token, memo = self._tokens.pop()
+        _ENTERED[0] -= 1
         memo.close()
         _HANDLER.reset(token)
 
@@ -614,6 +633,10 @@ class Cache:
         lock = self._store.lock(step.name, key)
         try:
             lock.acquire()
+        except ReentrantLockError as error:
+            message = f"step {step.name!r}: {error}; this inner call runs without the cache"
+            warnings.warn(message, UserWarning, stacklevel=3)
+            return step.fn(*args, **kwargs)
         except OSError as error:
             if error.errno not in _CANNOT_STORE:
                 raise
@@ -862,8 +885,23 @@ def _decorate(fn: Callable[..., Any], spec: CacheSpec[Any] | None) -> Callable[.
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         handler = get_handler()
         if handler is None:
+            if _ENTERED[0] and threading.current_thread() is not threading.main_thread():
+                _warn_thread(step)
             return fn(*args, **kwargs)
         return handler._run_step(step, args, kwargs)
 
     wrapper.__kwneuro_step__ = step  # type: ignore[attr-defined]
     return wrapper
+
+
+def _warn_thread(step: Step) -> None:
+    """Warn, once per process, that a thread runs a step uncached while a `Cache` is open."""
+    if "thread" not in _WARNED:
+        _WARNED.add("thread")
+        warnings.warn(
+            f"step {step.name!r} runs without the cache in thread "
+            f"{threading.current_thread().name!r}: threads do not inherit `with Cache(...)`; "
+            "submit the thread's work through contextvars.copy_context().run (see the guide)",
+            UserWarning,
+            stacklevel=3,
+        )

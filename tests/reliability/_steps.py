@@ -47,3 +47,27 @@ def rl_total(path: Path) -> np.ndarray:
     """The sum of a file's bytes (its content, read now)."""
     CALLS["rl_total"] += 1
     return np.array([int(np.fromfile(path, dtype=np.uint8).sum())])
+
+
+_INSIDE: list[int] = []
+
+
+@cacheable(NPY)
+def rl_itself(n: int) -> np.ndarray:
+    """Calls itself once with its own arguments: the inner call returns ``[n]``, the outer
+    ``[n + 1]``."""
+    CALLS["rl_itself"] += 1
+    if _INSIDE:
+        return np.array([n])
+    _INSIDE.append(n)
+    try:
+        return rl_itself(n) + 1
+    finally:
+        _INSIDE.pop()
+
+
+@cacheable(NPY)
+def rl_chain(n: int) -> np.ndarray:
+    """``[n]``, counted up from ``rl_chain(n - 1)``: a chain of ``n`` nested steps."""
+    CALLS["rl_chain"] += 1
+    return np.array([0]) if n == 0 else rl_chain(n - 1) + 1

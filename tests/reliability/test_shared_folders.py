@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import kwneuro_pydra.cache
 from kwneuro_pydra import Cache
 from kwneuro_pydra._files import UnsafeFileError, write_atomic
 from kwneuro_pydra._lock import LOCK_FILE
@@ -28,9 +30,9 @@ SECRET = b"root's own file: nobody may change it\n"
 
 
 @pytest.fixture
-def lab(shared_dir: Path) -> tuple[Path, Path]:
+def lab(shared_dir: Path) -> Iterator[tuple[Path, Path]]:
     """A setgid folder writable by the group ``nogroup`` (user nobody's), and a file of
-    root's that only root can reach."""
+    root's that only root can reach; this process runs with the umask a lab needs (002)."""
     require_root("shares a folder with user nobody")
     folder = shared_dir / "lab"
     folder.mkdir()
@@ -40,7 +42,11 @@ def lab(shared_dir: Path) -> tuple[Path, Path]:
     private.mkdir(mode=0o700)
     victim = private / "victim"
     victim.write_bytes(SECRET)
-    return folder, victim
+    mask = os.umask(0o002)
+    try:
+        yield folder, victim
+    finally:
+        os.umask(mask)
 
 
 def _plant(links: dict[Path, Path]) -> None:
@@ -70,6 +76,24 @@ def test_a_lock_file_planted_as_a_link_is_refused_and_the_result_returned(
     assert str(lock) in messages[0] and "symbolic link" in messages[0], messages[0]
 
 
+def test_a_step_folder_planted_as_a_link_is_refused_and_the_result_returned(
+    lab: tuple[Path, Path],
+) -> None:
+    folder, victim = lab
+    step_dir = folder / "cache" / "rl_ramp"
+    (victim.parent / LOCK_FILE).write_bytes(SECRET)  # root's own lock file, elsewhere
+    _plant({step_dir: victim.parent})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Cache(folder / "cache"):
+            assert _steps.rl_ramp(1, 3).tolist() == [1, 2, 3]
+    assert (victim.parent / LOCK_FILE).read_bytes() == SECRET
+    assert sorted(p.name for p in victim.parent.iterdir()) == [LOCK_FILE, victim.name]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert str(step_dir) in messages[0] and "symbolic link" in messages[0], messages[0]
+
+
 def test_files_written_in_a_shared_folder_never_follow_a_planted_link(
     lab: tuple[Path, Path],
 ) -> None:
@@ -95,3 +119,20 @@ def test_files_written_in_a_shared_folder_never_follow_a_planted_link(
     write_reports(output, [], title="Report", summary="none")
     assert (output / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE")
     assert victim.read_bytes() == SECRET, "a write went through a planted link"
+
+
+def test_a_shared_root_with_a_umask_that_shuts_the_group_out_is_warned_about(
+    lab: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _ = lab
+    monkeypatch.setattr(kwneuro_pydra.cache, "_WARNED", set(), raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Cache(folder / "mine")  # umask 002: the group can use what it writes
+    os.umask(0o022)
+    with pytest.warns(UserWarning, match="umask is 022") as caught:
+        Cache(folder / "sub-01")
+    assert str(folder) in str(caught[0].message) and "umask 002" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Cache(folder / "sub-02")  # once per process and folder

@@ -6,7 +6,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,13 @@ from typing import Any
 import attrs
 
 from kwneuro_pydra._filedigest import carry_over
-from kwneuro_pydra._files import UnsafeFileError, open_new, temporary_name, write_atomic
+from kwneuro_pydra._files import (
+    UnsafeFileError,
+    open_new,
+    read_regular,
+    temporary_name,
+    write_atomic,
+)
 from kwneuro_pydra.bids._discover import DwiSeries
 
 __all__ = [
@@ -22,6 +30,7 @@ __all__ = [
     "Derivative",
     "derivative_path",
     "place",
+    "stale_temporaries",
     "write_dataset_description",
     "write_derivatives",
     "write_json",
@@ -119,12 +128,55 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         UnsafeFileError: ``path`` is a symbolic link (refused, never followed).
         OSError: The file cannot be written (the error names it and the cause).
     """
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    text = _text(data)
     with contextlib.suppress(OSError):
-        if path.read_text(encoding="utf-8") == text:
+        if read_regular(path) == text:
             return
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text.encode("utf-8"))
+    write_atomic(path, text)
+
+
+TEMPORARY_AGE = 3600.0
+"""Seconds after which a temporary file in a derivatives folder counts as left by a crash."""
+
+_TEMPORARY = re.compile(r"\..+\.(?:[0-9a-f]{16}|[0-9a-f]{32})\.tmp")
+"""`temporary_name`'s names (and the 32-hex ones of earlier versions)."""
+
+
+def stale_temporaries(output_dir: Path) -> list[Path]:
+    """The temporary files (hard links to cache entries, JSON, pages) that killed runs left
+    in a derivatives folder, made more than `TEMPORARY_AGE` seconds ago.
+
+    Hidden folders (the cache inside the folder) are not searched. Age is the inode's
+    change time, which linking sets (a hard link keeps its entry file's modification time).
+
+    Args:
+        output_dir: A derivatives folder (OUTPUT_DIR).
+
+    Returns:
+        The files, to remove with ``unlink``.
+    """
+    cutoff = time.time() - TEMPORARY_AGE
+    found = []
+    for folder, subfolders, files in os.walk(output_dir):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in files:
+            path = Path(folder, name)
+            if _TEMPORARY.fullmatch(name) and _changed_before(path, cutoff):
+                found.append(path)
+    return sorted(found)
+
+
+def _changed_before(path: Path, cutoff: float) -> bool:
+    try:
+        return path.lstat().st_ctime < cutoff
+    except OSError:  # gone meanwhile
+        return False
+
+
+def _text(data: Mapping[str, Any]) -> bytes:
+    """The bytes `write_json` writes for ``data``."""
+    return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8")
 
 
 def write_dataset_description(
@@ -198,7 +250,10 @@ def write_derivatives(
     For each `DERIVATIVES` row whose output is present in ``outputs`` (an object with a
     ``path``, e.g. a `NiftiVolumeResource` served from the cache):
     ``OUTPUT_DIR/sub-<label>/[ses-<label>/]dwi/<source entities>_<entities>.nii.gz`` and a
-    ``.json`` sidecar beside it.
+    ``.json`` sidecar beside it. An image and its sidecar never disagree, whenever the
+    writer is killed: when the sidecar changes (other parameters), the old image is removed
+    first, the sidecar written, then the new image linked (a kill leaves the image missing
+    until the next run, never an image beside another run's sidecar).
 
     Args:
         series: The source series.
@@ -216,7 +271,6 @@ def write_derivatives(
         source = Path(outputs[row.output].path)
         extension = ".nii.gz" if source.name.endswith(".nii.gz") else source.suffix
         target = derivative_path(series, output_dir, row.output, extension)
-        place(source, target)
         sidecar: dict[str, Any] = {
             "Description": row.description,
             "Sources": [f"bids:raw:{series.source}"],
@@ -224,6 +278,11 @@ def write_derivatives(
         if row.units:
             sidecar["Units"] = row.units
         sidecar["Parameters"] = dict(parameters)
-        write_json(target.with_name(target.name.removesuffix(extension) + ".json"), sidecar)
+        json_path = target.with_name(target.name.removesuffix(extension) + ".json")
+        with contextlib.suppress(OSError):
+            if read_regular(json_path) != _text(sidecar):
+                target.unlink(missing_ok=True)  # never the old image beside the new sidecar
+        write_json(json_path, sidecar)
+        place(source, target)
         written.append(target)
     return written

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from kwneuro_pydra._files import read_regular
 from kwneuro_pydra.bids import write_json
 from kwneuro_pydra.cli._common import natural, positive_float, positive_int
 
@@ -148,7 +149,7 @@ def read_options(output_dir: Path) -> dict[str, Any] | None:
     """
     path = output_dir / OPTIONS_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path).decode("utf-8")
     except FileNotFoundError:
         return None
     except OSError as error:

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from kwneuro_pydra._files import write_atomic
+from kwneuro_pydra._files import read_regular, write_atomic
 from kwneuro_pydra._plan import Plan, plan
 from kwneuro_pydra.bids import BidsError, DwiSeries, SeriesError, discover
 from kwneuro_pydra.cli._common import UsageError, plural
@@ -112,7 +112,7 @@ def write_record(work_dir: Path, all_units: Sequence[Unit]) -> None:
 def read_record(work_dir: Path) -> dict[str, dict[str, Any]]:
     """The failures of the last run in ``work_dir`` (empty when there was none)."""
     try:
-        raw = json.loads((work_dir / RECORD).read_text(encoding="utf-8"))
+        raw = json.loads(read_regular(work_dir / RECORD))
     except (OSError, ValueError):
         return {}
     return raw if isinstance(raw, dict) else {}

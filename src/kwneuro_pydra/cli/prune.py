@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+from kwneuro_pydra.bids import stale_temporaries
 from kwneuro_pydra.cache import Cache
 from kwneuro_pydra.cli._common import plural, positive_float, positive_int
 from kwneuro_pydra.cli._select import select
@@ -40,9 +42,19 @@ def run(args: argparse.Namespace) -> int:
     paths = []
     for folder in selection.caches:
         paths += Cache(folder).prune(keep=args.keep, older_than=older, dry_run=args.dry_run)
+    for output_dir in {Path(args.cache_dir).absolute(), Path(args.cache_dir).absolute().parent}:
+        if (output_dir / "dataset_description.json").is_file():  # OUTPUT_DIR, or inside it
+            paths += [_discard(p, args.dry_run) for p in stale_temporaries(output_dir)]
     verb = "would remove" if args.dry_run else "removed"
     for path in paths:
         print(f"{verb} {path}")
     print(f"{plural(len(paths), 'folder')} {'would be ' if args.dry_run else ''}removed from "
           f"{selection.describe()}")  # fmt: skip
     return 0
+
+
+def _discard(path: Path, dry_run: bool) -> Path:
+    """Remove ``path`` unless ``dry_run``; return it."""
+    if not dry_run:
+        path.unlink(missing_ok=True)
+    return path

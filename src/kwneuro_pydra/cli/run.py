@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kwneuro_pydra._files import read_regular
 from kwneuro_pydra.bids import write_dataset_description, write_derivatives
 from kwneuro_pydra.cache import Cache
 from kwneuro_pydra.cli._common import (
@@ -346,7 +347,7 @@ def _version() -> str:
 
 def _source_name(bids_dir: Path) -> str:
     try:
-        name = json.loads((bids_dir / "dataset_description.json").read_text("utf-8"))["Name"]
+        name = json.loads(read_regular(bids_dir / "dataset_description.json"))["Name"]
     except (OSError, ValueError, KeyError, TypeError):
         return bids_dir.absolute().name
     return str(name)

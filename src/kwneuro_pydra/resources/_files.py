@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from pathlib import Path
+
+from kwneuro_pydra._files import kind
 
 PathLike = Path | str
 """A filesystem path given as a `pathlib.Path` or a string."""
@@ -35,9 +39,19 @@ def missing(path: Path, what: str) -> FileNotFoundError:
 
 
 def require_file(path: Path, what: str) -> None:
-    """Raise `FileNotFoundError` naming ``path`` unless it is an existing regular file."""
-    if not path.is_file():
-        raise missing(path, what)
+    """Raise unless ``path`` is an existing regular file (links followed).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it and ``what``).
+        ResourceFileError: ``path`` is a FIFO, a device, a directory...: reading it could
+            block forever or never end, so it is refused, naming it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise missing(path, what) from None
+    if not stat.S_ISREG(mode):
+        raise ResourceFileError(f"{what} is not a regular file: {path} is {kind(mode)}")
 
 
 def source_of(resource: object) -> str:

@@ -45,8 +45,6 @@ ERRORS: tuple[type[BaseException], ...] = (zlib.error, EOFError) + (
 )
 """What decompressing a damaged stream raises."""
 
-_DEFLATE_MAX_RATIO = 1032  # deflate never expands a byte into more than ~1032 bytes
-
 
 def _threads(size: int) -> int:
     if size < THREADED_MIN_BYTES:
@@ -78,37 +76,60 @@ def gzip_writer(raw: io.RawIOBase, size: int) -> Iterator[IO[bytes] | gzip.GzipF
         yield stream
 
 
-def gunzip(data: bytes) -> bytes:
-    """Decompress a gzip file's content in one pass, allocating the output once.
+class OversizeError(ValueError):
+    """A gzip stream inflates to more bytes than its file's header declares."""
 
-    A stream of several members (``cat a.gz b.gz``) gives their concatenation.
+
+def gunzip(data: bytes, size: int) -> bytes:
+    """Decompress a gzip file's content, at most ``size`` bytes, allocating the output once.
+
+    A stream of several members (``cat a.gz b.gz``) gives their concatenation. Memory stays
+    bounded by ``size`` whatever the stream holds (a "gzip bomb" inflating to gigabytes
+    from a few megabytes is refused after ``size + 1`` bytes).
 
     Args:
         data: The whole compressed file.
+        size: How many bytes the stream should inflate to (from the file's own header).
 
     Returns:
-        The uncompressed bytes.
+        The uncompressed bytes (fewer than ``size`` when the stream is short).
 
     Raises:
+        OversizeError: the stream holds more than ``size`` bytes.
         zlib.error: the stream is corrupted (ISA-L raises its own ``IsalError``; both are in
             `ERRORS`).
         EOFError: the stream ends before its end-of-stream marker.
     """
     codec = zlib if _isal_zlib is None else _isal_zlib
-    trailer = int.from_bytes(data[-4:], "little")  # size of the last member, modulo 2**32
-    hint = min(trailer, _DEFLATE_MAX_RATIO * len(data)) + 64
-    out: bytes = codec.decompress(data, 31, hint)
-    if len(out) % 2**32 == trailer:
-        return out
-    return _all_members(codec, data)
-
-
-def _all_members(codec: ModuleType, data: bytes) -> bytes:
-    parts: list[bytes] = []
+    member = codec.decompressobj(31)
+    out: bytes = member.decompress(data, size + 1)
+    if member.eof and member.unused_data[:2] != b"\x1f\x8b":
+        return _bounded(out, size)
+    if not member.eof and len(out) <= size:
+        raise EOFError("gzip stream ended before its end-of-stream marker")
+    parts = [_bounded(out, size)]
+    data, size = member.unused_data, size - len(out)
     while data[:2] == b"\x1f\x8b":
         member = codec.decompressobj(31)
-        parts.append(member.decompress(data))
+        parts.append(_bounded(member.decompress(data, size + 1), size))
         if not member.eof:
             raise EOFError("gzip stream ended before its end-of-stream marker")
-        data = member.unused_data
+        data, size = member.unused_data, size - len(parts[-1])
     return b"".join(parts)
+
+
+def _bounded(out: bytes, size: int) -> bytes:
+    if len(out) > size:
+        raise OversizeError(f"the gzip stream holds more than the {size} bytes declared")
+    return out
+
+
+def gunzip_head(data: bytes, size: int) -> bytes:
+    """The first ``size`` bytes of a gzip stream (fewer if it is shorter), inflating no more.
+
+    Raises:
+        zlib.error: the stream is corrupted (or ISA-L's error; see `ERRORS`).
+    """
+    codec = zlib if _isal_zlib is None else _isal_zlib
+    head: bytes = codec.decompressobj(31).decompress(data, size)
+    return head

@@ -18,6 +18,7 @@ keep their key).
 from __future__ import annotations
 
 import io
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -32,7 +33,9 @@ from nibabel.volumeutils import apply_read_scaling
 from numpy.typing import NDArray
 
 from kwneuro_pydra._filedigest import StatKey, is_settled, record_digest, stat_key
+from kwneuro_pydra._files import open_regular
 from kwneuro_pydra.resources import _gzip
+from kwneuro_pydra.resources._files import ResourceFileError
 
 MEMO_ENV = "KWNEURO_PYDRA_VOLUME_MEMO_MB"
 """Environment variable bounding the decoded-volume memo of each process, in MiB."""
@@ -91,17 +94,61 @@ def read_gzipped_voxels(path: Path) -> NDArray[Any]:
         EOFError: the file holds fewer voxel bytes than its header says.
         Exception: one of `_gzip.ERRORS` or nibabel's header errors for a damaged file.
     """
-    with open(path, "rb") as handle:
+    with os.fdopen(open_regular(path)[0], "rb") as handle:
         key = stat_key(os.fstat(handle.fileno()))
         cached = _memo.get(key)
         if cached is not None:
             return cached
-        raw = _gzip.gunzip(handle.read())
+        data = handle.read()
         st = os.fstat(handle.fileno())
+    head = _gzip.gunzip_head(data, _HEADER_BYTES)
+    needed = image_bytes(Nifti1Header.from_fileobj(io.BytesIO(head), check=True), path)  # type: ignore[no-untyped-call]
+    try:
+        raw = _gzip.gunzip(data, needed)
+    except _gzip.OversizeError as error:
+        raise _gzip.OversizeError(f"{path}: {error} by its NIfTI header") from None
     array = _voxels(raw)
     if stat_key(st) == key and is_settled(st):
         _memo.put(key, array)
     return array
+
+
+_HEADER_BYTES = 352
+"""A NIfTI-1 header and the extension flag that follows it."""
+
+MAX_IMAGE_ENV = "KWNEURO_PYDRA_MAX_IMAGE_MB"
+"""Environment variable: the largest image (header and voxels, in MiB) a file may declare;
+by default the physical memory of the machine."""
+
+
+def max_image_bytes() -> int:
+    """The largest image a NIfTI header may declare (`MAX_IMAGE_ENV`, else the machine's
+    physical memory)."""
+    given = os.environ.get(MAX_IMAGE_ENV)
+    if given:
+        return int(float(given) * 2**20)
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def image_bytes(header: Nifti1Header, path: Path) -> int:
+    """The bytes a NIfTI-1 file's header says its image takes (offset and voxels).
+
+    Raises:
+        ResourceFileError: more than `max_image_bytes`: reading it would exhaust memory.
+    """
+    shape = [max(int(n), 0) for n in header.get_data_shape()]  # type: ignore[no-untyped-call]
+    itemsize = int(header.get_data_dtype().itemsize)  # type: ignore[no-untyped-call]
+    offset = int(header.get_data_offset())  # type: ignore[no-untyped-call]
+    needed = offset + itemsize * math.prod(shape)
+    limit = max_image_bytes()
+    if needed > limit:
+        shown = "x".join(map(str, shape))
+        msg = (
+            f"NIfTI file {path}: its header declares {shown} voxels ({needed / 2**30:.1f} GiB),"
+            f" more than the {limit / 2**30:.1f} GiB allowed (set {MAX_IMAGE_ENV} to change it)"
+        )
+        raise ResourceFileError(msg)
+    return needed
 
 
 def _voxels(raw: bytes) -> NDArray[Any]:

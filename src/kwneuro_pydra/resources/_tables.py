@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from kwneuro_pydra._files import NotRegularFileError, read_regular
 from kwneuro_pydra.resources._base import Resource
 from kwneuro_pydra.resources._files import (
     PathLike,
@@ -40,9 +41,12 @@ def format_number(value: float) -> str:
 def read_table(path: Path, what: str) -> list[list[float]]:
     """Rows of numbers from a whitespace-separated text file of ``what`` (e.g. "b-value")."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
+        require_file(path, f"{what} file")
+        text = read_regular(path).decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError):
         raise missing(path, f"{what} file") from None
+    except NotRegularFileError as error:  # replaced by a FIFO since it was checked
+        raise ResourceFileError(f"{what} file is {error.strerror}: {path}") from None
     except UnicodeDecodeError:
         msg = f"not a text {what} file: {path}"
         raise ResourceFileError(msg) from None

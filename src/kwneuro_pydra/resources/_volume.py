@@ -29,7 +29,7 @@ from kwneuro_pydra.resources._nifti import (
     nifti_suffix_of,
     validated_affine,
 )
-from kwneuro_pydra.resources._niftiio import read_gzipped_voxels, write_image
+from kwneuro_pydra.resources._niftiio import image_bytes, read_gzipped_voxels, write_image
 
 
 class VolumeResource(Resource):
@@ -258,8 +258,7 @@ class NiftiVolumeResource(VolumeResource):
         memo = self._header_memo
         if memo is not None and memo[0] == key:
             return memo[1]
-        if not os.path.isfile(self.path):
-            raise missing(self.path, "NIfTI file")
+        require_file(self.path, "NIfTI file")
         try:
             image = nib.load(self.path, mmap="r")
         except FileNotFoundError:
@@ -290,6 +289,7 @@ class NiftiVolumeResource(VolumeResource):
             ResourceFileError: the file is not NIfTI, or is truncated or corrupted.
         """
         image = self._image()
+        image_bytes(image.header, self.path)  # refuses a header declaring too much
         try:
             if self.path.name.lower().endswith(".gz"):
                 return read_gzipped_voxels(self.path)

@@ -1,0 +1,73 @@
+"""Files the app reads that are not regular files (FIFOs, devices) fail at once, naming
+themselves; nothing blocks. Each case runs in a child process with a timeout, so the old
+behaviour (a hang) fails the test instead of hanging it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.bids_data import good_dataset
+from tests.reliability._system import run_python
+
+_READERS = """
+import json, os
+from pathlib import Path
+from kwneuro_pydra.resources import FslBvalResource, FslBvecResource, NiftiVolumeResource
+from kwneuro_pydra.bids import write_json
+d = Path({folder!r})
+os.mkfifo(d / "dwi.bval")
+os.mkfifo(d / "dwi.bvec")
+os.mkfifo(d / "dwi.nii.gz")
+os.symlink("/dev/zero", d / "zero.nii.gz")
+os.mkfifo(d / "derivative.json")
+out = {{}}
+for name, read in [
+    ("bval", lambda: FslBvalResource(d / "dwi.bval").get()),
+    ("bvec", lambda: FslBvecResource(d / "dwi.bvec").get()),
+    ("fifo image", lambda: NiftiVolumeResource(d / "dwi.nii.gz").get_array()),
+    ("device image", lambda: NiftiVolumeResource(d / "zero.nii.gz").get_array()),
+    ("derivative sidecar", lambda: write_json(d / "derivative.json", {{"a": 1}})),
+]:
+    try:
+        read()
+        out[name] = "done"
+    except Exception as error:
+        out[name] = f"{{type(error).__name__}}: {{error}}"
+out["sidecar"] = json.loads((d / "derivative.json").read_text())
+print(json.dumps(out))
+"""
+
+
+def test_fifos_and_devices_as_inputs_fail_at_once_naming_them(tmp_path: Path) -> None:
+    out = run_python(_READERS.format(folder=str(tmp_path)), timeout=30)
+    for name, file, kind in [
+        ("bval", tmp_path / "dwi.bval", "a FIFO"),
+        ("bvec", tmp_path / "dwi.bvec", "a FIFO"),
+        ("fifo image", tmp_path / "dwi.nii.gz", "a FIFO"),
+        ("device image", Path("/dev/zero"), "a character device"),  # the link, resolved
+    ]:
+        assert out[name].startswith("ResourceFileError"), out[name]
+        assert str(file) in out[name] and kind in out[name], out[name]
+    # A FIFO where a derivative's sidecar goes is replaced by the sidecar.
+    assert out["derivative sidecar"] == "done" and out["sidecar"] == {"a": 1}
+
+
+def test_fifos_at_the_apps_records_fail_status_or_are_ignored_never_hang(
+    tmp_path: Path,
+) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    out, work = tmp_path / "out", tmp_path / "out" / ".kwneuro-cache"
+    work.mkdir(parents=True)
+    os.mkfifo(out / "kwneuro-pydra-options.json")
+    os.mkfifo(work / "last-run.json")
+    command = [sys.executable, "-m", "kwneuro_pydra.cli", "status", str(bids_dir), str(out)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"}
+    )
+    assert done.returncode == 0, done.stderr
+    assert str(out / "kwneuro-pydra-options.json") in done.stderr
+    assert "not a regular file (a FIFO)" in done.stderr
+    assert "sub-01" in done.stdout
