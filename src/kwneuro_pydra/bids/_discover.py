@@ -10,7 +10,7 @@ import attrs
 
 from kwneuro_pydra.resources import Dwi, FslBvalResource, FslBvecResource, NiftiVolumeResource
 
-__all__ = ["BidsError", "DwiSeries", "SeriesError", "discover"]
+__all__ = ["BidsError", "DwiSeries", "SeriesError", "discover", "participants_of"]
 
 _NIFTI = (".nii.gz", ".nii")
 
@@ -127,7 +127,8 @@ def discover(
     columns = ["sub", "ses", "datatype", "suffix", "ext", "path", "root"]
     rows = bids2table.index_dataset(root).select(columns).to_pylist()
     wanted_subjects = _labels(participants, "sub-")
-    _check_known("participant", wanted_subjects, {r["sub"] for r in rows if r["sub"]})
+    known = {r["sub"] for r in rows if r["sub"]} | set(participants_of(root))
+    _check_known("participant", wanted_subjects, known)
     wanted_sessions = _labels(sessions, "ses-")
     _check_known("session", wanted_sessions, {r["ses"] for r in rows if r["ses"]})
     finder = _Finder(root)
@@ -150,6 +151,32 @@ def discover(
             entities.pop(name, None)
         series.append(DwiSeries(root, entities, path, bval, bvec))
     return sorted(series, key=lambda s: s.nifti)
+
+
+def participants_of(bids_dir: str | Path) -> list[str]:
+    """The subject labels of a dataset, with a DWI series or without.
+
+    Args:
+        bids_dir: The dataset root.
+
+    Returns:
+        The labels (without ``sub-``) of its ``sub-*`` folders and of the ``participant_id``
+        column of its ``participants.tsv`` (when it can be read), sorted.
+    """
+    root = Path(bids_dir)
+    labels = {p.name.removeprefix("sub-") for p in root.glob("sub-*") if p.is_dir()}
+    try:
+        lines = (root / "participants.tsv").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    header = lines[0].split("\t") if lines else []
+    if "participant_id" in header:
+        column = header.index("participant_id")
+        for line in lines[1:]:
+            cells = line.split("\t")
+            if len(cells) > column and cells[column].startswith("sub-"):
+                labels.add(cells[column].removeprefix("sub-"))
+    return sorted(labels)
 
 
 def _labels(given: Iterable[str], prefix: str) -> set[str]:

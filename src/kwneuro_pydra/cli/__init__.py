@@ -3,7 +3,8 @@
 One module per command (`run`, `status`, `ls`, `prune`, `clear`, `demo`), each with
 ``add_parser(commands, parents)`` and ``run(args) -> int``. Errors are one line on stderr
 (a traceback with ``-v``); exit status 0 on success, 1 when something failed, 2 for usage
-errors.
+errors (the app's `AppError` and `BidsError` included), 130 on Ctrl-C. The commands parse,
+call the library (`kwneuro_pydra.app` for ``run``, ``status`` and ``demo``) and print.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
-from importlib.metadata import version
 from typing import NoReturn
 
+from kwneuro_pydra._version import __version__
+from kwneuro_pydra.app import AppError, BidsError
 from kwneuro_pydra.cli import clear, demo, ls, prune, run, status
 from kwneuro_pydra.cli._common import UsageError, logging_to_console
 
@@ -47,9 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="kwneuro-pydra",
         description="DTI on BIDS datasets with a content-addressed cache; cache maintenance.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {version('kwneuro-pydra')}"
-    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         status: int = args.run(args)
-    except UsageError as error:
+    except (UsageError, AppError, BidsError) as error:
         sys.stderr.write(f"kwneuro-pydra {args.command}: error: {error}\n")
         return 2
     except KeyboardInterrupt:
