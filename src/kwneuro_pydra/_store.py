@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import json
 import math
@@ -29,7 +28,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from kwneuro_pydra._filedigest import (
 )
 from kwneuro_pydra._files import read_regular
 from kwneuro_pydra._lock import LOCK_FILE, EntryLock
+from kwneuro_pydra._version import __version__
 
 __all__ = [
     "FORMAT_VERSION",
@@ -529,9 +528,5 @@ def _content_digest(path: str | Path) -> str:
     return f"{_DIGEST_PREFIX}{file_digest(path)}"
 
 
-@functools.cache
 def _library() -> str:
-    try:
-        return f"kwneuro-pydra {version('kwneuro-pydra')}"
-    except PackageNotFoundError:
-        return "kwneuro-pydra (not installed)"
+    return f"kwneuro-pydra {__version__}"

@@ -1,0 +1,192 @@
+"""The BIDS app as a library (`kwneuro_pydra.app`), and as users meet it: the dataset stays
+read-only, every subject is accounted for, a bad series fails alone, runs of one participant
+each compose, Ctrl-C stops cleanly, ``status`` reads at 80 columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kwneuro_pydra.app import AppError, AppRun, BidsError, app_status, run_bids_app
+from tests.bids_data import MASK, good_dataset
+
+PARAMETERS = {"median_radius": 1, "numpass": 1}
+"""`MASK` as the app's parameters."""
+
+
+def kwneuro(*args: str, columns: int = 200, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """The command in a fresh process, output piped (not a terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kwneuro_pydra.cli", *args], capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": str(columns)}, **kwargs,  # type: ignore[call-overload]
+    )  # fmt: skip
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_run_bids_app_returns_what_the_command_prints_and_writes_the_same(
+    tmp_path: Path,
+) -> None:
+    bids_dir = good_dataset(tmp_path / "bids")
+    result = run_bids_app(bids_dir, tmp_path / "py", worker="debug", parameters=PARAMETERS)
+    assert isinstance(result, AppRun) and result.ok
+    assert [s.name for s in result.series] == ["sub-01", "sub-02_ses-1", "sub-02_ses-2", "sub-03"]
+    assert all(o.state == "computed" for s in result.series for o in s.steps)
+    assert result.report == tmp_path / "py" / "report.html" and result.report.is_file()
+    cli = kwneuro("run", str(bids_dir), str(tmp_path / "cli"), "participant", "--worker",
+                  "debug", *MASK)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    printed = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in cli.stdout.splitlines() if line.startswith("│")
+    ]  # fmt: skip
+    assert [row[:4] for row in printed] == [
+        [c.step, str(c.computed), str(c.reused), str(c.failed)] for c in result.steps
+    ]
+    assert f"{len(result.series)} series succeeded, 0 failed." in cli.stdout
+    assert result.summary in cli.stdout  # "3 subjects, 4 DWI series"
+    mine = sorted(p.relative_to(tmp_path / "py") for p in result.derivatives)
+    theirs = sorted(
+        p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("*_dwimap.nii.gz")
+    )
+    assert [p for p in mine if p.name.endswith("_dwimap.nii.gz")] == theirs
+    for relative in mine:
+        a = np.asanyarray(nib.load(tmp_path / "py" / relative).dataobj)
+        b = np.asanyarray(nib.load(tmp_path / "cli" / relative).dataobj)
+        assert np.array_equal(a, b), relative
+    again = run_bids_app(bids_dir, tmp_path / "py", worker="debug", parameters=PARAMETERS)
+    assert {o.state for s in again.series for o in s.steps} == {"reused"}
+    status = app_status(bids_dir, tmp_path / "py")
+    assert status.counts == {"cached": 36, "stale": 0, "missing": 0, "failed": 0}
+
+
+def test_app_errors_are_its_own_classes_and_the_command_exits_2(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    with pytest.raises(AppError, match="worker 'sge': expected one of debug, cf, slurm"):
+        run_bids_app(bids_dir, tmp_path / "out", worker="sge")
+    with pytest.raises(AppError, match="force: unknown step nosuch"):
+        run_bids_app(bids_dir, tmp_path / "out", force={"nosuch"})
+    with pytest.raises(AppError, match="parameters: bmax: must be above 0"):
+        run_bids_app(bids_dir, tmp_path / "out", parameters={"bmax": -1})
+    with pytest.raises(BidsError, match="no participant 09"):
+        run_bids_app(bids_dir, tmp_path / "out", participants=["09"])
+    assert not (tmp_path / "out").exists()
+    refused = kwneuro("run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker",
+                      "sge")  # fmt: skip
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert "invalid choice: 'sge'" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("output", "work", "message"),
+    [
+        ("bids", None, "OUTPUT_DIR {bids} is the BIDS dataset"),
+        ("bids/sub-01", None, "OUTPUT_DIR {bids}/sub-01 is inside the BIDS dataset (sub-01)"),
+        ("link", None, "OUTPUT_DIR {tmp}/link is the BIDS dataset (it resolves to {bids})"),
+        ("link/sub-01/dwi", None, "is inside the BIDS dataset (sub-01/dwi)"),
+        ("out", "bids/sub-01", "the work folder {bids}/sub-01 is inside the BIDS dataset"),
+        ("out", "link", "the work folder {tmp}/link is the BIDS dataset"),
+    ],
+)
+def test_the_raw_dataset_is_never_written(
+    tmp_path: Path, output: str, work: str | None, message: str
+) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    (tmp_path / "link").symlink_to(bids_dir)
+    before = snapshot(bids_dir)
+    args = ["run", str(tmp_path / output), "participant", "--worker", "debug", *MASK]
+    result = kwneuro(
+        "run", str(bids_dir), *args[1:], *(["-w", str(tmp_path / work)] if work else [])
+    )
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert message.format(bids=bids_dir, tmp=tmp_path) in result.stderr
+    assert "the raw dataset is never written" in result.stderr
+    assert snapshot(bids_dir) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_derivatives_inside_the_dataset_are_accepted(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    result = run_bids_app(bids_dir, bids_dir / "derivatives" / "dti", worker="debug",
+                          parameters=PARAMETERS)  # fmt: skip
+    assert result.ok and result.report == bids_dir / "derivatives" / "dti" / "report.html"
+    assert json.loads((bids_dir / "dataset_description.json").read_text())["DatasetType"] == "raw"
+
+
+def test_demo_refuses_a_study_it_did_not_write(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    good_dataset(study / "bids", subjects=1)
+    description = study / "bids" / "dataset_description.json"
+    description.write_text(json.dumps({"Name": "my study", "BIDSVersion": "1.10.0",
+                                       "Authors": ["me"]}))  # fmt: skip
+    before = snapshot(study)
+    result = kwneuro("demo", str(study), "--subjects", "2", "--worker", "debug")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"already holds a dataset the demo did not write ({description})" in result.stderr
+    assert snapshot(study) == before
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "dataset_description.json").write_text('{"Name": "x"}')
+    assert kwneuro("demo", str(tmp_path / "raw"), "--worker", "debug").returncode == 2
+
+
+def test_subjects_without_dwi_are_listed_and_asking_for_one_names_it(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    (bids_dir / "sub-07" / "anat").mkdir(parents=True)
+    (bids_dir / "sub-07" / "anat" / "sub-07_T1w.nii.gz").write_bytes(b"")
+    (bids_dir / "participants.tsv").write_text("participant_id\nsub-01\nsub-07\nsub-08\n")
+    result = run_bids_app(bids_dir, tmp_path / "out", worker="debug", parameters=PARAMETERS)
+    assert result.ok and result.no_dwi == ("07", "08")
+    assert result.summary == "1 subject, 1 DWI series; no DWI: sub-07, sub-08"
+    assert "no DWI: sub-07, sub-08" in result.report.read_text()
+    status = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
+    assert "no DWI: sub-07, sub-08" in status.stdout
+    ran = kwneuro("run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker", "debug",
+                  *MASK)  # fmt: skip
+    assert "No DWI: sub-07, sub-08" in ran.stdout
+    both = kwneuro("run", str(bids_dir), str(tmp_path / "out"), "participant",
+                   "--participant-label", "07", "01", "--worker", "debug", *MASK)  # fmt: skip
+    assert both.returncode == 2 and len(both.stderr.splitlines()) == 1, both.stderr
+    assert "1 participant asked for without a DWI series: sub-07" in both.stderr
+
+
+def test_a_bad_file_name_fails_its_series_alone(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=3)
+    copy = bids_dir / "sub-03" / "dwi" / "sub-03_acq-b1000 (copy)_dwi.nii.gz"
+    copy.write_bytes((bids_dir / "sub-03" / "dwi" / "sub-03_dwi.nii.gz").read_bytes())
+    nii = bids_dir / "sub-01" / "dwi" / "sub-01_dwi.nii"  # beside sub-01_dwi.nii.gz
+    nib.save(nib.load(bids_dir / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"), nii)
+    anat = bids_dir / "sub-02" / "anat"
+    anat.mkdir()
+    Path(os.fsdecode(os.fsencode(anat) + b"/sub-02_T1w\xff.nii.gz")).write_bytes(b"")
+    result = run_bids_app(bids_dir, tmp_path / "out", worker="debug", parameters=PARAMETERS)
+    failures = {s.source: s.failure for s in result.series if not s.ok}
+    assert sorted(failures) == [
+        "sub-01/dwi/sub-01_dwi.nii",
+        "sub-01/dwi/sub-01_dwi.nii.gz",
+        "sub-02/ses-1/dwi/sub-02_ses-1_dwi.nii.gz",
+        "sub-02/ses-2/dwi/sub-02_ses-2_dwi.nii.gz",
+        "sub-03/dwi/sub-03_acq-b1000 (copy)_dwi.nii.gz",
+    ]
+    assert (
+        "another image has its name (sub-01/dwi/sub-01_dwi.nii.gz)"
+        in failures["sub-01/dwi/sub-01_dwi.nii"]
+    )
+    assert "not a BIDS file name" in failures["sub-03/dwi/sub-03_acq-b1000 (copy)_dwi.nii.gz"]
+    assert failures["sub-02/ses-1/dwi/sub-02_ses-1_dwi.nii.gz"].startswith(
+        "sub-02/anat/sub-02_T1w\\xff.nii.gz: a file name of sub-02 that is not UTF-8"
+    )
+    assert [s.name for s in result.series if s.ok] == ["sub-03"]
+    assert not (tmp_path / "out" / ".kwneuro-cache" / "sub-01").exists()  # never one cache for two
+    status = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
+    assert status.returncode == 0 and "not UTF-8" in status.stdout, status.stderr
