@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kwneuro_pydra.app import AppError, AppRun, BidsError, app_status, run_bids_app
-from tests.bids_data import MASK, good_dataset
+from tests.bids_data import MASK, add_series, good_dataset
 
 PARAMETERS = {"median_radius": 1, "numpass": 1}
 """`MASK` as the app's parameters."""
@@ -190,3 +190,88 @@ def test_a_bad_file_name_fails_its_series_alone(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / ".kwneuro-cache" / "sub-01").exists()  # never one cache for two
     status = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
     assert status.returncode == 0 and "not UTF-8" in status.stdout, status.stderr
+
+
+def test_runs_of_one_participant_each_compose(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=2)
+    add_series(bids_dir, "sub-03", b0=False)  # mean_b0 fails
+    out = tmp_path / "out"
+    first = run_bids_app(bids_dir, out, participants=["03"], worker="debug", parameters=PARAMETERS)
+    assert not first.ok and first.series[0].failed_step == "mean_b0"
+    second = run_bids_app(bids_dir, out, participants=["01"], worker="debug",
+                          parameters=PARAMETERS)  # fmt: skip
+    assert second.ok and [s.name for s in second.series] == ["sub-01"]
+    report = (out / "report.html").read_text()
+    assert "sub-01" in report and "sub-03" in report and "no b=0 volume" in report
+    record = json.loads((out / ".kwneuro-cache" / "last-run.json").read_text())
+    assert record["sub-03"]["step"] == "mean_b0" and record["sub-01"]["reason"] is None
+    status = app_status(bids_dir, out)
+    states = {s.name: s.states for s in status.series}
+    assert states["sub-03"]["mean_b0"] == "failed" and set(states["sub-01"].values()) == {"cached"}
+    # two runs at once, one participant each: neither loses the other's series
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kwneuro_pydra.cli", "run", str(bids_dir),
+             str(tmp_path / "together"), "participant", "--participant-label", label,
+             "--worker", "debug", "-q", *MASK],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for label in ("01", "02")
+    ]  # fmt: skip
+    errors = [p.communicate(timeout=300)[1] for p in both]
+    assert [p.returncode for p in both] == [0, 0], errors
+    record = json.loads((tmp_path / "together" / ".kwneuro-cache" / "last-run.json").read_text())
+    assert sorted(record) == ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
+    report = (tmp_path / "together" / "report.html").read_text()
+    assert all(f'id="{name}"' in report or name in report for name in record)
+    assert (tmp_path / "together" / "sub-01.html").is_file()
+    assert (tmp_path / "together" / "sub-02.html").is_file()
+
+
+def test_status_reads_at_80_columns_piped_and_as_json_with_the_runs_work_dir(
+    tmp_path: Path,
+) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=2)
+    out, work = tmp_path / "out", tmp_path / "elsewhere"
+    ran = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug", "-w",
+                  str(work), "--participant-label", "01", *MASK)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    narrow = kwneuro("status", str(bids_dir), str(out), columns=80)
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert f"cache {work}" in lines[0]  # the run's -w, recorded
+    assert "sub-01: 9 cached" in lines
+    assert "sub-02_ses-1: 9 missing from mean_b0" in lines
+    assert "…" not in narrow.stdout
+    assert all(len(line) <= 80 for line in lines[1:4])
+    wide = kwneuro("status", str(bids_dir), str(out), columns=200)
+    assert any(
+        line.startswith("│ sub-01") and "cached" in line for line in wide.stdout.splitlines()
+    )
+    found = json.loads(kwneuro("status", str(bids_dir), str(out), "--json").stdout)
+    assert found["work_dir"] == str(work)
+    assert found["counts"] == {"cached": 9, "stale": 0, "missing": 18, "failed": 0}
+    assert [s["name"] for s in found["series"]] == ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
+    assert set(found["series"][0]["states"].values()) == {"cached"}
+
+
+def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=3)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "kwneuro_pydra.cli", "run", str(bids_dir), str(out),
+            "participant", "--worker", "cf", "--n-procs", "2", *MASK]  # fmt: skip
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any((out / ".kwneuro-cache").glob("*/mean_b0")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert stderr.splitlines() == ["kwneuro-pydra run: interrupted (rerun to resume)"]
+    rerun = kwneuro(*args[3:])
+    assert rerun.returncode == 0, rerun.stderr
+    assert "4 series succeeded, 0 failed." in rerun.stdout

@@ -79,7 +79,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"kwneuro-pydra {args.command}: error: {error}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"kwneuro-pydra {args.command}: interrupted\n")
+        sys.stderr.write(f"kwneuro-pydra {args.command}: interrupted (rerun to resume)\n")
+        _quiet_teardown()
         return 130
     except Exception as error:
         if args.verbosity > 0:
@@ -93,3 +94,15 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 1
     return status
+
+
+def _quiet_teardown() -> None:
+    """After Ctrl-C, keep the abandoned Pydra run from printing as the process ends.
+
+    Its coroutines and tasks, cut off in the middle, are collected later: asyncio logs each
+    ("Task was destroyed but it is pending!") and Python prints each coroutine's exception
+    ("Exception ignored in ..."), hundreds of lines under the one that says what happened.
+    The cache keeps every step that finished; a rerun resumes from there.
+    """
+    logging.getLogger("asyncio").disabled = True
+    sys.unraisablehook = lambda unraisable: None

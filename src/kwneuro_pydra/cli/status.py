@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,9 @@ def _table(found: AppStatus) -> Any:
     return table
 
 
-def _line(name: str, states: dict[str, str] | Any, failure: str | None) -> str:
-    """``sub-01: 3 cached; stale: estimate_dti; missing: ...``: one series on one line."""
+def _line(name: str, states: Mapping[str, str], failure: str | None) -> str:
+    """``sub-01: 3 cached; stale: estimate_dti; 5 missing from dti_statistics``: one series on
+    one line (the steps not cached are named; the missing ones follow the first)."""
     from rich.markup import escape
 
     if not states:
@@ -95,9 +97,12 @@ def _line(name: str, states: dict[str, str] | Any, failure: str | None) -> str:
     parts = []
     for state in STATES:
         steps = [step for step, s in states.items() if s == state]
-        if state == "cached" and steps:
-            parts.append(f"[green]{len(steps)} cached[/]")
-        elif steps:
+        if not steps:
+            continue
+        if state in ("cached", "missing"):
+            since = f" from {steps[0]}" if state == "missing" else ""
+            parts.append(f"[{_STYLE[state]}]{len(steps)} {state}{since}[/]")
+        else:
             parts.append(f"[{_STYLE[state]}]{state}: {', '.join(steps)}[/]")
     return f"{escape(name)}: {'; '.join(parts)}"
 
