@@ -161,11 +161,14 @@ def test_subjects_without_dwi_are_listed_and_asking_for_one_names_it(tmp_path: P
 
 
 def test_a_bad_file_name_fails_its_series_alone(tmp_path: Path) -> None:
-    bids_dir = good_dataset(tmp_path / "bids", subjects=3)
+    bids_dir = good_dataset(tmp_path / "bids", subjects=4)
     copy = bids_dir / "sub-03" / "dwi" / "sub-03_acq-b1000 (copy)_dwi.nii.gz"
     copy.write_bytes((bids_dir / "sub-03" / "dwi" / "sub-03_dwi.nii.gz").read_bytes())
     nii = bids_dir / "sub-01" / "dwi" / "sub-01_dwi.nii"  # beside sub-01_dwi.nii.gz
     nib.save(nib.load(bids_dir / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"), nii)
+    misplaced = bids_dir / "sub-03" / "ses-1" / "dwi" / "sub-03_dwi.nii.gz"  # no ses- entity
+    misplaced.parent.mkdir(parents=True)
+    misplaced.write_bytes((bids_dir / "sub-03" / "dwi" / "sub-03_dwi.nii.gz").read_bytes())
     anat = bids_dir / "sub-02" / "anat"
     anat.mkdir()
     Path(os.fsdecode(os.fsencode(anat) + b"/sub-02_T1w\xff.nii.gz")).write_bytes(b"")
@@ -177,6 +180,8 @@ def test_a_bad_file_name_fails_its_series_alone(tmp_path: Path) -> None:
         "sub-02/ses-1/dwi/sub-02_ses-1_dwi.nii.gz",
         "sub-02/ses-2/dwi/sub-02_ses-2_dwi.nii.gz",
         "sub-03/dwi/sub-03_acq-b1000 (copy)_dwi.nii.gz",
+        "sub-03/dwi/sub-03_dwi.nii.gz",
+        "sub-03/ses-1/dwi/sub-03_dwi.nii.gz",
     ]
     assert (
         "another image has its name (sub-01/dwi/sub-01_dwi.nii.gz)"
@@ -186,8 +191,13 @@ def test_a_bad_file_name_fails_its_series_alone(tmp_path: Path) -> None:
     assert failures["sub-02/ses-1/dwi/sub-02_ses-1_dwi.nii.gz"].startswith(
         "sub-02/anat/sub-02_T1w\\xff.nii.gz: a file name of sub-02 that is not UTF-8"
     )
-    assert [s.name for s in result.series if s.ok] == ["sub-03"]
-    assert not (tmp_path / "out" / ".kwneuro-cache" / "sub-01").exists()  # never one cache for two
+    assert (
+        "another image has its name (sub-03/dwi/sub-03_dwi.nii.gz)"
+        in failures["sub-03/ses-1/dwi/sub-03_dwi.nii.gz"]
+    )
+    assert [s.name for s in result.series if s.ok] == ["sub-04_ses-1", "sub-04_ses-2"]
+    for name in ("sub-01", "sub-03"):  # never one cache for two images
+        assert not (tmp_path / "out" / ".kwneuro-cache" / name).exists()
     status = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
     assert status.returncode == 0 and "not UTF-8" in status.stdout, status.stderr
 
