@@ -285,3 +285,21 @@ def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(tmp_path: Path) -> None
     rerun = kwneuro(*args[3:])
     assert rerun.returncode == 0, rerun.stderr
     assert "4 series succeeded, 0 failed." in rerun.stdout
+
+
+def test_the_app_is_a_library_and_the_cli_a_thin_layer() -> None:
+    """No module of `kwneuro_pydra.app` imports argparse or rich (the command line's); the
+    ``run`` command only parses and prints."""
+    import ast
+
+    import kwneuro_pydra.app
+    import kwneuro_pydra.cli.run
+
+    for module in Path(kwneuro_pydra.app.__file__).parent.glob("*.py"):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}  # fmt: skip
+        imported |= {node.module or "" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom)}  # fmt: skip
+        assert not {name.split(".")[0] for name in imported} & {"argparse", "rich"}, module
+    assert len(Path(kwneuro_pydra.cli.run.__file__).read_text().splitlines()) < 150
