@@ -217,7 +217,7 @@ def run_bids_app(
         parameters: DTI parameters (``fit_method``, ``bmax``, ``median_radius``,
             ``numpass``); the pipeline's defaults for those left out.
         worker: The Pydra worker: one of `WORKERS`.
-        force: Steps to compute again (and what depends on them).
+        force: Steps to compute again (and what depends on them); a step name or several.
         on_progress: Called with a `Progress` when computing starts and when it ends.
         **scheduler: Passed to `kwneuro_pydra.pydra.run_subjects`: ``n_procs`` (cf), and
             for ``slurm`` ``sbatch_args``, ``resources``, ``granularity``,
@@ -232,7 +232,9 @@ def run_bids_app(
         AppError: An unknown step, worker or parameter; a scheduler option without its
             worker; a folder that cannot be written.
     """
+    start = time.time()
     bids_dir, output_dir = Path(bids_dir).absolute(), Path(output_dir).absolute()
+    force = {force} if isinstance(force, str) else set(force)
     steps = tuple(s.__name__ for s in pipeline().STEPS)
     unknown = sorted(set(force) - set(steps))
     if unknown:
@@ -251,23 +253,23 @@ def run_bids_app(
     output_dir = writable_folder(output_dir, "OUTPUT_DIR")
     work = writable_folder(work, "the work folder")
     write_options(output_dir, values, version=__version__, work_dir=work)  # for status
-    start = time.time()
     all_units = found.units
     pending = [
         u for u in all_units
         if u.dwi is not None and (not look_up(u, work, values).complete or force)
     ]  # fmt: skip
     if pending:
-        _compute(pending, work, values, worker, set(force), on_progress, scheduler)
+        _compute(pending, work, values, worker, force, on_progress, scheduler)
     for unit in pending:  # what each step did, read back from the cache
         if unit.failure is None and not look_up(unit, work, values).complete:
             unit.failure = "its results are not in the cache (a step could not be cached)"
     outcomes = {u.name: _step_outcomes(u, steps, start) for u in all_units}
+    counts = _counts(all_units, outcomes, steps)
     with recording(work, all_units) as record:
         others = _recorded_units(bids_dir, record, {u.name for u in all_units}, work, values)
         derivatives, pages = _write_outputs(
-            [*all_units, *others], outcomes, bids_dir, output_dir, work, values,
-            _counts(all_units, outcomes, steps), found.no_dwi,
+            [*all_units, *others], outcomes, bids_dir, output_dir, work, values, counts,
+            found.no_dwi,
         )  # fmt: skip
     series = tuple(
         SeriesOutcome(
@@ -283,9 +285,16 @@ def run_bids_app(
         for u in all_units
     )
     return AppRun(
-        bids_dir, output_dir, work, series, _counts(all_units, outcomes, steps), found.no_dwi,
-        pages[0], tuple(pages), time.time() - start,
-    )  # fmt: skip
+        bids_dir,
+        output_dir,
+        work,
+        series,
+        counts,
+        found.no_dwi,
+        pages[0],
+        tuple(pages),
+        time.time() - start,
+    )
 
 
 def _compute(
