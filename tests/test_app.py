@@ -24,9 +24,12 @@ PARAMETERS = {"median_radius": 1, "numpass": 1}
 def kwneuro(*args: str, columns: int = 200, **kwargs: object) -> subprocess.CompletedProcess[str]:
     """The command in a fresh process, output piped (not a terminal)."""
     return subprocess.run(
-        [sys.executable, "-m", "kwneuro_pydra.cli", *args], capture_output=True, text=True,
-        env={**os.environ, "COLUMNS": str(columns)}, **kwargs,  # type: ignore[call-overload]
-    )  # fmt: skip
+        [sys.executable, "-m", "kwneuro_pydra.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": str(columns)},
+        **kwargs,  # type: ignore[call-overload]
+    )
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -43,13 +46,15 @@ def test_run_bids_app_returns_what_the_command_prints_and_writes_the_same(
     assert [s.name for s in result.series] == ["sub-01", "sub-02_ses-1", "sub-02_ses-2", "sub-03"]
     assert all(o.state == "computed" for s in result.series for o in s.steps)
     assert result.report == tmp_path / "py" / "report.html" and result.report.is_file()
-    cli = kwneuro("run", str(bids_dir), str(tmp_path / "cli"), "participant", "--worker",
-                  "debug", *MASK)  # fmt: skip
+    cli = kwneuro(
+        "run", str(bids_dir), str(tmp_path / "cli"), "participant", "--worker", "debug", *MASK
+    )
     assert cli.returncode == 0, cli.stderr
     printed = [
         [cell.strip() for cell in line.split("│")[1:-1]]
-        for line in cli.stdout.splitlines() if line.startswith("│")
-    ]  # fmt: skip
+        for line in cli.stdout.splitlines()
+        if line.startswith("│")
+    ]
     assert [row[:4] for row in printed] == [
         [c.step, str(c.computed), str(c.reused), str(c.failed)] for c in result.steps
     ]
@@ -81,8 +86,9 @@ def test_app_errors_are_its_own_classes_and_the_command_exits_2(tmp_path: Path) 
     with pytest.raises(BidsError, match="no participant 09"):
         run_bids_app(bids_dir, tmp_path / "out", participants=["09"])
     assert not (tmp_path / "out").exists()
-    refused = kwneuro("run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker",
-                      "sge")  # fmt: skip
+    refused = kwneuro(
+        "run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker", "sge"
+    )
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
     assert "invalid choice: 'sge'" in refused.stderr
 
@@ -118,8 +124,9 @@ def test_the_raw_dataset_is_never_written(
 
 def test_derivatives_inside_the_dataset_are_accepted(tmp_path: Path) -> None:
     bids_dir = good_dataset(tmp_path / "bids", subjects=1)
-    result = run_bids_app(bids_dir, bids_dir / "derivatives" / "dti", worker="debug",
-                          parameters=PARAMETERS)  # fmt: skip
+    result = run_bids_app(
+        bids_dir, bids_dir / "derivatives" / "dti", worker="debug", parameters=PARAMETERS
+    )
     assert result.ok and result.report == bids_dir / "derivatives" / "dti" / "report.html"
     assert json.loads((bids_dir / "dataset_description.json").read_text())["DatasetType"] == "raw"
 
@@ -128,8 +135,9 @@ def test_demo_refuses_a_study_it_did_not_write(tmp_path: Path) -> None:
     study = tmp_path / "study"
     good_dataset(study / "bids", subjects=1)
     description = study / "bids" / "dataset_description.json"
-    description.write_text(json.dumps({"Name": "my study", "BIDSVersion": "1.10.0",
-                                       "Authors": ["me"]}))  # fmt: skip
+    description.write_text(
+        json.dumps({"Name": "my study", "BIDSVersion": "1.10.0", "Authors": ["me"]})
+    )
     before = snapshot(study)
     result = kwneuro("demo", str(study), "--subjects", "2", "--worker", "debug")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
@@ -151,11 +159,22 @@ def test_subjects_without_dwi_are_listed_and_asking_for_one_names_it(tmp_path: P
     assert "no DWI: sub-07, sub-08" in result.report.read_text()
     status = kwneuro("status", str(bids_dir), str(tmp_path / "out"))
     assert "no DWI: sub-07, sub-08" in status.stdout
-    ran = kwneuro("run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker", "debug",
-                  *MASK)  # fmt: skip
+    ran = kwneuro(
+        "run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker", "debug", *MASK
+    )
     assert "No DWI: sub-07, sub-08" in ran.stdout
-    both = kwneuro("run", str(bids_dir), str(tmp_path / "out"), "participant",
-                   "--participant-label", "07", "01", "--worker", "debug", *MASK)  # fmt: skip
+    both = kwneuro(
+        "run",
+        str(bids_dir),
+        str(tmp_path / "out"),
+        "participant",
+        "--participant-label",
+        "07",
+        "01",
+        "--worker",
+        "debug",
+        *MASK,
+    )
     assert both.returncode == 2 and len(both.stderr.splitlines()) == 1, both.stderr
     assert "1 participant asked for without a DWI series: sub-07" in both.stderr
 
@@ -208,8 +227,9 @@ def test_runs_of_one_participant_each_compose(tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = run_bids_app(bids_dir, out, participants=["03"], worker="debug", parameters=PARAMETERS)
     assert not first.ok and first.series[0].failed_step == "mean_b0"
-    second = run_bids_app(bids_dir, out, participants=["01"], worker="debug",
-                          parameters=PARAMETERS)  # fmt: skip
+    second = run_bids_app(
+        bids_dir, out, participants=["01"], worker="debug", parameters=PARAMETERS
+    )
     assert second.ok and [s.name for s in second.series] == ["sub-01"]
     report = (out / "report.html").read_text()
     assert "sub-01" in report and "sub-03" in report and "no b=0 volume" in report
@@ -221,13 +241,27 @@ def test_runs_of_one_participant_each_compose(tmp_path: Path) -> None:
     # two runs at once, one participant each: neither loses the other's series
     both = [
         subprocess.Popen(
-            [sys.executable, "-m", "kwneuro_pydra.cli", "run", str(bids_dir),
-             str(tmp_path / "together"), "participant", "--participant-label", label,
-             "--worker", "debug", "-q", *MASK],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "kwneuro_pydra.cli",
+                "run",
+                str(bids_dir),
+                str(tmp_path / "together"),
+                "participant",
+                "--participant-label",
+                label,
+                "--worker",
+                "debug",
+                "-q",
+                *MASK,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for label in ("01", "02")
-    ]  # fmt: skip
+    ]
     errors = [p.communicate(timeout=300)[1] for p in both]
     assert [p.returncode for p in both] == [0, 0], errors
     record = json.loads((tmp_path / "together" / ".kwneuro-cache" / "last-run.json").read_text())
@@ -243,8 +277,19 @@ def test_status_reads_at_80_columns_piped_and_as_json_with_the_runs_work_dir(
 ) -> None:
     bids_dir = good_dataset(tmp_path / "bids", subjects=2)
     out, work = tmp_path / "out", tmp_path / "elsewhere"
-    ran = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug", "-w",
-                  str(work), "--participant-label", "01", *MASK)  # fmt: skip
+    ran = kwneuro(
+        "run",
+        str(bids_dir),
+        str(out),
+        "participant",
+        "--worker",
+        "debug",
+        "-w",
+        str(work),
+        "--participant-label",
+        "01",
+        *MASK,
+    )
     assert ran.returncode == 0, ran.stderr
     narrow = kwneuro("status", str(bids_dir), str(out), columns=80)
     assert narrow.returncode == 0, narrow.stderr
@@ -271,17 +316,30 @@ def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(tmp_path: Path) -> None
 
     bids_dir = good_dataset(tmp_path / "bids", subjects=3)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "kwneuro_pydra.cli", "run", str(bids_dir), str(out),
-            "participant", "--worker", "cf", "--n-procs", "2", *MASK]  # fmt: skip
-    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "kwneuro_pydra.cli",
+        "run",
+        str(bids_dir),
+        str(out),
+        "participant",
+        "--worker",
+        "cf",
+        "--n-procs",
+        "2",
+        *MASK,
+    ]
+    run = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not any((out / ".kwneuro-cache").glob("*/mean_b0")) and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
-    assert stderr.splitlines() == ["kwneuro-pydra run: interrupted (rerun to resume)"]
+    assert stderr.splitlines() == ["kwneuro-pydra run: interrupted (rerun to resume)"], stderr
     rerun = kwneuro(*args[3:])
     assert rerun.returncode == 0, rerun.stderr
     assert "4 series succeeded, 0 failed." in rerun.stdout
@@ -297,9 +355,42 @@ def test_the_app_is_a_library_and_the_cli_a_thin_layer() -> None:
 
     for module in Path(kwneuro_pydra.app.__file__).parent.glob("*.py"):
         tree = ast.parse(module.read_text(encoding="utf-8"))
-        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                    for alias in node.names}  # fmt: skip
-        imported |= {node.module or "" for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom)}  # fmt: skip
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        imported |= {
+            node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        }
         assert not {name.split(".")[0] for name in imported} & {"argparse", "rich"}, module
     assert len(Path(kwneuro_pydra.cli.run.__file__).read_text().splitlines()) < 150
+
+
+def test_on_progress_hears_the_start_and_the_end_however_computing_ends(tmp_path: Path) -> None:
+    from kwneuro_pydra.app import Progress
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    heard: list[Progress] = []
+    result = run_bids_app(
+        bids_dir, tmp_path / "out", worker="debug", parameters=PARAMETERS, on_progress=heard.append
+    )
+    assert result.ok and [p.done for p in heard] == [False, True]
+    assert heard[-1].series == ("sub-01",)
+    assert [row[2] for row in heard[-1].counts()] == [1] * 9  # each step computed once
+    heard.clear()
+    with pytest.raises(TypeError, match="bogus"):  # run_subjects refuses the argument
+        run_bids_app(
+            bids_dir,
+            tmp_path / "again",
+            worker="debug",
+            parameters=PARAMETERS,
+            on_progress=heard.append,
+            bogus=1,
+        )
+    assert [p.done for p in heard] == [False, True]  # a live display is stopped all the same
+    assert run_bids_app(
+        bids_dir, tmp_path / "out", worker="debug", parameters=PARAMETERS, on_progress=heard.append
+    ).ok
+    assert [p.done for p in heard] == [False, True]  # all cached: nothing to show

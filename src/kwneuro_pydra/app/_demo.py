@@ -96,6 +96,12 @@ def demo_accuracy(bids_dir: Path, derivatives: Path, subjects: int) -> list[Accu
         inside = (mask > 0) & (truth.labels > 0)
         fa_error = np.abs(fa[inside] - truth.fa[inside])
         md_error = np.abs(md[inside] - truth.md[inside]) / truth.md[inside]
-        found.append(Accuracy(series.name, int(inside.sum()), float(np.median(fa_error)),
-                              float(np.median(md_error))))  # fmt: skip
+        found.append(
+            Accuracy(
+                series.name,
+                int(inside.sum()),
+                float(np.median(fa_error)),
+                float(np.median(md_error)),
+            )
+        )
     return found

@@ -139,15 +139,34 @@ def parameters() -> tuple[Parameter, ...]:
 
     default = {n: p.default for n, p in inspect.signature(bids_dti).parameters.items()}
     return (
-        Parameter("--fit-method", "fit_method", str, default["fit_method"], "tensor fit",
-                  choices=FIT_METHODS),
-        Parameter("--bmax", "bmax", positive_float, default["bmax"],
-                  "highest shell to fit, s/mm²", "B"),
-        Parameter("--mask-median-radius", "median_radius", natural, default["median_radius"],
-                  "median filter radius of the median-Otsu brain mask, voxels", "R"),
-        Parameter("--mask-numpass", "numpass", positive_int, default["numpass"],
-                  "median filter passes of the brain mask", "N"),
-    )  # fmt: skip
+        Parameter(
+            "--fit-method",
+            "fit_method",
+            str,
+            default["fit_method"],
+            "tensor fit",
+            choices=FIT_METHODS,
+        ),
+        Parameter(
+            "--bmax", "bmax", positive_float, default["bmax"], "highest shell to fit, s/mm²", "B"
+        ),
+        Parameter(
+            "--mask-median-radius",
+            "median_radius",
+            natural,
+            default["median_radius"],
+            "median filter radius of the median-Otsu brain mask, voxels",
+            "R",
+        ),
+        Parameter(
+            "--mask-numpass",
+            "numpass",
+            positive_int,
+            default["numpass"],
+            "median filter passes of the brain mask",
+            "N",
+        ),
+    )
 
 
 def check_parameters(given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -170,14 +189,16 @@ def check_parameters(given: Mapping[str, Any] | None) -> dict[str, Any]:
             f"parameters: unknown {', '.join(unknown)} (the parameters: {', '.join(known)})"
         )
     try:
-        return {name: p.check(given[name]) if name in given else p.default
-                for name, p in known.items()}  # fmt: skip
+        return {
+            name: p.check(given[name]) if name in given else p.default for name, p in known.items()
+        }
     except ValueError as error:
         raise AppError(f"parameters: {error}") from None
 
 
-def write_options(output_dir: Path, values: Mapping[str, Any], *, version: str,
-                  work_dir: Path) -> Path:  # fmt: skip
+def write_options(
+    output_dir: Path, values: Mapping[str, Any], *, version: str, work_dir: Path
+) -> Path:
     """Record a run's DTI parameters and work folder in ``OUTPUT_DIR/kwneuro-pydra-options.json``.
 
     Args:
@@ -190,13 +211,16 @@ def write_options(output_dir: Path, values: Mapping[str, Any], *, version: str,
         The file written (atomically; untouched when it already says the same).
     """
     path = output_dir / OPTIONS_FILE
-    write_json(path, {
-        "Description": "DTI options and work folder of the last 'kwneuro-pydra run' into this "
-        "folder; 'kwneuro-pydra status' uses them",
-        "GeneratedBy": {"Name": "kwneuro-pydra", "Version": version},
-        "Parameters": dict(values),
-        "WorkDir": str(work_dir),
-    })  # fmt: skip
+    write_json(
+        path,
+        {
+            "Description": "DTI options and work folder of the last 'kwneuro-pydra run' into this "
+            "folder; 'kwneuro-pydra status' uses them",
+            "GeneratedBy": {"Name": "kwneuro-pydra", "Version": version},
+            "Parameters": dict(values),
+            "WorkDir": str(work_dir),
+        },
+    )
     return path
 
 
@@ -280,9 +304,11 @@ def status_parameters(given: Mapping[str, Any], output_dir: Path) -> tuple[dict[
         if mine is not None and ran is not None and mine != ran:
             _log.warning(
                 "%s: the run recorded %s in %s; showing the cache for %s",
-                parameter.flag, parameter.shown(ran), output_dir / OPTIONS_FILE,
+                parameter.flag,
+                parameter.shown(ran),
+                output_dir / OPTIONS_FILE,
                 parameter.shown(mine),
-            )  # fmt: skip
+            )
         values[parameter.name] = next(v for v in (mine, ran, parameter.default) if v is not None)
         shown.append(parameter.shown(values[parameter.name]))
     if recorded is not None:

@@ -255,9 +255,10 @@ def run_bids_app(
     write_options(output_dir, values, version=__version__, work_dir=work)  # for status
     all_units = found.units
     pending = [
-        u for u in all_units
+        u
+        for u in all_units
         if u.dwi is not None and (not look_up(u, work, values).complete or force)
-    ]  # fmt: skip
+    ]
     if pending:
         _compute(pending, work, values, worker, force, on_progress, scheduler)
     for unit in pending:  # what each step did, read back from the cache
@@ -268,9 +269,15 @@ def run_bids_app(
     with recording(work, all_units) as record:
         others = _recorded_units(bids_dir, record, {u.name for u in all_units}, work, values)
         derivatives, pages = _write_outputs(
-            [*all_units, *others], outcomes, bids_dir, output_dir, work, values, counts,
+            [*all_units, *others],
+            outcomes,
+            bids_dir,
+            output_dir,
+            work,
+            values,
+            counts,
             found.no_dwi,
-        )  # fmt: skip
+        )
     series = tuple(
         SeriesOutcome(
             u.name,
@@ -319,9 +326,14 @@ def _compute(
         on_progress(progress)
     try:
         results = run_subjects(
-            pipeline().bids_dti, subjects, work_dir, worker=worker, force=force,
-            progress=False, **scheduler,
-        )  # fmt: skip
+            pipeline().bids_dti,
+            subjects,
+            work_dir,
+            worker=worker,
+            force=force,
+            progress=False,
+            **scheduler,
+        )
     finally:
         if on_progress is not None:
             on_progress(attrs.evolve(progress, done=True))
@@ -366,10 +378,15 @@ def _counts(
     for step in steps if any(u.dwi is not None for u in all_units) else ():
         done = [o for u in all_units for o in outcomes[u.name] if o.step == step]
         computed = [o for o in done if o.state == "computed"]
-        rows.append(StepCount(
-            step, len(computed), sum(o.state == "reused" for o in done),
-            sum(o.state == "failed" for o in done), sum(o.seconds or 0.0 for o in computed),
-        ))  # fmt: skip
+        rows.append(
+            StepCount(
+                step,
+                len(computed),
+                sum(o.state == "reused" for o in done),
+                sum(o.state == "failed" for o in done),
+                sum(o.seconds or 0.0 for o in computed),
+            )
+        )
     return tuple(rows)
 
 
@@ -393,8 +410,9 @@ def _recorded_units(
     for series in found:
         reason = record[series.name].get("reason")
         if reason is not None:
-            others.append(Unit(series, failure=str(reason), failed_step=record[series.name]
-                               .get("step")))  # fmt: skip
+            others.append(
+                Unit(series, failure=str(reason), failed_step=record[series.name].get("step"))
+            )
             continue
         unit = Unit(series)
         try:
@@ -434,9 +452,15 @@ def _write_outputs(
         series = unit.series
         steps = [StepRecord(o.step, o.state, o.seconds) for o in outcomes.get(unit.name, ())]
         if unit.failure is not None or unit.plan is None or unit.plan.outputs is None:
-            reports.append(SeriesReport(
-                unit.name, series.subject, series.source, failure=unit.failure, steps=steps,
-            ))  # fmt: skip
+            reports.append(
+                SeriesReport(
+                    unit.name,
+                    series.subject,
+                    series.source,
+                    failure=unit.failure,
+                    steps=steps,
+                )
+            )
             continue
         outputs = dict(zip(bids_app.OUTPUTS, unit.plan.outputs, strict=True))
         maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
@@ -447,25 +471,35 @@ def _write_outputs(
             label: (outputs[name].path, caption)
             for name, (label, caption) in bids_app.FIGURES.items()
         }
-        reports.append(SeriesReport(
-            unit.name, series.subject, series.source, stats=outputs["stats"], figures=figures,
-            steps=steps, derivatives=[p.relative_to(output_dir).as_posix() for p in written],
-        ))  # fmt: skip
+        reports.append(
+            SeriesReport(
+                unit.name,
+                series.subject,
+                series.source,
+                stats=outputs["stats"],
+                figures=figures,
+                steps=steps,
+                derivatives=[p.relative_to(output_dir).as_posix() for p in written],
+            )
+        )
     done = {r.name: r.stats for r in reports if r.stats is not None}
     distributions = None
     if done:
         with Cache(work_dir / "group"):
             distributions = group_distributions(
-                tuple(done), np.array([s.fa_hist for s in done.values()]),
+                tuple(done),
+                np.array([s.fa_hist for s in done.values()]),
                 np.array([s.md_hist for s in done.values()]),
-            ).path  # fmt: skip
+            ).path
     pages = write_reports(
-        output_dir, reports, title=f"kwneuro-pydra DTI report: {source}",
+        output_dir,
+        reports,
+        title=f"kwneuro-pydra DTI report: {source}",
         summary=f"{describe({u.series.subject for u in all_units}, len(all_units), no_dwi)} "
         f"from {bids_dir} · kwneuro-pydra {__version__}",
         distributions=distributions,
         steps_table=[(c.step, c.computed, c.reused, c.failed, c.seconds) for c in counts],
-    )  # fmt: skip
+    )
     return derivatives, pages
 
 

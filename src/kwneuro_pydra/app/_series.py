@@ -127,12 +127,22 @@ def units(bids_dir: Path, participants: Sequence[str], sessions: Sequence[str]) 
         twins = by_name[series.name]
         if len(twins) > 1:
             others = ", ".join(s.source for s in twins if s is not series)
-            result.append(Unit(series, failure=f"{series.source}: another image has its name "
-                               f"({others}); remove or rename one of them"))  # fmt: skip
+            result.append(
+                Unit(
+                    series,
+                    failure=f"{series.source}: another image has its name "
+                    f"({others}); remove or rename one of them",
+                )
+            )
         elif not _BIDS_NAME.match(series.name):
-            result.append(Unit(series, failure=f"{series.source}: not a BIDS file name (its "
-                               "entities must be key-label pairs of letters and digits, "
-                               "e.g. sub-01_acq-b1000_dwi.nii.gz); rename it"))  # fmt: skip
+            result.append(
+                Unit(
+                    series,
+                    failure=f"{series.source}: not a BIDS file name (its "
+                    "entities must be key-label pairs of letters and digits, "
+                    "e.g. sub-01_acq-b1000_dwi.nii.gz); rename it",
+                )
+            )
         else:
             try:
                 result.append(Unit(series, series.load()))
@@ -190,8 +200,10 @@ def recording(work_dir: Path, ran: Sequence[Unit]) -> Iterator[dict[str, dict[st
         record = read_record(work_dir)
         for unit in ran:
             record[unit.name] = {
-                "source": unit.series.source, "step": unit.failed_step, "reason": unit.failure,
-            }  # fmt: skip
+                "source": unit.series.source,
+                "step": unit.failed_step,
+                "reason": unit.failure,
+            }
         _write_atomically(work_dir / RECORD, json.dumps(record, indent=2) + "\n")
         yield record
 

@@ -116,14 +116,22 @@ def app_status(
     for unit in found.units:
         recorded = record.get(unit.name, {})
         if unit.dwi is None:
-            series.append(SeriesStatus(unit.name, unit.series.subject, unit.series.source, {},
-                                       unit.failure))  # fmt: skip
+            series.append(
+                SeriesStatus(unit.name, unit.series.subject, unit.series.source, {}, unit.failure)
+            )
             continue
         states = dict(look_up(unit, work, values).states)
         failed_step = recorded.get("step")
         if failed_step in states and states[failed_step] != "cached":
             states[failed_step] = "failed"
         reason = recorded.get("reason") if "failed" in states.values() else None
-        series.append(SeriesStatus(unit.name, unit.series.subject, unit.series.source, states,
-                                   None if reason is None else str(reason)))  # fmt: skip
+        series.append(
+            SeriesStatus(
+                unit.name,
+                unit.series.subject,
+                unit.series.source,
+                states,
+                None if reason is None else str(reason),
+            )
+        )
     return AppStatus(steps, tuple(series), found.no_dwi, work, values, options)

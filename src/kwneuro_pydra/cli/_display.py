@@ -30,8 +30,12 @@ class LiveProgress:
                 self.live.stop()
                 self.live = None
             return
-        self.live = Live(get_renderable=lambda: _view(progress), console=console(),
-                         refresh_per_second=2, transient=True)  # fmt: skip
+        self.live = Live(
+            get_renderable=lambda: _view(progress),
+            console=console(),
+            refresh_per_second=2,
+            transient=True,
+        )
         self.live.start()
 
 
@@ -41,8 +45,9 @@ def _view(progress: Progress) -> Any:
     from rich.table import Table
 
     series = plural(len(progress.series), "DWI series", "DWI series")
-    table = Table(title=f"Computing {series} · {time.time() - progress.started:.0f} s",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        title=f"Computing {series} · {time.time() - progress.started:.0f} s", title_justify="left"
+    )
     for column in ("step", "reused", "computed", "to do"):
         table.add_column(column, justify="left" if column == "step" else "right")
     for step, reused, computed, todo in progress.counts():
@@ -67,16 +72,24 @@ def print_summary(result: AppRun, verbosity: int) -> None:
         for column in ("step", "computed", "reused", "failed", "compute time"):
             table.add_column(column, justify="left" if column == "step" else "right")
         for row in result.steps:
-            table.add_row(row.step, str(row.computed), str(row.reused),
-                          f"[red]{row.failed}[/red]" if row.failed else "0",
-                          f"{row.seconds:.2f} s")  # fmt: skip
+            table.add_row(
+                row.step,
+                str(row.computed),
+                str(row.reused),
+                f"[red]{row.failed}[/red]" if row.failed else "0",
+                f"{row.seconds:.2f} s",
+            )
         out.print(table)
     for series in result.failed:
-        console().print(f"[red]FAILED[/red] {escape(f'{series.name}: {series.failure}')}",
-                        soft_wrap=True)  # fmt: skip
+        console().print(
+            f"[red]FAILED[/red] {escape(f'{series.name}: {series.failure}')}", soft_wrap=True
+        )
     ok = len(result.series) - len(result.failed)
     if result.no_dwi:
         out.print(f"No DWI: {', '.join('sub-' + s for s in result.no_dwi)}", soft_wrap=True)
-    out.print(f"{plural(ok, 'series', 'series')} succeeded, {len(result.failed)} failed. "
-              f"Derivatives: {result.output_dir}", soft_wrap=True)  # fmt: skip
+    out.print(
+        f"{plural(ok, 'series', 'series')} succeeded, {len(result.failed)} failed. "
+        f"Derivatives: {result.output_dir}",
+        soft_wrap=True,
+    )
     out.print(f"Report: {result.report}", soft_wrap=True)

@@ -29,10 +29,14 @@ def add_dti_options(parser: argparse.ArgumentParser, *, recorded: bool = False) 
         if recorded:
             default = f"the run's, else {default}"
         group.add_argument(
-            option.flag, dest=option.name, type=argument_type(option.convert),
-            choices=option.choices, default=None if recorded else option.default,
-            metavar=option.metavar, help=f"{option.help} (default: {default})",
-        )  # fmt: skip
+            option.flag,
+            dest=option.name,
+            type=argument_type(option.convert),
+            choices=option.choices,
+            default=None if recorded else option.default,
+            metavar=option.metavar,
+            help=f"{option.help} (default: {default})",
+        )
 
 
 def parameters_of(args: argparse.Namespace) -> dict[str, Any]:

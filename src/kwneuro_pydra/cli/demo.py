@@ -16,12 +16,14 @@ __all__ = ["add_parser", "run"]
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``demo`` to the command line."""
     parser = commands.add_parser(
-        "demo", parents=parents, help="run the BIDS app on built-in phantom subjects",
+        "demo",
+        parents=parents,
+        help="run the BIDS app on built-in phantom subjects",
         description="Write a BIDS dataset of DWI phantoms to OUTPUT/bids (some subjects with "
         "two sessions) and run `kwneuro-pydra run OUTPUT/bids OUTPUT/derivatives participant` "
         "on it. Run it twice: the second run is served from the cache. A folder holding a "
         "dataset the demo did not write is refused.",
-    )  # fmt: skip
+    )
     parser.add_argument("output", type=Path, help="folder for the dataset and derivatives")
     parser.add_argument(
         "--subjects", type=positive_int, default=4, metavar="N", help="phantom subjects (4)"
@@ -36,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
     bids_dir, derivatives = write_demo(args.output, args.subjects)
     result = run_bids_app(
-        bids_dir, derivatives, worker=args.worker, parameters=DEMO_MASK_OPTIONS,
+        bids_dir,
+        derivatives,
+        worker=args.worker,
+        parameters=DEMO_MASK_OPTIONS,
         on_progress=LiveProgress(args.verbosity),
-    )  # fmt: skip
+    )
     print_summary(result, args.verbosity)
     if args.verbosity >= 0:
         _print_accuracy(bids_dir, derivatives, args.subjects)
@@ -57,6 +62,10 @@ def _print_accuracy(bids_dir: Path, derivatives: Path, subjects: int) -> None:
     for column in ("series", "voxels", "median |FA error|", "median |MD error| / MD"):
         table.add_column(column, justify="left" if column == "series" else "right")
     for error in demo_accuracy(bids_dir, derivatives, subjects):
-        table.add_row(error.series, str(error.voxels), f"{error.fa_error:.4f}",
-                      f"{100 * error.md_error:.2f} %")  # fmt: skip
+        table.add_row(
+            error.series,
+            str(error.voxels),
+            f"{error.fa_error:.4f}",
+            f"{100 * error.md_error:.2f} %",
+        )
     Console(highlight=False).print(table)

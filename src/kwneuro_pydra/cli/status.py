@@ -25,18 +25,23 @@ _STYLE = {"cached": "green", "stale": "yellow", "missing": "dim", "failed": "red
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``status`` to the command line."""
     parser = commands.add_parser(
-        "status", parents=parents, help="show which steps are cached, stale, missing or failed",
+        "status",
+        parents=parents,
+        help="show which steps are cached, stale, missing or failed",
         description="For every DWI series of a BIDS dataset, show each step of the BIDS app as "
         "cached, stale (its code changed since), missing, or failed (in the last run), for "
         "the DTI options and work folder the last run into OUTPUT_DIR recorded (options "
         "given here override them). Computes and writes nothing.",
-    )  # fmt: skip
+    )
     parser.add_argument("bids_dir", type=Path, help="the BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="the run's output folder")
     parser.add_argument(
-        "-w", "--work-dir", type=Path, metavar="DIR",
+        "-w",
+        "--work-dir",
+        type=Path,
+        metavar="DIR",
         help="the cache (default: the run's, else OUTPUT_DIR/.kwneuro-cache)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--json", action="store_true", help="print the status as JSON (for programs)"
     )
@@ -50,10 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     found = app_status(
-        args.bids_dir, args.output_dir, participants=args.participant_label,
-        sessions=args.session_label, work_dir=args.work_dir,
+        args.bids_dir,
+        args.output_dir,
+        participants=args.participant_label,
+        sessions=args.session_label,
+        work_dir=args.work_dir,
         parameters={k: v for k, v in parameters_of(args).items() if v is not None},
-    )  # fmt: skip
+    )
     if args.json:
         print(json.dumps(_as_json(found), indent=2))
         return 0
