@@ -118,7 +118,8 @@ class AppRun:
         work_dir: The cache (absolute).
         series: Every series of this run, sorted by path.
         steps: Per step, in the pipeline's order: what it did over the series.
-        no_dwi: The selected subjects (labels without ``sub-``) that have no DWI series.
+        no_dwi: The selected subjects (labels without ``sub-``) without a DWI series (in the
+            sessions selected, when sessions are): in `participants.tsv` or a ``sub-*`` folder.
         report: The group report, ``OUTPUT_DIR/report.html``.
         pages: Every report page written (the group's first, then one per subject).
         seconds: How long the run took.

@@ -77,7 +77,8 @@ class Found:
 
     Attributes:
         units: The series as units, sorted by path.
-        no_dwi: Subject labels (without ``sub-``) selected that have no DWI series.
+        no_dwi: Subject labels (without ``sub-``) selected that have no DWI series (in the
+            sessions selected, when sessions are).
     """
 
     units: list[Unit]
