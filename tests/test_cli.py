@@ -269,9 +269,15 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_needs_v(
 
 
 def test_version() -> None:
+    """One version: ``kwneuro_pydra.__version__``, which the package's metadata reads."""
+    from importlib.metadata import version
+
+    import kwneuro_pydra
+
     result = kwneuro("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == "kwneuro-pydra 0.1.0"
+    assert result.stdout.strip() == f"kwneuro-pydra {kwneuro_pydra.__version__}"
+    assert version("kwneuro-pydra") == kwneuro_pydra.__version__ == "0.1.0"
 
 
 def test_ls_lists_a_cache_root_with_a_header_and_file_names(ran: tuple[Path, Path]) -> None:
