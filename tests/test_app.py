@@ -238,6 +238,16 @@ def test_runs_of_one_participant_each_compose(tmp_path: Path) -> None:
     status = app_status(bids_dir, out)
     states = {s.name: s.states for s in status.series}
     assert states["sub-03"]["mean_b0"] == "failed" and set(states["sub-01"].values()) == {"cached"}
+    # a participant run with other options keeps them in the report of a later run
+    ols = {**PARAMETERS, "fit_method": "OLS"}
+    assert run_bids_app(bids_dir, out, participants=["02"], worker="debug", parameters=ols).ok
+    assert run_bids_app(
+        bids_dir, out, participants=["01"], worker="debug", parameters=PARAMETERS
+    ).ok
+    report = (out / "report.html").read_text()
+    assert "no longer in the cache" not in report and report.count('class="failed">failed') == 1
+    sidecar = out / "sub-02/ses-1/dwi/sub-02_ses-1_model-tensor_param-fa_dwimap.json"
+    assert json.loads(sidecar.read_text())["Parameters"]["fit_method"] == "OLS"
     # two runs at once, one participant each: neither loses the other's series
     both = [
         subprocess.Popen(

@@ -399,7 +399,8 @@ def _recorded_units(
     parameters: Mapping[str, Any],
 ) -> list[Unit]:
     """The series earlier runs into ``work_dir`` ran and this one did not, as they stand:
-    failed as recorded, else served by the cache (for the group report)."""
+    failed as recorded, else served by the cache with the parameters they ran with (for the
+    group report)."""
     wanted = set(record) - ran
     if not wanted:
         return []
@@ -416,12 +417,14 @@ def _recorded_units(
             )
             continue
         unit = Unit(series)
+        given = record[series.name].get("parameters")
         try:
             unit.dwi = series.load()
+            its = check_parameters(given) if isinstance(given, dict) else parameters
         except ValueError as error:
             unit.failure = str(error)
         else:
-            if not look_up(unit, work_dir, parameters).complete:
+            if not look_up(unit, work_dir, its).complete:
                 unit.failure = "its results are no longer in the cache: run it again"
         others.append(unit)
     return others
@@ -466,7 +469,9 @@ def _write_outputs(
         outputs = dict(zip(bids_app.OUTPUTS, unit.plan.outputs, strict=True))
         maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
         with Cache(work_dir / unit.name):  # the linked entries' digests stay memoised there
-            written = write_derivatives(series, maps, output_dir, parameters=parameters)
+            written = write_derivatives(
+                series, maps, output_dir, parameters=unit.parameters or parameters
+            )
         derivatives[unit.name] = tuple(written)
         figures = {
             label: (outputs[name].path, caption)

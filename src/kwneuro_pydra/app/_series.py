@@ -57,6 +57,7 @@ class Unit:
         failure: Why it cannot be loaded (or why its run failed), one line.
         failed_step: The step that failed, if any.
         plan: What its cache holds, once looked up.
+        parameters: The DTI parameters it was looked up (and run) with.
     """
 
     series: DwiSeries
@@ -64,6 +65,7 @@ class Unit:
     failure: str | None = None
     failed_step: str | None = None
     plan: Plan | None = None
+    parameters: Mapping[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -156,6 +158,7 @@ def look_up(unit: Unit, work_dir: Path, parameters: Mapping[str, Any]) -> Plan:
     """Plan ``unit`` against its cache (``work_dir/<name>``) and keep the plan on it."""
     assert unit.dwi is not None
     bids_app = pipeline()
+    unit.parameters = dict(parameters)
     unit.plan = plan(
         bids_app.bids_dti, {"dwi": unit.dwi, **parameters}, work_dir / unit.name, bids_app.STEPS
     )
@@ -163,8 +166,8 @@ def look_up(unit: Unit, work_dir: Path, parameters: Mapping[str, Any]) -> Plan:
 
 
 def read_record(work_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every series run into ``work_dir``: name -> ``source``, and ``step`` and ``reason``
-    when its last run failed (empty when none was).
+    """Every series run into ``work_dir``: name -> ``source``, the DTI ``parameters`` of its
+    last run, and ``step`` and ``reason`` when that run failed (empty when none was).
 
     Args:
         work_dir: The work folder.
@@ -204,6 +207,7 @@ def recording(work_dir: Path, ran: Sequence[Unit]) -> Iterator[dict[str, dict[st
                 "source": unit.series.source,
                 "step": unit.failed_step,
                 "reason": unit.failure,
+                "parameters": unit.parameters,
             }
         _write_atomically(work_dir / RECORD, json.dumps(record, indent=2) + "\n")
         yield record
