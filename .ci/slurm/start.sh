@@ -11,7 +11,7 @@
 #   KWNEURO_SLURM_STATE=/some/dir .ci/slurm/start.sh
 set -euo pipefail
 STATE=${KWNEURO_SLURM_STATE:-/var/tmp/kwneuro-slurm}
-MARK="# written by kwneuro-pydra ci/slurm/start.sh"  # (its old place: kept, it finds its own files)
+MARK="# written by kwneuro-pydra ci/slurm/start.sh"  # unchanged since the move to .ci/: it finds the files it wrote
 [ "$(id -u)" = 0 ] || { echo "start.sh: run as root" >&2; exit 2; }
 mkdir -p "$STATE/started" "$STATE/log"
 
