@@ -147,11 +147,11 @@ def _targets() -> list[tuple[str, Any, str]]:
 
     A module's attribute is replaced where its callers look it up (their own module)."""
     modules = {name: importlib.import_module(f"kwneuro_pydra.{name}") for name in (
-        "cache", "_code", "_filedigest", "_step", "_store", "cli.run", "pydra._hash",
+        "cache", "_code", "_filedigest", "_step", "_store", "app._run", "pydra._hash",
         "pydra._subjects", "report._html", "resources", "resources._gzip",
     )}  # fmt: skip
     volume = modules["resources"].NiftiVolumeResource
-    cli = modules["cli.run"]
+    app = modules["app._run"]
     cf = importlib.import_module("pydra.workers.cf")
     return [
         ("NIfTI read", volume, "_image"),
@@ -159,17 +159,17 @@ def _targets() -> list[tuple[str, Any, str]]:
         ("NIfTI read", modules["resources._gzip"], "gunzip"),  # counted: decompressions
         ("NIfTI write", volume, "save"),
         ("reports", modules["report._html"], "write_reports"),
-        ("BIDS", cli, "units"),
-        ("BIDS", cli, "write_derivatives"),
-        ("BIDS", cli, "write_dataset_description"),
-        ("BIDS", cli, "write_options"),
+        ("BIDS", app, "units"),
+        ("BIDS", app, "write_derivatives"),
+        ("BIDS", app, "write_dataset_description"),
+        ("BIDS", app, "write_options"),
         ("fingerprints", modules["_step"], "fingerprint"),
         ("fingerprints", modules["pydra._hash"], "fingerprint"),
         ("fingerprints", modules["_code"], "fingerprint"),
         ("fingerprints", modules["_store"], "file_digest"),
         ("fingerprints", modules["_filedigest"], "_hash_file"),  # counted: files read to hash
         ("cache bookkeeping", modules["cache"].Cache, "_run_step"),
-        ("cache bookkeeping", cli, "look_up"),
+        ("cache bookkeeping", app, "look_up"),
         ("cache bookkeeping", modules["pydra._subjects"], "_replay"),
         ("Pydra (workers)", cf.ConcurrentFuturesWorker, "uncloudpickle_and_run"),
     ]

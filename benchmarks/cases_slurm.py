@@ -1,4 +1,4 @@
-"""Cases on a real Slurm (``ci/slurm/start.sh``): latency, job granularity, cached reruns.
+"""Cases on a real Slurm (``.ci/slurm/start.sh``): latency, job granularity, cached reruns.
 
 Ours: `run_subjects(..., worker="slurm")` with a job per node or per subject, and ``cf`` on
 the submitting machine. Peer: plain Pydra 1.0's own ``slurm`` worker on a plain
@@ -31,7 +31,7 @@ def _unavailable(section: Section) -> bool:
 
     why = slurm_unavailable()
     if why is not None:
-        section.notes.append(f"not measured: {why}; start one with ci/slurm/start.sh")
+        section.notes.append(f"not measured: {why}; start one with .ci/slurm/start.sh")
     return why is not None
 
 

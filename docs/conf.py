@@ -1,10 +1,10 @@
 """Sphinx configuration of the kwneuro-pydra documentation."""
 
-from importlib.metadata import version as _version
+from kwneuro_pydra import __version__
 
 project = "kwneuro-pydra"
 author = "kwneuro-pydra developers"
-release = _version("kwneuro-pydra")
+release = __version__
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 myst_enable_extensions = ["colon_fence"]

@@ -153,3 +153,25 @@ def test_write_json_leaves_an_equal_file_alone(tmp_path: Path) -> None:
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == before
     write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
+
+
+def test_participants_are_the_subject_folders_and_participants_tsv(tmp_path: Path) -> None:
+    from kwneuro_pydra.bids import participants_of
+
+    root = good_dataset(tmp_path / "bids", subjects=2)
+    (root / "sub-07" / "anat").mkdir(parents=True)  # anatomy only
+    (root / "participants.tsv").write_text("age\tparticipant_id\n30\tsub-01\n31\tsub-09\n")
+    assert participants_of(root) == ["01", "02", "07", "09"]
+    assert [s.subject for s in discover(root, participants=["07", "09"])] == []  # known, no DWI
+
+
+def test_a_file_name_that_is_not_utf8_fails_only_its_subjects_series(tmp_path: Path) -> None:
+    root = good_dataset(tmp_path / "bids", subjects=3)
+    (root / "sub-03" / "anat").mkdir()
+    odd = os.fsencode(root / "sub-03" / "anat") + b"/sub-03_T1w\xff.nii.gz"
+    Path(os.fsdecode(odd)).write_bytes(b"")
+    found = {s.name: s for s in discover(root)}
+    assert sorted(found) == ["sub-01", "sub-02_ses-1", "sub-02_ses-2", "sub-03"]
+    assert found["sub-01"].problem is None and found["sub-01"].load() is not None
+    with pytest.raises(SeriesError, match=r"sub-03/anat/sub-03_T1w\\xff.nii.gz: a file name"):
+        found["sub-03"].load()

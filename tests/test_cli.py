@@ -80,16 +80,17 @@ def test_a_rerun_reuses_every_step_and_says_so(ran: tuple[Path, Path]) -> None:
 
 
 def test_force_recomputes_that_step_only(ran: tuple[Path, Path]) -> None:
+    from kwneuro_pydra.app import run_bids_app
+
     bids_dir, out = ran
     figure = out / "sub-03" / "figures" / "sub-03_desc-md_dwi.png"
     inode = figure.stat().st_ino
-    result = kwneuro("run", str(bids_dir), str(out), "participant", "--worker", "debug",
-                     "--force", "md_mosaic", *MASK)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    counts = {line.split("│")[1].strip(): line.split("│")[2:4] for line in
-              result.stdout.splitlines() if line.startswith("│")}  # fmt: skip
-    assert [c.strip() for c in counts["md_mosaic"]] == ["4", "0"]  # computed, reused
-    assert [c.strip() for c in counts["estimate_dti"]] == ["0", "4"]
+    result = run_bids_app(bids_dir, out, worker="debug", force={"md_mosaic"},
+                          parameters={"median_radius": 1, "numpass": 1})  # fmt: skip
+    assert result.ok
+    counts = {c.step: (c.computed, c.reused) for c in result.steps}
+    assert counts["md_mosaic"] == (4, 0)
+    assert all(counts[s] == (0, 4) for s in counts if s != "md_mosaic")
     assert figure.stat().st_ino != inode  # the report links the new entry
 
 
@@ -268,9 +269,15 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_needs_v(
 
 
 def test_version() -> None:
+    """One version: ``kwneuro_pydra.__version__``, which the package's metadata reads."""
+    from importlib.metadata import version
+
+    import kwneuro_pydra
+
     result = kwneuro("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == "kwneuro-pydra 0.1.0"
+    assert result.stdout.strip() == f"kwneuro-pydra {kwneuro_pydra.__version__}"
+    assert version("kwneuro-pydra") == kwneuro_pydra.__version__ == "0.1.0"
 
 
 def test_ls_lists_a_cache_root_with_a_header_and_file_names(ran: tuple[Path, Path]) -> None:

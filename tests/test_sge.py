@@ -29,3 +29,23 @@ def test_upstream_sge_worker_still_has_the_bug_we_refuse_it_for() -> None:
 
     assert isinstance(SGEWorker().threads_used, dict)  # sge.py:225 adds an int to it
     assert "self.threads_used += threads_requested" in inspect.getsource(SGEWorker)
+
+
+def test_the_app_and_the_command_line_refuse_sge_as_a_usage_error(tmp_path: Path) -> None:
+    """`sge` is not a worker of the app: AppError from Python, exit 2 (not 1) from the CLI."""
+    import subprocess
+    import sys
+
+    from kwneuro_pydra.app import AppError, run_bids_app
+    from tests.bids_data import good_dataset
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    with pytest.raises(AppError, match="SGE worker is broken"):
+        run_bids_app(bids_dir, tmp_path / "out", worker="sge")
+    for command in (["run", str(bids_dir), str(tmp_path / "out"), "participant"],
+                    ["demo", str(tmp_path / "demo")]):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "kwneuro_pydra.cli", *command, "--worker",
+                               "sge"], capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 2 and "invalid choice: 'sge'" in done.stderr, done.stderr
+        assert len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()

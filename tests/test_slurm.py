@@ -1,4 +1,4 @@
-"""`run_subjects` on a real Slurm (``ci/slurm/start.sh``): requests, granularity, failures.
+"""`run_subjects` on a real Slurm (``.ci/slurm/start.sh``): requests, granularity, failures.
 
 Without a usable Slurm these tests skip, unless ``CI`` is set: then they fail. Select them
 with ``-m slurm``.
@@ -40,7 +40,7 @@ def slurm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip (fail with CI set) without Slurm; make the tests' steps importable on the node."""
     missing = slurm_unavailable()
     if missing:
-        message = f"{missing}; start one with ci/slurm/start.sh (as root)"
+        message = f"{missing}; start one with .ci/slurm/start.sh (as root)"
         if os.environ.get("CI"):
             pytest.fail(f"CI is set and Slurm is not usable: {message}")
         pytest.skip(message)
@@ -628,14 +628,14 @@ def test_every_command_of_the_cluster_page_runs(tmp_path: Path) -> None:
     page = (ROOT / "docs" / "cluster.md").read_text()
     blocks = re.findall(r"```(bash|python|toml)\n(.*?)```", page, re.S)
     assert [kind for kind, _ in blocks] == ["bash", "python", "bash", "toml", "python", "python"]
-    (tmp_path / "ci").symlink_to(ROOT / "ci")
+    (tmp_path / ".ci").symlink_to(ROOT / ".ci")
     outputs = []
     for kind, code in blocks:
         if kind == "toml":
             written = tomllib.loads(code)
             continue
         if kind == "bash" and "start.sh" in code and os.geteuid() != 0:
-            code = code.replace("ci/slurm/start.sh", "")  # it needs root; Slurm is up
+            code = code.replace(".ci/slurm/start.sh", "")  # it needs root; Slurm is up
         command = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [
             sys.executable, "-c", code]  # fmt: skip
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)

@@ -6,6 +6,7 @@ workflows (`kwneuro_pydra.pydra`), sharing one cache.
 
 from kwneuro_pydra._fingerprint import fingerprint
 from kwneuro_pydra._store import Entry
+from kwneuro_pydra._version import __version__
 from kwneuro_pydra.cache import Cache, CacheSpec, Explanation, cacheable, current_cache
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "CacheSpec",
     "Entry",
     "Explanation",
+    "__version__",
     "cacheable",
     "current_cache",
     "fingerprint",

@@ -14,11 +14,12 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from kwneuro_pydra._version import __version__
 
 __all__ = [
     "DIGEST_PREFIX",
@@ -228,7 +229,4 @@ def dump(sidecar: Mapping[str, Any]) -> bytes:
 @functools.cache
 def library() -> str:
     """This library's name and version, as the ``library`` field records it."""
-    try:
-        return f"kwneuro-pydra {version('kwneuro-pydra')}"
-    except PackageNotFoundError:
-        return "kwneuro-pydra (not installed)"
+    return f"kwneuro-pydra {__version__}"

@@ -19,7 +19,13 @@ from kwneuro_pydra.bids._derivatives import (
     write_derivatives,
     write_json,
 )
-from kwneuro_pydra.bids._discover import BidsError, DwiSeries, SeriesError, discover
+from kwneuro_pydra.bids._discover import (
+    BidsError,
+    DwiSeries,
+    SeriesError,
+    discover,
+    participants_of,
+)
 
 __all__ = [
     "DERIVATIVES",
@@ -29,6 +35,7 @@ __all__ = [
     "SeriesError",
     "derivative_path",
     "discover",
+    "participants_of",
     "place",
     "stale_temporaries",
     "write_dataset_description",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from kwneuro_pydra.resources import Dwi, FslBvalResource, FslBvecResource, NiftiVolumeResource
 
-__all__ = ["BidsError", "DwiSeries", "SeriesError", "discover"]
+__all__ = ["BidsError", "DwiSeries", "SeriesError", "discover", "participants_of"]
 
 _NIFTI = (".nii.gz", ".nii")
 
@@ -34,6 +36,8 @@ class DwiSeries:
         nifti: The DWI image.
         bval: Its b-values file found by BIDS inheritance, or None.
         bvec: Its b-vectors file found by BIDS inheritance, or None.
+        problem: Why it cannot be used although its image exists (`load` raises it), e.g.
+            its subject holds a file name bids2table cannot index.
     """
 
     root: Path
@@ -41,6 +45,7 @@ class DwiSeries:
     nifti: Path
     bval: Path | None
     bvec: Path | None
+    problem: str | None = None
 
     @property
     def subject(self) -> str:
@@ -54,8 +59,9 @@ class DwiSeries:
 
     @property
     def name(self) -> str:
-        """The source entities as they start the file name, e.g. ``sub-01_ses-2_run-1``."""
-        return self.nifti.name.split("_dwi.nii")[0]
+        """The source entities as they start the file name, e.g. ``sub-01_ses-2_run-1`` (bytes
+        of the name that are not UTF-8 as ``\\xff``)."""
+        return _shown(self.nifti.name.split("_dwi.nii")[0])
 
     @property
     def directory(self) -> Path:
@@ -64,17 +70,19 @@ class DwiSeries:
 
     @property
     def source(self) -> str:
-        """The DWI's path relative to the dataset root."""
-        return str(self.nifti.relative_to(self.root))
+        """The DWI's path relative to the dataset root (bytes not UTF-8 as ``\\xff``)."""
+        return _shown(self.nifti.relative_to(self.root))
 
     def load(self) -> Dwi:
         """Return the series as a file-backed `Dwi` (reads headers and b-tables only).
 
         Raises:
             SeriesError: No b-values or b-vectors file applies to the series, or the files
-                do not make a DWI (not 4-D, counts disagree, unreadable); the message names
-                the file.
+                do not make a DWI (not 4-D, counts disagree, unreadable), or the series has
+                a `problem`; the message names the file.
         """
+        if self.problem is not None:
+            raise SeriesError(self.problem)
         missing = [ext for ext, path in ((".bval", self.bval), (".bvec", self.bvec)) if not path]
         if missing:
             raise SeriesError(
@@ -115,8 +123,6 @@ def discover(
         BidsError: ``bids_dir`` does not exist or has no ``dataset_description.json``; a
             requested participant or session does not exist (the message lists those that do).
     """
-    import bids2table  # type: ignore[import-untyped]
-
     root = Path(bids_dir).absolute()
     if not root.is_dir():
         raise BidsError(f"BIDS_DIR {root} does not exist or is not a folder")
@@ -124,10 +130,10 @@ def discover(
         raise BidsError(
             f"BIDS_DIR {root} is not a BIDS dataset: it has no dataset_description.json"
         )
-    columns = ["sub", "ses", "datatype", "suffix", "ext", "path", "root"]
-    rows = bids2table.index_dataset(root).select(columns).to_pylist()
+    rows, unindexed = _index(root)
     wanted_subjects = _labels(participants, "sub-")
-    _check_known("participant", wanted_subjects, {r["sub"] for r in rows if r["sub"]})
+    known = {r["sub"] for r in rows if r["sub"]} | set(participants_of(root))
+    _check_known("participant", wanted_subjects, known)
     wanted_sessions = _labels(sessions, "ses-")
     _check_known("session", wanted_sessions, {r["ses"] for r in rows if r["ses"]})
     finder = _Finder(root)
@@ -149,7 +155,82 @@ def discover(
         for name in ("suffix", "ext"):
             entities.pop(name, None)
         series.append(DwiSeries(root, entities, path, bval, bvec))
+    for subject, bad in unindexed.items():  # their series fail alone, the file named
+        if wanted_subjects and subject not in wanted_subjects:
+            continue
+        problem = (
+            f"{_shown(bad.relative_to(root))}: a file name of sub-{subject} that is not "
+            "UTF-8, which bids2table cannot index: rename it"
+        )
+        for path in sorted(root.glob(f"sub-{subject}/**/dwi/*_dwi.nii*")):
+            entities = dict(finder.entities(path))
+            if wanted_sessions and entities.get("ses") not in wanted_sessions:
+                continue
+            for name in ("suffix", "ext"):
+                entities.pop(name, None)
+            series.append(DwiSeries(root, entities, path, None, None, problem=problem))
     return sorted(series, key=lambda s: s.nifti)
+
+
+def _index(root: Path) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """bids2table's rows of the dataset; subjects it cannot index (a file name that is not
+    UTF-8) are left out, each with such a file."""
+    import bids2table  # type: ignore[import-untyped]
+
+    columns = ["sub", "ses", "datatype", "suffix", "ext", "path", "root"]
+    try:
+        return bids2table.index_dataset(root).select(columns).to_pylist(), {}
+    except UnicodeEncodeError:
+        pass
+    unindexed: dict[str, Path] = {}
+    for folder in sorted(p for p in root.glob("sub-*") if p.is_dir()):
+        bad = next((p for p in folder.rglob("*") if not _is_utf8(p.name)), None)
+        if bad is not None:
+            unindexed[folder.name.removeprefix("sub-")] = bad
+    keep = [p.name for p in root.glob("sub-*") if p.is_dir()
+            and p.name.removeprefix("sub-") not in unindexed]  # fmt: skip
+    if not keep:
+        return [], unindexed
+    return bids2table.index_dataset(root, keep).select(columns).to_pylist(), unindexed
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(path: Path | str) -> str:
+    """A path as text that can be printed: bytes that are not UTF-8 as ``\\xff``."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def participants_of(bids_dir: str | Path) -> list[str]:
+    """The subject labels of a dataset, with a DWI series or without.
+
+    Args:
+        bids_dir: The dataset root.
+
+    Returns:
+        The labels (without ``sub-``) of its ``sub-*`` folders and of the ``participant_id``
+        column of its ``participants.tsv`` (when it can be read), sorted.
+    """
+    root = Path(bids_dir)
+    labels = {p.name.removeprefix("sub-") for p in root.glob("sub-*") if p.is_dir()}
+    try:
+        lines = (root / "participants.tsv").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    header = lines[0].split("\t") if lines else []
+    if "participant_id" in header:
+        column = header.index("participant_id")
+        for line in lines[1:]:
+            cells = line.split("\t")
+            if len(cells) > column and cells[column].startswith("sub-"):
+                labels.add(cells[column].removeprefix("sub-"))
+    return sorted(labels)
 
 
 def _labels(given: Iterable[str], prefix: str) -> set[str]:

@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from kwneuro_pydra import app
+from kwneuro_pydra.app import plural
 from kwneuro_pydra.cache import Cache
 
 __all__ = [
     "UsageError",
+    "argument_type",
     "caches_under",
     "console",
     "logging_to_console",
@@ -28,25 +31,11 @@ __all__ = [
 ]
 
 _MAX_DEPTH = 3
-T = TypeVar("T", int, float)
+T = TypeVar("T")
 
 
 class UsageError(Exception):
     """A mistake in what the user asked for: one line on stderr, exit status 2."""
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 entry``, ``2 entries``: the count with the right form of ``word``.
-
-    Args:
-        count: How many.
-        word: The singular.
-        many: The plural when it is not ``word + "s"`` (``entries``, ``series``).
-
-    Returns:
-        The phrase.
-    """
-    return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
 def size(nbytes: float) -> str:
@@ -65,29 +54,24 @@ def size(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _at_least(
-    convert: Callable[[str], T], low: T, kind: str, *, strict: bool = False
-) -> Callable[[str], T]:
-    """An argument type: ``convert(text)``, at least ``low`` (above it when ``strict``)."""
+def argument_type(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a converter that raises ValueError: its message is shown."""
 
     def parse(text: str) -> T:
         try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-        if value < low or (strict and value == low) or value != value:
-            bound = "above" if strict else "at least"
-            raise argparse.ArgumentTypeError(f"must be {bound} {low:g}, got {text}")
-        return value
+            return convert(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
+    parse.__name__ = getattr(convert, "__name__", "value")
     return parse
 
 
-positive_int = _at_least(int, 1, "a whole number")
+positive_int = argument_type(app.positive_int)
 """Argument type: an integer of at least 1."""
-natural = _at_least(int, 0, "a whole number")
+natural = argument_type(app.natural)
 """Argument type: an integer of at least 0."""
-positive_float = _at_least(float, 0.0, "a number", strict=True)
+positive_float = argument_type(app.positive_float)
 """Argument type: a number above 0."""
 
 

@@ -16,10 +16,12 @@ __all__ = ["add_parser", "run"]
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``clear`` to the command line."""
     parser = commands.add_parser(
-        "clear", parents=parents, help="remove every entry (of some steps)",
+        "clear",
+        parents=parents,
+        help="remove every entry (of some steps)",
         description="Remove every entry, or those of the steps named, from one cache or every "
         "cache under a folder. Asks first unless --yes.",
-    )  # fmt: skip
+    )
     parser.add_argument("cache_dir", help="a cache, or a folder of caches")
     parser.add_argument("steps", nargs="*", metavar="STEP", help="only these steps")
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
@@ -53,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
             print("nothing removed")
             return 0
     removed = sum(
-        Cache(folder).clear(step) for folder in selection.caches for step in selection.steps
+        Cache(folder).clear(step)
+        for folder in selection.caches
+        for step in selection.steps
         if step in Cache(folder).steps()
-    )  # fmt: skip
+    )
     print(f"{plural(removed, 'entry', 'entries')} removed from {selection.describe()}")
     return 0

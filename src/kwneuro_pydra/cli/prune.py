@@ -17,18 +17,22 @@ __all__ = ["add_parser", "run"]
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``prune`` to the command line."""
     parser = commands.add_parser(
-        "prune", parents=parents, help="remove old entries and crash leftovers",
+        "prune",
+        parents=parents,
+        help="remove old entries and crash leftovers",
         description="Remove leftovers of crashed writes, and entries beyond --keep (per step) "
         "or older than --older-than-days, in one cache or every cache under a folder.",
-    )  # fmt: skip
+    )
     parser.add_argument("cache_dir", help="a cache, or a folder of caches")
     parser.add_argument(
         "--keep", type=positive_int, metavar="N", help="keep the N newest entries per step (>= 1)"
     )
     parser.add_argument(
-        "--older-than-days", type=positive_float, metavar="D",
+        "--older-than-days",
+        type=positive_float,
+        metavar="D",
         help="remove entries created more than D days ago (D > 0)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="list what would be removed, remove nothing"
     )
@@ -48,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for path in paths:
         print(f"{verb} {path}")
-    print(f"{plural(len(paths), 'folder')} {'would be ' if args.dry_run else ''}removed from "
-          f"{selection.describe()}")  # fmt: skip
+    print(
+        f"{plural(len(paths), 'folder')} {'would be ' if args.dry_run else ''}removed from "
+        f"{selection.describe()}"
+    )
     return 0
 
 

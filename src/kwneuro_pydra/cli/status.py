@@ -1,14 +1,20 @@
-"""``kwneuro-pydra status BIDS_DIR OUTPUT_DIR``: each series' steps as the cache holds them."""
+"""``kwneuro-pydra status BIDS_DIR OUTPUT_DIR``: each series' steps as the cache holds them.
+
+A table of series x steps when the terminal is wide enough, else one line per series naming
+the steps that are not cached; ``--json`` for programs. Calls `kwneuro_pydra.app.app_status`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kwneuro_pydra.app import STATES, AppStatus, app_status
 from kwneuro_pydra.cli._common import plural
-from kwneuro_pydra.cli._options import add_dti_options, status_parameters
-from kwneuro_pydra.cli._series import app, describe, look_up, read_record, units
+from kwneuro_pydra.cli._options import add_dti_options, parameters_of
 from kwneuro_pydra.cli.run import add_selection
 
 __all__ = ["add_parser", "run"]
@@ -19,52 +25,111 @@ _STYLE = {"cached": "green", "stale": "yellow", "missing": "dim", "failed": "red
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``status`` to the command line."""
     parser = commands.add_parser(
-        "status", parents=parents, help="show which steps are cached, stale, missing or failed",
+        "status",
+        parents=parents,
+        help="show which steps are cached, stale, missing or failed",
         description="For every DWI series of a BIDS dataset, show each step of the BIDS app as "
         "cached, stale (its code changed since), missing, or failed (in the last run), for "
-        "the DTI options the last run into OUTPUT_DIR recorded (options given here override "
-        "them). Computes and writes nothing.",
-    )  # fmt: skip
+        "the DTI options and work folder the last run into OUTPUT_DIR recorded (options "
+        "given here override them). Computes and writes nothing.",
+    )
     parser.add_argument("bids_dir", type=Path, help="the BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="the run's output folder")
     parser.add_argument(
-        "-w", "--work-dir", type=Path, metavar="DIR",
-        help="the cache (default: OUTPUT_DIR/.kwneuro-cache)",
-    )  # fmt: skip
+        "-w",
+        "--work-dir",
+        type=Path,
+        metavar="DIR",
+        help="the cache (default: the run's, else OUTPUT_DIR/.kwneuro-cache)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the status as JSON (for programs)"
+    )
     add_selection(parser)
     add_dti_options(parser, recorded=True)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the status table; return 0."""
+    """Print the status; return 0."""
     from rich.console import Console
+
+    found = app_status(
+        args.bids_dir,
+        args.output_dir,
+        participants=args.participant_label,
+        sessions=args.session_label,
+        work_dir=args.work_dir,
+        parameters={k: v for k, v in parameters_of(args).items() if v is not None},
+    )
+    if args.json:
+        print(json.dumps(_as_json(found), indent=2))
+        return 0
+    out = Console(highlight=False)
+    names = [len(s.name) for s in found.series]
+    wide = max(names, default=6) + sum(max(len(s), 7) + 3 for s in found.steps) + 4
+    out.print(f"{found.summary}; cache {found.work_dir}", soft_wrap=True)
+    if out.width >= wide:
+        out.print(_table(found))
+    else:
+        for series in found.series:
+            out.print(_line(series.name, series.states, series.failure), soft_wrap=True)
+    out.print(", ".join(f"{plural(n, 'step')} {state}" for state, n in found.counts.items()))
+    out.print(found.options, soft_wrap=True)
+    return 0
+
+
+def _table(found: AppStatus) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
-    all_units = units(args.bids_dir, args.participant_label, args.session_label)
-    work_dir = (args.work_dir or args.output_dir / ".kwneuro-cache").absolute()
-    failures = read_record(work_dir)
-    parameters, options = status_parameters(args, args.output_dir.absolute())
-    steps = [s.__name__ for s in app().STEPS]
-    table = Table(title=f"{describe(all_units)}; cache {work_dir}", title_justify="left")
+    table = Table()
     table.add_column("series")
-    for step in steps:
+    for step in found.steps:
         table.add_column(step)
-    counts = dict.fromkeys(_STYLE, 0)
-    for unit in all_units:
-        if unit.dwi is None:
-            table.add_row(unit.name, f"[red]cannot load: {unit.failure}[/red]")
-            counts["failed"] += 1
+    for series in found.series:
+        if not series.states:
+            table.add_row(series.name, f"[red]cannot load: {escape(series.failure or '')}[/red]")
             continue
-        states: dict[str, str] = dict(look_up(unit, work_dir, parameters).states)
-        failed_step = failures.get(unit.name, {}).get("step")
-        if failed_step in states and states[failed_step] != "cached":
-            states[failed_step] = "failed"
-        for state in states.values():
-            counts[state] += 1
-        table.add_row(unit.name, *(f"[{_STYLE[states[s]]}]{states[s]}[/]" for s in steps))
-    out = Console(highlight=False)
-    out.print(table)
-    out.print(", ".join(f"{plural(n, 'step')} {state}" for state, n in counts.items()))
-    out.print(options, soft_wrap=True)
-    return 0
+        table.add_row(series.name, *(f"[{_STYLE[s]}]{s}[/]" for s in series.states.values()))
+    return table
+
+
+def _line(name: str, states: Mapping[str, str], failure: str | None) -> str:
+    """``sub-01: 3 cached; stale: estimate_dti; 5 missing from dti_statistics``: one series on
+    one line (the steps not cached are named; the missing ones follow the first)."""
+    from rich.markup import escape
+
+    if not states:
+        return f"{escape(name)}: [red]cannot load: {escape(failure or '')}[/red]"
+    parts = []
+    for state in STATES:
+        steps = [step for step, s in states.items() if s == state]
+        if not steps:
+            continue
+        if state in ("cached", "missing"):
+            since = f" from {steps[0]}" if state == "missing" else ""
+            parts.append(f"[{_STYLE[state]}]{len(steps)} {state}{since}[/]")
+        else:
+            parts.append(f"[{_STYLE[state]}]{state}: {', '.join(steps)}[/]")
+    return f"{escape(name)}: {'; '.join(parts)}"
+
+
+def _as_json(found: AppStatus) -> dict[str, Any]:
+    return {
+        "work_dir": str(found.work_dir),
+        "parameters": dict(found.parameters),
+        "steps": list(found.steps),
+        "series": [
+            {
+                "name": s.name,
+                "subject": s.subject,
+                "source": s.source,
+                "states": dict(s.states),
+                "failure": s.failure,
+            }
+            for s in found.series
+        ],
+        "no_dwi": ["sub-" + s for s in found.no_dwi],
+        "counts": found.counts,
+    }

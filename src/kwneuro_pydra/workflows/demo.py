@@ -20,7 +20,16 @@ from kwneuro_pydra.resources import (
 
 from .phantom import PhantomTruth, gradient_scheme, make_phantom, write_phantom
 
-__all__ = ["DEMO_MASK_OPTIONS", "demo_truths", "make_demo_subject", "write_demo_dataset"]
+__all__ = [
+    "DEMO_MASK_OPTIONS",
+    "DEMO_NAME",
+    "demo_truths",
+    "make_demo_subject",
+    "write_demo_dataset",
+]
+
+DEMO_NAME = "kwneuro-pydra demo phantoms"
+"""The ``Name`` in the demo dataset's ``dataset_description.json``."""
 
 DEMO_MASK_OPTIONS = {"median_radius": 2, "numpass": 2}
 """`dti_pipeline` mask options for demo subjects: dipy's defaults (radius 4, 4 passes) are
@@ -77,7 +86,7 @@ def write_demo_dataset(
     """
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
-        json.dumps({"Name": "kwneuro-pydra demo phantoms", "BIDSVersion": "1.10.0",
+        json.dumps({"Name": DEMO_NAME, "BIDSVersion": "1.10.0",
                     "DatasetType": "raw"}, indent=2) + "\n", encoding="utf-8",
     )  # fmt: skip
     bvals, bvecs = gradient_scheme(b0_volumes=b0_volumes, directions=directions)

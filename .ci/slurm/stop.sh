@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stop what ci/slurm/start.sh started (and nothing else): cancel the jobs, then stop the slurmd
+# Stop what .ci/slurm/start.sh started (and nothing else): cancel the jobs, then stop the slurmd
 # of each node, slurmctld, slurmdbd, MariaDB and munged, each only if start.sh recorded starting
-# it.   ci/slurm/stop.sh DAEMON...   stops only those, and cancels no job: start.sh restarts
+# it.   .ci/slurm/stop.sh DAEMON...   stops only those, and cancels no job: start.sh restarts
 # Slurm's daemons this way when their configuration changed (slurmctld saves its jobs on
 # SIGTERM and recovers them when it starts again; running jobs outlive a slurmd restart).
 set -uo pipefail

@@ -7,11 +7,11 @@
 # that stop.sh stops exactly what this script started; when the configuration this script
 # writes changed, the Slurm daemons it started are restarted. Settings: /work/shared/DESIGN.md
 # section 5.
-#   ci/slurm/start.sh            # prints "slurm ready" when `sacct` and `sbatch` answer
-#   KWNEURO_SLURM_STATE=/some/dir ci/slurm/start.sh
+#   .ci/slurm/start.sh            # prints "slurm ready" when `sacct` and `sbatch` answer
+#   KWNEURO_SLURM_STATE=/some/dir .ci/slurm/start.sh
 set -euo pipefail
 STATE=${KWNEURO_SLURM_STATE:-/var/tmp/kwneuro-slurm}
-MARK="# written by kwneuro-pydra ci/slurm/start.sh"
+MARK="# written by kwneuro-pydra ci/slurm/start.sh"  # unchanged since the move to .ci/: it finds the files it wrote
 [ "$(id -u)" = 0 ] || { echo "start.sh: run as root" >&2; exit 2; }
 mkdir -p "$STATE/started" "$STATE/log"
 

@@ -1,0 +1,79 @@
+"""``run``'s options for ``--worker slurm``, and the `run_subjects` arguments they make."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from kwneuro_pydra.cli._common import UsageError, positive_float
+
+__all__ = ["add_scheduler_options", "scheduler_options"]
+
+
+def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``--worker slurm`` (see `kwneuro_pydra.pydra.run_subjects`)."""
+    cluster = parser.add_argument_group("cluster (--worker slurm)")
+    cluster.add_argument(
+        "--sbatch-args",
+        metavar="ARGS",
+        help="sbatch options for every job, e.g. --sbatch-args='--partition=short -A lab' "
+        "(-o and -e are refused: each series' log goes to WORK_DIR/.logs)",
+    )
+    cluster.add_argument(
+        "--resources",
+        type=Path,
+        metavar="FILE",
+        help="per-step requests: a .toml with a table per step (mem, cpus, time, options) "
+        "or the same as .json",
+    )
+    cluster.add_argument(
+        "--granularity",
+        choices=("node", "subject"),
+        default="node",
+        help="one job per step call (node, the default) or one per series (subject), the "
+        "series submitted together as Slurm job arrays",
+    )
+    cluster.add_argument(
+        "--pending-timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="cancel and report jobs pending longer than this, with Slurm's reason",
+    )
+    cluster.add_argument(
+        "--poll-delay",
+        type=positive_float,
+        metavar="SECONDS",
+        help="seconds between looks at the queue",
+    )
+
+
+def scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `run_subjects` keyword arguments that the command line's options ask for.
+
+    Raises:
+        UsageError: A scheduler option was given without ``--worker slurm``, or the
+            resources file cannot be read.
+    """
+    from kwneuro_pydra.pydra import load_resources
+
+    given = {
+        "sbatch_args": args.sbatch_args,
+        "resources": args.resources,
+        "pending_timeout": args.pending_timeout,
+        "poll_delay": args.poll_delay,
+    }
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.granularity != "node":
+        given["granularity"] = args.granularity
+    if given and args.worker != "slurm":
+        names = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{names}: only with --worker slurm (got --worker {args.worker})")
+    if "resources" in given:
+        try:
+            given["resources"] = load_resources(given["resources"])
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--resources: {error}") from None
+    if args.n_procs:
+        given["n_procs"] = args.n_procs
+    return given
