@@ -398,7 +398,7 @@ def pydra_bytes(sizes: Sizes, workdir: Path) -> Section:
     row(f"{OURS}: Pydra job dirs per node", tree_bytes(jobs) / nodes,
         "pickled tasks and results")  # fmt: skip
     for kind in ("python", "workflow"):
-        pickles = [p.stat().st_size for p in jobs.glob(f"{kind}-*/_result.pklz")]
+        pickles = [p.stat().st_size for p in jobs.glob(f"run-*/{kind}-*/_result.pklz")]
         note = "target: under 64 KB per node" if kind == "python" else "per-subject workflow"
         row(f"{OURS}: largest {kind} _result.pklz", max(pickles, default=0), note)
     row("for scale: the input T1 (.nii.gz)", first.path.stat().st_size)

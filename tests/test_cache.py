@@ -484,17 +484,28 @@ def test_explain_names_what_differs(tmp_path: Path) -> None:
     def scale(x: np.ndarray, factor: float, mode: str = "a") -> np.ndarray:
         return x * factor
 
+    from kwneuro_pydra.cache import MissReason
+
     with Cache(tmp_path) as cache:
         assert "no entry" in str(cache.explain(scale, np.ones(2), 2.0))
+        assert cache.explain(scale, np.ones(2), 2.0).causes == (MissReason.NO_ENTRY,)
         scale(np.ones(2), 2.0)
         assert cache.explain(scale, np.ones(2), 2.0).hit
+        assert cache.explain(scale, np.ones(2), 2.0).causes == ()
         why = cache.explain(scale, np.ones(2), 3.0)
         assert not why.hit
         assert why.reasons == ("argument 'factor' changed: 2.0 -> 3.0",)
+        assert why.causes == (MissReason.ARGUMENT,) and why.causes[0] == "argument"
         why = cache.explain(scale, np.zeros(2), 2.0, mode="b")
         assert any("'x' content changed" in r for r in why.reasons)
         assert any("'mode' changed: 'a' -> 'b'" in r for r in why.reasons)
-    assert "forced" in str(Cache(tmp_path, force=True).explain(scale, np.ones(2), 2.0))
+        assert why.causes == (MissReason.ARGUMENT, MissReason.CONTENT)
+        (entry,) = cache.entries(scale)
+        (entry.path / "out.npy").write_bytes(b"damaged")
+        why = cache.explain(scale, np.ones(2), 2.0)
+        assert why.causes == (MissReason.DAMAGED,) and not why.hit
+    forced = Cache(tmp_path, force=True).explain(scale, np.ones(2), 2.0)
+    assert "forced" in str(forced) and forced.causes == (MissReason.FORCED,)
 
 
 def test_list_prune_and_clear(tmp_path: Path) -> None:
