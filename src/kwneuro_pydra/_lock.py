@@ -115,7 +115,7 @@ def held(path: str | Path, key: str | None = None) -> bool:
     when ``key`` is None). A missing lock file holds nothing."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (FileNotFoundError, OSError):  # none, or a link planted there: holds nothing
+    except OSError:  # none, or a link planted there: holds nothing
         return False
     try:
         if not _OFD:
