@@ -18,6 +18,12 @@ Bundles do not cross. The eigenvalues of each tissue are scaled by a per-subject
 (about 5 % spread, drawn from ``seed``), so different seeds give different subjects. The
 signal is ``S0 exp(-b g^T D g)`` with Rician noise of standard deviation ``1000 / snr``
 (the b=0 signal of white matter is 1000).
+
+Frames: the geometry, the true directions and `Phantom.bvecs` are in voxel axes, which are
+world axes (RAS) for the diagonal affine of `Phantom.dwi` and `write_phantom`. Those write
+the b-vectors in FSL's convention for that affine (`fsl_bvecs`: the first component negated,
+since its determinant is positive), so that FSL, MRtrix and ``estimate_dti(frame="world")``
+read the true directions.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "TISSUES",
     "Phantom",
     "PhantomTruth",
+    "fsl_bvecs",
     "gradient_scheme",
     "make_phantom",
     "write_phantom",
@@ -71,7 +78,8 @@ class PhantomTruth:
         labels: Tissue label per voxel (uint8, see `TISSUES`; 0 is background).
         fa: Fractional anisotropy of the true tensors (float32, 0 in background).
         md: Mean diffusivity of the true tensors in mm²/s (float32, 0 in background).
-        direction: Principal eigenvector of the true tensors (float32, (x, y, z, 3)).
+        direction: Principal eigenvector of the true tensors (float32, (x, y, z, 3)), in
+            voxel axes (world axes, RAS, for the phantom's diagonal affine).
     """
 
     labels: NDArray[np.uint8]
@@ -87,7 +95,8 @@ class Phantom:
     Attributes:
         signal: The noisy DWI, float32, (x, y, z, volumes).
         bvals: b-values in s/mm².
-        bvecs: Unit b-vectors ((0, 0, 0) for b=0), (volumes, 3).
+        bvecs: Unit b-vectors ((0, 0, 0) for b=0), (volumes, 3), in voxel axes (the
+            signal's gradient directions; `fsl_bvecs` gives those of a b-vector file).
         truth: The ground truth.
     """
 
@@ -97,17 +106,39 @@ class Phantom:
     truth: PhantomTruth
 
     def dwi(self, voxel_size: float = 2.0) -> Dwi:
-        """Return the phantom as an in-memory `Dwi` with isotropic voxels.
+        """Return the phantom as an in-memory `Dwi` with isotropic voxels stored RAS.
 
         Args:
             voxel_size: Voxel size in mm.
 
         Returns:
-            The `Dwi`.
+            The `Dwi`, its b-vectors in FSL's convention for its affine (`fsl_bvecs`).
         """
         affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
         volume = InMemoryVolumeResource(self.signal, affine, {"xyzt_units": 10})
-        return Dwi(volume, InMemoryBvalResource(self.bvals), InMemoryBvecResource(self.bvecs))
+        bvecs = InMemoryBvecResource(fsl_bvecs(self.bvecs, affine))
+        return Dwi(volume, InMemoryBvalResource(self.bvals), bvecs)
+
+
+def fsl_bvecs(bvecs: NDArray[np.float64], affine: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The b-vectors an FSL file holds for gradients given in an image's voxel axes.
+
+    FSL's convention: b-vectors are in voxel axes, the first one mirrored when the affine's
+    determinant is positive (the inverse of
+    `kwneuro_pydra.workflows._tensor.world_rotation`'s flip).
+
+    Args:
+        bvecs: Gradient directions in voxel axes, (volumes, 3).
+        affine: The image's voxel-to-world affine.
+
+    Returns:
+        The b-vectors to write, (volumes, 3).
+    """
+    flipped = np.array(bvecs, np.float64)
+    if np.linalg.det(np.asarray(affine)[:3, :3]) > 0:
+        flipped[:, 0] = -flipped[:, 0]
+    flipped[flipped == 0] = 0.0  # no -0 in the files
+    return flipped
 
 
 def gradient_scheme(
