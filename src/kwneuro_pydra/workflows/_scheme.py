@@ -33,8 +33,8 @@ SHELL_TOLERANCE = 20.0
 """Largest gap between neighbouring b-values of one shell, in s/mm² (dipy's ``tol``)."""
 
 BVEC_ROUNDING = 1e-3
-"""b-vector norms further than this from 1 are normalised with a warning (closer ones are
-used as given, as dipy does): 6-decimal files are far below it, 2-decimal files above."""
+"""A b-vector norm further than this from 1 marks a rounded file, whose vectors are then all
+normalised with a warning (6-decimal files are far below it, 2-decimal files above)."""
 
 MAX_BVALUE = 100_000.0
 """Largest plausible b-value in s/mm²; larger ones are taken for another unit (s/m²)."""
@@ -72,7 +72,7 @@ class Scheme:
     Attributes:
         keep: Which volumes of the DWI are fitted, shape (N,).
         bvals: Their b-values (s/mm², as given).
-        bvecs: Their b-vectors, normalised where a norm is further than `BVEC_ROUNDING`
+        bvecs: Their b-vectors, all normalised when a norm is further than `BVEC_ROUNDING`
             from 1 (non-finite entries of b=0 rows are 0).
         fitted: The shells fitted, lowest first.
         left_out: The shells left out (nominal b above ``bmax``), lowest first.
@@ -133,7 +133,8 @@ def fitted_scheme(
 
     Volumes at or below `B0_THRESHOLD` are b=0 images; the others are grouped into `shells`.
     A shell is fitted or left out as a whole: fitted when its nominal (median) b-value is at
-    most ``bmax``. Every case below is said by a `UserWarning` and kept in `Scheme.notes`:
+    most ``bmax`` (within ``shell_tolerance``: a shell written 1470-1530, median 1500.4, is
+    at ``bmax=1500``). Every case below is said by a `UserWarning` and kept in `Scheme.notes`:
 
     - shells left out, by nominal b-value, volumes and range;
     - no shell at most ``bmax`` (a single high shell, as dipy's ``small_25`` at b=2000): the
@@ -143,9 +144,9 @@ def fitted_scheme(
       ``bmax`` is fitted and S0 is extrapolated, as dipy does (its ``TensorModel`` fits any
       table; the b=0 threshold only names the b=0 images);
     - b-vectors of diffusion-weighted volumes further than `BVEC_ROUNDING` from unit length
-      (`Dwi` accepts up to ``BVEC_NORM_TOLERANCE``, dipy's ``atol`` of 1e-2): they are
-      normalised. Closer ones are used as given, as dipy does (the rounding of a 6-decimal
-      file changes no map by more than dipy's own float32 rounding).
+      (`Dwi` accepts up to ``BVEC_NORM_TOLERANCE``, dipy's ``atol`` of 1e-2): the file was
+      rounded, and all its b-vectors are normalised. Tables whose norms are all closer to 1
+      are used as given, as dipy does (dipy never normalises).
 
     Args:
         dwi: The DWI.
@@ -168,7 +169,7 @@ def fitted_scheme(
     _check_units(bvals, where, step)
     groups = shells(bvals, shell_tolerance)
     found = [_shell(bvals, g) for g in groups]
-    fitted = [i for i, s in enumerate(found) if s.bval <= bmax]
+    fitted = [i for i, s in enumerate(found) if s.bval <= bmax + shell_tolerance]
     notes = []
     if not fitted:
         fitted = [0]
@@ -213,8 +214,8 @@ def fitted_scheme(
             f"length (norms {norms.min():.4f} to {norms.max():.4f}; accepted within "
             f"{BVEC_NORM_TOLERANCE:g}, as dipy does); they are normalised before the fit"
         )
-    rows = np.flatnonzero(weighted)[far]
-    chosen[rows] /= norms[far, None]
+    if far.any():  # a rounded file: every vector is rounded, normalise them all
+        chosen[weighted] /= norms[:, None]
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=3)
     scheme = Scheme(

@@ -142,7 +142,11 @@ def fsl_bvecs(bvecs: NDArray[np.float64], affine: NDArray[np.float64]) -> NDArra
 
 
 def gradient_scheme(
-    *, b0_volumes: int = 2, directions: int = 30, shells: tuple[float, ...] = (1000.0,)
+    *,
+    b0_volumes: int = 2,
+    directions: int = 30,
+    shells: tuple[float, ...] = (1000.0,),
+    jitter: float = 0.0,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """b-values and b-vectors: b=0 volumes, then each shell with evenly spread directions.
 
@@ -151,7 +155,9 @@ def gradient_scheme(
     Args:
         b0_volumes: Number of b=0 volumes.
         directions: Directions per shell.
-        shells: b-values of the shells in s/mm².
+        shells: Nominal b-values of the shells in s/mm².
+        jitter: b-values of a shell spread evenly (in a scrambled order) over nominal
+            ``+- jitter``, as scanners write them (1470-1530 for 1500 with 30).
 
     Returns:
         b-values (N,) and b-vectors (N, 3).
@@ -163,7 +169,8 @@ def gradient_scheme(
     for index, shell in enumerate(shells):
         phi = k * np.pi * (3 - np.sqrt(5)) + index
         r = np.sqrt(1 - z * z)
-        bvals.append(np.full(directions, float(shell)))
+        spread = ((k * (np.sqrt(5) - 1) / 2) % 1) * 2 - 1  # in [-1, 1), scrambled
+        bvals.append(float(shell) + jitter * spread / np.abs(spread).max(initial=1.0))
         bvecs.append(np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1))
     return np.concatenate(bvals), np.concatenate(bvecs)
 
@@ -220,6 +227,7 @@ def make_phantom(
     b0_volumes: int = 2,
     directions: int = 30,
     shells: tuple[float, ...] = (1000.0,),
+    jitter: float = 0.0,
 ) -> Phantom:
     """Simulate a phantom subject in memory.
 
@@ -230,13 +238,16 @@ def make_phantom(
         seed: Random seed of the noise and of the per-subject eigenvalue scaling.
         b0_volumes: Number of b=0 volumes.
         directions: Directions per shell.
-        shells: b-values of the shells in s/mm².
+        shells: Nominal b-values of the shells in s/mm².
+        jitter: Spread of each shell's b-values (see `gradient_scheme`).
 
     Returns:
         The phantom.
     """
     rng = np.random.default_rng(seed)
-    bvals, bvecs = gradient_scheme(b0_volumes=b0_volumes, directions=directions, shells=shells)
+    bvals, bvecs = gradient_scheme(
+        b0_volumes=b0_volumes, directions=directions, shells=shells, jitter=jitter
+    )
     labels, direction = _tissues(shape)
     eigenvalues = _EIGENVALUES * (1 + 0.05 * rng.standard_normal(len(_EIGENVALUES)))[:, None]
     evals = eigenvalues[labels]
