@@ -10,12 +10,13 @@ or `kwneuro_pydra.pydra.run_subjects`. Installed as ``kwneuro_pydra.workflows``.
 - `kwneuro_pydra.workflows.phantom`: DWI phantoms with known tensors, for tests and the demo.
 """
 
-from ._result import DtiResult
+from ._result import DtiResult, FitRecord
 from .dti import FIT_METHODS, brain_mask, dti_pipeline, estimate_dti, mean_b0
 
 __all__ = [
     "FIT_METHODS",
     "DtiResult",
+    "FitRecord",
     "brain_mask",
     "dti_pipeline",
     "estimate_dti",
@@ -25,3 +26,4 @@ __all__ = [
 # Fingerprints and pickles name a class by its module: report the public one, so that
 # moving code between the private modules never changes a cache key.
 DtiResult.__module__ = __name__
+FitRecord.__module__ = __name__
