@@ -266,3 +266,29 @@ def test_the_bids_validator_finds_only_the_bep016_names(demo: Path) -> None:
     ]
     assert others == []
     assert any(i["code"] == "NOT_INCLUDED" for i in issues)
+
+
+@pytest.mark.filterwarnings("default:estimate_dti:UserWarning")  # the worker's stay warnings
+def test_shells_left_out_reach_the_console_from_a_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fit runs in a cf worker process: its Python warning stays there; the run says
+    the shells left out anyway (and again when the fit is served from the cache)."""
+    from kwneuro_pydra.workflows.phantom import write_phantom
+    from tests.bids_data import MASK
+
+    bids = tmp_path / "bids"
+    folder = bids / "sub-01" / "dwi"
+    folder.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "shells", "BIDSVersion": "1.10.0"})
+    )
+    write_phantom(*(folder / f"sub-01_dwi{s}" for s in (".nii.gz", ".bval", ".bvec")),
+                  shape=(16, 16, 10), shells=(1000.0, 3000.0), directions=12)  # fmt: skip
+    for _ in range(2):  # computed, then served from the cache
+        code = main(["run", str(bids), str(tmp_path / "out"), "participant", "--worker", "cf",
+                     *MASK])  # fmt: skip
+        assert code == 0
+        said = capsys.readouterr()
+        assert "sub-01: estimate_dti: fitting the tensor to b=1000" in said.out + said.err
+        assert "leaving out 12 volumes of b=3000" in said.out + said.err

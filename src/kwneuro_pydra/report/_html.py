@@ -6,6 +6,7 @@ import csv
 import html
 import inspect
 import io
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,8 @@ REFERENCES = {
 """The works the methods paragraph cites, by key, in citation order."""
 
 _PACKAGES = ("kwneuro-pydra", "pydra", "dipy", "numpy", "nibabel")
+
+_log = logging.getLogger("kwneuro_pydra.report")
 
 
 @attrs.frozen
@@ -224,8 +227,10 @@ def write_reports(
     `QC_TABLE`.
 
     Figures are hard-linked (copied across file systems) under ``sub-<label>/figures/`` and
-    referenced by relative links, so the folder can be moved or shared as a whole. The group
-    page ends with an About section (command line, worker, date, versions, the parameters
+    referenced by relative links, so the folder can be moved or shared as a whole. The fit's
+    warnings of each series (shells left out, ...) are logged (``kwneuro_pydra.report``), so
+    that they reach the console even when the fit ran in a worker or came from the cache.
+    The group page ends with an About section (command line, worker, date, versions, the parameters
     of each step) and a methods paragraph generated from what was run, with references.
 
     Args:
@@ -245,6 +250,9 @@ def write_reports(
         The pages written: the group page first, then one per subject.
     """
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for report in reports:  # said again here: a worker's or a cached fit's warnings are not
+        for note in report.stats.notes if report.stats is not None else ():
+            _log.warning("%s: %s", report.name, note)
     subtitle = f"{summary} · {stamp}"
     by_subject: dict[str, list[SeriesReport]] = {}
     for report in reports:
