@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +103,14 @@ def test_a_nan_bvec_of_a_weighted_volume_names_the_file(tmp_path: Path) -> None:
         write_dwi(tmp_path, phantom.signal, phantom.bvals, bvecs)
 
 
-def test_no_b0_volume_is_refused_naming_the_file(tmp_path: Path) -> None:
+def test_no_b0_volume_and_a_single_shell_fitted_is_refused_naming_the_file(
+    tmp_path: Path,
+) -> None:
     bvals, bvecs = gradient_scheme(b0_volumes=0, shells=(1000.0, 2000.0))
     dwi = write_dwi(tmp_path, np.ones((*SMALL, len(bvals))), bvals, bvecs)
-    with pytest.raises(ValueError, match=r"no b=0 volume in .*dwi\.bval .*add the b=0 volumes"):
+    with pytest.raises(
+        ValueError, match=r"no b=0 volume in .*dwi\.bval .*single shell fitted.*add the b=0"
+    ):
         estimate_dti(dwi)
     with pytest.raises(ValueError, match=r"mean_b0: no b=0 volume .*dwi\.bval"):
         mean_b0(dwi)
@@ -142,63 +148,84 @@ def test_count_mismatch_names_the_three_files(tmp_path: Path) -> None:
 
 
 def _check_fits_only_up_to(
-    tmp_path: Path, shells: tuple[float, ...], up_to: float, left_out: str, bmax: float = 1500
+    tmp_path: Path, shells: tuple[float, ...], up_to: float, *left_out: str, bmax: float = 1500
 ) -> Dwi:
-    """Fitting a phantom of ``shells`` warns ``left_out`` and equals fitting b <= ``up_to``."""
+    """Fitting a phantom of ``shells`` warns each of ``left_out`` (and nothing else) and
+    equals fitting b <= ``up_to``."""
     phantom = make_phantom(SMALL, seed=3, shells=shells)
     dwi = write_dwi(tmp_path, phantom.signal, phantom.bvals, phantom.bvecs)
-    with pytest.warns(UserWarning, match=left_out):
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         fitted = estimate_dti(dwi, bmax=bmax)
+    messages = [str(w.message) for w in warned]
+    assert len(messages) == len(left_out), messages
+    for pattern, message in zip(left_out, messages, strict=True):
+        assert re.search(pattern, message), (pattern, message)
     low = phantom.bvals <= up_to
     alone = Dwi(
         InMemoryVolumeResource(phantom.signal[..., low]),
         InMemoryBvalResource(phantom.bvals[low]),
         InMemoryBvecResource(phantom.bvecs[low]),
     )
-    for name, values in arrays(estimate_dti(alone, bmax=bmax)).items():
+    for name, values in arrays(estimate_dti(alone, bmax=max(bmax, up_to))).items():
         np.testing.assert_array_equal(arrays(fitted)[name], values, err_msg=name)
     return dwi
 
 
 def test_multi_shell_fits_shells_up_to_bmax_and_names_those_left_out(tmp_path: Path) -> None:
-    left_out = r"leaving out 60 volumes of b=2000, 3000 s/mm² \(.*dwi\.bval\).*bmax \(now 1500"
+    left_out = (
+        r"leaving out 60 volumes of b=2000 \(30 volumes\), b=3000 \(30 volumes\) "
+        r"\(.*dwi\.bval\), whose nominal b-value is above bmax=1500"
+    )
     dwi = _check_fits_only_up_to(tmp_path, (1000.0, 2000.0, 3000.0), 1000, left_out)
-    with pytest.warns(UserWarning, match=r"leaving out 30 volumes of b=3000 s/mm²"):
+    with pytest.warns(UserWarning, match=left_out):
+        multi = estimate_dti(dwi)
+    assert multi.fit is not None
+    assert multi.fit.shells == ((1000.0, 30),)
+    assert multi.fit.left_out == ((2000.0, 30), (3000.0, 30))
+    assert any("leaving out 60 volumes" in note for note in multi.fit.notes)
+    with pytest.warns(UserWarning, match=r"leaving out 30 volumes of b=3000 \(30 volumes\)"):
         estimate_dti(dwi, bmax=2500)
 
 
 def test_only_shells_above_bmax_fit_the_lowest_and_name_the_others(tmp_path: Path) -> None:
-    left_out = r"fitting the tensor to b=2000 s/mm².*leaving out 30 volumes of b=3000 s/mm²"
-    _check_fits_only_up_to(tmp_path, (2000.0, 3000.0), 2000, left_out, bmax=1500)
+    lowest = r"no shell .* is at most bmax=1500 s/mm²; fitting the lowest, b=2000 .*biased"
+    left_out = r"fitting the tensor to b=2000 .*leaving out 30 volumes of b=3000 \(30 volumes\)"
+    _check_fits_only_up_to(tmp_path, (2000.0, 3000.0), 2000, lowest, left_out, bmax=1500)
 
 
-def test_a_shell_just_above_bmax_is_left_out(tmp_path: Path) -> None:
-    left_out = r"fitting the tensor to b=500 s/mm².*leaving out 30 volumes of b=1001 s/mm²"
-    _check_fits_only_up_to(tmp_path, (500.0, 1001.0), 1000, left_out, bmax=1000)
+def test_a_shell_beyond_bmax_and_its_tolerance_is_left_out(tmp_path: Path) -> None:
+    # A shell is in when its nominal b-value is within SHELL_TOLERANCE (20) of bmax.
+    left_out = r"fitting the tensor to b=500 .*leaving out 30 volumes of b=1021 \(30 volumes\)"
+    _check_fits_only_up_to(tmp_path, (500.0, 1021.0), 1000, left_out, bmax=1000)
 
 
-def test_a_single_shell_above_bmax_is_fitted_as_it_is() -> None:
-    dwi = dipy_dwi("small_25")  # b=2000 only; any warning would fail this test
+def test_a_single_shell_above_bmax_is_fitted_with_a_warning_that_it_is_biased() -> None:
+    dwi = dipy_dwi("small_25")  # b=2000 only
     assert np.asarray(dwi.bval.get()).max() == 2000
-    result = estimate_dti(dwi)
-    assert 3e-4 < np.median(result.md.get_array()) < 3e-3
+    with pytest.warns(UserWarning, match=r"fitting the lowest, b=2000 .*biased at high b"):
+        result = estimate_dti(dwi)
+    assert 3e-4 < np.nanmedian(result.md.get_array()) < 3e-3
+    assert result.fit is not None and result.fit.shells == ((2000.0, 25),)
 
 
-def test_nan_and_infinite_samples_leave_their_voxels_at_zero_with_a_warning() -> None:
+def test_nan_and_infinite_samples_leave_their_voxels_nan_with_a_warning() -> None:
     phantom = make_phantom(SMALL, seed=4)
-    clean = arrays(estimate_dti(phantom.dwi()))
+    table = (InMemoryBvalResource(phantom.bvals), InMemoryBvecResource(phantom.bvecs))
+    clean = arrays(estimate_dti(Dwi(InMemoryVolumeResource(phantom.signal), *table)))
     signal = phantom.signal.copy()
     signal[8, 8, 4, 3] = np.nan
     signal[9, 8, 4, 0] = np.inf
     signal[10, 8, 4, :] = np.nan
-    dwi = Dwi(InMemoryVolumeResource(signal), InMemoryBvalResource(phantom.bvals),
-              InMemoryBvecResource(phantom.bvecs))  # fmt: skip
+    dwi = Dwi(InMemoryVolumeResource(signal), *table)
     with pytest.warns(UserWarning, match=r"3 voxels of in memory have NaN or infinite samples"):
-        result = arrays(estimate_dti(dwi))
+        fitted = estimate_dti(dwi)
+    assert fitted.fit is not None and fitted.fit.unfitted == 3
+    result = arrays(fitted)
     bad = np.zeros(SMALL, bool)
     bad[8:11, 8, 4] = True
     for name, values in result.items():
-        assert (values[bad] == 0).all(), name
+        assert np.isnan(values[bad]).all(), name
         np.testing.assert_array_equal(values[~bad], clean[name][~bad], err_msg=name)
 
 
@@ -217,14 +244,22 @@ def test_negative_samples_are_clipped_like_dipy_with_a_warning() -> None:
     np.testing.assert_allclose(result.evals.get_array()[4:8, 8, 4], dipy_fit[:, :3], rtol=1e-5)
 
 
-def test_all_zero_voxels_give_fa_0_and_md_0() -> None:
+def test_all_zero_voxels_of_the_mask_are_nan_and_counted_and_outside_it_0() -> None:
     phantom = make_phantom(SMALL, seed=4, snr=float("inf"))  # background exactly 0
     background = phantom.truth.labels == 0
-    result = arrays(estimate_dti(phantom.dwi()))  # no mask: every voxel is fitted
-    assert background.sum() > 100
+    fitted = estimate_dti(phantom.dwi())  # no mask: every voxel is tried, none warns
+    assert fitted.fit is not None and fitted.fit.unfitted == background.sum() > 100
+    result = arrays(fitted)
     for name, values in result.items():
-        assert (values[background] == 0).all(), name
+        assert np.isnan(values[background]).all(), name
     assert (result["fa"][~background] > 0).all()
+    inside = InMemoryVolumeResource((~background).astype(np.uint8))
+    masked = arrays(estimate_dti(phantom.dwi(), inside))  # none in the mask: no warning
+    for name, values in masked.items():
+        assert (values[background] == 0).all(), name
+    inside = InMemoryVolumeResource(np.ones(SMALL, np.uint8))
+    with pytest.warns(UserWarning, match=rf"{background.sum()} voxels .* no sample above 0"):
+        estimate_dti(phantom.dwi(), inside)
 
 
 def test_bad_parameters_are_refused_naming_them() -> None:
@@ -255,8 +290,15 @@ def test_noise_free_phantom_gives_its_true_fa_md_and_directions() -> None:
     np.testing.assert_allclose(result["fa"][brain], truth.fa[brain], atol=1e-5)
     np.testing.assert_allclose(result["md"][brain], truth.md[brain], rtol=1e-5)
     bundles = np.isin(labels, [3, 4, 5])
-    cosines = np.abs((result["evecs"][..., 0] * truth.direction).sum(axis=-1))
+    # the b-vectors are FSL's for a positive-determinant affine: x mirrored (dipy's frame)
+    mirrored = truth.direction * np.array([-1, 1, 1], np.float32)
+    cosines = np.abs((result["evecs"][..., 0] * mirrored).sum(axis=-1))
     np.testing.assert_allclose(cosines[bundles], 1, atol=1e-5)
+    world = arrays(estimate_dti(phantom.dwi(), frame="world"))
+    cosines = np.abs((world["evecs"][..., 0] * truth.direction).sum(axis=-1))
+    np.testing.assert_allclose(cosines[bundles], 1, atol=1e-5)
+    for name in ("fa", "md", "evals", "s0", "color_fa"):
+        np.testing.assert_array_equal(world[name], result[name], err_msg=name)
     s0 = np.array([0, 1200, 1000, 1000, 1000, 1000, 2000])[labels]
     np.testing.assert_allclose(result["s0"][brain], s0[brain], rtol=1e-5)
 

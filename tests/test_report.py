@@ -159,7 +159,7 @@ def test_the_b0_mosaic_outlines_the_mask_in_red(tmp_path: Path) -> None:
     red = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.3)
     white = pixels.min(axis=-1) > 0.9
     assert red.any() and white.any()
-    assert pixels.shape[0] == 3 * (3 * 20 + 3 * 4)  # three planes, enlarged 3x (~64 px tiles)
+    assert pixels.shape[0] == 3 * (3 * 20) + 4 * 6  # three planes 3x (~64 px), 6 px gaps
 
 
 def test_the_gradient_sphere_draws_a_multi_shell_table(tmp_path: Path) -> None:

@@ -48,20 +48,48 @@ class Derivative:
         entities: What follows the source entities, e.g. ``model-tensor_param-fa_dwimap``.
         description: The sidecar's ``Description``.
         units: The sidecar's ``Units``, or "" when the map has none.
+        sidecar: More sidecar fields (the mask's ``Type``).
+        oriented: The map holds vectors or a tensor: its sidecar states their frame.
     """
 
     output: str
     entities: str
     description: str
     units: str = ""
+    sidecar: Mapping[str, Any] = attrs.field(factory=dict)
+    oriented: bool = False
 
 
-def _tensor(param: str, description: str, units: str = "") -> Derivative:
-    return Derivative(param, f"model-tensor_param-{param}_dwimap", description, units)
+def _tensor(
+    param: str, description: str, units: str = "", *, oriented: bool = False
+) -> Derivative:
+    entities = f"model-tensor_param-{param.replace('_', '')}_dwimap"
+    return Derivative(param, entities, description, units, oriented=oriented)
 
+
+FRAMES = {
+    "bvec": "The frame of the b-vectors, as dipy gives it: FSL's convention, the image's voxel "
+    "axes with the first axis mirrored when the affine's determinant is positive. World "
+    "(scanner RAS+) vectors are R @ F @ v, R the affine's rotation, F = diag(-1, 1, 1) for a "
+    "positive determinant and the identity otherwise.",
+    "world": "World (scanner, RAS+) coordinates, as MRtrix gives them: x left to right, y "
+    "posterior to anterior, z inferior to superior.",
+}
+"""The sidecars' ``CoordinateFrame`` of oriented maps, by `estimate_dti`'s ``frame``."""
+
+UNFITTED = (
+    "0 outside the brain mask; NaN inside it where the tensor could not be fitted (a NaN, "
+    "infinite or no positive sample), counted in UnfittedVoxels"
+)
+"""The sidecars' ``UnfittedValue`` of the tensor maps."""
 
 DERIVATIVES: tuple[Derivative, ...] = (
-    Derivative("mask", "desc-brain_mask", "Brain mask (1 inside the brain), median-Otsu"),
+    Derivative(
+        "mask",
+        "desc-brain_mask",
+        "Brain mask (1 inside the brain), median-Otsu",
+        sidecar={"Type": "Brain"},
+    ),
     _tensor("fa", "Fractional anisotropy of the diffusion tensor"),
     _tensor("md", "Mean diffusivity: the mean eigenvalue of the tensor", "mm^2/s"),
     _tensor("ad", "Axial diffusivity: the largest eigenvalue of the tensor", "mm^2/s"),
@@ -71,9 +99,17 @@ DERIVATIVES: tuple[Derivative, ...] = (
         "tensor",
         "The tensor's six elements (4th axis) in dipy's order Dxx, Dxy, Dyy, Dxz, Dyz, Dzz",
         "mm^2/s",
+        oriented=True,
     ),
     _tensor("evals", "Eigenvalues in descending order (4th axis)", "mm^2/s"),
-    _tensor("evecs", "Eigenvectors as columns (axes 4 and 5: component, eigenvector)"),
+    _tensor(
+        "evecs", "Eigenvectors as columns (axes 4 and 5: component, eigenvector)", oriented=True
+    ),
+    _tensor(
+        "color_fa",
+        "Colour FA: |principal eigenvector in world axes| x FA, RGB in [0, 1] (4th axis): red "
+        "left-right, green anterior-posterior, blue inferior-superior",
+    ),
 )
 """Pipeline output -> BIDS-Derivatives name (BEP016 for model maps); one line per map."""
 
@@ -128,12 +164,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         UnsafeFileError: ``path`` is a symbolic link (refused, never followed).
         OSError: The file cannot be written (the error names it and the cause).
     """
-    text = _text(data)
-    with contextlib.suppress(OSError):
-        if read_regular(path) == text:
-            return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text)
+    _write_bytes(path, _text(data))
 
 
 TEMPORARY_AGE = 3600.0
@@ -182,7 +213,8 @@ def _text(data: Mapping[str, Any]) -> bytes:
 def write_dataset_description(
     output_dir: Path, bids_dir: Path, *, version: str, source_name: str | None = None
 ) -> Path:
-    """Write ``OUTPUT_DIR/dataset_description.json`` of a derivative dataset.
+    """Write ``OUTPUT_DIR/dataset_description.json`` of a derivative dataset, its README and
+    its ``.bidsignore`` (the report, its figures and tables, the options record).
 
     Args:
         output_dir: The derivatives folder.
@@ -212,7 +244,54 @@ def write_dataset_description(
             "DatasetLinks": {"raw": raw},
         },
     )
+    _write_bytes(output_dir / ".bidsignore", BIDSIGNORE.encode())
+    _write_bytes(
+        output_dir / "README.md", README.format(source=source_name or bids_dir.name).encode()
+    )
     return path
+
+
+BIDSIGNORE = """\
+# The visual report and its figures (any `figures` folder: the validator's patterns match
+# folders without a trailing slash), the group's QC table and the run's options record are
+# not BIDS files (see README.md).
+*.html
+figures
+group_*
+kwneuro-pydra-options.json
+"""
+"""``OUTPUT_DIR/.bidsignore``: what the BIDS validator is not to check."""
+
+README = """\
+# kwneuro-pydra DTI derivatives of {source}
+
+Diffusion tensor maps and brain masks of every DWI series of the source dataset, written by
+kwneuro-pydra (`kwneuro-pydra run`), with a visual report.
+
+- `sub-<label>/[ses-<label>/]dwi/`: the brain mask (`desc-brain_mask`) and the tensor maps
+  named after BEP016 (`model-tensor_param-<fa|md|ad|rd|s0|tensor|evals|evecs|colorfa>_dwimap`),
+  each with a JSON sidecar: description, units, the fit's method, shells fitted and left
+  out, unfitted voxels, warnings, and the run's parameters.
+- Values: 0 outside the brain mask; NaN inside it where the tensor could not be fitted (a
+  NaN, infinite or no positive sample). Diffusivities in mm^2/s.
+- Frames: eigenvectors and the tensor are in the frame of the b-vectors (dipy's: FSL's
+  convention, voxel axes with the first mirrored for a positive-determinant affine) unless
+  the sidecar's `CoordinateFrame` says world; colour FA is in world axes (red left-right,
+  green anterior-posterior, blue inferior-superior).
+- `report.html`, `sub-<label>.html`, `figures/`, `sub-<label>/figures/`: the visual report;
+  `group_desc-qc_dwi.tsv`: its numbers per series; `kwneuro-pydra-options.json`: the run's
+  options. These are listed in `.bidsignore`.
+"""
+"""``OUTPUT_DIR/README.md`` (``{source}``: the source dataset's name)."""
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; untouched when it already holds the same."""
+    with contextlib.suppress(OSError):
+        if read_regular(path) == data:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
 
 
 def derivative_path(
@@ -244,6 +323,7 @@ def write_derivatives(
     output_dir: Path,
     *,
     parameters: Mapping[str, Any],
+    fit: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Link a series' outputs into ``output_dir`` under BIDS-Derivatives names, with sidecars.
 
@@ -254,12 +334,16 @@ def write_derivatives(
     writer is killed: when the sidecar changes (other parameters), the old image is removed
     first, the sidecar written, then the new image linked (a kill leaves the image missing
     until the next run, never an image beside another run's sidecar).
+    The sidecars of the tensor maps say what the fit did
+    (``fit``: shells fitted and left out, unfitted voxels, warnings), what unfitted voxels
+    hold, and, for eigenvectors and the tensor, their coordinate frame.
 
     Args:
         series: The source series.
         outputs: Output name -> file-backed result.
         output_dir: The derivatives folder.
         parameters: The pipeline's options, recorded in every sidecar.
+        fit: The fit's record as a mapping (``dataclasses.asdict(DtiResult.fit)``), or None.
 
     Returns:
         The derivative image files written or refreshed.
@@ -277,6 +361,11 @@ def write_derivatives(
         }
         if row.units:
             sidecar["Units"] = row.units
+        sidecar.update(row.sidecar)
+        if row.output == "mask":  # in the DWI's space (no space entity): name the image
+            sidecar["SpatialReference"] = f"bids:raw:{series.source}"
+        else:
+            sidecar.update(_fit_fields(fit, oriented=row.oriented))
         sidecar["Parameters"] = dict(parameters)
         json_path = target.with_name(target.name.removesuffix(extension) + ".json")
         with contextlib.suppress(OSError):
@@ -286,3 +375,21 @@ def write_derivatives(
         place(source, target)
         written.append(target)
     return written
+
+
+def _fit_fields(fit: Mapping[str, Any] | None, *, oriented: bool) -> dict[str, Any]:
+    """The sidecar fields of a tensor map: unfitted voxels, frame, and the fit's record."""
+    fields: dict[str, Any] = {"UnfittedValue": UNFITTED}
+    if oriented:
+        fields["CoordinateFrame"] = FRAMES[fit["frame"] if fit else "bvec"]
+    if fit:
+        shells = [{"BValue": b, "Volumes": n} for b, n in fit["shells"]]
+        fields.update(
+            FitMethod=fit["method"],
+            B0Volumes=fit["b0_volumes"],
+            ShellsFitted=shells,
+            ShellsLeftOut=[{"BValue": b, "Volumes": n} for b, n in fit["left_out"]],
+            UnfittedVoxels=fit["unfitted"],
+            Warnings=list(fit["notes"]),
+        )
+    return fields

@@ -6,7 +6,8 @@
   store them with the `PNG` and `STATS` specs. matplotlib (Agg canvas, never a display) is
   imported only when a figure is drawn.
 - `write_reports` writes ``OUTPUT_DIR/sub-<label>.html`` per subject (figures under
-  ``sub-<label>/figures/``) and ``OUTPUT_DIR/report.html`` for the group.
+  ``sub-<label>/figures/``), ``OUTPUT_DIR/report.html`` for the group (with a methods
+  paragraph, references and an About section) and ``OUTPUT_DIR/group_desc-qc_dwi.tsv``.
 """
 
 from kwneuro_pydra.report._figures import (

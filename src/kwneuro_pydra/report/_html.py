@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import inspect
+import io
+import logging
 import math
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -15,7 +21,30 @@ from kwneuro_pydra._files import write_atomic
 from kwneuro_pydra.bids import place
 from kwneuro_pydra.report._figures import SeriesStats
 
-__all__ = ["SeriesReport", "StepRecord", "write_reports"]
+__all__ = ["QC_TABLE", "REFERENCES", "SeriesReport", "StepRecord", "write_reports"]
+
+QC_TABLE = "group_desc-qc_dwi.tsv"
+"""The group's machine-readable numbers, one row per series, in the output folder."""
+
+REFERENCES = {
+    "basser": "Basser PJ, Mattiello J, LeBihan D. MR diffusion tensor spectroscopy and "
+    "imaging. Biophys J. 1994;66(1):259-267. doi:10.1016/S0006-3495(94)80775-1",
+    "chung": "Chung S, Lu Y, Henry RG. Comparison of bootstrap approaches for estimation of "
+    "uncertainties of DTI parameters. NeuroImage. 2006;33(2):531-541. "
+    "doi:10.1016/j.neuroimage.2006.07.001",
+    "otsu": "Otsu N. A threshold selection method from gray-level histograms. IEEE Trans "
+    "Syst Man Cybern. 1979;9(1):62-66. doi:10.1109/TSMC.1979.4310076",
+    "dipy": "Garyfallidis E, Brett M, Amirbekian B, et al. Dipy, a library for the analysis "
+    "of diffusion MRI data. Front Neuroinform. 2014;8:8. doi:10.3389/fninf.2014.00008",
+    "bids": "Gorgolewski KJ, Auer T, Calhoun VD, et al. The brain imaging data structure, a "
+    "format for organizing and describing outputs of neuroimaging experiments. Sci Data. "
+    "2016;3:160044. doi:10.1038/sdata.2016.44",
+}
+"""The works the methods paragraph cites, by key, in citation order."""
+
+_PACKAGES = ("kwneuro-pydra", "pydra", "dipy", "numpy", "nibabel")
+
+_log = logging.getLogger("kwneuro_pydra.report")
 
 
 @attrs.frozen
@@ -68,7 +97,7 @@ _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2430;
 background:#f6f7f9}
 header{background:#1d2430;color:#fff;padding:14px 28px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;color:#b8c0cc;font-size:13px}main{padding:18px 28px;max-width:1200px}
+header p{margin:4px 0 0;color:#b8c0cc;font-size:13px}main{padding:18px 28px}
 section{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:14px 18px;
 margin:0 0 18px}h2{font-size:17px;margin:0 0 10px}h3{font-size:14px;margin:14px 0 6px}
 table{border-collapse:collapse;font-size:13px}td,th{padding:4px 10px;text-align:left;
@@ -78,12 +107,14 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .warn{background:#fff6e0;border-left:4px solid #e0a100;padding:6px 10px;margin:6px 0}
 .error{background:#fdecea;border-left:4px solid #b3261e;padding:6px 10px;margin:6px 0;
 font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap}
-figure{margin:8px 0 14px}figure img{max-width:min(100%,640px);border:1px solid #dde1e7;
-background:#000}figcaption{color:#5a6472;font-size:12px;margin-top:2px}
+figure{margin:8px 0 14px;flex:1 1 520px;max-width:100%}figure img{width:100%;
+border:1px solid #dde1e7;background:#000;image-rendering:pixelated}
+figure.small{flex:0 1 360px}figure.small img{image-rendering:auto}
+figcaption{color:#5a6472;font-size:12px;margin-top:2px}
 .grid{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 img.thumb{width:200px;border:1px solid #dde1e7;background:#000}a{color:#1a5fb4}
 .thumbs{display:flex;gap:8px;flex-wrap:nowrap}td.name{white-space:nowrap}
-.muted{color:#7a8391}
+.muted{color:#7a8391}ol.refs{font-size:12px;color:#3a4350}code{font-size:12px}
 """
 
 
@@ -118,22 +149,33 @@ def _series_section(report: SeriesReport, figures: Mapping[str, str]) -> str:
     if report.stats is not None:
         stats = report.stats
         shells = ", ".join(f"b={b:g} ({n})" for b, n in stats.shells)
-        parts.append(
-            '<table><tr><th>Voxels in mask</th><td class="n">'
-            f'{stats.voxels:,}</td></tr><tr><th>Mask volume</th><td class="n">'
-            f'{stats.volume_ml:.1f} mL</td></tr><tr><th>Median FA</th><td class="n">'
-            f'{_number(stats.median_fa)}</td></tr><tr><th>Median MD</th><td class="n">'
-            f"{_number(stats.median_md * 1e3)} &times; 10<sup>-3</sup> mm&sup2;/s</td></tr>"
-            f"<tr><th>Volumes</th><td>{html.escape(shells)}</td></tr></table>"
-        )
-        for warning in stats.warnings:
+        numbers = [
+            ("Voxels in mask", f"{stats.voxels:,}"),
+            ("Mask volume", f"{stats.volume_ml:.1f} mL"),
+            ("Unfitted voxels (NaN)", f"{stats.unfitted:,}"),
+            ("Median FA", _number(stats.median_fa)),
+            ("Median MD", f"{_number(stats.median_md * 1e3)} &times; 10<sup>-3</sup> mm&sup2;/s"),
+        ]
+        table = "".join(f'<tr><th>{k}</th><td class="n">{v}</td></tr>' for k, v in numbers)
+        table += f"<tr><th>Volumes in the DWI</th><td>{html.escape(shells)}</td></tr>"
+        if stats.fitted_shells:
+            table += (
+                f"<tr><th>Fitted ({html.escape(stats.method)})</th>"
+                f"<td>{html.escape(_shells(stats.fitted_shells))}</td></tr>"
+                f"<tr><th>Left out</th><td>{html.escape(_shells(stats.left_out) or 'none')}"
+                "</td></tr>"
+            )
+        parts.append(f"<table>{table}</table>")
+        for warning in (*stats.notes, *stats.warnings):
             parts.append(f'<div class="warn">Warning: {html.escape(warning)}</div>')
     if figures:
         parts.append('<div class="grid">')
         for label, (_, caption) in report.figures.items():
+            size = ' class="small"' if label == "gradients" else ""
             parts.append(
-                f'<figure><img src="{html.escape(figures[label])}" alt="{html.escape(caption)}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                f'<figure{size}><img src="{html.escape(figures[label])}" '
+                f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+                "</figcaption></figure>"
             )
         parts.append("</div>")
     if report.steps:
@@ -151,6 +193,11 @@ def _series_section(report: SeriesReport, figures: Mapping[str, str]) -> str:
         parts.append(f"<h3>Derivatives</h3><ul>{items}</ul>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _shells(pairs: Sequence[tuple[float, int]]) -> str:
+    """``b=0 (2), b=1000 (30)``."""
+    return ", ".join(f"b={b:g} ({n})" for b, n in pairs)
 
 
 def _place_figures(report: SeriesReport, output_dir: Path) -> dict[str, str]:
@@ -172,11 +219,20 @@ def write_reports(
     summary: str,
     distributions: Path | None = None,
     steps_table: Sequence[tuple[str, int, int, int, float]] = (),
+    command: Sequence[str] = (),
+    worker: str = "",
+    parameters: Mapping[str, Any] | None = None,
+    steps: Sequence[Callable[..., Any]] = (),
 ) -> list[Path]:
-    """Write ``sub-<label>.html`` for every subject and the group's ``report.html``.
+    """Write ``sub-<label>.html`` for every subject, the group's ``report.html`` and its
+    `QC_TABLE`.
 
     Figures are hard-linked (copied across file systems) under ``sub-<label>/figures/`` and
-    referenced by relative links, so the folder can be moved or shared as a whole.
+    referenced by relative links, so the folder can be moved or shared as a whole. The fit's
+    warnings of each series (shells left out, ...) are logged (``kwneuro_pydra.report``), so
+    that they reach the console even when the fit ran in a worker or came from the cache.
+    The group page ends with an About section (command line, worker, date, versions, the parameters
+    of each step) and a methods paragraph generated from what was run, with references.
 
     Args:
         output_dir: The derivatives folder.
@@ -185,11 +241,19 @@ def write_reports(
         summary: One line under the heading (dataset, date, options).
         distributions: The group's FA/MD distributions figure, if any series succeeded.
         steps_table: Per step: ``(step, computed, reused, failed, seconds)``.
+        command: The command line that ran (``sys.argv``), shown in About.
+        worker: The Pydra worker that ran the steps, shown in About.
+        parameters: The run's options by name (``fit_method``, ``bmax``, ``median_radius``
+            ...); each step's parameters are its signature's defaults overlaid with these.
+        steps: The steps that ran (``bids_app.STEPS``), for their parameters.
 
     Returns:
         The pages written: the group page first, then one per subject.
     """
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for report in reports:  # said again here: a worker's or a cached fit's warnings are not
+        for note in report.stats.notes if report.stats is not None else ():
+            _log.warning("%s: %s", report.name, note)
     subtitle = f"{summary} · {stamp}"
     by_subject: dict[str, list[SeriesReport]] = {}
     for report in reports:
@@ -202,10 +266,130 @@ def write_reports(
         page = output_dir / f"sub-{subject}.html"
         _write(page, _page(f"sub-{subject}", subtitle, body))
         pages.append(page)
+    step_parameters = _step_parameters(steps, parameters or {})
+    about = _about(command, worker, stamp, step_parameters)
+    methods = _methods(reports, step_parameters)
+    _write_qc_table(output_dir / QC_TABLE, reports)
     _write(pages[0], _page(title, subtitle, _group_body(
         by_subject, figures, output_dir, distributions, steps_table
-    )))  # fmt: skip
+    ) + methods + about))  # fmt: skip
     return pages
+
+
+def _step_parameters(
+    steps: Sequence[Callable[..., Any]], parameters: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Per step: its keyword parameters, defaults overlaid with the run's options."""
+    found: dict[str, dict[str, Any]] = {}
+    for step in steps:
+        signature = inspect.signature(inspect.unwrap(step))
+        keywords = {
+            name: parameters.get(name, p.default)
+            for name, p in signature.parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        if keywords:
+            found[getattr(step, "__name__", str(step))] = keywords
+    return found
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in _PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _about(
+    command: Sequence[str], worker: str, stamp: str, steps: Mapping[str, Mapping[str, Any]]
+) -> str:
+    rows = [
+        ("Command line", f"<code>{html.escape(' '.join(command)) or 'not recorded'}</code>"),
+        ("Worker", html.escape(worker or "not recorded")),
+        ("Date", stamp),
+        *((f"{name} version", html.escape(v)) for name, v in _versions().items()),
+        *(
+            (f"<code>{html.escape(step)}</code>", html.escape(
+                ", ".join(f"{k}={v!r}" for k, v in values.items())))
+            for step, values in steps.items()
+        ),
+    ]  # fmt: skip
+    table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<section id="about"><h2>About this run</h2><table>{table}</table></section>'
+
+
+def _methods(reports: Sequence[SeriesReport], steps: Mapping[str, Mapping[str, Any]]) -> str:
+    """The methods paragraph, from what was run: the fit's record of each series (method,
+    bmax, shells fitted and left out) and, when the run gave them, the mask's parameters."""
+    done = [r.stats for r in reports if r.stats is not None and r.stats.method]
+    if not done:
+        return ""
+    methods = sorted({s.method for s in done})
+    schemes: dict[str, int] = {}
+    for stats in done:
+        left = f" (left out: {_shells(stats.left_out)})" if stats.left_out else ""
+        key = f"{_shells(stats.fitted_shells)}{left}"
+        schemes[key] = schemes.get(key, 0) + 1
+    shells = "; ".join(
+        f"{scheme} in {count} series" if len(schemes) > 1 else scheme
+        for scheme, count in schemes.items()
+    )
+    limits = sorted({(s.bmax, s.shell_tolerance) for s in done})
+    how = {
+        "WLS": "weighted least squares of the log-signal, weighted by the signal that an "
+        "ordinary least-squares fit predicts [2]",
+        "OLS": "ordinary least squares of the log-signal",
+    }
+    mask = steps.get("brain_mask")
+    mask_text = (
+        f" (median filter radius {mask.get('median_radius')} voxels, "
+        f"{mask.get('numpass')} passes, {mask.get('dilate')} dilations"
+        + (", largest component with holes filled)" if mask.get("finalize_mask") else ")")
+        if mask
+        else ""
+    )
+    versions = _versions()
+    text = (
+        f"Diffusion tensors [1] were fitted with kwneuro-pydra {versions['kwneuro-pydra']} "
+        f"by {' and '.join(how[m] for m in methods)}, as dipy does [4], inside a brain mask "
+        f"computed by median-Otsu [3, 4] of the mean b=0 image{mask_text}. b-values were "
+        "grouped into shells (sorted neighbours at most "
+        f"{' or '.join(f'{t:g}' for _, t in limits)} s/mm² apart) and each shell was fitted "
+        f"whole when its median b-value was at most {' or '.join(f'{b:g}' for b, _ in limits)}"
+        f" s/mm². Volumes fitted: {shells}. Voxels of the mask with a NaN, infinite or no "
+        "positive sample were not fitted (NaN in every map). FA, MD, AD and RD were computed "
+        "from the eigenvalues; colour FA is the principal eigenvector in world axes times FA. "
+        "Outputs follow BIDS-Derivatives [5] (BEP016 names for the model maps)."
+    )
+    references = "".join(f"<li>{html.escape(r)}</li>" for r in REFERENCES.values())
+    return (
+        f'<section id="methods"><h2>Methods</h2><p>{html.escape(text)}</p>'
+        f'<ol class="refs">{references}</ol></section>'
+    )
+
+
+def _write_qc_table(path: Path, reports: Sequence[SeriesReport]) -> None:
+    """One row per series: mask size, medians, unfitted voxels, shells fitted and left out."""
+    buffer = io.StringIO()
+    table = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    table.writerow(["series", "status", "voxels_in_mask", "mask_volume_ml", "median_fa",
+                    "median_md_mm2_per_s", "unfitted_voxels", "shells_fitted",
+                    "shells_left_out"])  # fmt: skip
+    for report in reports:
+        stats = report.stats
+        if stats is None:
+            table.writerow([report.name, "failed", *["n/a"] * 7])
+            continue
+        table.writerow([
+            report.name, "ok", stats.voxels, f"{stats.volume_ml:.3f}", f"{stats.median_fa:.6g}",
+            f"{stats.median_md:.6g}", stats.unfitted,
+            " ".join(f"{b:g}:{n}" for b, n in stats.fitted_shells) or "n/a",
+            " ".join(f"{b:g}:{n}" for b, n in stats.left_out) or "none",
+        ])  # fmt: skip
+    _write(path, buffer.getvalue())
 
 
 def _group_body(
@@ -277,7 +461,9 @@ def _group_body(
     parts.append(
         "<section><h2>Series</h2><table><tr><th>Series</th><th>Status</th><th>Voxels in mask"
         "</th><th>Median FA</th><th>Median MD (10<sup>-3</sup> mm&sup2;/s)</th>"
-        f"<th>Mean b0 + mask, FA</th></tr>{''.join(rows)}</table></section>"
+        f"<th>Mean b0 + mask, FA</th></tr>{''.join(rows)}</table>"
+        f'<p class="muted">The numbers as a table: <a href="{QC_TABLE}">{QC_TABLE}</a> '
+        "(tab-separated; shells as <code>b:volumes</code>).</p></section>"
     )
     return "".join(parts)
 

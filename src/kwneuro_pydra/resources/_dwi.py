@@ -19,11 +19,11 @@ from kwneuro_pydra.resources._volume import NiftiVolumeResource, VolumeResource
 if TYPE_CHECKING:
     import dipy.core.gradients
 
-BVEC_NORM_TOLERANCE = 1e-3
+BVEC_NORM_TOLERANCE = 1e-2
 """Largest accepted deviation from 1 of the norm of a b-vector whose b-value is not 0.
 
-FSL text files usually carry 6 decimals, and scanner exports are often rounded further;
-dipy's `gradient_table` accepts the same order of deviation.
+dipy's `gradient_table` ``atol``: FSL text files usually carry 6 decimals, but scanner
+exports are often rounded to 2 (norms 0.993 to 1.006); the tensor fit normalises them.
 """
 
 B0_THRESHOLD = 50.0

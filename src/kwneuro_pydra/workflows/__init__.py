@@ -13,13 +13,14 @@ or `kwneuro_pydra.pydra.run_subjects`. Installed as ``kwneuro_pydra.workflows``.
   with its true brain mask, to judge masks.
 """
 
-from ._result import DtiResult
+from ._result import DtiResult, FitRecord
 from .dti import FIT_METHODS, MASK_METHODS, brain_mask, dti_pipeline, estimate_dti, mean_b0
 
 __all__ = [
     "FIT_METHODS",
     "MASK_METHODS",
     "DtiResult",
+    "FitRecord",
     "brain_mask",
     "dti_pipeline",
     "estimate_dti",
@@ -29,3 +30,4 @@ __all__ = [
 # Fingerprints and pickles name a class by its module: report the public one, so that
 # moving code between the private modules never changes a cache key.
 DtiResult.__module__ = __name__
+FitRecord.__module__ = __name__

@@ -15,6 +15,12 @@ Everything here follows ``dipy.reconst.dti`` (dipy 1.12) and is checked against 
   (dipy's ``min_diffusivity`` for these fits); eigenvectors are columns;
 - the tensor returned is rebuilt from the clipped eigenvalues (dipy's ``quadratic_form``).
 
+Frames: the fit is in the frame of the b-vectors (dipy's). ``rotation`` (`world_rotation`
+of the affine) takes the principal eigenvector to world axes for the colour FA, which is
+always in world axes; with ``world=True`` the eigenvectors and the tensor are rotated too.
+Rotating after the fit, not the b-vectors before it, keeps dipy's eigenvalue floor (which
+depends on the b-matrix's entries) and therefore every other map unchanged.
+
 Where dipy inverts one 65 x 7 matrix per voxel (an SVD each) for WLS, this module solves the
 7 x 7 weighted normal equations, formed for a block of voxels with two matrix products,
 equilibrated (scaled to unit diagonal) and solved by a Cholesky factorisation vectorised
@@ -45,6 +51,7 @@ __all__ = [
     "fit_volume",
     "fractional_anisotropy",
     "min_diffusivity",
+    "world_rotation",
 ]
 
 MIN_POSITIVE_SIGNAL = 1e-4
@@ -91,6 +98,28 @@ def design_matrix(bvals: Float64, bvecs: Float64) -> Float64:
     return -np.column_stack([b * bvals[:, None], np.ones_like(bvals)])
 
 
+def world_rotation(affine: NDArray[Any]) -> Float64:
+    """The matrix that takes vectors of the b-vector frame (FSL's) to world coordinates.
+
+    FSL's b-vectors are in the voxel axes, with the first axis mirrored when the affine's
+    determinant is positive (FSL's radiological storage). The world vector is ``R @ F @ v``:
+    ``R`` the orthogonal polar factor of the affine's 3 x 3 part (its rotation and axis
+    flips, voxel sizes and shears removed), ``F`` ``diag(-1, 1, 1)`` for a positive
+    determinant and the identity otherwise. This is how MRtrix reads FSL b-vectors.
+
+    Args:
+        affine: A 4 x 4 (or 3 x 3) voxel-to-world affine.
+
+    Returns:
+        The 3 x 3 matrix (orthogonal, determinant -1).
+    """
+    linear = np.asarray(affine, np.float64)[:3, :3]
+    u, _, vt = np.linalg.svd(linear)
+    flip = np.diag([-1.0, 1.0, 1.0]) if np.linalg.det(linear) > 0 else np.eye(3)
+    rotation: Float64 = u @ vt @ flip
+    return rotation
+
+
 def min_diffusivity(design: Float64) -> float:
     """dipy's eigenvalue floor for a design matrix: ``1e-6 / -design.min()``."""
     return _DIFFUSIVITY_TOLERANCE / float(-design.min())
@@ -119,20 +148,30 @@ _LOWER = (np.array([0, 1, 1, 2, 2, 2]), np.array([0, 0, 1, 0, 1, 2]))
 """Row and column of Dxx, Dxy, Dyy, Dxz, Dyz, Dzz in a 3 x 3 tensor."""
 
 
-def fit_signal(signal: NDArray[Any], design: Float64, method: FitMethod) -> dict[str, Float64]:
+def fit_signal(
+    signal: NDArray[Any],
+    design: Float64,
+    method: FitMethod,
+    *,
+    rotation: Float64 | None = None,
+    world: bool = False,
+) -> dict[str, Float64]:
     """Fit one tensor per row of ``signal`` (samples already finite).
 
     Args:
         signal: Samples, shape (n, g), any real dtype; clipped below at `MIN_POSITIVE_SIGNAL`.
         design: `design_matrix` of the g volumes.
         method: ``"WLS"`` or ``"OLS"``.
+        rotation: `world_rotation` of the image (identity when None): the colour FA is in
+            the axes it leads to.
+        world: Rotate the eigenvectors and the tensor by ``rotation`` too.
 
     Returns:
         The maps of the n voxels by name (the keys of `MAP_SHAPES`), voxels first:
         ``fa``, ``md``, ``ad``, ``rd``, ``s0`` (n,); ``evals`` (n, 3), descending, clipped at
         dipy's floor; ``evecs`` (n, 3, 3), ``evecs[:, :, k]`` belongs to ``evals[:, k]``;
         ``tensor`` (n, 6), Dxx, Dxy, Dyy, Dxz, Dyz, Dzz rebuilt from the clipped eigenvalues;
-        ``color_fa`` (n, 3), ``|principal eigenvector| * clip(FA, 0, 1)``.
+        ``color_fa`` (n, 3), ``|rotation @ principal eigenvector| * clip(FA, 0, 1)``.
     """
     # Voxels along the last axis from here on: every step is a matrix product or a
     # whole-array operation on contiguous rows. The logarithm is taken in the samples' own
@@ -143,7 +182,7 @@ def fit_signal(signal: NDArray[Any], design: Float64, method: FitMethod) -> dict
     beta = np.linalg.pinv(design) @ log_s
     if method == "WLS":
         beta = _weighted(log_s, design, beta)
-    return _maps(beta, min_diffusivity(design))
+    return _maps(beta, min_diffusivity(design), np.eye(3) if rotation is None else rotation, world)
 
 
 def _weighted(log_s: Float64, design: Float64, beta_ols: Float64) -> Float64:
@@ -174,12 +213,15 @@ def _weighted(log_s: Float64, design: Float64, beta_ols: Float64) -> Float64:
     return beta
 
 
-def _maps(beta: Float64, floor: float) -> dict[str, Float64]:
+def _maps(beta: Float64, floor: float, rotation: Float64, world: bool) -> dict[str, Float64]:
     """The maps of fitted coefficients (voxels last): dipy's ``eig_from_lo_tri`` and metrics."""
     xx, xy, yy, xz, yz, zz = beta[:6]
     evals, evecs = eigh3(np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]))
     evals = np.clip(evals, floor, None)
     fa = fractional_anisotropy(evals)
+    rotated = np.einsum("ij,njk->nik", rotation, evecs)
+    if world:
+        evecs = rotated
     tensor = ((evecs * evals[:, None, :]) @ evecs.transpose(0, 2, 1))[:, _LOWER[0], _LOWER[1]]
     return {
         "fa": fa,
@@ -190,7 +232,7 @@ def _maps(beta: Float64, floor: float) -> dict[str, Float64]:
         "evecs": evecs,
         "tensor": tensor,
         "s0": np.exp(-beta[6]),
-        "color_fa": np.abs(evecs[:, :, 0]) * np.clip(fa, 0, 1)[:, None],
+        "color_fa": np.abs(rotated[:, :, 0]) * np.clip(fa, 0, 1)[:, None],
     }
 
 
@@ -218,7 +260,7 @@ class VolumeFit:
 
     Attributes:
         maps: By name (`MAP_SHAPES`), each of shape ``spatial + MAP_SHAPES[name]``; 0 outside
-            the mask and in the voxels not fitted.
+            the mask, NaN in the voxels of the mask not fitted.
         nonfinite: Voxels not fitted because a sample is NaN or infinite.
         negative: Fitted voxels with a negative sample (clipped like the others).
         empty: Voxels not fitted because no sample is above 0.
@@ -229,6 +271,11 @@ class VolumeFit:
     negative: int = 0
     empty: int = 0
 
+    @property
+    def unfitted(self) -> int:
+        """Voxels of the mask not fitted (NaN in every map)."""
+        return self.nonfinite + self.empty
+
 
 def fit_volume(
     data: NDArray[Any],
@@ -238,11 +285,13 @@ def fit_volume(
     method: FitMethod,
     *,
     voxels_per_block: int = VOXELS_PER_BLOCK,
+    rotation: Float64 | None = None,
+    world: bool = False,
 ) -> VolumeFit:
     """Fit the voxels of ``inside`` block by block, using the volumes of ``keep``.
 
     Voxels with a NaN or infinite sample, and voxels without any sample above 0, are not
-    fitted: all their maps are 0. Only one block of samples is copied at a time.
+    fitted: all their maps are NaN. Only one block of samples is copied at a time.
 
     Args:
         data: The 4-D DWI array (any memory order, any real dtype; not modified).
@@ -251,6 +300,8 @@ def fit_volume(
         design: `design_matrix` of the kept volumes.
         method: ``"WLS"`` or ``"OLS"``.
         voxels_per_block: About how many voxels to fit together.
+        rotation: `world_rotation` of the image, for the colour FA (see `fit_signal`).
+        world: Give the eigenvectors and the tensor in world coordinates.
 
     Returns:
         The maps and the counts of unusual voxels.
@@ -261,7 +312,7 @@ def fit_volume(
     # subjects, other jobs) made them ten times slower on a loaded machine.
     with threadpool_limits(limits=1, user_api="blas"):
         for block, within in _voxel_blocks(inside, voxels_per_block):
-            _fit_block(data, block, within, keep, design, method, result)
+            _fit_block(data, block, within, keep, design, method, result, rotation, world)
     return result
 
 
@@ -273,8 +324,11 @@ def _fit_block(
     design: Float64,
     method: FitMethod,
     result: VolumeFit,
+    rotation: Float64 | None,
+    world: bool,
 ) -> None:
-    """Fit the voxels ``within`` the slices ``block`` into ``result``, counting odd ones."""
+    """Fit the voxels ``within`` the slices ``block`` into ``result``, counting odd ones
+    (and setting the maps of the unusable ones to NaN)."""
     signal = data[:, :, block][within]
     if not keep.all():
         signal = signal[:, keep]
@@ -285,12 +339,22 @@ def _fit_block(
     result.nonfinite += int((~finite).sum())
     result.empty += int((finite & ~usable).sum())
     result.negative += int((usable & (low < 0)).sum())
+    spatial = result.maps["fa"].shape
+
+    def flat(chosen: NDArray[np.bool_]) -> NDArray[np.intp]:
+        """Flat indices of the voxels ``chosen`` among those ``within`` (fast to scatter)."""
+        target = within.copy()
+        target[within] = chosen
+        i, j, k = np.nonzero(target)
+        return np.ravel_multi_index((i, j, k + (block.start or 0)), spatial)
+
+    if not usable.all():
+        unusable = flat(~usable)
+        for name, shape in MAP_SHAPES.items():
+            result.maps[name].reshape(-1, *shape)[unusable] = np.nan
     if not usable.any():
         return
-    target = within.copy()
-    target[within] = usable
-    i, j, k = np.nonzero(target)
-    spatial = result.maps["fa"].shape
-    flat = np.ravel_multi_index((i, j, k + (block.start or 0)), spatial)  # fast to scatter
-    for name, values in fit_signal(signal[usable], design, method).items():
-        result.maps[name].reshape(-1, *MAP_SHAPES[name])[flat] = values
+    fitted = flat(usable)
+    maps = fit_signal(signal[usable], design, method, rotation=rotation, world=world)
+    for name, values in maps.items():
+        result.maps[name].reshape(-1, *MAP_SHAPES[name])[fitted] = values

@@ -46,7 +46,7 @@ def dti_statistics(dwi: Dwi, mask: VolumeResource, dti: DtiResult) -> SeriesStat
     Returns:
         The `SeriesStats`.
     """
-    return summarise(dwi, mask, dti.fa, dti.md)
+    return summarise(dwi, mask, dti.fa, dti.md, fit=dti.fit)
 
 
 @cacheable(PNG)
@@ -60,7 +60,7 @@ def fa_mosaic(dti: DtiResult, mask: VolumeResource) -> Png:
     Returns:
         The PNG.
     """
-    return map_mosaic(dti.fa, mask)
+    return map_mosaic(dti.fa, mask, label="FA (no unit)")
 
 
 @cacheable(PNG)
@@ -74,7 +74,7 @@ def md_mosaic(dti: DtiResult, mask: VolumeResource) -> Png:
     Returns:
         The PNG.
     """
-    return map_mosaic(dti.md, mask, high=3e-3, colormap="viridis")
+    return map_mosaic(dti.md, mask, high=3e-3, colormap="viridis", label="MD (mm²/s)")
 
 
 @cacheable(PNG)

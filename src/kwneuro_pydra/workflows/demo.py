@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from kwneuro_pydra.resources import (
     Dwi,
     FslBvalResource,
@@ -18,7 +20,7 @@ from kwneuro_pydra.resources import (
     NiftiVolumeResource,
 )
 
-from .phantom import PhantomTruth, gradient_scheme, make_phantom, write_phantom
+from .phantom import PhantomTruth, fsl_bvecs, gradient_scheme, make_phantom, write_phantom
 
 __all__ = [
     "DEMO_MASK_OPTIONS",
@@ -91,7 +93,8 @@ def write_demo_dataset(
     )  # fmt: skip
     bvals, bvecs = gradient_scheme(b0_volumes=b0_volumes, directions=directions)
     FslBvalResource.save(InMemoryBvalResource(bvals), root / "dwi.bval")
-    FslBvecResource.save(InMemoryBvecResource(bvecs), root / "dwi.bvec")
+    fsl = fsl_bvecs(bvecs, np.diag([2.0, 2.0, 2.0, 1.0]))  # the images' affine (`Phantom.dwi`)
+    FslBvecResource.save(InMemoryBvecResource(fsl), root / "dwi.bvec")
     for series in _demo_series(subjects):
         image = root / series.image
         if not image.exists():

@@ -26,12 +26,13 @@ from kwneuro_pydra.resources import (
 )
 
 from ._mask import b0_average, group_means, median_otsu, shells_mask, volume_groups
-from ._result import DtiResult
-from ._scheme import fitted_scheme
-from ._tensor import MIN_POSITIVE_SIGNAL, FitMethod, design_matrix, fit_volume
+from ._result import DtiResult, FitRecord
+from ._scheme import SHELL_TOLERANCE, fitted_scheme
+from ._tensor import MIN_POSITIVE_SIGNAL, FitMethod, design_matrix, fit_volume, world_rotation
 
 __all__ = [
     "FIT_METHODS",
+    "FRAMES",
     "MASK_METHODS",
     "brain_mask",
     "dti_pipeline",
@@ -49,6 +50,9 @@ MASK_METHODS = ("shells", "median-otsu")
 _MIN_MASK_FRACTION = 0.005
 """A mask of fewer voxels than this fraction of the image fails its step (an empty mask
 would give all-zero maps and a "successful" series)."""
+
+FRAMES = ("bvec", "world")
+"""The ``frame`` values of `estimate_dti`: the eigenvectors' and tensor's coordinates."""
 
 _DESCRIPTIONS = {
     "fa": "fractional anisotropy",
@@ -189,6 +193,8 @@ def estimate_dti(
     *,
     fit_method: str = "WLS",
     bmax: float = 1500.0,
+    frame: str = "bvec",
+    shell_tolerance: float = SHELL_TOLERANCE,
 ) -> DtiResult:
     """Fit a diffusion tensor in every voxel of ``mask``, as dipy's ``TensorModel`` does.
 
@@ -198,40 +204,58 @@ def estimate_dti(
     given, non-finite b-vectors of b=0 volumes count as 0, and eigenvalues are clipped
     below at dipy's floor (``1e-6 / max(b-matrix)``).
 
-    The acquisition is checked first: b-values in s/mm², at least one b=0 volume, at least
-    6 non-collinear directions among the volumes fitted. Of a multi-shell acquisition only
-    the shells up to ``bmax`` are fitted, with a warning naming those left out; a single
-    shell above ``bmax`` (dipy's ``small_25``, b=2000) is fitted as it is.
+    The acquisition is checked first (`fitted_scheme`): b-values in s/mm², at least 6
+    non-collinear directions among the volumes fitted. b-values are grouped into shells
+    (neighbours at most ``shell_tolerance`` apart) and a shell is fitted as a whole when its
+    nominal (median) b-value is at most ``bmax``. Shells left out, a single shell above
+    ``bmax`` (fitted, but biased), the lack of a b=0 volume (fitted as dipy does, S0
+    extrapolated) and b-vectors normalised are each said by a warning and kept in the
+    result's `FitRecord` (``result.fit.notes``) for the report and the sidecars.
 
-    Voxels are left at 0 in every map (FA 0, MD 0) when they are outside ``mask``, when no
-    sample is above 0, or when a sample is NaN or infinite (a warning gives their count).
-    Negative samples are raised to the minimum signal like any other (a warning gives the
-    count of voxels that have them).
+    Voxels are 0 in every map outside ``mask``, and NaN in the voxels of the mask that
+    cannot be fitted: no sample above 0, or a NaN or infinite sample (a warning gives their
+    count; ``result.fit.unfitted`` too). Negative samples are raised to the minimum signal
+    like any other (a warning gives the count of voxels that have them).
+
+    Frames: the eigenvectors and the tensor are in the b-vectors' frame by default (dipy's:
+    FSL's convention, see `DtiResult`), in world coordinates (MRtrix's) with
+    ``frame="world"``; the colour FA is in world axes either way.
 
     Args:
         dwi: The diffusion-weighted image.
         mask: Voxels to fit (nonzero); every voxel when None.
         fit_method: ``"WLS"`` or ``"OLS"``.
-        bmax: Highest shell to fit, in s/mm².
+        bmax: Highest nominal shell b-value to fit, in s/mm².
+        frame: ``"bvec"`` or ``"world"``: the coordinates of ``evecs`` and ``tensor``.
+        shell_tolerance: Largest gap between neighbouring b-values of one shell (s/mm²;
+            dipy's 20 by default).
 
     Returns:
-        The maps (`DtiResult`), float32, with the DWI's affine and spatial units.
+        The maps (`DtiResult`), float32, with the DWI's affine and spatial units, and the
+        record of the fit.
 
     Raises:
-        ValueError: ``fit_method`` is unknown; ``bmax`` is not above the b=0 threshold;
-            the mask's shape differs from the DWI's; the acquisition cannot give a tensor
-            (b-values in another unit, no b=0 volume, fewer than 6 non-collinear directions).
+        ValueError: ``fit_method`` or ``frame`` is unknown; ``bmax`` is not above the b=0
+            threshold; ``shell_tolerance`` is negative; the mask's shape differs from the
+            DWI's; the acquisition cannot give a tensor (b-values in another unit, no b=0
+            volume and a single shell, fewer than 6 non-collinear directions).
     """
     if fit_method not in FIT_METHODS:
         raise ValueError(
             f"estimate_dti: fit_method must be one of {', '.join(FIT_METHODS)}, got {fit_method!r}"
+        )
+    if frame not in FRAMES:
+        raise ValueError(f"estimate_dti: frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+    if not shell_tolerance >= 0:
+        raise ValueError(
+            f"estimate_dti: shell_tolerance must be >= 0 s/mm², got {shell_tolerance!r}"
         )
     if not bmax > B0_THRESHOLD:
         raise ValueError(
             f"estimate_dti: bmax must be above the b=0 threshold ({B0_THRESHOLD:g} s/mm²), "
             f"got {bmax!r}"
         )
-    scheme = fitted_scheme(dwi, bmax=bmax, step="estimate_dti")
+    scheme = fitted_scheme(dwi, bmax=bmax, step="estimate_dti", shell_tolerance=shell_tolerance)
     spatial = tuple(dwi.volume.get_shape()[:3])
     inside = np.ones(spatial, bool) if mask is None else np.asarray(mask.get_array()) != 0
     if inside.shape != spatial:
@@ -241,25 +265,44 @@ def estimate_dti(
         )
     design = design_matrix(scheme.bvals, scheme.bvecs)
     method = cast(FitMethod, fit_method)
-    fit = fit_volume(dwi.volume.get_array(), inside, scheme.keep, design, method)
+    fit = fit_volume(
+        dwi.volume.get_array(), inside, scheme.keep, design, method,
+        rotation=world_rotation(dwi.volume.get_affine()), world=frame == "world",
+    )  # fmt: skip
     where = source_of(dwi.volume)
+    notes = list(scheme.notes)
     if fit.nonfinite:
-        warnings.warn(
+        notes.append(
             f"estimate_dti: {fit.nonfinite} voxels of {where} have NaN or infinite samples; "
-            "they are not fitted and all their maps are 0 (check the preprocessing that "
-            "wrote the DWI, or pass a mask that leaves them out)",
-            UserWarning,
-            stacklevel=2,
+            "they are not fitted and all their maps are NaN (check the preprocessing that "
+            "wrote the DWI, or pass a mask that leaves them out)"
+        )
+    if fit.empty and mask is not None:  # without a mask, an empty background is expected
+        notes.append(
+            f"estimate_dti: {fit.empty} voxels of {where} have no sample above 0; they are "
+            "not fitted and all their maps are NaN"
         )
     if fit.negative:
-        warnings.warn(
+        notes.append(
             f"estimate_dti: {fit.negative} voxels of {where} have negative samples; those "
-            f"samples are raised to {MIN_POSITIVE_SIGNAL:g} before the fit, as dipy does",
-            UserWarning,
-            stacklevel=2,
+            f"samples are raised to {MIN_POSITIVE_SIGNAL:g} before the fit, as dipy does"
         )
-    what = f"kwneuro-pydra DTI {fit_method}"
-    return DtiResult(**{name: _volume(a, dwi, name, what) for name, a in fit.maps.items()})
+    for note in notes[len(scheme.notes) :]:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    record = FitRecord(
+        method=fit_method,
+        frame=frame,
+        bmax=float(bmax),
+        shell_tolerance=float(shell_tolerance),
+        b0_volumes=scheme.b0_volumes,
+        shells=tuple((s.bval, s.volumes) for s in scheme.fitted),
+        left_out=tuple((s.bval, s.volumes) for s in scheme.left_out),
+        unfitted=fit.unfitted,
+        notes=tuple(notes),
+    )
+    what = f"kwneuro-pydra DTI {fit_method} {frame} frame"
+    maps = {name: _volume(a, dwi, name, what) for name, a in fit.maps.items()}
+    return DtiResult(**maps, fit=record)
 
 
 def dti_pipeline(

@@ -18,6 +18,12 @@ Bundles do not cross. The eigenvalues of each tissue are scaled by a per-subject
 (about 5 % spread, drawn from ``seed``), so different seeds give different subjects. The
 signal is ``S0 exp(-b g^T D g)`` with Rician noise of standard deviation ``1000 / snr``
 (the b=0 signal of white matter is 1000).
+
+Frames: the geometry, the true directions and `Phantom.bvecs` are in voxel axes, which are
+world axes (RAS) for the diagonal affine of `Phantom.dwi` and `write_phantom`. Those write
+the b-vectors in FSL's convention for that affine (`fsl_bvecs`: the first component negated,
+since its determinant is positive), so that FSL, MRtrix and ``estimate_dti(frame="world")``
+read the true directions.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "TISSUES",
     "Phantom",
     "PhantomTruth",
+    "fsl_bvecs",
     "gradient_scheme",
     "make_phantom",
     "write_phantom",
@@ -71,7 +78,8 @@ class PhantomTruth:
         labels: Tissue label per voxel (uint8, see `TISSUES`; 0 is background).
         fa: Fractional anisotropy of the true tensors (float32, 0 in background).
         md: Mean diffusivity of the true tensors in mm²/s (float32, 0 in background).
-        direction: Principal eigenvector of the true tensors (float32, (x, y, z, 3)).
+        direction: Principal eigenvector of the true tensors (float32, (x, y, z, 3)), in
+            voxel axes (world axes, RAS, for the phantom's diagonal affine).
     """
 
     labels: NDArray[np.uint8]
@@ -87,7 +95,8 @@ class Phantom:
     Attributes:
         signal: The noisy DWI, float32, (x, y, z, volumes).
         bvals: b-values in s/mm².
-        bvecs: Unit b-vectors ((0, 0, 0) for b=0), (volumes, 3).
+        bvecs: Unit b-vectors ((0, 0, 0) for b=0), (volumes, 3), in voxel axes (the
+            signal's gradient directions; `fsl_bvecs` gives those of a b-vector file).
         truth: The ground truth.
     """
 
@@ -97,21 +106,47 @@ class Phantom:
     truth: PhantomTruth
 
     def dwi(self, voxel_size: float = 2.0) -> Dwi:
-        """Return the phantom as an in-memory `Dwi` with isotropic voxels.
+        """Return the phantom as an in-memory `Dwi` with isotropic voxels stored RAS.
 
         Args:
             voxel_size: Voxel size in mm.
 
         Returns:
-            The `Dwi`.
+            The `Dwi`, its b-vectors in FSL's convention for its affine (`fsl_bvecs`).
         """
         affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
         volume = InMemoryVolumeResource(self.signal, affine, {"xyzt_units": 10})
-        return Dwi(volume, InMemoryBvalResource(self.bvals), InMemoryBvecResource(self.bvecs))
+        bvecs = InMemoryBvecResource(fsl_bvecs(self.bvecs, affine))
+        return Dwi(volume, InMemoryBvalResource(self.bvals), bvecs)
+
+
+def fsl_bvecs(bvecs: NDArray[np.float64], affine: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The b-vectors an FSL file holds for gradients given in an image's voxel axes.
+
+    FSL's convention: b-vectors are in voxel axes, the first one mirrored when the affine's
+    determinant is positive (the inverse of
+    `kwneuro_pydra.workflows._tensor.world_rotation`'s flip).
+
+    Args:
+        bvecs: Gradient directions in voxel axes, (volumes, 3).
+        affine: The image's voxel-to-world affine.
+
+    Returns:
+        The b-vectors to write, (volumes, 3).
+    """
+    flipped = np.array(bvecs, np.float64)
+    if np.linalg.det(np.asarray(affine)[:3, :3]) > 0:
+        flipped[:, 0] = -flipped[:, 0]
+    flipped[flipped == 0] = 0.0  # no -0 in the files
+    return flipped
 
 
 def gradient_scheme(
-    *, b0_volumes: int = 2, directions: int = 30, shells: tuple[float, ...] = (1000.0,)
+    *,
+    b0_volumes: int = 2,
+    directions: int = 30,
+    shells: tuple[float, ...] = (1000.0,),
+    jitter: float = 0.0,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """b-values and b-vectors: b=0 volumes, then each shell with evenly spread directions.
 
@@ -120,7 +155,9 @@ def gradient_scheme(
     Args:
         b0_volumes: Number of b=0 volumes.
         directions: Directions per shell.
-        shells: b-values of the shells in s/mm².
+        shells: Nominal b-values of the shells in s/mm².
+        jitter: b-values of a shell spread evenly (in a scrambled order) over nominal
+            ``+- jitter``, as scanners write them (1470-1530 for 1500 with 30).
 
     Returns:
         b-values (N,) and b-vectors (N, 3).
@@ -132,7 +169,8 @@ def gradient_scheme(
     for index, shell in enumerate(shells):
         phi = k * np.pi * (3 - np.sqrt(5)) + index
         r = np.sqrt(1 - z * z)
-        bvals.append(np.full(directions, float(shell)))
+        spread = ((k * (np.sqrt(5) - 1) / 2) % 1) * 2 - 1  # in [-1, 1), scrambled
+        bvals.append(float(shell) + jitter * spread / np.abs(spread).max(initial=1.0))
         bvecs.append(np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1))
     return np.concatenate(bvals), np.concatenate(bvecs)
 
@@ -189,6 +227,7 @@ def make_phantom(
     b0_volumes: int = 2,
     directions: int = 30,
     shells: tuple[float, ...] = (1000.0,),
+    jitter: float = 0.0,
 ) -> Phantom:
     """Simulate a phantom subject in memory.
 
@@ -199,13 +238,16 @@ def make_phantom(
         seed: Random seed of the noise and of the per-subject eigenvalue scaling.
         b0_volumes: Number of b=0 volumes.
         directions: Directions per shell.
-        shells: b-values of the shells in s/mm².
+        shells: Nominal b-values of the shells in s/mm².
+        jitter: Spread of each shell's b-values (see `gradient_scheme`).
 
     Returns:
         The phantom.
     """
     rng = np.random.default_rng(seed)
-    bvals, bvecs = gradient_scheme(b0_volumes=b0_volumes, directions=directions, shells=shells)
+    bvals, bvecs = gradient_scheme(
+        b0_volumes=b0_volumes, directions=directions, shells=shells, jitter=jitter
+    )
     labels, direction = _tissues(shape)
     eigenvalues = _EIGENVALUES * (1 + 0.05 * rng.standard_normal(len(_EIGENVALUES)))[:, None]
     evals = eigenvalues[labels]
