@@ -26,6 +26,7 @@ from kwneuro_pydra.pydra._task import (
     SERVE_ENV,
     absolute_cache_dir,
     forced_steps,
+    input_name,
     node_step,
     output_names,
     step_function,
@@ -167,7 +168,7 @@ class _Builder:
         if (stored := self._stored(step, bound.arguments)) is not _NOT_STORED:
             return stored
         inputs = {
-            name: unwrap(value, f"argument {name!r} of step {step.name!r}")
+            input_name(name): unwrap(value, f"argument {name!r} of step {step.name!r}")
             for name, value in bound.arguments.items()
         }
         n = self.counts[step.name] = self.counts.get(step.name, 0) + 1

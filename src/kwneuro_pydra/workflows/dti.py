@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from kwneuro_pydra.cache import cacheable
 from kwneuro_pydra.resources import B0_THRESHOLD, Dwi, InMemoryVolumeResource, VolumeResource
 from kwneuro_pydra.resources._files import source_of
+from kwneuro_pydra.resources._kwneuro import from_kwneuro
 
 from ._mask import b0_average, median_otsu
 from ._result import DtiResult
@@ -68,6 +69,7 @@ def mean_b0(dwi: Dwi) -> VolumeResource:
     Raises:
         ValueError: The DWI has no b=0 volume.
     """
+    dwi = from_kwneuro(dwi)  # a kwneuro 1.0 Dwi too
     return _volume(b0_average(dwi, step="mean_b0"), dwi, "mean_b0", "kwneuro-pydra")
 
 
@@ -100,6 +102,7 @@ def brain_mask(
     Raises:
         ValueError: A parameter is negative, or the DWI has no b=0 volume.
     """
+    dwi = from_kwneuro(dwi)  # a kwneuro 1.0 Dwi too
     for name, value in (("median_radius", median_radius), ("numpass", numpass),
                         ("dilate", dilate)):  # fmt: skip
         if int(value) != value or value < 0:
@@ -154,6 +157,7 @@ def estimate_dti(
             the mask's shape differs from the DWI's; the acquisition cannot give a tensor
             (b-values in another unit, no b=0 volume, fewer than 6 non-collinear directions).
     """
+    dwi, mask = from_kwneuro(dwi), None if mask is None else from_kwneuro(mask)  # kwneuro's too
     if fit_method not in FIT_METHODS:
         raise ValueError(
             f"estimate_dti: fit_method must be one of {', '.join(FIT_METHODS)}, got {fit_method!r}"
