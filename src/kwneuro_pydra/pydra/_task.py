@@ -152,9 +152,10 @@ def to_task(function: Callable[..., Any]) -> Any:
 
     See `kwneuro_pydra.pydra.to_task` for the contract.
     """
-    if is_upstream_step(function) and adopt(function) is not function:
-        return to_task(adopt(function))  # an old reference to a kwneuro step: its twin
     step = node_step(function)
+    twin = adopt(function) if is_upstream_step(function) else function
+    if twin is not function and _importable(step.fn.__module__, step.fn.__qualname__) is twin:
+        return to_task(twin)  # an old reference to a kwneuro step adopted in place
     _check(step)
     if _importable(step.fn.__module__, step.fn.__qualname__) is not function:
         raise ValueError(_not_importable(step))
