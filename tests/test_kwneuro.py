@@ -35,12 +35,16 @@ from kwneuro_pydra._step import Step
 from kwneuro_pydra.cache import step_of
 from kwneuro_pydra.pydra import run_subjects, to_task
 from kwneuro_pydra.resources import Dwi as OurDwi
-from kwneuro_pydra.resources import InMemoryVolumeResource, NiftiVolumeResource
-from kwneuro_pydra.resources._kwneuro import from_kwneuro, to_kwneuro
-from kwneuro_pydra.workflows import estimate_dti
+from kwneuro_pydra.resources import (
+    InMemoryVolumeResource,
+    NiftiVolumeResource,
+    from_kwneuro,
+    to_kwneuro,
+)
+from kwneuro_pydra.workflows import dti_pipeline, estimate_dti
 from kwneuro_pydra.workflows.kwneuro_pipeline import KwneuroResult, kwneuro_pipeline
 from kwneuro_pydra.workflows.phantom import write_phantom
-from tests._kwneuro_steps import Scaler
+from tests._kwneuro_steps import Scaler, fa_pipeline
 
 pytestmark = [
     # dipy's CSD on a tiny phantom: few voxels for the response (logged, not warned) and
@@ -291,6 +295,26 @@ def test_our_dti_accepts_kwneuro_dwi(dwi: Any) -> None:
     theirs = estimate_dti(dwi)
     ours = estimate_dti(from_kwneuro(dwi))
     np.testing.assert_array_equal(theirs.fa.get_array(), ours.fa.get_array())
+
+
+def test_run_subjects_of_our_dti_pipeline_takes_kwneuro_dwi(dwi: Any, tmp_path: Path) -> None:
+    options = {"median_radius": 2, "numpass": 1}
+    (result,) = run_subjects(
+        dti_pipeline, {"s": {"dwi": dwi, **options}}, tmp_path, worker="debug"
+    ).values()
+    assert result.ok, result.failure
+    expected = dti_pipeline(from_kwneuro(dwi), **options)
+    np.testing.assert_array_equal(result.outputs.fa.get_array(), expected.fa.get_array())
+
+
+def test_pydra_refusal_names_the_converters(dwi: Any, tmp_path: Path) -> None:
+    from kwneuro_pydra.pydra import to_workflow
+
+    with pytest.raises(TypeError) as raised:  # kwneuro's Dti where our DtiResult goes
+        to_workflow(fa_pipeline)(dti=Dti.estimate_dti(dwi), cache_dir=str(tmp_path))(
+            worker="debug", cache_root=tmp_path / "jobs"
+        )
+    assert any("from_kwneuro" in note for note in getattr(raised.value, "__notes__", []))
 
 
 # --- (5) the kwneuro pipeline -----------------------------------------------------------------

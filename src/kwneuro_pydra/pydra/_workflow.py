@@ -32,6 +32,7 @@ from kwneuro_pydra.pydra._task import (
     step_function,
     to_task,
 )
+from kwneuro_pydra.resources._kwneuro import CONVERSION_HINT, accepting, is_kwneuro_value
 
 __all__ = ["Plan", "discover", "to_workflow"]
 
@@ -173,7 +174,13 @@ class _Builder:
         }
         n = self.counts[step.name] = self.counts.get(step.name, 0) + 1
         node = step.name if n == 1 else f"{step.name}_{n}"
-        outputs = workflow.add(task(**inputs, cache_dir=self.cache_dir), name=node)
+        try:
+            instance = task(**inputs, cache_dir=self.cache_dir)
+        except TypeError as error:
+            if "'kwneuro." in str(error) or any(map(is_kwneuro_value, inputs.values())):
+                error.add_note(CONVERSION_HINT)  # one library's resource where the other's goes
+            raise
+        outputs = workflow.add(instance, name=node)
         fields = [getattr(outputs, name) for name in output_names(function)]
         return _lazy_outputs(step, fields, node)
 
@@ -221,7 +228,10 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
 
     constructor.__doc__ = PYDRA_DOC.format(kind="pipeline", name=pipeline.__name__)
 
-    params = [p.replace(annotation=hints.get(p.name, Any)) for p in signature.parameters.values()]
+    params = [
+        p.replace(annotation=accepting(hints.get(p.name, Any)))  # kwneuro's twins too
+        for p in signature.parameters.values()
+    ]
     extra = [
         inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
                           annotation=str | None),

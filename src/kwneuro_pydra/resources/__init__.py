@@ -57,6 +57,7 @@ from kwneuro_pydra.resources._gradients import (
     InMemoryBvalResource,
     InMemoryBvecResource,
 )
+from kwneuro_pydra.resources._kwneuro import from_kwneuro, to_kwneuro
 from kwneuro_pydra.resources._volume import (
     InMemoryVolumeResource,
     NiftiVolumeResource,
@@ -79,7 +80,9 @@ __all__ = [
     "Resource",
     "ResourceFileError",
     "VolumeResource",
+    "from_kwneuro",
     "normalize_path",
+    "to_kwneuro",
 ]
 
 # The public names report this package as their module (as httpx does): a fingerprint mixes

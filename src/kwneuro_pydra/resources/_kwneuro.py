@@ -41,7 +41,13 @@ from kwneuro_pydra.resources._volume import (
     VolumeResource,
 )
 
-__all__ = ["accepting", "from_kwneuro", "is_kwneuro_value", "to_kwneuro"]
+__all__ = ["CONVERSION_HINT", "accepting", "from_kwneuro", "is_kwneuro_value", "to_kwneuro"]
+
+CONVERSION_HINT = (
+    "kwneuro's resources and kwneuro_pydra's are different classes: convert with "
+    "kwneuro_pydra.resources.from_kwneuro(value) or to_kwneuro(value) (see docs/kwneuro.md)"
+)
+"""Added to Pydra's refusal of a kwneuro value where one of ours is expected (or the reverse)."""
 
 _HEADER_FIELDS = tuple(nib.Nifti1Header().keys())  # type: ignore[no-untyped-call]
 _OURS = (Dwi, VolumeResource, BvalResource, BvecResource)
