@@ -254,6 +254,29 @@ def test_transform_resource_fingerprints_by_content(tmp_path: Path) -> None:
     assert in_memory != fingerprint(TransformResource([path], [path]))
 
 
+@kwneuro.cacheable  # kwneuro's decorator, adopted: a user's step returning a transform
+def make_transform(shift: float) -> TransformResource:
+    import tempfile
+
+    path = _affine_file(Path(tempfile.mkdtemp()) / "a0GenericAffine.mat", shift)
+    return TransformResource([path], [path])
+
+
+def test_files_kwneuro_writes_undeclared_are_digested(tmp_path: Path) -> None:
+    with Cache(tmp_path) as cache:
+        stored = make_transform(1.0)
+        (entry,) = cache.entries(make_transform)
+        mat = entry.path / "make_transform_transform" / "a0GenericAffine.mat"
+        assert stored._ants_fwd_paths == [str(mat)]  # kwneuro's own layout in our entry
+        contents = (entry.path / "make_transform.contents.json").read_text()
+        assert "make_transform_transform/a0GenericAffine.mat" in contents
+        assert "make_transform.contents.json" in entry.files  # digested by the store
+        np.testing.assert_array_equal(make_transform(1.0).matrices[0].parameters[9:], [1, 0, 0])
+        _affine_file(mat, 5.0)  # the undeclared file changes in the entry
+        with pytest.raises(ValueError, match=r"a0GenericAffine\.mat was changed or removed"):
+            make_transform(1.0)
+
+
 def test_kwneuro_resources_fingerprint_by_content(dwi: Any, tmp_path: Path) -> None:
     saved = dwi.save(tmp_path / "a", "dwi")
     again = dwi.save(tmp_path / "b", "dwi")

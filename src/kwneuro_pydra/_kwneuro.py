@@ -30,14 +30,17 @@ import hashlib
 import importlib.abc
 import importlib.machinery
 import inspect
+import json
 import sys
 import types
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from kwneuro_pydra import cache as _cache
+from kwneuro_pydra._filedigest import file_digest
 from kwneuro_pydra._fingerprint import fingerprint
 from kwneuro_pydra._step import CacheSpec, Step
 
@@ -68,6 +71,44 @@ class AdoptedStep(Step):
         """Fingerprint of kwneuro's function (see `Step.code`) and of kwneuro's version."""
         own = super().code
         return hashlib.sha256(f"kwneuro {kwneuro_version()}\0{own}".encode()).hexdigest()
+
+    @property
+    def contents(self) -> str:
+        """The entry file listing the digests of the files kwneuro writes without declaring
+        them (the ANTs files of a ``TransformResource``, say)."""
+        return f"{self.name}.contents.json"
+
+    def files(self) -> list[str]:
+        """kwneuro's declared output files, and `contents`."""
+        return [*super().files(), self.contents]
+
+    def save(self, result: Any, directory: Path) -> None:
+        """Save as kwneuro does, then digest every file it wrote beyond the declared ones."""
+        super().save(result, directory)
+        declared = set(super().files())
+        undeclared = sorted(
+            name
+            for path in directory.rglob("*")
+            if path.is_file() and (name := path.relative_to(directory).as_posix()) not in declared
+        )
+        digests = {name: file_digest(directory / name) for name in undeclared}
+        (directory / self.contents).write_text(json.dumps(digests, indent=1, sort_keys=True))
+
+    def load(self, directory: Path) -> Any:
+        """Load as kwneuro does, once the undeclared files are checked against their digests.
+
+        Raises:
+            ValueError: One of them changed since the entry was made.
+        """
+        digests = json.loads((directory / self.contents).read_text())
+        for name, digest in digests.items():
+            path = directory / name
+            if not path.is_file() or file_digest(path) != digest:
+                raise ValueError(
+                    f"cache entry {directory}: {name} was changed or removed after step "
+                    f"{self.name!r} stored it; remove the entry (Cache.clear) or force the step"
+                )
+        return super().load(directory)
 
 
 def is_upstream_step(function: object) -> bool:
@@ -245,8 +286,6 @@ class _Existing:
 
 
 def _path(name: str) -> object:
-    from pathlib import Path
-
     path = Path(name)
     return _Existing(path) if path.is_file() else name
 
