@@ -146,6 +146,19 @@ def test_a_reference_taken_before_adoption_warns_once(dwi: Any, tmp_path: Path) 
     assert to_task(old) is to_task(Dti.estimate_dti)
 
 
+def _old_reference_pipeline(dwi: Any) -> Any:
+    step = step_of(Dti.estimate_dti)
+    assert isinstance(step, AdoptedStep)
+    return step.upstream(dwi)
+
+
+def test_a_reference_taken_before_adoption_is_refused_in_a_workflow() -> None:
+    from kwneuro_pydra.pydra import to_workflow
+
+    with pytest.raises(TypeError, match=r"'estimate_dti' cannot become a workflow node.*adopt"):
+        to_workflow(_old_reference_pipeline)
+
+
 _HOOK = """
 import sys
 {first}

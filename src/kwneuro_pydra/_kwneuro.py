@@ -223,7 +223,8 @@ def _adopting_cacheable(original: Callable[..., Any]) -> Callable[..., Any]:
 
 class _WatchedCache:
     """Stands for ``kwneuro.cache._active_cache``: warns once per step when an unadopted
-    kwneuro step runs inside one of our caches (it would run uncached, silently)."""
+    kwneuro step runs inside one of our caches (it would run uncached, silently), and
+    refuses one called while a workflow is built (it would run on stand-ins)."""
 
     def __init__(self, variable: Any) -> None:
         self.variable = variable
@@ -231,9 +232,16 @@ class _WatchedCache:
 
     def get(self, *default: Any) -> Any:
         value = self.variable.get(*default)
-        if value is None and _cache.current_cache() is not None:
+        handler = _cache._HANDLER.get()
+        if value is None and handler is not None:
             caller = sys._getframe(1).f_locals  # kwneuro's wrapper
             name = str(caller.get("step_name", "?"))
+            if not isinstance(handler, _cache.Cache):  # a workflow being built
+                raise TypeError(
+                    f"kwneuro step {name!r} cannot become a workflow node: this reference to "
+                    "it was taken before kwneuro_pydra adopted kwneuro's steps; call it "
+                    "through kwneuro_pydra.adopt(step) (or import kwneuro_pydra first)"
+                )
             if name not in self.warned:
                 self.warned.add(name)
                 warnings.warn(

@@ -1,7 +1,8 @@
 """Imaging resources on nibabel that implement the cache protocol and fingerprint fast.
 
 The names and behaviour follow upstream kwneuro 1.0 (``kwneuro.resource``, ``kwneuro.io`` and
-``kwneuro.dwi``), so a script ports by changing its imports:
+``kwneuro.dwi``); kwneuro's own classes convert with `from_kwneuro` and `to_kwneuro`, and a
+kwneuro script runs unchanged on our cache (see ``docs/kwneuro.md``):
 
 - volumes: `VolumeResource` (abstract), `InMemoryVolumeResource`, `NiftiVolumeResource`;
 - b-values: `BvalResource` (abstract), `InMemoryBvalResource`, `FslBvalResource`;
