@@ -41,7 +41,7 @@ from kwneuro_pydra.resources import (
     from_kwneuro,
     to_kwneuro,
 )
-from kwneuro_pydra.workflows import dti_pipeline, estimate_dti
+from kwneuro_pydra.workflows import brain_mask, dti_pipeline, estimate_dti, mean_b0
 from kwneuro_pydra.workflows.kwneuro_pipeline import KwneuroResult, kwneuro_pipeline
 from kwneuro_pydra.workflows.phantom import write_phantom
 from tests._kwneuro_steps import Scaler, fa_pipeline
@@ -327,10 +327,17 @@ def test_converters_both_ways(dwi: Any) -> None:
         from_kwneuro(3)
 
 
-def test_our_dti_accepts_kwneuro_dwi(dwi: Any) -> None:
-    theirs = estimate_dti(dwi)
-    ours = estimate_dti(from_kwneuro(dwi))
-    np.testing.assert_array_equal(theirs.fa.get_array(), ours.fa.get_array())
+@pytest.mark.parametrize("loaded", [False, True])
+def test_our_dti_steps_accept_kwneuro_dwi(dwi: Any, loaded: bool) -> None:
+    theirs = dwi.load() if loaded else dwi
+    ours = from_kwneuro(theirs)
+    for step, options in ((mean_b0, {}), (brain_mask, {"median_radius": 2, "numpass": 1})):
+        np.testing.assert_array_equal(
+            step(theirs, **options).get_array(), step(ours, **options).get_array()
+        )
+    mask = brain_mask(ours, median_radius=2, numpass=1)
+    fitted = estimate_dti(theirs, to_kwneuro(mask))  # kwneuro's mask too
+    np.testing.assert_array_equal(fitted.fa.get_array(), estimate_dti(ours, mask).fa.get_array())
 
 
 def test_run_subjects_of_our_dti_pipeline_takes_kwneuro_dwi(dwi: Any, tmp_path: Path) -> None:

@@ -69,7 +69,6 @@ def mean_b0(dwi: Dwi) -> VolumeResource:
     Raises:
         ValueError: The DWI has no b=0 volume.
     """
-    dwi = from_kwneuro(dwi)  # a kwneuro 1.0 Dwi too
     return _volume(b0_average(dwi, step="mean_b0"), dwi, "mean_b0", "kwneuro-pydra")
 
 
@@ -102,7 +101,6 @@ def brain_mask(
     Raises:
         ValueError: A parameter is negative, or the DWI has no b=0 volume.
     """
-    dwi = from_kwneuro(dwi)  # a kwneuro 1.0 Dwi too
     for name, value in (("median_radius", median_radius), ("numpass", numpass),
                         ("dilate", dilate)):  # fmt: skip
         if int(value) != value or value < 0:
