@@ -44,7 +44,7 @@ from kwneuro_pydra.resources import (
 from kwneuro_pydra.workflows import brain_mask, dti_pipeline, estimate_dti, mean_b0
 from kwneuro_pydra.workflows.kwneuro_pipeline import KwneuroResult, kwneuro_pipeline
 from kwneuro_pydra.workflows.phantom import write_phantom
-from tests._kwneuro_steps import Scaler, fa_pipeline
+from tests._kwneuro_steps import Scaler, fa_pipeline, gtab_pipeline, method_pipeline
 
 pytestmark = [
     # dipy's CSD on a tiny phantom: few voxels for the response (logged, not warned) and
@@ -236,6 +236,24 @@ def test_decorated_methods_become_tasks_with_the_instance_as_input(tmp_path: Pat
     with Cache(tmp_path) as cache:
         assert cache.explain(Scaler.scale, Scaler(2.0), volume).hit  # the node's entry
         assert not cache.explain(Scaler.scale, Scaler(3.0), volume).hit  # instance keyed
+
+
+def test_methods_called_on_stand_ins_become_nodes(dwi: Any, tmp_path: Path) -> None:
+    from kwneuro_pydra.pydra import LazyValueError
+    from kwneuro_pydra.pydra._workflow import discover
+
+    assert sorted(discover(method_pipeline).steps) == ["brain_mask", "denoise", "estimate_dti"]
+    (result,) = run_subjects(
+        method_pipeline, {"s": {"dwi": dwi}}, tmp_path, worker="debug"
+    ).values()
+    assert result.ok, result.failure
+    with Cache(tmp_path / "s") as cache:
+        eager = method_pipeline(dwi)  # served by the nodes' entries
+    assert eager.volume.path == result.outputs.volume.path
+    assert all(len(cache.entries(name)) == 1 for name in cache.steps())
+    with pytest.raises(LazyValueError, match=r"attribute access \.bval") as raised:
+        discover(gtab_pipeline)
+    assert "in Dwi.get_gtab(), called on workflow input 'dwi'" in raised.value.__notes__
 
 
 # --- (3) resources fingerprint by content -----------------------------------------------------

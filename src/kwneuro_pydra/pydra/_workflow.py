@@ -78,7 +78,8 @@ def _lazy_outputs(step: Step, fields: list[Any], node: str) -> Any:
     names = output_names(function)
     producers = frozenset({step.name})
     if len(names) == 1:
-        return Lazy(fields[0], f"the result of step {node!r}", producers)
+        kind = step.type_hints().get("return")  # as annotated: for its methods
+        return Lazy(fields[0], f"the result of step {node!r}", producers, kind)
     values = [
         Lazy(f, f"output {n!r} of step {node!r}", producers)
         for n, f in zip(names, fields, strict=True)
@@ -106,6 +107,15 @@ class _Recorder:
         return _lazy_outputs(step, [None] * len(output_names(function)), step.name)
 
 
+@functools.cache
+def _annotations(pipeline: Callable[..., Any]) -> dict[str, Any]:
+    """A pipeline's evaluated annotations; none when they do not evaluate (Pydra: Any)."""
+    try:
+        return typing.get_type_hints(pipeline)
+    except Exception:  # annotations that do not evaluate
+        return {}
+
+
 def discover(pipeline: Callable[..., Any], values: Mapping[str, Any] | None = None) -> Plan:
     """Dry-call ``pipeline``: step calls are recorded, not run.
 
@@ -125,7 +135,8 @@ def discover(pipeline: Callable[..., Any], values: Mapping[str, Any] | None = No
         elif param.default is not param.empty:
             arguments[name] = param.default
         else:
-            arguments[name] = Lazy(None, f"workflow input {name!r}", frozenset())
+            kind = _annotations(pipeline).get(name)
+            arguments[name] = Lazy(None, f"workflow input {name!r}", frozenset(), kind)
     recorder = _Recorder()
     with _cache.handling_steps(recorder):
         returned = pipeline(**arguments)
@@ -189,8 +200,11 @@ def _construct(pipeline: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     """Body of every workflow constructor (module level: pickled by reference)."""
     cache_dir = kwargs.pop("cache_dir", None)
     kwargs.pop("code_digest", None)
+    kinds = _annotations(pipeline)
     arguments = {
-        name: Lazy(value, f"workflow input {name!r}", frozenset()) if is_lazy(value) else value
+        name: Lazy(value, f"workflow input {name!r}", frozenset(), kinds.get(name))
+        if is_lazy(value)
+        else value
         for name, value in kwargs.items()
     }
     with _cache.handling_steps(_Builder(cache_dir)):
@@ -217,10 +231,7 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
                 "parameters, *args or **kwargs)"
             )
     plan = discover(pipeline)
-    try:
-        hints = typing.get_type_hints(pipeline)
-    except Exception:  # annotations that do not evaluate: let Pydra take them as Any
-        hints = {}
+    hints = _annotations(pipeline)
 
     @functools.wraps(pipeline, updated=())
     def constructor(**kwargs: Any) -> Any:
