@@ -283,6 +283,8 @@ def test_transform_resource_fingerprints_by_content(tmp_path: Path) -> None:
     in_memory = fingerprint(loaded)
     assert in_memory is not None
     assert in_memory != fingerprint(TransformResource([path], [path]))
+    mixed = TransformResource([copy, path], [path], _matrices=loaded.matrices)
+    assert fingerprint(mixed) not in (None, in_memory)  # one file left: it counts too
 
 
 @kwneuro.cacheable  # kwneuro's decorator, adopted: a user's step returning a transform

@@ -278,24 +278,12 @@ def _register_fingerprints(reg: types.ModuleType) -> None:
 
     @fingerprint.register(reg.TransformResource)
     def _transform_resource(resource: Any) -> object:
-        def files(paths: Sequence[str]) -> list[object]:
-            return [_path(p) for p in paths]
-
-        forward, inverse = files(resource._ants_fwd_paths), files(resource._ants_inv_paths)
-        if all(isinstance(p, _Existing) for p in (*forward, *inverse)):
-            return ([p.path for p in forward], [p.path for p in inverse])  # type: ignore[attr-defined]
+        forward = [Path(p) for p in resource._ants_fwd_paths]  # each file by its content
+        inverse = [Path(p) for p in resource._ants_inv_paths]
+        if all(path.is_file() for path in (*forward, *inverse)):
+            return (forward, inverse)  # what is loaded from them is no news
         # a file is gone (ANTs' temporary folder): what is loaded in memory stands for it
         return (forward, inverse, resource._matrices, resource._warps)
-
-
-class _Existing:
-    def __init__(self, path: Any) -> None:
-        self.path = path
-
-
-def _path(name: str) -> object:
-    path = Path(name)
-    return _Existing(path) if path.is_file() else name
 
 
 def _on_import(module: Any) -> None:
