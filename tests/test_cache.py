@@ -68,7 +68,9 @@ def text(value: str, where: Path) -> TextFile:
 def test_public_names_are_pinned() -> None:
     assert kwneuro_pydra.__all__ == sorted(kwneuro_pydra.__all__)
     assert set(kwneuro_pydra.__all__) == {
-        "Cache", "CacheSpec", "Entry", "Explanation", "cacheable", "current_cache", "fingerprint",
+        "Cache", "CacheSpec", "Entry", "Explanation", "__version__", "adopt", "cacheable",
+        "current_cache",
+        "fingerprint",
     }  # fmt: skip
     for name in ("Cache", "CacheSpec", "cacheable"):
         assert getattr(cache_module, name) is getattr(kwneuro_pydra, name)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import types
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 __all__ = ["Lazy", "LazyValueError", "is_concrete", "producers_of", "unwrap"]
@@ -17,18 +20,26 @@ class Lazy:
     It can be passed to `cacheable` steps and returned; any other use raises
     `LazyValueError` naming the value and the use.
 
+    A method of its class (``kind``), a decorated step (``dwi.denoise()``) or a plain method
+    calling steps (kwneuro's ``dwi.estimate_dti(mask)``), can be called on it: the method
+    runs with the stand-in as ``self``.
+
     Args:
         field: The Pydra lazy field (None during a dry discovery run).
         description: What the value is, e.g. "the result of step 'brain_mask'".
         producers: Names of the steps the value depends on.
+        kind: The class the value will have (its annotation), or None when unknown.
     """
 
-    __slots__ = ("_description", "_field", "_producers")
+    __slots__ = ("_description", "_field", "_kind", "_producers")
 
-    def __init__(self, field: Any, description: str, producers: frozenset[str]) -> None:
+    def __init__(
+        self, field: Any, description: str, producers: frozenset[str], kind: Any = None
+    ) -> None:
         object.__setattr__(self, "_field", field)
         object.__setattr__(self, "_description", description)
         object.__setattr__(self, "_producers", producers)
+        object.__setattr__(self, "_kind", kind)
 
     def _fail(self, use: str) -> NoReturn:
         raise LazyValueError(
@@ -37,8 +48,20 @@ class Lazy:
             "this code into a @cacheable step."
         )
 
-    def __getattr__(self, name: str) -> NoReturn:
-        self._fail(f"attribute access .{name}")
+    def __getattr__(self, name: str) -> Any:
+        method = _method_of(self._kind, name)
+        if method is None:
+            self._fail(f"attribute access .{name}")
+        where = f"{self._kind.__qualname__}.{name}()"
+
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except LazyValueError as error:
+                error.add_note(f"in {where}, called on {self._description}")
+                raise
+
+        return bound
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         self._fail(f"setting attribute .{name}")
@@ -92,6 +115,15 @@ class Lazy:
 
     def __repr__(self) -> str:
         return f"<lazy: {self._description}>"
+
+
+def _method_of(kind: Any, name: str) -> Callable[..., Any] | None:
+    """The function defined as method ``name`` of class ``kind`` (not static, not a class
+    method, not a property), or None."""
+    if not isinstance(kind, type) or name.startswith("__"):
+        return None
+    attribute = inspect.getattr_static(kind, name, None)
+    return attribute if isinstance(attribute, types.FunctionType) else None
 
 
 def _operator(symbol: str) -> Any:

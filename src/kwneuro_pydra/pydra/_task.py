@@ -9,7 +9,6 @@ import logging
 import os
 import time
 import typing
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,11 @@ from typing import Any
 from pydra.compose import python  # type: ignore[import-untyped]
 
 from kwneuro_pydra import cache as _cache
-from kwneuro_pydra._step import CacheSpec, Step
+from kwneuro_pydra._kwneuro import AdoptedStep, adopt, is_upstream_step
+from kwneuro_pydra._step import Step
 from kwneuro_pydra.pydra import _failures, _pickling  # noqa: F401  (_pickling registers)
 from kwneuro_pydra.pydra._hash import stable_checksums  # registers our hashing in every process
+from kwneuro_pydra.resources._kwneuro import accepting
 
 __all__ = [
     "FORCE_ENV",
@@ -27,6 +28,7 @@ __all__ = [
     "SERVE_ENV",
     "absolute_cache_dir",
     "forced_steps",
+    "input_name",
     "node_step",
     "output_names",
     "step_function",
@@ -43,8 +45,6 @@ SERVE_ENV = "KWNEURO_PYDRA_SERVE"
 """Environment variable set (to 1) while `run_subjects` submits: constructing a workflow
 then serves the step calls its cache answers instead of adding nodes for them."""
 
-_STEPS: weakref.WeakKeyDictionary[Callable[..., Any], Step] = weakref.WeakKeyDictionary()
-
 
 def node_step(function: Callable[..., Any]) -> Step:
     """Return the `Step` of a function decorated by our `cacheable` or upstream kwneuro's.
@@ -52,26 +52,21 @@ def node_step(function: Callable[..., Any]) -> Step:
     Raises:
         TypeError: ``function`` is not a decorated step.
     """
+    if is_upstream_step(function):
+        function = adopt(function)
     step = _cache.step_of(function)
-    if step is not None:
-        return step
-    try:
-        return _STEPS[function]
-    except (KeyError, TypeError):
-        pass
-    info, inner = getattr(function, "_cache_info", None), getattr(function, "__wrapped__", None)
-    if info is None or inner is None or not isinstance(getattr(info, "step_name", None), str):
+    if step is None:
         raise TypeError(f"{function!r} is not a @cacheable step")
-    # upstream kwneuro 1.0: the CacheSpec (if any) is a free variable of the wrapper
-    upstream = inspect.getclosurevars(function).nonlocals.get("spec")
-    spec = None
-    if upstream is not None:
-        spec = CacheSpec(list(upstream.files), upstream.save, upstream.load, info.step_name)
-    elif info.step_name != inner.__name__:
-        raise TypeError(f"{function!r}: unexpected upstream @cacheable wrapper")
-    step = Step(inner, spec)
-    _STEPS[function] = step
     return step
+
+
+SELF_INPUT = "self_"
+"""Input name of a decorated method's instance (attrs cannot take a field named ``self``)."""
+
+
+def input_name(parameter: str) -> str:
+    """The name of the task input that carries a step's ``parameter``."""
+    return SELF_INPUT if parameter == "self" else parameter
 
 
 def _importable(module: str, qualname: str) -> Any:
@@ -108,6 +103,8 @@ def step_function(step: Step) -> Callable[..., Any]:
 
 def _outputs(step: Step) -> tuple[list[str], list[Any], type | None]:
     returned = step.type_hints().get("return", Any)
+    if isinstance(step, AdoptedStep) and step.spec is None:
+        returned = Any  # kwneuro's _cache_load returns other classes than its steps annotate
     fields = getattr(returned, "_fields", None)
     if isinstance(returned, type) and issubclass(returned, tuple) and fields:
         hints = typing.get_type_hints(returned)
@@ -138,6 +135,11 @@ def _check(step: Step) -> None:
             )
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ValueError(f"{where}: *args and **kwargs cannot be Pydra inputs")
+        if param.name == SELF_INPUT and "self" in step.signature.parameters:
+            raise ValueError(
+                f"{where}: the method's instance is the task input {SELF_INPUT!r}; rename "
+                "the parameter"
+            )
 
 
 PYDRA_DOC = "The kwneuro {kind} {name}."
@@ -151,6 +153,9 @@ def to_task(function: Callable[..., Any]) -> Any:
     See `kwneuro_pydra.pydra.to_task` for the contract.
     """
     step = node_step(function)
+    twin = adopt(function) if is_upstream_step(function) else function
+    if twin is not function and _importable(step.fn.__module__, step.fn.__qualname__) is twin:
+        return to_task(twin)  # an old reference to a kwneuro step adopted in place
     _check(step)
     if _importable(step.fn.__module__, step.fn.__qualname__) is not function:
         raise ValueError(_not_importable(step))
@@ -165,8 +170,9 @@ def to_task(function: Callable[..., Any]) -> Any:
 
     runner.__doc__ = PYDRA_DOC.format(kind="step", name=step.name)  # Pydra parses docstrings
 
-    params = [
-        p.replace(annotation=hints.get(p.name, Any)) for p in step.signature.parameters.values()
+    params = [  # a method's instance is an input like any other, by content
+        p.replace(name=input_name(p.name), annotation=accepting(hints.get(p.name, Any)))
+        for p in step.signature.parameters.values()
     ]
     cache_dir = inspect.Parameter(
         "cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None
@@ -215,6 +221,8 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     """Run one step as a node: inside ``Cache(cache_dir)``, or plainly without one."""
     step = node_step(function)
     cache_dir = kwargs.pop("cache_dir", None)
+    if "self" in step.signature.parameters and SELF_INPUT in kwargs:
+        kwargs["self"] = kwargs.pop(SELF_INPUT)
     start = time.perf_counter()
     where = f"[{Path(cache_dir).name}] " if cache_dir else ""
     try:

@@ -26,11 +26,13 @@ from kwneuro_pydra.pydra._task import (
     SERVE_ENV,
     absolute_cache_dir,
     forced_steps,
+    input_name,
     node_step,
     output_names,
     step_function,
     to_task,
 )
+from kwneuro_pydra.resources._kwneuro import CONVERSION_HINT, accepting, is_kwneuro_value
 
 __all__ = ["Calls", "discover", "to_workflow"]
 
@@ -78,7 +80,8 @@ def _lazy_outputs(step: Step, fields: list[Any], node: str) -> Any:
     names = output_names(function)
     producers = frozenset({step.name})
     if len(names) == 1:
-        return Lazy(fields[0], f"the result of step {node!r}", producers)
+        kind = step.type_hints().get("return")  # as annotated: for its methods
+        return Lazy(fields[0], f"the result of step {node!r}", producers, kind)
     values = [
         Lazy(f, f"output {n!r} of step {node!r}", producers)
         for n, f in zip(names, fields, strict=True)
@@ -106,6 +109,15 @@ class _Recorder:
         return _lazy_outputs(step, [None] * len(output_names(function)), step.name)
 
 
+@functools.cache
+def _annotations(pipeline: Callable[..., Any]) -> dict[str, Any]:
+    """A pipeline's evaluated annotations; none when they do not evaluate (Pydra: Any)."""
+    try:
+        return typing.get_type_hints(pipeline)
+    except Exception:  # annotations that do not evaluate
+        return {}
+
+
 def discover(pipeline: Callable[..., Any], values: Mapping[str, Any] | None = None) -> Calls:
     """Dry-call ``pipeline``: step calls are recorded, not run.
 
@@ -125,7 +137,8 @@ def discover(pipeline: Callable[..., Any], values: Mapping[str, Any] | None = No
         elif param.default is not param.empty:
             arguments[name] = param.default
         else:
-            arguments[name] = Lazy(None, f"workflow input {name!r}", frozenset())
+            kind = _annotations(pipeline).get(name)
+            arguments[name] = Lazy(None, f"workflow input {name!r}", frozenset(), kind)
     recorder = _Recorder()
     with _cache.handling_steps(recorder):
         returned = pipeline(**arguments)
@@ -167,12 +180,18 @@ class _Builder:
         if (stored := self._stored(step, bound.arguments)) is not _NOT_STORED:
             return stored
         inputs = {
-            name: unwrap(value, f"argument {name!r} of step {step.name!r}")
+            input_name(name): unwrap(value, f"argument {name!r} of step {step.name!r}")
             for name, value in bound.arguments.items()
         }
         n = self.counts[step.name] = self.counts.get(step.name, 0) + 1
         node = step.name if n == 1 else f"{step.name}_{n}"
-        outputs = workflow.add(task(**inputs, cache_dir=self.cache_dir), name=node)
+        try:
+            instance = task(**inputs, cache_dir=self.cache_dir)
+        except TypeError as error:
+            if "'kwneuro." in str(error) or any(map(is_kwneuro_value, inputs.values())):
+                error.add_note(CONVERSION_HINT)  # one library's resource where the other's goes
+            raise
+        outputs = workflow.add(instance, name=node)
         fields = [getattr(outputs, name) for name in output_names(function)]
         return _lazy_outputs(step, fields, node)
 
@@ -181,8 +200,11 @@ def _construct(pipeline: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     """Body of every workflow constructor (module level: pickled by reference)."""
     cache_dir = kwargs.pop("cache_dir", None)
     kwargs.pop("code_digest", None)
+    kinds = _annotations(pipeline)
     arguments = {
-        name: Lazy(value, f"workflow input {name!r}", frozenset()) if is_lazy(value) else value
+        name: Lazy(value, f"workflow input {name!r}", frozenset(), kinds.get(name))
+        if is_lazy(value)
+        else value
         for name, value in kwargs.items()
     }
     with _cache.handling_steps(_Builder(cache_dir)):
@@ -209,10 +231,7 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
                 "parameters, *args or **kwargs)"
             )
     calls = discover(pipeline)
-    try:
-        hints = typing.get_type_hints(pipeline)
-    except Exception:  # annotations that do not evaluate: let Pydra take them as Any
-        hints = {}
+    hints = _annotations(pipeline)
 
     @functools.wraps(pipeline, updated=())
     def constructor(**kwargs: Any) -> Any:
@@ -220,7 +239,10 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
 
     constructor.__doc__ = PYDRA_DOC.format(kind="pipeline", name=pipeline.__name__)
 
-    params = [p.replace(annotation=hints.get(p.name, Any)) for p in signature.parameters.values()]
+    params = [
+        p.replace(annotation=accepting(hints.get(p.name, Any)))  # kwneuro's twins too
+        for p in signature.parameters.values()
+    ]
     extra = [
         inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
                           annotation=str | None),

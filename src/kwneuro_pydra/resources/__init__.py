@@ -1,7 +1,8 @@
 """Imaging resources on nibabel that implement the cache protocol and fingerprint fast.
 
 The names and behaviour follow upstream kwneuro 1.0 (``kwneuro.resource``, ``kwneuro.io`` and
-``kwneuro.dwi``), so a script ports by changing its imports:
+``kwneuro.dwi``); kwneuro's own classes convert with `from_kwneuro` and `to_kwneuro`, and a
+kwneuro script runs unchanged on our cache (see ``docs/kwneuro.md``):
 
 - volumes: `VolumeResource` (abstract), `InMemoryVolumeResource`, `NiftiVolumeResource`;
 - b-values: `BvalResource` (abstract), `InMemoryBvalResource`, `FslBvalResource`;
@@ -62,6 +63,7 @@ from kwneuro_pydra.resources._gradients import (
     InMemoryBvalResource,
     InMemoryBvecResource,
 )
+from kwneuro_pydra.resources._kwneuro import from_kwneuro, to_kwneuro
 from kwneuro_pydra.resources._volume import (
     InMemoryVolumeResource,
     NiftiVolumeResource,
@@ -84,8 +86,10 @@ __all__ = [
     "Resource",
     "ResourceFileError",
     "VolumeResource",
+    "from_kwneuro",
     "normalize_path",
     "source_of",
+    "to_kwneuro",
 ]
 
 # The public names report this package as their module (as httpx does): a fingerprint mixes

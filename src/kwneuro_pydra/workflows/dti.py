@@ -22,6 +22,7 @@ from kwneuro_pydra.resources import (
     Dwi,
     InMemoryVolumeResource,
     VolumeResource,
+    from_kwneuro,
     source_of,
 )
 
@@ -240,6 +241,7 @@ def estimate_dti(
             DWI's; the acquisition cannot give a tensor (b-values in another unit, no b=0
             volume and a single shell, fewer than 6 non-collinear directions).
     """
+    dwi, mask = from_kwneuro(dwi), None if mask is None else from_kwneuro(mask)  # kwneuro's too
     if fit_method not in FIT_METHODS:
         raise ValueError(
             f"estimate_dti: fit_method must be one of {', '.join(FIT_METHODS)}, got {fit_method!r}"
