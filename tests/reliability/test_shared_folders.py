@@ -9,8 +9,10 @@ writes next; root's writes must refuse them (naming the link) and leave the file
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +138,40 @@ def test_a_shared_root_with_a_umask_that_shuts_the_group_out_is_warned_about(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Cache(folder / "sub-02")  # once per process and folder
+
+
+_PLANTER = """
+import json, os, time
+step_dir = {step_dir!r}
+planted, deadline = [], time.time() + 20
+while time.time() < deadline and not planted:
+    for name in os.listdir(step_dir) if os.path.isdir(step_dir) else []:
+        if name.startswith(".tmp-"):
+            try:
+                os.symlink({victim!r}, os.path.join(step_dir, name, "out.npy"))
+                planted.append(name)
+            except OSError as error:
+                planted.append(error.strerror)
+    time.sleep(0.001)
+print(json.dumps(planted))
+"""
+
+
+def test_an_entry_being_written_is_closed_to_the_group_until_it_is_complete(
+    lab: tuple[Path, Path],
+) -> None:
+    folder, victim = lab
+    step_dir = folder / "cache" / "rl_slow_save"
+    with Cache(folder / "cache") as cache:
+        _steps.rl_square(1)  # the cache's folders exist, as a lab's do
+        step_dir.mkdir()
+        code = _PLANTER.format(step_dir=str(step_dir), victim=str(victim))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            planter = pool.submit(run_python, code, as_nobody=True, timeout=60)
+            time.sleep(0.5)  # nobody is watching the step's folder
+            assert _steps.rl_slow_save(5).tolist() == [5]
+            assert planter.result() == ["Permission denied"], "the link was refused"
+    assert victim.read_bytes() == SECRET
+    (entry,) = cache.entries("rl_slow_save")
+    mode = entry.path.stat().st_mode
+    assert mode & 0o7777 == 0o2775, f"shared with the group once complete: {oct(mode)}"
