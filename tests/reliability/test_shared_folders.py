@@ -24,6 +24,9 @@ from kwneuro_pydra import Cache
 from kwneuro_pydra._files import UnsafeFileError, write_atomic
 from kwneuro_pydra._lock import LOCK_FILE
 from kwneuro_pydra.bids import place, write_json
+from kwneuro_pydra.cli._series import RECORD, write_record
+from kwneuro_pydra.pydra._failures import ERRORS_DIR
+from kwneuro_pydra.pydra._failures import record as record_failure
 from kwneuro_pydra.report._html import write_reports
 from tests.reliability import _steps
 from tests.reliability._system import require_root, run_python
@@ -103,13 +106,16 @@ def test_files_written_in_a_shared_folder_never_follow_a_planted_link(
     output = folder / "output"
     sidecar = output / "sub-01" / "dwi" / "sub-01_dwi.json"
     image = output / "sub-01" / "dwi" / "sub-01_desc-brain_mask.nii.gz"
-    record = folder / "work" / "last-run.json"
+    record = folder / "work" / RECORD
     # The names the old code wrote aside: predictable from this process's pid.
     report_aside = output / f".report.html.{os.getpid()}.tmp"
+    failure_aside = folder / "cache" / ERRORS_DIR / f".mean_b0.{os.getpid()}.tmp"
     _plant({sidecar: victim, image: victim, record: victim, report_aside: victim})
+    _plant({failure_aside: victim})
     for target, write in [
         (sidecar, lambda: write_json(sidecar, {"Description": "a map"})),
         (image, lambda: place(folder / "source.nii.gz", image)),
+        (record, lambda: write_record(record.parent, [])),
         (record, lambda: write_atomic(record, b"{}\n")),
     ]:
         if target == image:
@@ -119,6 +125,7 @@ def test_files_written_in_a_shared_folder_never_follow_a_planted_link(
         assert refused.value.filename == str(target)
         assert target.is_symlink(), "the link is left for the user to see"
     write_reports(output, [], title="Report", summary="none")
+    record_failure(folder / "cache", "mean_b0", ValueError("no b=0 volume"))
     assert (output / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE")
     assert victim.read_bytes() == SECRET, "a write went through a planted link"
 
