@@ -8,6 +8,7 @@ from pathlib import Path
 
 import attrs
 
+from kwneuro_pydra._files import kind
 from kwneuro_pydra.resources import Dwi, FslBvalResource, FslBvecResource, NiftiVolumeResource
 
 __all__ = ["BidsError", "DwiSeries", "SeriesError", "discover"]
@@ -120,10 +121,12 @@ def discover(
     root = Path(bids_dir).absolute()
     if not root.is_dir():
         raise BidsError(f"BIDS_DIR {root} does not exist or is not a folder")
-    if not (root / "dataset_description.json").is_file():
-        raise BidsError(
-            f"BIDS_DIR {root} is not a BIDS dataset: it has no dataset_description.json"
-        )
+    description = root / "dataset_description.json"
+    if not description.is_file():
+        found = "it has no dataset_description.json"
+        if description.exists():  # never opened: a FIFO would block
+            found = f"its dataset_description.json is {kind(description.stat().st_mode)}"
+        raise BidsError(f"BIDS_DIR {root} is not a BIDS dataset: {found}")
     columns = ["sub", "ses", "datatype", "suffix", "ext", "path", "root"]
     rows = bids2table.index_dataset(root).select(columns).to_pylist()
     wanted_subjects = _labels(participants, "sub-")
