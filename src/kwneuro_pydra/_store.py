@@ -96,6 +96,13 @@ def _write_outputs(write: Callable[[Path], None], directory: str) -> None:
         raise
 
 
+def _open_to_the_group(directory: str) -> None:
+    """Give a directory made with mode 0700 the mode the umask gives (a lab's ``umask 002``
+    shares it with the group), keeping the setgid bit it inherited."""
+    special = stat.S_IMODE(os.stat(directory).st_mode) & ~0o777
+    os.chmod(directory, special | (0o777 & ~umask()))
+
+
 _NEARLY_FULL = 1 << 20
 """Bytes free below which a file system counts as full."""
 
@@ -235,7 +242,7 @@ class Store:
         for left in glob.glob(f"{glob.escape(step_dir)}/.tmp-{key}-*"):  # a crashed writer's
             shutil.rmtree(left, ignore_errors=True)  # (one writer per key: it holds the lock)
         tmp = f"{step_dir}/.tmp-{key}-{secrets.token_hex(8)}"  # unguessable: never a link
-        os.mkdir(tmp)  # the umask's mode (tempfile.mkdtemp's 0700 would hide it from a lab)
+        os.mkdir(tmp, 0o700)  # nobody else can put a link where ``write`` writes
         target = f"{step_dir}/{key}"
         try:
             _write_outputs(write, tmp)
@@ -248,6 +255,7 @@ class Store:
                 "library": library(),
             }
             _write_new(f"{tmp}/{sidecar_name(step)}", dump(sidecar))
+            _open_to_the_group(tmp)  # complete: nothing more is written into it
             self._swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

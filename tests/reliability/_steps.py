@@ -7,6 +7,7 @@ recomputation.
 from __future__ import annotations
 
 import collections
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,15 @@ def rl_chain(n: int) -> np.ndarray:
     """``[n]``, counted up from ``rl_chain(n - 1)``: a chain of ``n`` nested steps."""
     CALLS["rl_chain"] += 1
     return np.array([0]) if n == 0 else rl_chain(n - 1) + 1
+
+
+def _slow_save(result: np.ndarray, directory: Path) -> None:
+    time.sleep(1.0)  # a wide window for another user to plant a link where it writes
+    np.save(directory / "out.npy", result)
+
+
+@cacheable(CacheSpec(files=["out.npy"], save=_slow_save, load=_load))
+def rl_slow_save(n: int) -> np.ndarray:
+    """``[n]``, saved a second after it is computed."""
+    CALLS["rl_slow_save"] += 1
+    return np.array([n])

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from kwneuro_pydra.app._series import RECORD, Unit, recording
 from kwneuro_pydra.bids import DwiSeries, write_json
-from kwneuro_pydra.cli._series import RECORD, Unit, write_record
 from tests.reliability._system import fill, require_root, run_python
+
+
+def write_record(work: Path, units: list[Unit]) -> None:
+    """Add ``units`` to the run record in ``work`` (as a run of the app does)."""
+    with recording(work, units):
+        pass
 
 
 def _failed(name: str) -> Unit:
@@ -41,7 +47,8 @@ def test_a_record_on_a_full_disk_keeps_its_old_content_and_the_error_names_it(
     with pytest.raises(OSError, match="No space left on device"):
         write_json(work / "sidecar.json", {"Parameters": {"run": "b" * 100_000}})
     assert json.loads((work / "sidecar.json").read_text()) == {"Parameters": {"run": "a"}}
-    assert sorted(p.name for p in work.iterdir()) == sorted([RECORD, "sidecar.json", "filler"])
+    names = [RECORD, f"{RECORD}.lock", "sidecar.json", "filler"]
+    assert sorted(p.name for p in work.iterdir()) == sorted(names)
     filler.unlink()
 
 
@@ -55,8 +62,10 @@ def test_a_record_another_member_made_is_replaced(shared_dir: Path) -> None:
     code = f"""
 import json
 from pathlib import Path
-from kwneuro_pydra.cli._series import write_record, read_record
-write_record(Path({str(work)!r}), [])
-print(json.dumps(read_record(Path({str(work)!r}))))
+from kwneuro_pydra.app._series import recording
+from tests.reliability.test_records import _failed
+with recording(Path({str(work)!r}), [_failed("02")]) as record:
+    print(json.dumps(sorted(record)))
 """
-    assert run_python(code, as_nobody=True) == {}
+    assert run_python(code, as_nobody=True) == ["sub-01", "sub-02"]
+    assert (work / RECORD).stat().st_uid != 0, "nobody's record replaced root's"

@@ -9,8 +9,10 @@ writes next; root's writes must refuse them (naming the link) and leave the file
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +23,14 @@ import kwneuro_pydra.cache
 from kwneuro_pydra import Cache
 from kwneuro_pydra._files import UnsafeFileError, write_atomic
 from kwneuro_pydra._lock import LOCK_FILE
+from kwneuro_pydra.app._series import RECORD
 from kwneuro_pydra.bids import place, write_json
+from kwneuro_pydra.pydra._failures import ERRORS_DIR
+from kwneuro_pydra.pydra._failures import record as record_failure
 from kwneuro_pydra.report._html import write_reports
 from tests.reliability import _steps
 from tests.reliability._system import require_root, run_python
+from tests.reliability.test_records import write_record
 
 SECRET = b"root's own file: nobody may change it\n"
 
@@ -101,13 +107,16 @@ def test_files_written_in_a_shared_folder_never_follow_a_planted_link(
     output = folder / "output"
     sidecar = output / "sub-01" / "dwi" / "sub-01_dwi.json"
     image = output / "sub-01" / "dwi" / "sub-01_desc-brain_mask.nii.gz"
-    record = folder / "work" / "last-run.json"
+    record = folder / "work" / RECORD
     # The names the old code wrote aside: predictable from this process's pid.
     report_aside = output / f".report.html.{os.getpid()}.tmp"
+    failure_aside = folder / "cache" / ERRORS_DIR / f".mean_b0.{os.getpid()}.tmp"
     _plant({sidecar: victim, image: victim, record: victim, report_aside: victim})
+    _plant({failure_aside: victim})
     for target, write in [
         (sidecar, lambda: write_json(sidecar, {"Description": "a map"})),
         (image, lambda: place(folder / "source.nii.gz", image)),
+        (record, lambda: write_record(record.parent, [])),
         (record, lambda: write_atomic(record, b"{}\n")),
     ]:
         if target == image:
@@ -117,6 +126,7 @@ def test_files_written_in_a_shared_folder_never_follow_a_planted_link(
         assert refused.value.filename == str(target)
         assert target.is_symlink(), "the link is left for the user to see"
     write_reports(output, [], title="Report", summary="none")
+    record_failure(folder / "cache", "mean_b0", ValueError("no b=0 volume"))
     assert (output / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE")
     assert victim.read_bytes() == SECRET, "a write went through a planted link"
 
@@ -136,3 +146,40 @@ def test_a_shared_root_with_a_umask_that_shuts_the_group_out_is_warned_about(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Cache(folder / "sub-02")  # once per process and folder
+
+
+_PLANTER = """
+import json, os, time
+step_dir = {step_dir!r}
+planted, deadline = [], time.time() + 20
+while time.time() < deadline and not planted:
+    for name in os.listdir(step_dir) if os.path.isdir(step_dir) else []:
+        if name.startswith(".tmp-"):
+            try:
+                os.symlink({victim!r}, os.path.join(step_dir, name, "out.npy"))
+                planted.append(name)
+            except OSError as error:
+                planted.append(error.strerror)
+    time.sleep(0.001)
+print(json.dumps(planted))
+"""
+
+
+def test_an_entry_being_written_is_closed_to_the_group_until_it_is_complete(
+    lab: tuple[Path, Path],
+) -> None:
+    folder, victim = lab
+    step_dir = folder / "cache" / "rl_slow_save"
+    with Cache(folder / "cache") as cache:
+        _steps.rl_square(1)  # the cache's folders exist, as a lab's do
+        step_dir.mkdir()
+        code = _PLANTER.format(step_dir=str(step_dir), victim=str(victim))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            planter = pool.submit(run_python, code, as_nobody=True, timeout=60)
+            time.sleep(0.5)  # nobody is watching the step's folder
+            assert _steps.rl_slow_save(5).tolist() == [5]
+            assert planter.result() == ["Permission denied"], "the link was refused"
+    assert victim.read_bytes() == SECRET
+    (entry,) = cache.entries("rl_slow_save")
+    mode = entry.path.stat().st_mode
+    assert mode & 0o7777 == 0o2775, f"shared with the group once complete: {oct(mode)}"

@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from kwneuro_pydra.bids import BidsError, discover
 from tests.bids_data import good_dataset
 from tests.reliability._system import run_python
 
@@ -71,3 +74,11 @@ def test_fifos_at_the_apps_records_fail_status_or_are_ignored_never_hang(
     assert str(out / "kwneuro-pydra-options.json") in done.stderr
     assert "not a regular file (a FIFO)" in done.stderr
     assert "sub-01" in done.stdout
+
+
+def test_a_fifo_as_the_dataset_description_is_named_not_opened(tmp_path: Path) -> None:
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    (bids_dir / "dataset_description.json").unlink()
+    os.mkfifo(bids_dir / "dataset_description.json")
+    with pytest.raises(BidsError, match=r"its dataset_description\.json is a FIFO"):
+        discover(bids_dir)

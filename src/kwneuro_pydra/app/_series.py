@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -198,7 +199,7 @@ def recording(work_dir: Path, ran: Sequence[Unit]) -> Iterator[dict[str, dict[st
     Yields:
         The record after this run's update (see `read_record`).
     """
-    with open(open_shared(work_dir / f"{RECORD}.lock"), "a+b") as lock:
+    with open(_lock_file(work_dir / f"{RECORD}.lock"), "rb") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         record = read_record(work_dir)
         for unit in ran:
@@ -210,6 +211,15 @@ def recording(work_dir: Path, ran: Sequence[Unit]) -> Iterator[dict[str, dict[st
             }
         write_atomic(work_dir / RECORD, (json.dumps(record, indent=2) + "\n").encode())
         yield record
+
+
+def _lock_file(path: Path) -> int:
+    """A descriptor of the record's lock file, never through a link; read-only when another
+    member of a shared work folder made it (``flock`` needs no write access)."""
+    try:
+        return open_shared(path)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def describe(subjects: Collection[str], series: int, no_dwi: Sequence[str] = ()) -> str:

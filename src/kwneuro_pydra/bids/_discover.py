@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from kwneuro_pydra._files import kind
 from kwneuro_pydra.resources import Dwi, FslBvalResource, FslBvecResource, NiftiVolumeResource
 
 __all__ = ["BidsError", "DwiSeries", "SeriesError", "discover", "participants_of"]
@@ -126,10 +127,12 @@ def discover(
     root = Path(bids_dir).absolute()
     if not root.is_dir():
         raise BidsError(f"BIDS_DIR {root} does not exist or is not a folder")
-    if not (root / "dataset_description.json").is_file():
-        raise BidsError(
-            f"BIDS_DIR {root} is not a BIDS dataset: it has no dataset_description.json"
-        )
+    description = root / "dataset_description.json"
+    if not description.is_file():
+        found = "it has no dataset_description.json"
+        if description.exists():  # never opened: a FIFO would block
+            found = f"its dataset_description.json is {kind(description.stat().st_mode)}"
+        raise BidsError(f"BIDS_DIR {root} is not a BIDS dataset: {found}")
     rows, unindexed = _index(root)
     wanted_subjects = _labels(participants, "sub-")
     known = {r["sub"] for r in rows if r["sub"]} | set(participants_of(root))
