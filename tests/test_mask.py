@@ -219,6 +219,8 @@ def test_volume_groups_pool_a_dsi_schemes_b_values_and_keep_shells_apart() -> No
         ((48, 48, 36), 3000, (1, 2)),  # at most 65536 values: the volume's ranks
         ((120, 120, 12), None, (1, 2)),  # more: ranks per block of rows (1 and 2 blocks)
         ((4, 1000, 20), None, (4,)),  # a block of one row reads more: int32 ranks
+        ((64, 64, 40), 3000, (4,)),  # enough work for threads, the volume's ranks
+        ((64, 64, 40), None, (4,)),  # and ranks per block
     ],
 )
 def test_median_filter_on_ranks_equals_scipys(

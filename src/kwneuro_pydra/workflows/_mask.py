@@ -17,12 +17,14 @@ connected component, with every background region but the largest filled (dipy's
 The median filter is exact (the same values as ``scipy.ndimage.median_filter`` with
 ``mode="reflect"``): it works on the ranks of the values as uint16 (of the whole volume when
 it has at most 65536 distinct values, else of each block of windows), whose order statistics
-`numpy.partition` selects with SIMD instructions, over a sliding-window view one slice at a
-time: 3-4x faster than scipy's filter.
+`numpy.partition` selects twice as fast as float values, over a sliding-window view one
+slice at a time, the slices shared by two threads: 2-4x faster than scipy's filter.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,10 @@ _BINS = 256
 _UINT16_VALUES = np.iinfo(np.uint16).max + 1
 """Distinct values whose ranks fit uint16, which `numpy.partition` selects twice as fast as
 int32 (SIMD)."""
+MEDIAN_THREADS = 2
+"""Most threads of the median filter (fewer when the process may use fewer CPUs)."""
+_THREADED_MIN_WORK = 50_000_000
+"""Window elements below which the median filter runs in one thread (hand-over costs)."""
 _SHELL_TOLERANCE = 100.0
 """b-values (s/mm²) at most this far from the previous one in sorted order share a shell."""
 _GROUP_SIZE = 6
@@ -223,32 +229,62 @@ def median_filter(volume: NDArray[Any], radius: int) -> NDArray[Any]:
 
 
 def _windowed_median(volume: NDArray[Any], radius: int, *, rank_blocks: bool) -> NDArray[Any]:
-    """`median_filter` by `numpy.partition` of each slice's windows, a block of rows at a
-    time; with ``rank_blocks``, of the ranks of the values each block reads (uint16)."""
+    """`median_filter` by `numpy.partition` of each slice's windows; with ``rank_blocks``, of
+    the ranks of the values each tile of rows and slices reads (at most 65536: uint16). The
+    tiles are shared by up to `MEDIAN_THREADS` threads (numpy releases the GIL)."""
     side = 2 * radius + 1
     padded = np.pad(volume, radius, mode="symmetric")  # scipy's "reflect"
     out = np.empty_like(volume)
     middle = side**3 // 2
-    rows, columns = volume.shape[:2]
-    block = rows
-    if rank_blocks:  # rows whose windows read at most 65536 values
-        block = max(1, _UINT16_VALUES // ((columns + 2 * radius) * side) - 2 * radius)
-    for z in range(volume.shape[2]):
-        for row in range(0, rows, block):
-            slab = padded[row : row + block + 2 * radius, :, z : z + side]
-            keys = slab
-            if rank_blocks:
-                values, inverse = np.unique(slab, return_inverse=True)
-                small = values.size <= _UINT16_VALUES
-                keys = inverse.reshape(slab.shape).astype(np.uint16 if small else np.int32)
-            windows = sliding_window_view(keys, (side, side, side))
-            flat = windows.reshape(-1, side**3)  # a copy of this block's windows only
+    rows, columns, slices = volume.shape
+    block, depth = (rows, 1)
+    if rank_blocks:
+        block, depth = _tile(columns + 2 * radius, radius)
+
+    def one_tile(row: int, first: int) -> None:
+        tile = padded[row : row + block + 2 * radius, :, first : first + depth + 2 * radius]
+        keys = tile
+        if rank_blocks:
+            values, inverse = np.unique(tile, return_inverse=True)
+            small = values.size <= _UINT16_VALUES
+            keys = inverse.reshape(tile.shape).astype(np.uint16 if small else np.int32)
+        for z in range(min(depth, slices - first)):
+            windows = sliding_window_view(keys[:, :, z : z + side], (side, side, side))
+            flat = windows.reshape(-1, side**3)  # a copy of this slice's windows only
             flat.partition(middle, axis=1)
-            median = flat[:, middle]
-            out[row : row + block, :, z] = (values[median] if rank_blocks else median).reshape(
-                -1, columns
-            )
+            median = flat[:, middle].reshape(-1, columns)
+            out[row : row + block, :, first + z] = values[median] if rank_blocks else median
+
+    tiles = [(row, first) for first in range(0, slices, depth) for row in range(0, rows, block)]
+    threads = min(MEDIAN_THREADS, _usable_cpus(), len(tiles))
+    if threads < 2 or volume.size * side**3 < _THREADED_MIN_WORK:
+        for row, first in tiles:
+            one_tile(row, first)
+    else:
+        with ThreadPoolExecutor(threads, "kwneuro-pydra-median") as pool:
+            for done in [pool.submit(one_tile, row, first) for row, first in tiles]:
+                done.result()
     return out
+
+
+def _tile(width: int, radius: int) -> tuple[int, int]:
+    """Rows and slices of the output per tile whose windows read at most 65536 values
+    (``width`` padded columns), the fewest values read per output voxel."""
+    best = (1.0e9, 1, 1)
+    for depth in range(1, 8 * radius + 2):
+        block = _UINT16_VALUES // (width * (depth + 2 * radius)) - 2 * radius
+        if block >= 1:
+            reads = (block + 2 * radius) / block * (depth + 2 * radius) / depth
+            best = min(best, (reads, block, depth))
+    return best[1], best[2]
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def otsu_threshold(image: NDArray[Any]) -> float:
