@@ -24,6 +24,7 @@ from kwneuro_pydra.cache import Cache, handling_steps
 from kwneuro_pydra.pydra import _failures, _jobs, _task, _workflow
 from kwneuro_pydra.pydra._progress import progress_line
 from kwneuro_pydra.pydra._scheduler import (
+    cancel_on_interrupt,
     check_before_submitting,
     prepare_worker,
     scheduler_failure,
@@ -195,7 +196,11 @@ def run_subjects(
             check_before_submitting(chosen, root, jobs, steps)
             for s in tasks:
                 _failures.clear(root / s)
-            with _submitting(forced), progress_line(jobs, progress, n_nodes):
+            with (
+                _submitting(forced),
+                progress_line(jobs, progress, n_nodes),
+                cancel_on_interrupt(chosen),
+            ):
                 _submit(workflow_class, tasks, jobs, chosen, bool(forced), options)
                 results.update((s, _replay(pipeline, s, inputs[s], root)) for s in tasks)
                 stale = {
