@@ -680,7 +680,7 @@ def test_every_command_of_the_cluster_page_runs(tmp_path: Path) -> None:
     start, run, logs, loaded, by_hand = outputs
     assert "slurm ready" in start or os.geteuid() != 0
     assert run.splitlines() == ["sub-01 ok", "sub-02 ok"]
-    assert "kwneuro.sub-01.estimate_dti  COMPLETED         2G        2   00:30:00" in logs
+    assert "kwneuro-pydra:sub-01:estimate_dti  COMPLETED         2G        2   00:30:00" in logs
     assert "[job " in logs and "estimate_dti: done" in logs
     assert loaded.strip() == str(written)
     assert re.fullmatch(r"FA in \S+\.nii\.gz - jobs \['\d+', '\d+'\]\n", by_hand)
@@ -835,8 +835,9 @@ def test_a_rerun_after_the_submitter_died_follows_its_jobs_or_it_cancelled_them(
         ids = sorted(t for tasks in first.values() for t in tasks)
         if how == "kill -9":
             assert process.returncode == -signal.SIGKILL
-            states = subprocess.run(["squeue", "-h", "-r", "-j", ids[0].split("_")[0], "-o",
-                                     "%T"], capture_output=True, text=True).stdout.split()  # fmt: skip
+            array = ids[0].split("_")[0]
+            states = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T"],
+                                    capture_output=True, text=True).stdout.split()  # fmt: skip
             assert states == ["PENDING"] * n  # still queued
         else:
             said = [line for line in err.splitlines() if line.startswith("kwneuro-pydra:")]
@@ -867,3 +868,36 @@ def test_a_rerun_after_the_submitter_died_follows_its_jobs_or_it_cancelled_them(
                               capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert not set(ids) & {line.split("|")[0] for line in rows.splitlines()}  # none ran
         assert "CANCELLED" in rows
+
+
+def test_a_job_limits_threads_to_its_cpus_and_keeps_caches_in_the_job_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set by the user: kept
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    results = run_subjects(_scheduler_steps.environmental, {"sub-01": {"x": 1.0}}, root,
+                           worker="slurm", job_cache=jobs, resources={"environment": {"cpus": 2}},
+                           **FAST)  # fmt: skip
+    seen = json.loads(results["sub-01"].outputs)
+    assert seen == {"MPLCONFIGDIR": str(jobs / "config" / "matplotlib"), "OMP_NUM_THREADS": "2",
+                    "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "3"}  # fmt: skip
+
+
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_completed_jobs_leave_nothing_in_the_job_cache(granularity: str, tmp_path: Path) -> None:
+    """A completed job's script, pickle and output files go; a failed job's stay."""
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    subjects = {"sub-01": {"x": 1.0}, "sub-02": {"x": 2.0}}
+    results = run_subjects(steps.chain4, subjects, root, worker="slurm", job_cache=jobs,
+                           granularity=granularity, **FAST)  # fmt: skip
+    assert all(r.ok for r in results.values())
+    assert not list((jobs / "slurm_scripts").iterdir())
+    failed = run_subjects(_scheduler_steps.cancelled, {"sub-01": {"x": 1.0}}, root,
+                          worker="slurm", job_cache=jobs, granularity=granularity,
+                          **FAST)  # fmt: skip
+    assert not failed["sub-01"].ok
+    kept = sorted(p.name.startswith("array-") for p in (jobs / "slurm_scripts").iterdir())
+    assert kept == ([False, True] if granularity == "subject" else [False])  # its script (array)

@@ -202,3 +202,30 @@ def status_parameters(args: argparse.Namespace, output_dir: Path) -> tuple[dict[
     if recorded is not None:
         origin = f"the run's, recorded in {output_dir / OPTIONS_FILE}"
     return parameters, f"DTI options: {' '.join(shown)} (as given, else {origin})"
+
+
+def add_cluster_options(group: Any) -> None:
+    """Add ``--max-running``, ``--max-poll-delay`` (``--worker slurm``) and ``--job-cache``.
+
+    Args:
+        group: An argparse parser or argument group (``run``'s cluster options).
+    """
+    group.add_argument(
+        "--max-running", type=positive_int, metavar="N",
+        help="at most N of the run's jobs at once (a job array's %%N)",
+    )  # fmt: skip
+    group.add_argument(
+        "--max-poll-delay", type=positive_float, metavar="SECONDS",
+        help="longest delay between looks at the queue while nothing changes (default 60)",
+    )  # fmt: skip
+    group.add_argument(
+        "--job-cache", type=Path, metavar="DIR",
+        help="Pydra's job cache (default ~/.cache/kwneuro-pydra/jobs/...): private to you, "
+        "visible from the nodes",
+    )  # fmt: skip
+
+
+def cluster_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `run_subjects` keyword arguments of `add_cluster_options`' options, when given."""
+    names = ("max_running", "max_poll_delay", "job_cache")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

@@ -26,6 +26,7 @@ import asyncio
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -302,6 +303,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             log, f"slurm job {job_id}: {step} ended {state}" + f"; stderr:\n{tail}" * bool(tail)
         )
         if state == "COMPLETED":
+            _tidy(Path(job.cache_root) / "slurm_scripts" / job.checksum, errors)
             return True
         message = f"Slurm job {job_id} ({step} for {subject}) ended {state}: {MEANINGS[state]}"
         if state == "FAILED" and tail:
@@ -563,7 +565,8 @@ async def _submit_arrays(
 
     An array holds at most the cluster's ``MaxArraySize`` tasks: more make several arrays,
     each running at most ``max_running`` tasks at once (``%N``). Its script, output files
-    and ``tasks.tsv`` (task index, subject) go next to the first subject's job directory.
+    and ``tasks.tsv`` (task index, subject, job script) go next to the first subject's job
+    directory.
     """
     rc, out, _ = await base.read_and_display_async("scontrol", "show", "config", hide_display=True)
     found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
@@ -579,8 +582,9 @@ async def _submit_arrays(
         array = where / "array.sh"
         array.write_text(f'#!/bin/sh\ncase "$SLURM_ARRAY_TASK_ID" in\n{cases}esac\nexit 1\n')
         (where / "tasks.tsv").write_text(
-            "".join(f"{index}\t{subject}\n" for index, (_, subject, _) in enumerate(chunk))
-        )
+            "".join(f"{index}\t{subject}\t{script}\n"
+                    for index, (script, subject, _) in enumerate(chunk))
+        )  # fmt: skip
         first, last = chunk[0][1], chunk[-1][1]
         throttle = f"%{max_running}" if max_running is not None else ""
         array_id, said = await _sbatch(
@@ -663,6 +667,25 @@ def _subject_dir(job: Any) -> str | None:
     """The ``cache_dir`` input of a kwneuro node or subject workflow, else None."""
     value = getattr(job.task, "cache_dir", None)
     return value if isinstance(value, str) else None
+
+
+def _tidy(script_dir: Path, errors: Path) -> None:
+    """Remove what a completed job leaves in the job cache: its script directory, its output
+    files, and the directory of its job array once every task of it completed.
+
+    A failed job's files stay (until its step completes in a later run): the job cache
+    holds only what may still be read.
+    """
+    shutil.rmtree(script_dir, ignore_errors=True)
+    for leftover in (errors, errors.with_suffix(".out")):
+        leftover.unlink(missing_ok=True)
+    tasks = errors.parent / "tasks.tsv"
+    try:
+        scripts = [line.split("\t")[-1] for line in tasks.read_text().splitlines()]
+    except OSError:
+        return  # not a job array
+    if not any(Path(script).exists() for script in scripts):  # every task completed
+        shutil.rmtree(errors.parent, ignore_errors=True)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
