@@ -458,7 +458,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     async def _poll(self) -> None:
         """Look at the queue for all the jobs followed, until none is; back off while
         nothing changes."""
-        delay = self.poll_delay
+        delay, longest = self.poll_delay, await _longest_delay(self.max_poll_delay)
         assert self._news is not None
         while self._followed:
             try:  # a newly followed job brings the next look forward
@@ -482,7 +482,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             changed = any(self._seen.get(job) != outcome for job, outcome in found.items())
             self._seen.update(found)
             polled.set_result(found)
-            delay = self.poll_delay if changed else min(delay * 2, self.max_poll_delay)
+            delay = self.poll_delay if changed else min(delay * 2, longest)
 
     async def _earlier(self, checksum: str) -> tuple[str, Path] | None:
         """The job (its id and stderr file) an earlier run submitted for ``checksum``, if it
@@ -556,6 +556,23 @@ async def _sbatch(*args: str) -> tuple[str | None, str]:
     return (found.group() if found and not rc else None), err.strip() or out.strip()
 
 
+async def _config() -> dict[str, str]:
+    """The controller's configuration (``scontrol show config``; empty if it does not answer)."""
+    rc, out, _ = await base.read_and_display_async("scontrol", "show", "config", hide_display=True)
+    pairs = (line.partition("=")[::2] for line in out.splitlines() if rc == 0)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+async def _longest_delay(wanted: float) -> float:
+    """``wanted``, or less without accounting: a job's outcome is then known only while the
+    controller remembers the job, ``MinJobAge`` seconds after it ends; look twice as often."""
+    config = await _config()
+    if config.get("AccountingStorageType", "accounting_storage/none") != "accounting_storage/none":
+        return wanted
+    found = re.match(r"(\d+) sec", config.get("MinJobAge", ""))
+    return min(wanted, max(int(found.group(1)) / 2, 0.1)) if found else wanted
+
+
 async def _submit_arrays(
     tasks: list[tuple[Path, str, asyncio.Future[tuple[str | None, str, Path]]]],
     options: list[str],
@@ -568,9 +585,8 @@ async def _submit_arrays(
     and ``tasks.tsv`` (task index, subject, job script) go next to the first subject's job
     directory.
     """
-    rc, out, _ = await base.read_and_display_async("scontrol", "show", "config", hide_display=True)
-    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
-    size = max(1, int(found.group(1))) if rc == 0 and found else 1001  # Slurm's default
+    found = (await _config()).get("MaxArraySize", "")
+    size = max(1, int(found)) if found.isdigit() else 1001  # Slurm's default
     for start in range(0, len(tasks), size):
         chunk = tasks[start : start + size]
         where = chunk[0][0].parent.parent / f"array-{chunk[0][0].parent.name}"
