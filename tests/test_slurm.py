@@ -38,9 +38,19 @@ pytestmark = pytest.mark.slurm
 FAST = {"poll_delay": 0.2}
 
 
+PRIVATE_CONF = Path(os.environ.get("KWNEURO_SLURM_STATE", "/var/tmp/kwneuro-slurm"), "etc",
+                    "slurm.conf")  # fmt: skip
+"""Where ``ci/slurm/start.sh`` writes its cluster's configuration."""
+
+
 @pytest.fixture(autouse=True)
 def slurm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip (fail with CI set) without Slurm; make the tests' steps importable on the node."""
+    """Skip (fail with CI set) without Slurm; make the tests' steps importable on the node.
+
+    The cluster is the one ``SLURM_CONF`` names, else ``ci/slurm/start.sh``'s if it made one.
+    """
+    if "SLURM_CONF" not in os.environ and PRIVATE_CONF.exists():
+        monkeypatch.setenv("SLURM_CONF", str(PRIVATE_CONF))
     missing = slurm_unavailable()
     if missing:
         message = f"{missing}; start one with ci/slurm/start.sh (as root)"
@@ -670,15 +680,15 @@ def test_every_command_of_the_cluster_page_runs(tmp_path: Path) -> None:
         if kind == "toml":
             written = tomllib.loads(code)
             continue
-        if kind == "bash" and "start.sh" in code and os.geteuid() != 0:
-            code = code.replace("ci/slurm/start.sh", "")  # it needs root; Slurm is up
+        if kind == "bash" and "start.sh" in code:  # Slurm is up, the test points at it
+            code = re.sub(r"ci/slurm/start.sh\n|export SLURM_CONF=.*\n", "", code)
         command = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [
             sys.executable, "-c", code]  # fmt: skip
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, f"{code}\n{done.stdout}\n{done.stderr}"
         outputs.append(done.stdout)
     start, run, logs, loaded, by_hand = outputs
-    assert "slurm ready" in start or os.geteuid() != 0
+    assert start.startswith("NODELIST CPUS MEMORY STATE\n")
     assert run.splitlines() == ["sub-01 ok", "sub-02 ok"]
     assert "kwneuro-pydra:sub-01:estimate_dti  COMPLETED         2G        2   00:30:00" in logs
     assert "[job " in logs and "estimate_dti: done" in logs
@@ -901,3 +911,54 @@ def test_completed_jobs_leave_nothing_in_the_job_cache(granularity: str, tmp_pat
     assert not failed["sub-01"].ok
     kept = sorted(p.name.startswith("array-") for p in (jobs / "slurm_scripts").iterdir())
     assert kept == ([False, True] if granularity == "subject" else [False])  # its script (array)
+
+
+def test_a_second_test_cluster_runs_beside_this_one(tmp_path: Path) -> None:
+    """ci/slurm/start.sh with another state directory, ports and name: a second cluster on
+    this machine, with accounting; the first one goes on as before; /etc/slurm is untouched."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set: this test starts Slurm daemons, which needs root")
+        pytest.skip("starting Slurm daemons needs root")
+    etc = {p: p.stat().st_mtime_ns for p in Path("/etc/slurm").glob("*")}
+    state = tmp_path / "second"
+    env = dict(os.environ, KWNEURO_SLURM_STATE=str(state), KWNEURO_SLURM_PORT="7200",
+               KWNEURO_SLURM_CLUSTER="kwsecond")  # fmt: skip
+    env.pop("SLURM_CONF", None)
+    try:
+        started = subprocess.run([str(ROOT / "ci/slurm/start.sh")], env=env,
+                                 capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.splitlines()[-1] == f"export SLURM_CONF={state}/etc/slurm.conf"
+        second = dict(os.environ, SLURM_CONF=f"{state}/etc/slurm.conf")
+        config = subprocess.run(["scontrol", "show", "config"], env=second, capture_output=True,
+                                text=True, check=True).stdout  # fmt: skip
+        assert re.search(r"^ClusterName\s*=\s*kwsecond$", config, re.M)
+        script = (
+            "import sys\nfrom kwneuro_pydra.pydra import run_subjects\n"
+            "from tests import _pydra_steps as steps\n"
+            "r = run_subjects(steps.pipeline, {'sub-01': {'dwi': 'a'}}, sys.argv[1],"
+            " worker='slurm', poll_delay=0.2)\nprint(r['sub-01'].outputs)\n"
+        )
+        from tests._children import child_env
+
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c2")],
+                              env=child_env(SLURM_CONF=second["SLURM_CONF"]),
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.stdout.strip() == "dti(a,mask(a,0.5))", done.stderr
+        jobs = list(submitted(tmp_path / "c2", "sub-01"))
+        rows = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o",
+                               "JobID,Cluster,State"], env=second, capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+        assert {line.split("|")[1] for line in rows.splitlines()} == {"kwsecond"}
+        # meanwhile this one answers as before
+        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "b"}}, tmp_path / "c1",
+                               worker="slurm", **FAST)  # fmt: skip
+        assert results["sub-01"].outputs == "dti(b,mask(b,0.5))"
+        ours = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+        assert not re.search(r"^ClusterName\s*=\s*kwsecond$", ours, re.M)
+    finally:
+        subprocess.run([str(ROOT / "ci/slurm/stop.sh")], env=env, capture_output=True)
+    assert not list((state / "started").iterdir())  # it stopped what it started
+    assert {p: p.stat().st_mtime_ns for p in Path("/etc/slurm").glob("*")} == etc
