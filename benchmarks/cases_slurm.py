@@ -160,3 +160,107 @@ def slurm_granularity(sizes: Sizes, workdir: Path) -> Section:
                             note=f"{calls} sbatch calls in all"))  # fmt: skip
     section.notes.append(f"jobs poll every {_POLL:g} s; 2 CPUs shared with other work")
     return section
+
+
+def _logging_wrappers(where: Path, log: Path) -> str:
+    """Write wrappers of squeue and sacct logging each call to *log*; return the PATH to use."""
+    import os
+
+    where.mkdir(parents=True, exist_ok=True)
+    for command in ("squeue", "sacct"):
+        real = shutil.which(command)
+        wrapper = where / command
+        wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) {command}" >> {log}\n'
+                           f'exec {real} "$@"\n')  # fmt: skip
+        wrapper.chmod(0o755)
+    return f"{where}:{os.environ['PATH']}"
+
+
+def load_while_waiting(
+    n: int, window: float, poll: float, max_poll: float, workdir: Path
+) -> dict[str, float]:
+    """Run `_slurm_steps.one_step` for *n* subjects, a job each (one array), held pending
+    behind a job that holds the node for *window* seconds; measure what the submitter costs
+    the controller and the machine meanwhile.
+
+    Returns:
+        ``queries``, ``looks`` (squeue calls) and ``sacct`` calls a minute while waiting,
+        ``cpu`` (the submitter's CPU time over the window's wall time), ``jobs``, ``wall``.
+    """
+    import os
+    import subprocess
+    import threading
+
+    from benchmarks import _slurm_steps
+
+    adapter = _adapter()
+    log = workdir / "calls.log"
+    path = _logging_wrappers(workdir / "wrappers", log)
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "--exclusive", "--job-name=kwneuro-bench-blocker",
+         f"--output={workdir / 'blocker.out'}", "--wrap", "sleep 3600"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    root = workdir / "load"
+    marks: dict[str, float] = {}
+
+    def open_window() -> None:  # once the array is submitted
+        for _ in range(int(600 / 0.1)):
+            if (root / ".logs" / "slurm-jobs.tsv").exists():
+                break
+            time.sleep(0.1)
+        marks["start"], marks["cpu0"] = time.time(), time.process_time()
+        time.sleep(window)
+        marks["end"], marks["cpu1"] = time.time(), time.process_time()
+        subprocess.run(["scancel", blocker], check=True)
+
+    prior = os.environ["PATH"]
+    os.environ["PATH"] = path
+    watcher = threading.Thread(target=open_window)
+    watcher.start()
+    start = time.perf_counter()
+    try:
+        subjects = {f"sub-{i:03d}": {"x": float(i)} for i in range(n)}
+        _check(adapter.pydra.run_subjects(_slurm_steps.one_step, subjects, root, worker="slurm",
+                                          granularity="subject", job_cache=root / "jobs",
+                                          progress=False, poll_delay=poll,
+                                          max_poll_delay=max_poll))  # fmt: skip
+    finally:
+        os.environ["PATH"] = prior
+        watcher.join()
+        subprocess.run(["scancel", blocker], check=False)
+    calls = [line.split() for line in log.read_text().splitlines()]
+    inside = [c for t, c in calls if marks["start"] <= float(t) <= marks["end"]]
+    minutes = (marks["end"] - marks["start"]) / 60
+    return {
+        "queries": len(inside) / minutes,
+        "looks": inside.count("squeue") / minutes,
+        "sacct": inside.count("sacct") / minutes,
+        "cpu": (marks["cpu1"] - marks["cpu0"]) / (marks["end"] - marks["start"]),
+        "jobs": n,
+        "wall": time.perf_counter() - start,
+    }
+
+
+@case("slurm-load")
+def slurm_load(sizes: Sizes, workdir: Path) -> Section:
+    """What following 200 pending jobs costs: scheduler queries a minute, submitter CPU."""
+    real = sizes.subjects >= 20
+    n, window, poll, max_poll = (200, 240.0, 5.0, 60.0) if real else (3, 3.0, 0.2, 1.0)
+    title = f"{n} subjects, a job each (one array), pending {window:g} s behind a busy node"
+    section = Section("slurm-load", title)
+    if _unavailable(section):
+        return section
+    found = load_while_waiting(n, window, poll, max_poll, workdir)
+    section.rows.append(Row(f"{OURS}, slurm, poll {poll:g} s up to {max_poll:g} s",
+                            _one(found["wall"]), note="whole run, cold"))  # fmt: skip
+    section.notes.append(
+        f"while waiting: {found['queries']:.1f} scheduler queries a minute "
+        f"({found['looks']:.1f} squeue, {found['sacct']:.1f} sacct) for {n} jobs; submitter "
+        f"CPU {100 * found['cpu']:.2f} % of wall time"
+    )
+    section.notes.append(
+        "before (one squeue per job per poll_delay=1 s): 6,632 squeue a minute for 200 "
+        "pending jobs, submitter CPU 47 %"
+    )
+    return section

@@ -76,3 +76,17 @@ def overrunning(x: float) -> float:
 def lingering(x: float) -> float:
     """A pipeline whose first step takes a few seconds."""
     return double(linger(x))
+
+
+@cacheable(json_spec("environment"))
+def environment(x: float) -> str:
+    """The job's per-user cache and thread settings, as JSON."""
+    import json
+
+    names = ("MPLCONFIGDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return json.dumps({name: os.environ.get(name) for name in names})
+
+
+def environmental(x: float) -> str:
+    """A pipeline reporting its job's environment."""
+    return environment(x)

@@ -1,4 +1,4 @@
-"""kwneuro 1.0's pipeline on the CI's Slurm (``ci/slurm/start.sh``): three subjects, equal to
+"""kwneuro 1.0's pipeline on the CI's Slurm (``.ci/slurm/start.sh``): three subjects, equal to
 kwneuro's plain calls, and a rerun that submits nothing.
 
 Without a usable Slurm these tests skip, unless ``CI`` is set: then they fail (as in

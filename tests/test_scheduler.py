@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("pydra")
 
-from kwneuro_pydra.pydra import load_resources, run_subjects
+from kwneuro_pydra.pydra import SlurmWorker, load_resources, run_subjects
 from kwneuro_pydra.pydra._preflight import LOCAL_FILE_SYSTEMS, file_system_of
-from kwneuro_pydra.pydra._resources import Request, in_sequence, requests
+from kwneuro_pydra.pydra._resources import Request, for_subject, requests
+from kwneuro_pydra.pydra._slurm import _array_row, read_record, stuck
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 from tests import _pydra_steps as steps
 
@@ -73,12 +74,94 @@ def test_a_time_limit_reads_back_as_given(seconds: int) -> None:
     assert read["s"].seconds == seconds
 
 
-def test_steps_in_one_job_ask_for_the_largest_and_the_sum_of_times() -> None:
+def test_a_job_per_subject_asks_for_the_largest_and_the_sum_of_all_steps_times() -> None:
     a = Request(mem_mb=300, cpus=None, seconds=300, options=("--qos=x",))
-    b = Request(mem_mb=2048, cpus=2, seconds=1800, options=("--qos=x", "--exclusive"))
-    assert in_sequence([a, b]) == Request(2048, 2, 2100, ("--qos=x", "--exclusive"))
-    assert in_sequence([a, Request(cpus=4)]).seconds is None  # one step without a limit
-    assert in_sequence([]) == Request()
+    b = Request(mem_mb=2048, cpus=2, seconds=1800, options=("--qos", "x", "--exclusive"))
+    three = ("brain_mask", "estimate_dti", "fa_map")
+    named = {"brain_mask": a, "estimate_dti": b, "fa_map": Request(seconds=60)}
+    assert for_subject(named, three) == Request(2048, 2, 2160, ("--qos=x", "--exclusive"))
+    # a step without a time counts UNNAMED_STEP_TIME, named in resources or not
+    assert for_subject({"estimate_dti": Request(seconds=60)}, three).seconds == 60 + 2 * 3600
+    assert for_subject({"estimate_dti": b}, three, unnamed_time=10).seconds == 1820
+    assert for_subject({"brain_mask": Request(cpus=4)}, three) == Request(cpus=4)  # no time
+    assert for_subject({}, three) == Request()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("--partition=a", "--partition=b"), ("-p a", "--partition b"), ("-pa", "--partition=b"),
+     ("--gres=gpu:1", "--gres=gpu:2")],
+)  # fmt: skip
+def test_two_steps_setting_one_option_differently_are_refused_in_one_job(
+    first: str, second: str, tmp_path: Path
+) -> None:
+    found = requests({"brain_mask": {"options": first}, "fa_map": {"options": second}}, STEPS)
+    with pytest.raises(ValueError, match=r"resources: steps 'brain_mask' and 'fa_map' run in one "
+                       r"job per subject but ask for different --(partition|gres) "):  # fmt: skip
+        for_subject(found, STEPS)
+    with pytest.raises(ValueError, match="ask for different"):  # before anything is submitted
+        run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, tmp_path, worker="slurm",
+                     granularity="subject", resources={"brain_mask": {"options": first},
+                                                       "fa_map": {"options": second}})  # fmt: skip
+    assert not (tmp_path / ".logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [("--array=0-4", "submits a job per subject as job arrays itself; throttle them with "
+                     r"max_running \(--max-running\)"),
+     ("-a 1-3", "as job arrays itself"), ("--job-name=mine", "names each job after its subject"),
+     ("-J mine", "names each job"), ("--parsable", "reads the job id"),
+     ("--wrap=true", "submits its own job script")],
+)  # fmt: skip
+def test_sbatch_options_the_worker_sets_itself_are_refused_with_the_reason(
+    given: str, why: str, tmp_path: Path
+) -> None:
+    one = {"sub-01": {"dwi": "a"}}
+    option = given.split("=")[0].split(" ")[0]
+    with pytest.raises(ValueError, match=f"sbatch_args: '{option}.*' is not accepted: .*{why}"):
+        run_subjects(steps.pipeline, one, tmp_path, worker="slurm", sbatch_args=given)
+    with pytest.raises(ValueError, match=rf"resources\['fa_map'\]\['options'\]: '{option}"):
+        requests({"fa_map": {"options": f"--qos=x {given}"}}, STEPS)
+    with pytest.raises(ValueError, match="is not accepted"):
+        SlurmWorker(sbatch_args=given)  # type: ignore[call-arg]
+    assert not (tmp_path / ".logs").exists()
+
+
+def test_max_running_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match=f"max_running={bad!r}: expected a positive integer"):
+            SlurmWorker(max_running=bad)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("reason", "stuck_"),
+    [("Resources", False), ("Priority", False), ("Dependency", False), ("BeginTime", False),
+     ("JobArrayTaskLimit", False), ("None", False), ("PartitionDown", True),
+     ("DependencyNeverSatisfied", True), ("BadConstraints", True),
+     ("ReqNodeNotAvail, UnavailableNodes:vm-2", True), ("AssocGrpCpuLimit", True),
+     ("QOSMaxWallDurationPerJobLimit", True), ("InvalidAccount", True)],
+)  # fmt: skip
+def test_pending_reasons_that_waiting_does_not_resolve(reason: str, stuck_: bool) -> None:
+    assert stuck(reason) is stuck_
+
+
+def test_an_array_task_without_its_own_record_takes_its_arrays() -> None:
+    """Slurm 22.05 records no task cancelled before it started, only its array."""
+    rows = {"7_0": "COMPLETED", "7_[1-3,5%2]": "CANCELLED by 0", "9": "CANCELLED by 0"}
+    assert _array_row("7_2", rows) == "CANCELLED by 0"
+    assert _array_row("7_5", rows) == "CANCELLED by 0"
+    assert _array_row("7_4", rows) is None
+    assert _array_row("9_3", rows) == "CANCELLED by 0"  # its tasks cancelled one by one
+    assert _array_row("12", rows) is None
+
+
+def test_the_record_of_jobs_ignores_a_line_cut_short(tmp_path: Path) -> None:
+    record = tmp_path / "slurm-jobs.tsv"
+    assert read_record(record) == {}
+    record.write_text("abc\t12_0\tsub-01\tall steps\t/j/e.err\nabc\t13_0\tsub-01\tall steps"
+                      "\t/j/f.err\ndef\t14\tsub-02\tfa_map\t/j")  # killed mid-write  # fmt: skip
+    assert read_record(record) == {"abc": ("13_0", Path("/j/f.err"))}
 
 
 def test_resources_files(tmp_path: Path) -> None:
@@ -157,3 +240,19 @@ def test_the_file_system_of_a_path_is_read_from_the_mount_table(tmp_path: Path) 
     if found.returncode == 0:
         assert found.stdout.split() == [mount, kind]
     assert file_system_of(Path("/proc/self"))[1] == "proc" not in LOCAL_FILE_SYSTEMS
+
+
+def test_the_cluster_options_of_the_command_line() -> None:
+    import argparse
+
+    from kwneuro_pydra.cli._options import add_cluster_options, cluster_options
+
+    parser = argparse.ArgumentParser()
+    add_cluster_options(parser)
+    given = parser.parse_args(["--max-running", "20", "--max-poll-delay", "30",
+                               "--job-cache", "/tmp/j"])  # fmt: skip
+    assert cluster_options(given) == {"max_running": 20, "max_poll_delay": 30.0,
+                                      "job_cache": Path("/tmp/j")}  # fmt: skip
+    assert cluster_options(parser.parse_args([])) == {}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-running", "0"])

@@ -6,9 +6,14 @@ with ``-m slurm``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -35,9 +40,19 @@ pytestmark = pytest.mark.slurm
 FAST: dict[str, Any] = {"poll_delay": 0.2}
 
 
+PRIVATE_CONF = Path(os.environ.get("KWNEURO_SLURM_STATE", "/var/tmp/kwneuro-slurm"), "etc",
+                    "slurm.conf")  # fmt: skip
+"""Where ``.ci/slurm/start.sh`` writes its cluster's configuration."""
+
+
 @pytest.fixture(autouse=True)
 def slurm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip (fail with CI set) without Slurm; make the tests' steps importable on the node."""
+    """Skip (fail with CI set) without Slurm; make the tests' steps importable on the node.
+
+    The cluster is the one ``SLURM_CONF`` names, else ``.ci/slurm/start.sh``'s if it made one.
+    """
+    if "SLURM_CONF" not in os.environ and PRIVATE_CONF.exists():
+        monkeypatch.setenv("SLURM_CONF", str(PRIVATE_CONF))
     missing = slurm_unavailable()
     if missing:
         message = f"{missing}; start one with .ci/slurm/start.sh (as root)"
@@ -163,21 +178,54 @@ def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
     assert {job.split("_")[0] for job in tasks} == {next(iter(tasks)).split("_")[0]}
     assert sorted(job.split("_")[1] for job in tasks) == ["0", "1", "2"]
     names = {row["JobName"] for row in accounting(list(tasks)).values()}
-    assert names == {"kwneuro.3_subjects.all_steps"}
+    assert names == {"kwneuro-pydra:sub-01..sub-03"}
+    log = (root / ".logs" / "sub-01.log").read_text()
+    (task,) = submitted(root, "sub-01")  # the job's own lines say the array task, too
+    assert f"[job {task} all steps] kwneuro_pydra.pydra INFO: [sub-01] brain_mask: done" in log
 
 
-def test_a_job_pending_too_long_is_cancelled_with_slurms_reason(tmp_path: Path) -> None:
-    blocker = subprocess.run(
+def block_the_node(tmp_path: Path) -> str:
+    """Submit a job holding both CPUs of the default partition's node; return its id."""
+    return subprocess.run(
         ["sbatch", "--parsable", "--cpus-per-task=2", "--job-name=kwneuro-test-blocker",
          f"--output={tmp_path / 'blocker.out'}", "--wrap", "sleep 300"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    try:
-        root = tmp_path / "slurm"
-        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
-                               pending_timeout=2, **FAST)  # fmt: skip
-    finally:
-        subprocess.run(["scancel", blocker], check=True)
+
+
+def test_a_job_pending_on_resources_is_never_cancelled(tmp_path: Path) -> None:
+    """Resources (the cluster is busy) resolves by waiting: pending_timeout does not count it."""
+    blocker = block_the_node(tmp_path)
+    threading.Timer(6, subprocess.run, (["scancel", blocker],)).start()
+    root = tmp_path / "slurm"
+    results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                           pending_timeout=1, max_poll_delay=0.5, **FAST)  # fmt: skip
+    assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"
+    jobs = submitted(root, "sub-01")
+    assert sorted(jobs.values()) == ["brain_mask", "estimate_dti"]  # each once
+    first = min(jobs, key=int)
+    started = accounting([first], "Start", "Submit")[first]
+    assert started["State"] == "COMPLETED"
+    assert _seconds(started["Start"]) - _seconds(started["Submit"]) >= 4  # it did wait
+
+
+def _seconds(stamp: str) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+def test_a_job_pending_on_a_dependency_never_satisfied_is_cancelled(tmp_path: Path) -> None:
+    failed = subprocess.run(
+        ["sbatch", "--parsable", f"--output={tmp_path / 'failed.out'}", "--wrap", "false"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    while accounting([failed])[failed]["State"] != "FAILED":
+        time.sleep(0.2)
+    root = tmp_path / "slurm"
+    results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
+                           sbatch_args=f"--dependency=afterok:{failed}", pending_timeout=2,
+                           **FAST)  # fmt: skip
     failure = results["sub-01"].failure
     assert failure is not None and isinstance(failure.exception, SchedulerError)
     jobs = submitted(root, "sub-01")
@@ -185,8 +233,8 @@ def test_a_job_pending_too_long_is_cancelled_with_slurms_reason(tmp_path: Path) 
     (job,) = jobs
     error = failure.exception
     assert (error.job_id, error.state, failure.step) == (job, "PENDING", "brain_mask")
-    assert f"Slurm job {job} (brain_mask for sub-01) was still pending after" in str(error)
-    assert "Slurm's reason: Resources" in str(error)
+    assert f"Slurm job {job} (brain_mask for sub-01) was pending for " in str(error)
+    assert "for a reason waiting does not resolve (Slurm's reason: Dependency" in str(error)
     assert accounting([job])[job]["State"].startswith("CANCELLED")
 
 
@@ -634,17 +682,17 @@ def test_every_command_of_the_cluster_page_runs(tmp_path: Path) -> None:
         if kind == "toml":
             written = tomllib.loads(code)
             continue
-        if kind == "bash" and "start.sh" in code and os.geteuid() != 0:
-            code = code.replace(".ci/slurm/start.sh", "")  # it needs root; Slurm is up
+        if kind == "bash" and "start.sh" in code:  # Slurm is up, the test points at it
+            code = re.sub(r"\.ci/slurm/start.sh\n|export SLURM_CONF=.*\n", "", code)
         command = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [
             sys.executable, "-c", code]  # fmt: skip
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, f"{code}\n{done.stdout}\n{done.stderr}"
         outputs.append(done.stdout)
     start, run, logs, loaded, by_hand = outputs
-    assert "slurm ready" in start or os.geteuid() != 0
+    assert start.startswith("NODELIST CPUS MEMORY STATE\n")
     assert run.splitlines() == ["sub-01 ok", "sub-02 ok"]
-    assert "kwneuro.sub-01.estimate_dti  COMPLETED         2G        2   00:30:00" in logs
+    assert "kwneuro-pydra:sub-01:estimate_dti  COMPLETED         2G        2   00:30:00" in logs
     assert "[job " in logs and "estimate_dti: done" in logs
     assert loaded.strip() == str(written)
     assert re.fullmatch(r"FA in \S+\.nii\.gz - jobs \['\d+', '\d+'\]\n", by_hand)
@@ -691,3 +739,242 @@ def test_the_bids_app_runs_on_slurm_with_per_step_requests(tmp_path: Path) -> No
     assert requests["brain_mask"] != requests["estimate_dti"]
     assert main(args) == 0  # a rerun is served from the cache: nothing more is submitted
     assert submitted(out / ".kwneuro-cache", "sub-01") == jobs
+
+
+@pytest.fixture
+def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Wrappers of sbatch, squeue and sacct first on PATH, logging each call (time, command,
+    arguments) to the file returned."""
+    where, log = tmp_path / "wrappers", tmp_path / "calls.log"
+    where.mkdir()
+    for command in ("sbatch", "squeue", "sacct"):
+        real = shutil.which(command)
+        wrapper = where / command
+        wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) {command} $*" >> {log}\n'
+                           f'exec {real} "$@"\n')  # fmt: skip
+        wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{where}:{os.environ['PATH']}")
+    return log
+
+
+def logged(log: Path) -> list[tuple[float, str, str]]:
+    """The calls a `calls` log holds: (time, command, arguments)."""
+    found = []
+    for line in log.read_text().splitlines():
+        stamp, command, args = [*line.split(" ", 2), ""][:3]
+        found.append((float(stamp), command, args))
+    return found
+
+
+def test_all_jobs_are_followed_with_one_query_a_look_backing_off_while_nothing_changes(
+    tmp_path: Path, calls: Path
+) -> None:
+    """20 subjects pending behind a busy node: one squeue a look for all their array tasks,
+    no sacct while none left the queue, and the looks thin out (0.2 s doubling to 1 s)."""
+    subjects = {f"sub-{i:02d}": {"dwi": f"s{i}"} for i in range(20)}
+    blocker = block_the_node(tmp_path)
+    cancelled: list[float] = []
+
+    def unblock() -> None:
+        cancelled.append(time.time())
+        subprocess.run(["scancel", blocker], check=True)
+
+    threading.Timer(10, unblock).start()
+    root = tmp_path / "slurm"
+    results = run_subjects(steps.pipeline, subjects, root, worker="slurm",
+                           granularity="subject", max_poll_delay=1, **FAST)  # fmt: skip
+    outputs = {s: r.outputs for s, r in results.items()}
+    assert outputs == {s: f"dti({v['dwi']},mask({v['dwi']},0.5))" for s, v in subjects.items()}
+    found = logged(calls)
+    (submission,) = [t for t, command, args in found if command == "sbatch" and "--array" in args]
+    waiting = [(command, args) for t, command, args in found if submission < t < cancelled[0]]
+    looks = [args for command, args in waiting if command == "squeue"]
+    times = [round(t - submission, 2) for t, command, _ in found if command == "squeue"]
+    seconds = cancelled[0] - submission
+    # without backing off: seconds / 0.2 looks (about 45); with it: 0.2, 0.4, 0.8, then
+    # 1 s apart (about 12), give or take a reason changing and a busy machine
+    assert 3 <= len(looks) <= seconds + 5, (times, seconds)
+    assert [command for command, _ in waiting].count("sacct") == 0  # nobody left the queue
+    array = next(iter(submitted(root, "sub-00"))).split("_")[0]
+    assert all(f"-j {array} " in args for args in looks)  # one id for the 20 tasks
+    follow = [command for t, command, _ in found if t > submission]
+    assert follow.count("sacct") <= follow.count("squeue")
+
+
+SUBJECTS = (
+    "import sys\n"
+    "from kwneuro_pydra.pydra import run_subjects\n"
+    "from tests import _pydra_steps as steps\n"
+    "subjects = {f'sub-{i:02d}': {'dwi': f's{i}'} for i in range(int(sys.argv[3]))}\n"
+    "results = run_subjects(steps.pipeline, subjects, sys.argv[1], worker='slurm',"
+    " granularity='subject', job_cache=sys.argv[2], poll_delay=0.2, max_poll_delay=0.5)\n"
+    "print(sum(r.ok for r in results.values()))\n"
+)
+"""Runs `steps.pipeline` for N subjects a job each (argv: root, job cache, N) on Slurm."""
+
+
+def tasks_of(root: Path, subjects: list[str]) -> dict[str, list[str]]:
+    """The array tasks submitted for each subject, from the subjects' logs."""
+    return {s: list(submitted(root, s)) for s in subjects}
+
+
+@pytest.mark.parametrize("how", ["kill -9", "SIGINT", "SIGTERM"])
+def test_a_rerun_after_the_submitter_died_follows_its_jobs_or_it_cancelled_them(
+    how: str, tmp_path: Path
+) -> None:
+    """A submitter killed with jobs queued: a rerun follows them (no subject gets a second
+    array task). Ctrl-C and SIGTERM cancel what the run submitted, saying so in one line."""
+    from tests._children import child_env
+
+    root, jobs, n = tmp_path / "slurm", tmp_path / "jobs", 4
+    names = [f"sub-{i:02d}" for i in range(n)]
+    blocker = block_the_node(tmp_path)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SUBJECTS, str(root), str(jobs), str(n)], env=child_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for _ in range(300):
+            if all(tasks_of(root, names).values()) or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        first = tasks_of(root, names)
+        assert all(len(t) == 1 for t in first.values()), first
+        time.sleep(1)  # the submitter follows them now
+        signals = {"kill -9": signal.SIGKILL, "SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+        process.send_signal(signals[how])
+        _, err = process.communicate(timeout=60)
+        ids = sorted(t for tasks in first.values() for t in tasks)
+        if how == "kill -9":
+            assert process.returncode == -signal.SIGKILL
+            array = ids[0].split("_")[0]
+            states = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T"],
+                                    capture_output=True, text=True).stdout.split()  # fmt: skip
+            assert states == ["PENDING"] * n  # still queued
+        else:
+            said = [line for line in err.splitlines() if line.startswith("kwneuro-pydra:")]
+            what = "interrupted" if how == "SIGINT" else "SIGTERM"
+            assert said == [
+                f"kwneuro-pydra: {what}: cancelled {n} Slurm job(s) this run "
+                f"submitted: {' '.join(sorted(ids, key=lambda j: int(j.split('_')[1])))}"
+            ]
+            assert "Task was destroyed" not in err
+            assert process.returncode == (-signal.SIGINT if how == "SIGINT" else 143), err
+        # the jobs stay queued while the rerun starts
+        threading.Timer(8, subprocess.run, (["scancel", blocker],)).start()
+        again = run_subjects(steps.pipeline, {s: {"dwi": f"s{int(s[4:])}"} for s in names},
+                             root, worker="slurm", granularity="subject", job_cache=jobs,
+                             max_poll_delay=0.5, **FAST)  # fmt: skip
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    assert all(r.ok for r in again.values()), again
+    after = tasks_of(root, names)
+    if how == "kill -9":  # followed: still one array task a subject
+        assert after == first
+        log = (root / ".logs" / "sub-00.log").read_text()
+        assert f"slurm job {first['sub-00'][0]}: all steps followed" in log
+    else:  # cancelled: one new task each, the old ones never ran
+        assert all(len(after[s]) == 2 and after[s][0] == first[s][0] for s in names)
+        array = ids[0].split("_")[0]
+        rows = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert not set(ids) & {line.split("|")[0] for line in rows.splitlines()}  # none ran
+        assert "CANCELLED" in rows
+
+
+def test_a_job_limits_threads_to_its_cpus_and_keeps_caches_in_the_job_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set by the user: kept
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    results = run_subjects(_scheduler_steps.environmental, {"sub-01": {"x": 1.0}}, root,
+                           worker="slurm", job_cache=jobs, resources={"environment": {"cpus": 2}},
+                           **FAST)  # fmt: skip
+    seen = json.loads(results["sub-01"].outputs)
+    assert seen == {"MPLCONFIGDIR": str(jobs / "config" / "matplotlib"), "OMP_NUM_THREADS": "2",
+                    "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "3"}  # fmt: skip
+
+
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_completed_jobs_leave_nothing_in_the_job_cache(granularity: str, tmp_path: Path) -> None:
+    """A completed job's script, pickle and output files go; a failed job's stay."""
+    root, jobs = tmp_path / "slurm", tmp_path / "jobs"
+    subjects = {"sub-01": {"x": 1.0}, "sub-02": {"x": 2.0}}
+    results = run_subjects(steps.chain4, subjects, root, worker="slurm", job_cache=jobs,
+                           granularity=granularity, **FAST)  # fmt: skip
+    assert all(r.ok for r in results.values())
+    assert not list((jobs / "slurm_scripts").iterdir())
+    failed = run_subjects(_scheduler_steps.cancelled, {"sub-01": {"x": 1.0}}, root,
+                          worker="slurm", job_cache=jobs, granularity=granularity,
+                          **FAST)  # fmt: skip
+    assert not failed["sub-01"].ok
+    kept = sorted(p.name.startswith("array-") for p in (jobs / "slurm_scripts").iterdir())
+    assert kept == ([False, True] if granularity == "subject" else [False])  # its script (array)
+
+
+def test_a_second_test_cluster_runs_beside_this_one(tmp_path: Path) -> None:
+    """.ci/slurm/start.sh with another state directory, ports and name: a second cluster on
+    this machine, with accounting; the first one goes on as before; /etc/slurm is untouched."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set: this test starts Slurm daemons, which needs root")
+        pytest.skip("starting Slurm daemons needs root")
+    etc = {p: p.stat().st_mtime_ns for p in Path("/etc/slurm").glob("*")}
+    state = tmp_path / "second"
+    env = dict(os.environ, KWNEURO_SLURM_STATE=str(state), KWNEURO_SLURM_PORT="7200",
+               KWNEURO_SLURM_CLUSTER="kwsecond")  # fmt: skip
+    env.pop("SLURM_CONF", None)
+    try:
+        started = subprocess.run([str(ROOT / ".ci/slurm/start.sh")], env=env,
+                                 capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.splitlines()[-1] == f"export SLURM_CONF={state}/etc/slurm.conf"
+        second = dict(os.environ, SLURM_CONF=f"{state}/etc/slurm.conf")
+        config = subprocess.run(["scontrol", "show", "config"], env=second, capture_output=True,
+                                text=True, check=True).stdout  # fmt: skip
+        assert re.search(r"^ClusterName\s*=\s*kwsecond$", config, re.M)
+        script = (
+            "import sys\nfrom kwneuro_pydra.pydra import run_subjects\n"
+            "from tests import _pydra_steps as steps\n"
+            "r = run_subjects(steps.pipeline, {'sub-01': {'dwi': 'a'}}, sys.argv[1],"
+            " worker='slurm', poll_delay=0.2)\nprint(r['sub-01'].outputs)\n"
+        )
+        from tests._children import child_env
+
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c2")],
+                              env=child_env(SLURM_CONF=second["SLURM_CONF"]),
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.stdout.strip() == "dti(a,mask(a,0.5))", done.stderr
+        jobs = list(submitted(tmp_path / "c2", "sub-01"))
+        rows = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o",
+                               "JobID,Cluster,State"], env=second, capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+        assert {line.split("|")[1] for line in rows.splitlines()} == {"kwsecond"}
+        # meanwhile this one answers as before
+        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "b"}}, tmp_path / "c1",
+                               worker="slurm", **FAST)  # fmt: skip
+        assert results["sub-01"].outputs == "dti(b,mask(b,0.5))"
+        ours = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+        assert not re.search(r"^ClusterName\s*=\s*kwsecond$", ours, re.M)
+    finally:
+        subprocess.run([str(ROOT / ".ci/slurm/stop.sh")], env=env, capture_output=True)
+    assert not list((state / "started").iterdir())  # it stopped what it started
+    assert {p: p.stat().st_mtime_ns for p in Path("/etc/slurm").glob("*")} == etc
+
+
+def test_max_running_throttles_a_job_array(tmp_path: Path) -> None:
+    """max_running=1: the array's %1, its three tasks one after the other."""
+    subjects = {f"sub-0{i}": {"x": float(i)} for i in (1, 2, 3)}
+    root = tmp_path / "slurm"
+    results = run_subjects(_scheduler_steps.lingering, subjects, root, worker="slurm",
+                           granularity="subject", max_running=1, **FAST)  # fmt: skip
+    assert {s: r.outputs for s, r in results.items()} == {"sub-01": 2.0, "sub-02": 4.0,
+                                                          "sub-03": 6.0}  # fmt: skip
+    tasks = [job for s in subjects for job in submitted(root, s)]
+    rows = accounting(tasks, "Start", "End")
+    spans = sorted((_seconds(rows[j]["Start"]), _seconds(rows[j]["End"])) for j in tasks)
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), spans

@@ -1,18 +1,36 @@
 #!/usr/bin/env bash
 # Install (apt) and start a Slurm with accounting on this machine, as root, without systemd:
 # munged, MariaDB, slurmdbd, slurmctld and two slurmd, one per node: <host> (partition `debug`,
-# the default, where the tests' jobs run) and <host>-2 (a second slurmd on port 6820, run with
-# `slurmd -N`; with <host> it makes partition `two`, a cluster of two nodes). Idempotent: a
-# daemon already running is left alone; one started here is recorded under $STATE/started/ so
-# that stop.sh stops exactly what this script started; when the configuration this script
-# writes changed, the Slurm daemons it started are restarted. Settings: /work/shared/DESIGN.md
-# section 5.
-#   .ci/slurm/start.sh            # prints "slurm ready" when `sacct` and `sbatch` answer
-#   KWNEURO_SLURM_STATE=/some/dir .ci/slurm/start.sh
+# the default, where the tests' jobs run) and <host>-2 (a second slurmd, run with `slurmd -N`;
+# with <host> it makes partition `two`, a cluster of two nodes). The cluster is private: its
+# configuration is $STATE/etc/slurm.conf (clients find it through SLURM_CONF; /etc/slurm is
+# never read or written), its state and spool directories are under $STATE, its daemons listen
+# on ports $PORT (slurmctld), $PORT+1 and +2 (the slurmd) and $PORT+3 (slurmdbd), and its
+# accounting is database slurm_acct_<cluster>: it coexists with another Slurm on the machine,
+# or a second test cluster (another state directory, ports and name). munged and MariaDB are
+# shared (started if none runs). Idempotent: a daemon already running is left alone; one
+# started here is recorded under $STATE/started/ so that stop.sh stops exactly what this script
+# started; when the configuration changed, the Slurm daemons it started are restarted.
+# Settings: /work/shared/DESIGN.md section 5.
+#   .ci/slurm/start.sh     # prints "slurm ready" when `sacct` and `sbatch` answer, then the
+#                         # line to use the cluster: export SLURM_CONF=$STATE/etc/slurm.conf
+#   KWNEURO_SLURM_STATE=/some/dir KWNEURO_SLURM_PORT=7000 KWNEURO_SLURM_CLUSTER=other \
+#       .ci/slurm/start.sh
 set -euo pipefail
 STATE=${KWNEURO_SLURM_STATE:-/var/tmp/kwneuro-slurm}
-MARK="# written by kwneuro-pydra ci/slurm/start.sh"  # unchanged since the move to .ci/: it finds the files it wrote
+PORT=${KWNEURO_SLURM_PORT:-6900}
+CLUSTER=${KWNEURO_SLURM_CLUSTER:-kwneuro}
+ETC=$STATE/etc
+export SLURM_CONF=$ETC/slurm.conf
 [ "$(id -u)" = 0 ] || { echo "start.sh: run as root" >&2; exit 2; }
+if [ ! -e "$ETC/slurm.conf" ] && ls "$STATE"/started/slurm* >/dev/null 2>&1; then
+    # an earlier start.sh (configuration in /etc/slurm) started these: restarting them here
+    # would take the cluster away from whoever uses it
+    echo "start.sh: $STATE holds a cluster started by an earlier start.sh (configured in" \
+        "/etc/slurm); stop it first (KWNEURO_SLURM_STATE=$STATE .ci/slurm/stop.sh), or give" \
+        "another KWNEURO_SLURM_STATE" >&2
+    exit 1
+fi
 mkdir -p "$STATE/started" "$STATE/log"
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null \
@@ -66,23 +84,21 @@ if ! mariadb -u root -e 'select 1' >/dev/null 2>&1; then
     started mariadb "$DB/mariadb.pid"
 fi
 
-# ---- configuration (only files this script wrote are rewritten)
-ours() { [ ! -e "$1" ] || head -1 "$1" | grep -qxF "$MARK"; }
+# ---- configuration, all under $ETC
 NODE=$(slurmd -C | head -1 | sed -e 's/ *$//')
 HOST=$(hostname -s)
 SECOND=$HOST-2
-mkdir -p /etc/slurm /var/spool/slurmctld "/var/spool/slurmd/$HOST" "/var/spool/slurmd/$SECOND" \
-    "$STATE/run"
-if ours /etc/slurm/slurm.conf; then
-    conf=$(mktemp)
-    cat >"$conf" <<CONF
-$MARK
-ClusterName=kwneuro
+mkdir -p "$ETC" "$STATE/ctld" "$STATE/spool/$HOST" "$STATE/spool/$SECOND" "$STATE/run"
+conf=$(mktemp)
+cat >"$conf" <<CONF
+ClusterName=$CLUSTER
 SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
 SlurmUser=root
 AuthType=auth/munge
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd/%n
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/spool/%n
 SlurmctldPidFile=$STATE/run/slurmctld.pid
 SlurmdPidFile=$STATE/run/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
@@ -101,37 +117,35 @@ ReturnToService=2
 MinJobAge=60
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStoragePort=$((PORT + 3))
 JobCompType=jobcomp/none
 $NODE NodeAddr=127.0.0.1 State=UNKNOWN
-NodeName=$SECOND NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6820 ${NODE#NodeName=$HOST } State=UNKNOWN
+NodeName=$SECOND NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((PORT + 2)) ${NODE#NodeName=$HOST } State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 PartitionName=two Nodes=$HOST,$SECOND MaxTime=INFINITE State=UP
 CONF
-    chmod 644 "$conf"
-    if cmp -s "$conf" /etc/slurm/slurm.conf; then
-        rm "$conf"
-    else
-        mv "$conf" /etc/slurm/slurm.conf
-        # restart the Slurm daemons started here, with the new configuration
-        ours_running=$(cd "$STATE/started" && ls -d slurmd* slurmctld 2>/dev/null || true)
-        [ -z "$ours_running" ] || "$(dirname "$0")/stop.sh" $ours_running >/dev/null
-    fi
+chmod 644 "$conf"
+if cmp -s "$conf" "$ETC/slurm.conf"; then
+    rm "$conf"
+else
+    mv "$conf" "$ETC/slurm.conf"
+    # restart the Slurm daemons started here, with the new configuration
+    ours_running=$(cd "$STATE/started" && ls -d slurmd* slurmctld 2>/dev/null || true)
+    [ -z "$ours_running" ] || "$(dirname "$0")/stop.sh" $ours_running >/dev/null
 fi
-if ours /etc/slurm/slurmdbd.conf; then
-    cat >/etc/slurm/slurmdbd.conf <<CONF
-$MARK
+cat >"$ETC/slurmdbd.conf" <<CONF
 AuthType=auth/munge
 DbdHost=localhost
+DbdPort=$((PORT + 3))
 SlurmUser=root
 PidFile=$STATE/run/slurmdbd.pid
 LogFile=$STATE/log/slurmdbd.log
 StorageType=accounting_storage/mysql
 StorageHost=localhost
 StorageUser=root
-StorageLoc=slurm_acct_db
+StorageLoc=slurm_acct_$CLUSTER
 CONF
-    chmod 600 /etc/slurm/slurmdbd.conf
-fi
+chmod 600 "$ETC/slurmdbd.conf"
 
 # ---- slurmdbd, slurmctld, slurmd
 if ! sacctmgr -n show cluster >/dev/null 2>&1; then
@@ -165,3 +179,4 @@ nodes_up() {
 wait_for 30 "the nodes" nodes_up
 wait_for 30 sacct sacct -n -X -S now
 echo "slurm ready ($(sinfo -h -N -o '%N %P %c CPUs %m MB %t' | paste -sd ';' -))"
+echo "export SLURM_CONF=$SLURM_CONF"

@@ -6,6 +6,7 @@
 # SIGTERM and recovers them when it starts again; running jobs outlive a slurmd restart).
 set -uo pipefail
 STATE=${KWNEURO_SLURM_STATE:-/var/tmp/kwneuro-slurm}
+export SLURM_CONF=$STATE/etc/slurm.conf  # the cluster start.sh made there, not another
 [ -d "$STATE/started" ] || exit 0
 if [ $# = 0 ]; then
     if [ -e "$STATE/started/slurmctld" ]; then

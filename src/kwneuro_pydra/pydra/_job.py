@@ -4,7 +4,8 @@
 ``load_and_run`` would run it; a subject's workflow (a job per subject) runs its nodes one after
 the other in this process (Pydra's ``debug`` worker); the steps of a pipeline defined in
 the user's ``__main__`` are given to this one's. Records of the ``kwneuro_pydra``
-logger at INFO and above are appended to ``LOG`` (when not empty), tagged with the job id.
+logger at INFO and above are appended to ``LOG`` (when not empty), tagged with the job id
+(``<array>_<index>`` for an array task, as the scheduler's lines say).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> None:
     if log:
         handler = logging.FileHandler(log)
         handler.setFormatter(logging.Formatter(
-            f"%(asctime)s [job {os.environ.get('SLURM_JOB_ID', '?')} {step}] %(name)s "
+            f"%(asctime)s [job {_job_id()} {step}] %(name)s "
             "%(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S",
         ))  # fmt: skip
         logger = logging.getLogger("kwneuro_pydra")
@@ -39,6 +40,14 @@ def main(argv: list[str]) -> None:
     with Submitter(worker="debug", cache_root=job.cache_root) as submitter:
         job.submitter = submitter
         job.run(rerun=rerun)
+
+
+def _job_id() -> str:
+    """The job's id as the scheduler's lines give it: ``<array>_<index>`` for an array task."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and index:
+        return f"{array}_{index}"
+    return os.environ.get("SLURM_JOB_ID", "?")
 
 
 def _adopt_main(task: Any) -> None:

@@ -10,11 +10,15 @@ positive integer, ``time`` a Slurm duration (``"30"`` minutes, ``"MM:SS"``, ``"H
 ``"D-HH"``, ``"D-HH:MM"``, ``"D-HH:MM:SS"``; an integer is minutes) and ``options`` further
 sbatch options for that step only. The same mapping can be read from a TOML or JSON file
 (`load_resources`).
+
+A job that runs all of a subject's steps (`for_subject`) asks for the largest memory and CPUs
+of its steps, the sum of their times (``UNNAMED_STEP_TIME`` for a step without one; no limit
+only when no step has one) and the options of all, refused when two steps set one option to
+different values. Options the worker sets itself are refused everywhere (`refuse_owned`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shlex
@@ -25,12 +29,40 @@ from typing import Any, TypeGuard
 
 import attrs
 
-__all__ = ["Request", "in_sequence", "load_resources", "requests"]
+__all__ = [
+    "OWNED_OPTIONS",
+    "UNNAMED_STEP_TIME",
+    "Request",
+    "for_subject",
+    "load_resources",
+    "refuse_owned",
+    "requests",
+]
 
 _KEYS = ("mem", "cpus", "time", "options")
 _MEM = re.compile(r"(\d+)([KMGT]?)B?\Z", re.IGNORECASE)
 _UNIT_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\Z")
+UNNAMED_STEP_TIME = 3600
+"""Seconds a job per subject counts for a step without a ``time`` when another step has one."""
+_ARRAYS = "the worker submits a job per subject as job arrays itself; throttle them with "
+_ARRAYS += "max_running (--max-running), which becomes the array's %N"
+_NAMES = "the worker names each job after its subject (kwneuro-pydra:sub-01), as reruns, "
+_NAMES += "squeue and sacct find them"
+_FILES = "each job's output and error go next to its script in the job cache, where why a "
+_FILES += "job failed is read; the steps' log lines are in <cache_root>/.logs/<subject>.log"
+OWNED_OPTIONS = {
+    "--array": _ARRAYS, "-a": _ARRAYS,
+    "--job-name": _NAMES, "-J": _NAMES,
+    "--output": _FILES, "-o": _FILES, "--error": _FILES, "-e": _FILES,
+    "--parsable": "the worker reads the job id from sbatch's own answer",
+    "--wrap": "the worker submits its own job script",
+}  # fmt: skip
+"""sbatch options the worker sets itself, and why each is refused from users."""
+_SHORT = {"-p": "--partition", "-A": "--account", "-q": "--qos", "-C": "--constraint",
+          "-w": "--nodelist", "-x": "--exclude", "-G": "--gpus", "-N": "--nodes",
+          "-n": "--ntasks", "-c": "--cpus-per-task", "-t": "--time"}  # fmt: skip
+"""Short sbatch options with a value, by the long name they stand for."""
 
 
 @attrs.frozen
@@ -60,28 +92,90 @@ class Request:
             args.append(f"--time={_duration(self.seconds)}")
         return args + list(self.options)
 
-    def and_then(self, other: Request) -> Request:
-        """The request of a job that runs this one's work, then ``other``'s, in sequence.
 
-        Memory and CPUs are the larger of the two; the time limit is the sum (none when
-        either has none); options are both, in order, without repeats.
-        """
+def for_subject(
+    requests: Mapping[str, Request], steps: Iterable[str], unnamed_time: int = UNNAMED_STEP_TIME
+) -> Request:
+    """The request of one job running all of a subject's ``steps`` in turn.
 
-        def larger(a: int | None, b: int | None) -> int | None:
-            return b if a is None else a if b is None else max(a, b)
+    Args:
+        requests: The per-step requests (steps not named ask for nothing).
+        steps: The names of the steps the job runs.
+        unnamed_time: Seconds counted for a step without a time limit when another step has
+            one.
 
-        seconds = None
-        if self.seconds is not None and other.seconds is not None:
-            seconds = self.seconds + other.seconds
-        options = self.options + tuple(o for o in other.options if o not in self.options)
-        return Request(larger(self.mem_mb, other.mem_mb), larger(self.cpus, other.cpus),
-                       seconds, options)  # fmt: skip
+    Returns:
+        The largest memory and CPUs; the sum of the steps' times, ``unnamed_time`` for each
+        step without one (no limit when no step has one); the options of all steps, each once.
+
+    Raises:
+        ValueError: Two steps set one option to different values (the message names both).
+    """
+    names = list(dict.fromkeys([*steps, *requests]))
+    given = {step: requests.get(step, Request()) for step in names}
+    mems = [r.mem_mb for r in given.values() if r.mem_mb is not None]
+    cpus = [r.cpus for r in given.values() if r.cpus is not None]
+    seconds = None
+    if any(r.seconds is not None for r in given.values()):
+        seconds = sum(unnamed_time if r.seconds is None else r.seconds for r in given.values())
+    options: list[str] = []
+    set_by: dict[str, tuple[str, str | None]] = {}
+    for step, request in given.items():
+        for name, value, words in _parsed(request.options):
+            if name in set_by and set_by[name][1] != value:
+                other, before = set_by[name]
+                raise ValueError(
+                    f"resources: steps {other!r} and {step!r} run in one job per subject but "
+                    f"ask for different {name} ({before} and {value}): give both the same "
+                    "value, or use granularity='node'"
+                )
+            if name not in set_by:
+                set_by[name] = (step, value)
+                options += words
+    return Request(max(mems, default=None), max(cpus, default=None), seconds, tuple(options))
 
 
-def in_sequence(requests: Iterable[Request]) -> Request:
-    """The request of one job running all of ``requests``' work in turn (see `and_then`)."""
-    given = list(requests)
-    return functools.reduce(Request.and_then, given) if given else Request()
+def _parsed(options: Iterable[str]) -> list[tuple[str, str | None, list[str]]]:
+    """sbatch options as (long name, value or None, the words giving it)."""
+    words = list(options)
+    found: list[tuple[str, str | None, list[str]]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("--"):
+            name, has, value = word.partition("=")
+            if not has and i + 1 < len(words) and not words[i + 1].startswith("-"):
+                found.append((name, words[i + 1], words[i : i + 2]))
+                i += 2
+                continue
+            found.append((name, value if has else None, [word]))
+        elif word[:2] in _SHORT:
+            if len(word) > 2:
+                found.append((_SHORT[word[:2]], word[2:], [word]))
+            else:
+                following = words[i + 1] if i + 1 < len(words) else None
+                found.append((_SHORT[word], following, words[i : i + 2]))
+                i += 1
+        else:
+            found.append((word, None, [word]))
+        i += 1
+    return found
+
+
+def refuse_owned(args: Iterable[str], where: str) -> None:
+    """Refuse the sbatch options the worker sets itself (`OWNED_OPTIONS`).
+
+    Args:
+        args: sbatch options, as separate arguments.
+        where: What gave them, for the message (``"sbatch_args"``, a step's options).
+
+    Raises:
+        ValueError: One is owned: the message names it and says why.
+    """
+    for arg in args:
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
+        if name in OWNED_OPTIONS:
+            raise ValueError(f"{where}: {arg!r} is not accepted: {OWNED_OPTIONS[name]}")
 
 
 def requests(
@@ -218,7 +312,9 @@ def _options(step: str, value: Any) -> tuple[str, ...]:
         raise ValueError(
             f"resources[{step!r}]['options'] = {value!r}: expected a string of sbatch options"
         )
-    return tuple(shlex.split(value))
+    options = tuple(shlex.split(value))
+    refuse_owned(options, f"resources[{step!r}]['options']")
+    return options
 
 
 def _duration(seconds: int) -> str:

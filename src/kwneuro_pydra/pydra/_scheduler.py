@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydra.workers.base import Worker  # type: ignore[import-untyped]
 
 from kwneuro_pydra.pydra._preflight import check_cache_root, check_slurm, check_worker
-from kwneuro_pydra.pydra._resources import in_sequence, requests
+from kwneuro_pydra.pydra._resources import for_subject, requests
 from kwneuro_pydra.pydra._slurm import SchedulerError, SlurmWorker
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
 __all__ = [
     "GRANULARITIES",
     "LOG_DIR",
+    "POLL_DELAY",
+    "RECORD",
+    "cancel_on_interrupt",
     "check_before_submitting",
     "prepare_worker",
     "scheduler_failure",
@@ -24,6 +31,12 @@ __all__ = [
 GRANULARITIES = ("node", "subject")
 LOG_DIR = ".logs"
 """Directory of the per-subject log files of scheduler runs, under the cache root."""
+RECORD = "slurm-jobs.tsv"
+"""The record of the jobs submitted into a cache root, in `LOG_DIR` (see `SlurmWorker`)."""
+POLL_DELAY = 5.0
+"""Seconds between looks at the queue while something changes (`SlurmWorker.poll_delay`)."""
+SLURM_OPTIONS = ("sbatch_args", "poll_delay", "max_poll_delay", "max_running")
+"""The worker options `run_subjects` passes on to `SlurmWorker`."""
 
 
 def prepare_worker(
@@ -77,21 +90,25 @@ def prepare_worker(
         if given:
             raise ValueError(f"{', '.join(given)} need worker='slurm' (worker is {worker!r})")
         return worker, options
-    unknown = sorted(set(options) - {"sbatch_args", "poll_delay"})
+    unknown = sorted(set(options) - set(SLURM_OPTIONS))
     if unknown:
         raise ValueError(
             f"unknown option(s) for worker='slurm': {', '.join(unknown)} "
-            "(expected sbatch_args, poll_delay)"
+            f"(expected {', '.join(SLURM_OPTIONS)})"
         )
     sbatch_args(options.get("sbatch_args", ""))
-    chosen = SlurmWorker(  # type: ignore[call-arg]  # attrs fields of Pydra's worker
-        sbatch_args=options.get("sbatch_args", ""),
-        poll_delay=options.get("poll_delay", 1),
+    passed = {name: options[name] for name in SLURM_OPTIONS if name in options}
+    chosen = SlurmWorker(
+        **{**passed, "poll_delay": options.get("poll_delay", POLL_DELAY)},
         resources=wanted,
         per_subject=granularity == "subject",
+        steps=tuple(steps),
         pending_timeout=pending_timeout,
         log_dir=str(root / LOG_DIR),
+        record=str(root / LOG_DIR / RECORD),
     )
+    if chosen.per_subject:
+        for_subject(wanted, steps)  # two steps' options that conflict: refused now
     return chosen, {}
 
 
@@ -110,9 +127,48 @@ def check_before_submitting(
         return
     wanted = worker.resources
     if worker.per_subject and wanted:
-        wanted = {"each subject's job": in_sequence(wanted.values())}
+        wanted = {"each subject's job": for_subject(wanted, worker.steps)}
     places = {"cache root": root, "Pydra's job cache": jobs}
     check_slurm(places, steps, worker.sbatch_args, wanted)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt(worker: Any) -> Iterator[None]:
+    """Ctrl-C or SIGTERM while a scheduler runs this run's jobs: cancel them, say so in one line.
+
+    Only jobs this run submitted are cancelled (not those it followed from an earlier run's
+    record). Ctrl-C is raised again; SIGTERM exits with status 143.
+    """
+    if not isinstance(worker, SlurmWorker):
+        yield
+        return
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main else None
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        cancelled = worker.cancel_submitted()
+        what = "SIGTERM" if isinstance(interrupt, _Terminated) else "interrupted"
+        print(
+            f"kwneuro-pydra: {what}: cancelled {len(cancelled)} Slurm job(s) this run "
+            f"submitted{': ' * bool(cancelled)}{' '.join(cancelled)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if isinstance(interrupt, _Terminated):
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def scheduler_failure(worker: Any, subject: str) -> SchedulerError | None:

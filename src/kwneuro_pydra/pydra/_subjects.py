@@ -23,6 +23,7 @@ from kwneuro_pydra._plan import plan
 from kwneuro_pydra.pydra import _failures, _jobs, _task, _workflow
 from kwneuro_pydra.pydra._progress import progress_line
 from kwneuro_pydra.pydra._scheduler import (
+    cancel_on_interrupt,
     check_before_submitting,
     prepare_worker,
     scheduler_failure,
@@ -204,6 +205,7 @@ def run_subjects(
                 _jobs.run_directory(jobs) as run_jobs,
                 _submitting(forced),
                 progress_line(run_jobs, progress, n_nodes),
+                cancel_on_interrupt(chosen),
             ):
                 _submit(workflow_class, tasks, run_jobs, chosen, options)
                 for s in tasks:  # a step that raised in this run fails its subject
