@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from kwneuro_pydra.pydra import run_subjects
-from kwneuro_pydra.workflows.kwneuro_pipeline import kwneuro_pipeline
-from tests.test_kwneuro import OPTIONS, _check, _entries, _phantom
-from tests.test_kwneuro import pytestmark as _kwneuro_marks
+from tests.test_kwneuro import OPTIONS, _check, _entries, _phantom  # first: skips without kwneuro
+
+from tests.test_kwneuro import pytestmark as _kwneuro_marks  # isort: skip
+
+from kwneuro_pydra.pydra import run_subjects  # isort: skip
+from kwneuro_pydra.workflows.kwneuro_pipeline import kwneuro_pipeline  # isort: skip
 from tests.test_slurm import FAST, slurm  # noqa: F401  (the fixture: skips or fails, PYTHONPATH)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, *_kwneuro_marks]

@@ -365,6 +365,7 @@ def sharing_problem(root: Path) -> str | None:
     A folder that its group can write (``root`` or the folder above it: a lab's shared,
     setgid cache root) is meant to be shared; a umask that takes the group's write bit
     away makes entries, lock files and folders the other members cannot replace or lock.
+    A sticky folder (``/tmp``) is everyone's scratch space, not a group's cache.
 
     Returns:
         The message, or None when the umask keeps the group's write bit or nothing is shared.
@@ -374,7 +375,8 @@ def sharing_problem(root: Path) -> str | None:
         return None
     for folder in (root, root.parent):
         with contextlib.suppress(OSError):
-            if os.stat(folder).st_mode & stat.S_IWGRP:
+            mode = os.stat(folder).st_mode
+            if mode & stat.S_IWGRP and not mode & stat.S_ISVTX:
                 return (
                     f"{folder} is group-writable (a shared cache) but this process's umask is "
                     f"{mask:03o}: what it writes there, the group cannot replace or lock; "
