@@ -27,7 +27,7 @@ def _stand_ins(where: Path, state: str) -> None:
     where.mkdir()
     scripts = {
         "sbatch": "echo 'Submitted batch job 4242'",
-        "squeue": f"echo '{state}|None'",
+        "squeue": f"echo '4242|{state}|None'",  # %i|%T|%r of the one query for all jobs
     }
     for name, body in scripts.items():
         path = where / name
