@@ -357,17 +357,23 @@ def _made_since(cache_dir: Path, step: str, since: float) -> int:
 
 
 def _step_outcomes(unit: Unit, steps: Sequence[str], start: float) -> tuple[StepOutcome, ...]:
-    """What each step did for ``unit``: computed in this run, reused, failed or not run."""
+    """What each step did for ``unit``: computed in this run, reused, failed or not run.
+
+    The step that failed is failed, whatever an older entry of it holds (a forced step that
+    now raises); an older entry of a step after it served nothing: not run."""
     if unit.dwi is None:
         return ()
-    rows = []
+    rows, failed = [], False
     for step in steps:
+        failed = failed or step == unit.failed_step
         entry = unit.plan.entries.get(step) if unit.plan is not None else None
-        if entry is not None:
-            made = datetime.fromisoformat(entry.created).timestamp() >= start
+        made = entry is not None and datetime.fromisoformat(entry.created).timestamp() >= start
+        if step == unit.failed_step:
+            rows.append(StepOutcome(step, "failed"))
+        elif entry is not None and (made or not failed):
             rows.append(StepOutcome(step, "computed" if made else "reused", entry.duration))
         else:
-            rows.append(StepOutcome(step, "failed" if step == unit.failed_step else "not run"))
+            rows.append(StepOutcome(step, "not run"))
     return tuple(rows)
 
 
