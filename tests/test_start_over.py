@@ -88,19 +88,23 @@ def test_run_starts_over_after_rm_rf_and_after_clear(tmp_path: Path) -> None:
     succeeded(kwneuro(*args), 3)  # and the run after that
 
 
-def test_run_starts_over_after_a_full_disk(tmp_path: Path) -> None:
-    """OUTPUT_DIR (and its cache) on a tmpfs too small for the run: the run fails, one
-    line; once there is room, the next run succeeds with the maps of a run that had room."""
+@pytest.mark.parametrize("full", ["work folder", "OUTPUT_DIR"])
+def test_run_starts_over_after_a_full_disk(tmp_path: Path, full: str) -> None:
+    """The cache (``-w``), or OUTPUT_DIR with its cache, on a tmpfs too small for the run:
+    the run fails, one line; once there is room, the next run succeeds with the maps of a
+    run that had room."""
     bids_dir = good_dataset(tmp_path / "bids", subjects=1)
     reference = tmp_path / "reference"
     succeeded(kwneuro("run", str(bids_dir), str(reference), "participant", *MASK), 1)
-    with tmpfs(tmp_path / "full", "128k") as out:
-        args = ["run", str(bids_dir), str(out), "participant", *MASK]
-        full = kwneuro(*args)
-        assert full.returncode == 1, full.stdout + full.stderr
-        assert "No space left on device" in full.stderr
-        assert len(full.stderr.splitlines()) == 1, full.stderr
-        subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)
+    with tmpfs(tmp_path / "full", "128k") as disk:
+        out = disk if full == "OUTPUT_DIR" else tmp_path / "out"
+        work = ["-w", str(disk)] if full == "work folder" else []
+        args = ["run", str(bids_dir), str(out), "participant", *work, *MASK]
+        failed = kwneuro(*args)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "No space left on device" in failed.stderr
+        assert len(failed.stderr.splitlines()) == 1, failed.stderr
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         succeeded(kwneuro(*args), 1)
         expected, got = maps(reference), maps(out)
         assert got.keys() == expected.keys()
