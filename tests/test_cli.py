@@ -474,3 +474,36 @@ def test_a_forced_step_that_raises_fails_its_series_and_the_run(
     assert "0 series succeeded, 1 failed." in broken.stdout
     assert 'class="failed">failed' in (out / "sub-01.html").read_text()
     assert kwneuro(*args).returncode == 0  # the older entry still serves a plain rerun
+
+
+def test_slurm_without_a_reachable_controller_says_so(tmp_path: Path) -> None:
+    """``--worker slurm`` with a slurm.conf whose controller port has nothing listening: one
+    line saying no controller is reachable (not that Slurm refuses the options), at once."""
+    import shutil
+    import socket
+
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    if shutil.which("scontrol") is None or not conf.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"Slurm's commands and {conf} are needed (CI installs them)")
+        pytest.skip(f"no Slurm here (scontrol, {conf})")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lines = [line for line in conf.read_text().splitlines()
+             if not line.strip().lower().startswith("slurmctldport")]  # fmt: skip
+    (tmp_path / "slurm.conf").write_text("\n".join([*lines, f"SlurmctldPort={port}", ""]))
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "kwneuro_pydra.cli", "run", str(bids_dir), str(tmp_path / "out"),
+         "participant", "--worker", "slurm", *MASK],
+        capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "200", "SLURM_CONF": str(tmp_path / "slurm.conf")},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "no Slurm controller reachable (scontrol ping: Slurmctld(primary) at " in line
+    assert f"is DOWN): start slurmctld, or point SLURM_CONF (now {tmp_path}/slurm.conf)" in line
+    assert "refuses" not in line
+    assert time.monotonic() - started < 60
