@@ -404,3 +404,31 @@ def test_on_progress_hears_the_start_and_the_end_however_computing_ends(tmp_path
         bids_dir, tmp_path / "out", worker="debug", parameters=PARAMETERS, on_progress=heard.append
     ).ok
     assert [p.done for p in heard] == [False, True]  # all cached: nothing to show
+
+
+def test_crash_records_go_to_output_dir_logs_not_home_and_only_the_last_runs_stay(
+    tmp_path: Path,
+) -> None:
+    """Pydra's job cache of the app (pickles, crash records ``_error.pklz``) is
+    ``OUTPUT_DIR/logs/pydra-<uid>``: nothing of it in the home folder; a run removes the
+    folders of the runs before it."""
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    add_series(bids_dir, "sub-03", b0=False)  # a step fails: a crash record
+    out, home = tmp_path / "out", tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "PYDRA_HASH_CACHE")}
+    args = ["run", str(bids_dir), str(out), "participant", "--worker", "cf", *MASK]
+    for _ in range(2):
+        ran = subprocess.run(
+            [sys.executable, "-m", "kwneuro_pydra.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**env, "HOME": str(home), "COLUMNS": "200"},
+        )
+        assert ran.returncode == 1, ran.stderr
+        assert "FAILED sub-03: step '" in ran.stderr
+    assert not list(home.rglob("*.pklz")) and not (home / ".cache" / "kwneuro-pydra").exists()
+    jobs = out / "logs" / f"pydra-{os.getuid()}"
+    (run,) = jobs.glob("run-*")  # the first run's folder went with the second run
+    assert list(run.rglob("_error.pklz"))
+    assert jobs.stat().st_mode & 0o077 == 0  # pickles that are loaded: yours alone

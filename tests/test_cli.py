@@ -424,3 +424,86 @@ def test_a_warning_says_its_class_and_message_and_where_only_with_vv(tmp_path: P
     assert "src/kwneuro_pydra/" not in plain.stderr and "warnings.warn(" not in plain.stderr
     located = "".join(kwneuro("status", str(bids_dir), str(out), *MASK, "-vv").stderr.split())
     assert "src/kwneuro_pydra/cache.py:" in located and "UserWarning:cachesidecar" in located
+
+
+_BREAK_FIT = """
+import os
+
+if os.environ.get("KWNEURO_TEST_BREAK_FIT"):  # the tensor fit raises from now on
+    import numpy.linalg
+
+    def pinv(*args, **kwargs):
+        raise FloatingPointError("the fit is broken by the test")
+
+    numpy.linalg.pinv = pinv
+"""
+
+
+@pytest.mark.parametrize("worker", ["debug", "cf"])
+def test_a_forced_step_that_raises_fails_its_series_and_the_run(
+    tmp_path: Path, worker: str
+) -> None:
+    """``run --force estimate_dti`` where the step now raises: exit 1, the series failed at
+    that step, nothing "reused", although the cache holds the older entry."""
+    bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
+    args = ["run", str(bids_dir), str(out), "participant", "--worker", worker, *MASK]
+    assert kwneuro(*args).returncode == 0
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_BREAK_FIT)
+    broken = subprocess.run(
+        [sys.executable, "-m", "kwneuro_pydra.cli", *args, "--force", "estimate_dti"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(tmp_path / "site"),
+             "KWNEURO_TEST_BREAK_FIT": "1"},
+    )  # fmt: skip
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert broken.stderr.splitlines() == [
+        "FAILED sub-01: step 'estimate_dti' failed: FloatingPointError: the fit is broken by "
+        "the test"
+    ]
+    rows = {
+        cells[0]: cells[1:4]
+        for line in broken.stdout.splitlines()
+        if line.startswith("│")
+        for cells in [[c.strip() for c in line.split("│")[1:-1]]]
+    }
+    assert rows["mean_b0"] == ["0", "1", "0"]  # computed, reused, failed
+    assert rows["estimate_dti"] == ["0", "0", "1"]
+    assert rows["fa_mosaic"] == ["0", "0", "0"]  # not run
+    assert "0 series succeeded, 1 failed." in broken.stdout
+    assert 'class="failed">failed' in (out / "sub-01.html").read_text()
+    assert kwneuro(*args).returncode == 0  # the older entry still serves a plain rerun
+
+
+def test_slurm_without_a_reachable_controller_says_so(tmp_path: Path) -> None:
+    """``--worker slurm`` with a slurm.conf whose controller port has nothing listening: one
+    line saying no controller is reachable (not that Slurm refuses the options), at once."""
+    import shutil
+    import socket
+
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    if shutil.which("scontrol") is None or not conf.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"Slurm's commands and {conf} are needed (CI installs them)")
+        pytest.skip(f"no Slurm here (scontrol, {conf})")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lines = [line for line in conf.read_text().splitlines()
+             if not line.strip().lower().startswith("slurmctldport")]  # fmt: skip
+    (tmp_path / "slurm.conf").write_text("\n".join([*lines, f"SlurmctldPort={port}", ""]))
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "kwneuro_pydra.cli", "run", str(bids_dir), str(tmp_path / "out"),
+         "participant", "--worker", "slurm", *MASK],
+        capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "200", "SLURM_CONF": str(tmp_path / "slurm.conf")},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "no Slurm controller reachable (scontrol ping: Slurmctld(primary) at " in line
+    assert f"is DOWN): start slurmctld, or point SLURM_CONF (now {tmp_path}/slurm.conf)" in line
+    assert "refuses" not in line
+    assert time.monotonic() - started < 60

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +36,26 @@ def test_readme_shows_the_report_screenshot() -> None:
     assert "docs/_static/report.png" in images
     png = README.parent / "docs" / "_static" / "report.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_demo_runs_twice_in_a_row_and_after_deleting_its_output(tmp_path: Path) -> None:
+    """The first setup command's demo, as written (the package is installed), in a fresh
+    folder: it succeeds, again (every step reused), and again after ``rm -rf`` of its output."""
+    setup = README.read_text().split("## Set up on a fresh machine")[1]
+    command = re.findall(r"```bash\n(.*?)\n```", setup, re.S)[0].split(" && ")[1]
+    assert command == "kwneuro-pydra demo demo-output"
+    env = {**os.environ, "COLUMNS": "200",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+
+    def demo() -> str:
+        done = subprocess.run(
+            command, shell=True, cwd=tmp_path, capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "6 series succeeded, 0 failed." in done.stdout and done.stderr == ""
+        return next(line for line in done.stdout.splitlines() if "estimate_dti" in line)
+
+    assert demo().split("│")[2:4] == ["        6 ", "      0 "]  # computed, reused
+    assert demo().split("│")[2:4] == ["        0 ", "      6 "]
+    shutil.rmtree(tmp_path / "demo-output")
+    assert demo().split("│")[2:4] == ["        6 ", "      0 "]

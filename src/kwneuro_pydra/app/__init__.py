@@ -27,6 +27,7 @@ from kwneuro_pydra.app._options import (
 )
 from kwneuro_pydra.app._run import (
     LOAD,
+    LOGS,
     WORKERS,
     AppRun,
     Progress,
@@ -41,6 +42,7 @@ from kwneuro_pydra.app._words import plural
 
 __all__ = [
     "LOAD",
+    "LOGS",
     "OPTIONS_FILE",
     "RECORD",
     "STATES",

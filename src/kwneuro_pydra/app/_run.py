@@ -4,6 +4,7 @@ compute the rest with Pydra, then write BIDS-Derivatives, the reports and the ru
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
@@ -24,6 +25,7 @@ from kwneuro_pydra.cache import Cache
 
 __all__ = [
     "LOAD",
+    "LOGS",
     "WORKERS",
     "AppRun",
     "Progress",
@@ -39,6 +41,11 @@ WORKERS = ("debug", "cf", "slurm")
 
 LOAD = "(load DWI)"
 """The step name under which `AppRun.steps` counts the series that could not be loaded."""
+
+LOGS = "logs"
+"""``OUTPUT_DIR/logs/``: Pydra's job cache of the app's runs, ``pydra-<user id>/`` (each run's
+``run-*`` folder, with the crash records ``_error.pklz`` of what failed in it, kept until the
+next run), never a folder in your home."""
 
 _SLURM_ONLY = ("sbatch_args", "resources", "granularity", "pending_timeout", "poll_delay")
 
@@ -223,7 +230,8 @@ def run_bids_app(
         on_progress: Called with a `Progress` when computing starts and when it ends.
         **scheduler: Passed to `kwneuro_pydra.pydra.run_subjects`: ``n_procs`` (cf), and
             for ``slurm`` ``sbatch_args``, ``resources``, ``granularity``,
-            ``pending_timeout``, ``poll_delay``.
+            ``pending_timeout``, ``poll_delay``; ``job_cache``, Pydra's job cache (its crash
+            records), is ``OUTPUT_DIR/logs/pydra-<user id>`` unless given (see `LOGS`).
 
     Returns:
         The `AppRun`; a failed series is in it (``ok`` False), not raised.
@@ -262,6 +270,7 @@ def run_bids_app(
         if u.dwi is not None and (not look_up(u, work, values).complete or force)
     ]
     if pending:
+        scheduler = {"job_cache": output_dir / LOGS / f"pydra-{os.getuid()}", **scheduler}
         _compute(pending, work, values, worker, force, on_progress, scheduler)
     for unit in pending:  # what each step did, read back from the cache
         if unit.failure is None and not look_up(unit, work, values).complete:
@@ -357,17 +366,23 @@ def _made_since(cache_dir: Path, step: str, since: float) -> int:
 
 
 def _step_outcomes(unit: Unit, steps: Sequence[str], start: float) -> tuple[StepOutcome, ...]:
-    """What each step did for ``unit``: computed in this run, reused, failed or not run."""
+    """What each step did for ``unit``: computed in this run, reused, failed or not run.
+
+    The step that failed is failed, whatever an older entry of it holds (a forced step that
+    now raises); an older entry of a step after it served nothing: not run."""
     if unit.dwi is None:
         return ()
-    rows = []
+    rows, failed = [], False
     for step in steps:
+        failed = failed or step == unit.failed_step
         entry = unit.plan.entries.get(step) if unit.plan is not None else None
-        if entry is not None:
-            made = datetime.fromisoformat(entry.created).timestamp() >= start
+        made = entry is not None and datetime.fromisoformat(entry.created).timestamp() >= start
+        if step == unit.failed_step:
+            rows.append(StepOutcome(step, "failed"))
+        elif entry is not None and (made or not failed):
             rows.append(StepOutcome(step, "computed" if made else "reused", entry.duration))
         else:
-            rows.append(StepOutcome(step, "failed" if step == unit.failed_step else "not run"))
+            rows.append(StepOutcome(step, "not run"))
     return tuple(rows)
 
 

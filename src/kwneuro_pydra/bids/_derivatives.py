@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,8 +119,10 @@ def place(source: Path, target: Path) -> None:
     """Make ``target`` a hard link to ``source`` (a copy across file systems), atomically.
 
     A reader of ``target`` sees the old file or the new one, never a partial one; nothing is
-    done when ``target`` already is ``source``. The memoised digest of ``source`` is kept
-    across the link (see `kwneuro_pydra._filedigest.carry_over`; on disk inside a `Cache`).
+    done when ``target`` already is ``source``, or a copy of it (same size and modification
+    time: a cached rerun into another file system copies nothing again). The memoised digest
+    of ``source`` is kept across the link (see `kwneuro_pydra._filedigest.carry_over`; on
+    disk inside a `Cache`).
 
     Args:
         source: An existing file (a cache entry's output).
@@ -130,13 +133,14 @@ def place(source: Path, target: Path) -> None:
         OSError: Neither a link nor a copy could be made.
     """
     with contextlib.suppress(OSError):
-        if os.path.samefile(source, target):
+        if os.path.samefile(source, target) or _copied(source, target):
             return
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_symlink():
         raise UnsafeFileError(target)
     temporary = temporary_name(target)
-    before: os.stat_result | None = os.stat(source)
+    made = os.stat(source)
+    before: os.stat_result | None = made
     try:
         try:
             os.link(source, temporary)  # a new name: fails on anything planted there
@@ -145,12 +149,23 @@ def place(source: Path, target: Path) -> None:
                 raise
             with open(source, "rb") as reading, os.fdopen(open_new(temporary), "wb") as copy:
                 shutil.copyfileobj(reading, copy)
+            os.utime(temporary, ns=(made.st_atime_ns, made.st_mtime_ns))  # see _copied
             before = None
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
     if before is not None:  # the link changed the entry file's ctime, not its bytes
         carry_over(source, before)
+
+
+def _copied(source: Path, target: Path) -> bool:
+    """True when ``target`` is a copy `place` made of ``source``: a regular file of its size
+    and modification time (which the copy takes; a cache entry's files never change)."""
+    made, copy = os.stat(source), os.lstat(target)
+    return stat.S_ISREG(copy.st_mode) and (copy.st_size, copy.st_mtime_ns) == (
+        made.st_size,
+        made.st_mtime_ns,
+    )
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

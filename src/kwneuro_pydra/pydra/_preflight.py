@@ -139,7 +139,8 @@ def check_slurm(
             combined request.
 
     Raises:
-        ValueError: sbatch/squeue are missing, ``sbatch_args`` holds an option we refuse,
+        ValueError: Slurm's commands are missing, no controller answers (``scontrol
+            ping``), ``sbatch_args`` holds an option we refuse,
             sbatch rejects the options of a job, or a step does not import in a fresh
             interpreter.
 
@@ -148,10 +149,18 @@ def check_slurm(
             system while the partitions the jobs go to (as ``sbatch --test-only`` says) have
             several nodes.
     """
-    missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]
+    missing = [c for c in ("sbatch", "squeue", "scancel", "scontrol") if shutil.which(c) is None]
     if missing:
         raise ValueError(
             f"worker='slurm' needs Slurm's commands on PATH; missing: {', '.join(missing)}"
+        )
+    ping = _run("scontrol", "ping")  # at once; sbatch would retry for tens of seconds
+    if ping.returncode != 0 and " is UP" not in ping.stdout:
+        first = ((ping.stdout or ping.stderr).strip().splitlines() or ["failed"])[0]
+        raise ValueError(
+            f"no Slurm controller reachable (scontrol ping: {first}): "
+            "start slurmctld, or point SLURM_CONF (now "
+            f"{os.environ.get('SLURM_CONF', 'unset')}) at the cluster's slurm.conf"
         )
     args = sbatch_args(given_args)
     accounting = _run("sacct", "-n", "-X", "-j", "1")
