@@ -320,6 +320,29 @@ def test_kwneuro_resources_fingerprint_by_content(dwi: Any, tmp_path: Path) -> N
     assert fingerprint(dti) is not None
 
 
+def test_every_kwneuro_resource_fingerprints_by_file_content(tmp_path: Path) -> None:
+    from kwneuro.io import NiftiVolumeResource as TheirNifti
+    from kwneuro.noddi import Noddi
+    from kwneuro.resource import InMemoryVolumeResource as TheirVolume
+    from kwneuro.structural import StructuralImage
+
+    def volume(name: str, value: float) -> Any:
+        return TheirNifti.save(TheirVolume(np.full((2, 2, 2, 2), value)), tmp_path / name)
+
+    makers = [
+        lambda v: v,
+        lambda v: Dti(v),
+        lambda v: Noddi(v, v),
+        lambda v: StructuralImage(v),
+    ]
+    for make in makers:
+        one, same = make(volume("a.nii.gz", 1.0)), make(volume("b.nii.gz", 1.0))
+        before = fingerprint(one)
+        assert before == fingerprint(same) is not None  # content, not the path
+        changed = make(volume("a.nii.gz", 2.0))  # the same path, other voxels
+        assert fingerprint(changed) not in (None, before)
+
+
 def _mask(dwi: Any) -> Any:
     array = np.zeros(dwi.volume.get_array().shape[:3])
     array[4:16, 4:16, 2:10] = 1
