@@ -245,14 +245,17 @@ def test_the_file_system_of_a_path_is_read_from_the_mount_table(tmp_path: Path) 
 def test_the_cluster_options_of_the_command_line() -> None:
     import argparse
 
-    from kwneuro_pydra.cli._options import add_cluster_options, cluster_options
+    from kwneuro_pydra.cli._cluster import add_scheduler_options, scheduler_options
 
     parser = argparse.ArgumentParser()
-    add_cluster_options(parser)
-    given = parser.parse_args(["--max-running", "20", "--max-poll-delay", "30",
-                               "--job-cache", "/tmp/j"])  # fmt: skip
-    assert cluster_options(given) == {"max_running": 20, "max_poll_delay": 30.0,
-                                      "job_cache": Path("/tmp/j")}  # fmt: skip
-    assert cluster_options(parser.parse_args([])) == {}
+    parser.add_argument("--worker", default="cf")
+    parser.add_argument("--n-procs", type=int)
+    add_scheduler_options(parser)
+    given = parser.parse_args(["--worker", "slurm", "--max-running", "20",
+                               "--max-poll-delay", "30", "--job-cache", "/tmp/j"])  # fmt: skip
+    assert scheduler_options(given) == {"max_running": 20, "max_poll_delay": 30.0,
+                                        "job_cache": Path("/tmp/j")}  # fmt: skip
+    assert scheduler_options(parser.parse_args([])) == {}
+    assert scheduler_options(parser.parse_args(["--job-cache", "j"])) == {"job_cache": Path("j")}
     with pytest.raises(SystemExit):
         parser.parse_args(["--max-running", "0"])

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kwneuro_pydra.cli._common import UsageError, positive_float
+from kwneuro_pydra.cli._common import UsageError, positive_float, positive_int
 
 __all__ = ["add_scheduler_options", "scheduler_options"]
 
@@ -46,6 +46,25 @@ def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds between looks at the queue",
     )
+    cluster.add_argument(
+        "--max-poll-delay",
+        type=positive_float,
+        metavar="SECONDS",
+        help="longest delay between looks at the queue while nothing changes (default 60)",
+    )
+    cluster.add_argument(
+        "--max-running",
+        type=positive_int,
+        metavar="N",
+        help="at most N of the run's jobs at once (a job array's %%N)",
+    )
+    parser.add_argument(
+        "--job-cache",
+        type=Path,
+        metavar="DIR",
+        help="Pydra's job cache (default OUTPUT_DIR/logs/pydra-<uid>): private to you, and "
+        "visible from the nodes with --worker slurm",
+    )
 
 
 def scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,6 +81,8 @@ def scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
         "resources": args.resources,
         "pending_timeout": args.pending_timeout,
         "poll_delay": args.poll_delay,
+        "max_poll_delay": args.max_poll_delay,
+        "max_running": args.max_running,
     }
     given = {name: value for name, value in given.items() if value is not None}
     if args.granularity != "node":
@@ -76,4 +97,6 @@ def scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--resources: {error}") from None
     if args.n_procs:
         given["n_procs"] = args.n_procs
+    if args.job_cache is not None:
+        given["job_cache"] = args.job_cache
     return given
