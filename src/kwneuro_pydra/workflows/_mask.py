@@ -162,12 +162,15 @@ def shells_mask(
             tissue and background means, in mm (0 keeps Otsu's threshold).
         bridge_mm: The widest bridge cut, in mm (0 cuts none).
 
+    A sample that is not finite (NaN in a damaged volume) counts as background there.
+
     Returns:
         The boolean mask (empty when no image has any contrast).
     """
     mask = np.zeros(images[0].shape, dtype=bool)
     for image in images:
-        mask |= _local_threshold(image, voxel_size, neighbourhood_mm)
+        finite = np.where(np.isfinite(image), image, 0).astype(np.float32, copy=False)
+        mask |= _local_threshold(finite, voxel_size, neighbourhood_mm)
     if not mask.any():
         return mask
     mask = ndimage.binary_fill_holes(_largest_component(mask))
