@@ -123,13 +123,15 @@ def dti_mask(sizes: Sizes, workdir: Path) -> Section:
     section = Section(
         "dti-mask", f"median-Otsu mask of a {phantom.signal.shape[:3]} mean b=0 image"
     )
+    radius = 4 if min(phantom.signal.shape[:3]) >= 16 else 1  # the smoke run's tiny image
 
     def theirs() -> Any:
-        return median_otsu(phantom.signal, vol_idx=b0, median_radius=4, numpass=4,
+        return median_otsu(phantom.signal, vol_idx=b0, median_radius=radius, numpass=radius,
                            finalize_mask=True)[1]  # fmt: skip
 
     def ours() -> Any:
-        return brain_mask(dwi, mask_method="median-otsu").get_array() != 0
+        mask = brain_mask(dwi, mask_method="median-otsu", median_radius=radius, numpass=radius)
+        return mask.get_array() != 0
 
     section.rows.append(Row(DIPY_MASK, measure(theirs, repeat=1, warmup=0)))
     section.rows.append(
