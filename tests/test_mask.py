@@ -198,6 +198,21 @@ def test_shells_mask_covers_the_tissue_of_dipys_datasets(name: str, tmp_path: Pa
         assert dice(ours, run_dwi2mask(*files, tmp_path / "mask.nii")) > 0.85
 
 
+def test_nan_and_infinite_samples_do_not_break_the_shells_mask() -> None:
+    """A float DWI with a NaN sample inside the brain and infinite ones in the background:
+    the voxel inside is kept (a hole filled), the one outside left out."""
+    phantom = make_head_phantom(voxel_size=(2, 2, 3), **FEW)
+    signal = phantom.signal.copy()
+    inside = tuple(np.array(phantom.brain.shape) // 2)
+    signal[(*inside, 3)] = np.nan
+    signal[1, 1, 1, :] = np.inf
+    dwi = Dwi(InMemoryVolumeResource(signal, phantom.affine), InMemoryBvalResource(phantom.bvals),
+              InMemoryBvecResource(phantom.bvecs))  # fmt: skip
+    mask = mask_of(dwi)
+    assert phantom.brain[inside] and mask[inside] and not mask[1, 1, 1]
+    assert dice(mask, phantom.brain) > 0.995
+
+
 def test_volume_groups_pool_a_dsi_schemes_b_values_and_keep_shells_apart() -> None:
     bvals, _ = gradient_scheme(b0_volumes=3, directions=10, shells=(1000.0, 2000.0, 3000.0))
     groups = volume_groups(np.concatenate([bvals, [1010.0, 5.0]]))  # a b=1010 joins b=1000
