@@ -270,6 +270,29 @@ def test_an_empty_mask_fails_naming_the_dwi_and_what_to_try(method: str, tmp_pat
         dti_pipeline(dwi, mask_method=method)
 
 
+def test_an_empty_mask_fails_its_series_in_the_bids_app(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17: a series whose DWI holds no head used to give all-zero maps and "1 series
+    succeeded"; its series now fails (exit 1) with the mask's message, the other succeeds."""
+    from kwneuro_pydra.cli import main
+    from tests.bids_data import good_dataset
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=2)
+    (blank,) = (bids_dir / "sub-01" / "dwi").glob("*_dwi.nii.gz")
+    shape = NiftiVolumeResource(blank).get_shape()
+    NiftiVolumeResource.save(InMemoryVolumeResource(np.zeros(shape, np.float32)), blank)
+    out = tmp_path / "out"
+    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug"]) == 1
+    printed = capsys.readouterr()
+    said = " ".join((printed.out + printed.err).split())
+    failed = "sub-01: step 'brain_mask' failed: ValueError: brain_mask: the shells brain mask"
+    assert f"{failed} of {blank} is empty" in said
+    assert "2 series succeeded, 1 failed" in said
+    written = sorted(path.name for path in out.rglob("*fa_dwimap.nii.gz"))
+    assert written == [f"sub-02_ses-{n}_model-tensor_param-fa_dwimap.nii.gz" for n in (1, 2)]
+
+
 def test_a_near_empty_mask_fails_too() -> None:
     """A few bright voxels in an empty field of view: under 0.5 % of the image."""
     bvals, bvecs = gradient_scheme(b0_volumes=2, directions=6)
