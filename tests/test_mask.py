@@ -198,6 +198,21 @@ def test_shells_mask_covers_the_tissue_of_dipys_datasets(name: str, tmp_path: Pa
         assert dice(ours, run_dwi2mask(*files, tmp_path / "mask.nii")) > 0.85
 
 
+def test_nan_and_infinite_samples_do_not_break_the_shells_mask() -> None:
+    """A float DWI with a NaN sample inside the brain and infinite ones in the background:
+    the voxel inside is kept (a hole filled), the one outside left out."""
+    phantom = make_head_phantom(voxel_size=(2, 2, 3), **FEW)
+    signal = phantom.signal.copy()
+    inside = tuple(np.array(phantom.brain.shape) // 2)
+    signal[(*inside, 3)] = np.nan
+    signal[1, 1, 1, :] = np.inf
+    dwi = Dwi(InMemoryVolumeResource(signal, phantom.affine), InMemoryBvalResource(phantom.bvals),
+              InMemoryBvecResource(phantom.bvecs))  # fmt: skip
+    mask = mask_of(dwi)
+    assert phantom.brain[inside] and mask[inside] and not mask[1, 1, 1]
+    assert dice(mask, phantom.brain) > 0.995
+
+
 def test_volume_groups_pool_a_dsi_schemes_b_values_and_keep_shells_apart() -> None:
     bvals, _ = gradient_scheme(b0_volumes=3, directions=10, shells=(1000.0, 2000.0, 3000.0))
     groups = volume_groups(np.concatenate([bvals, [1010.0, 5.0]]))  # a b=1010 joins b=1000
@@ -253,6 +268,29 @@ def test_an_empty_mask_fails_naming_the_dwi_and_what_to_try(method: str, tmp_pat
         brain_mask(dwi, mask_method=method)
     with pytest.raises(ValueError, match=expected):
         dti_pipeline(dwi, mask_method=method)
+
+
+def test_an_empty_mask_fails_its_series_in_the_bids_app(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17: a series whose DWI holds no head used to give all-zero maps and "1 series
+    succeeded"; its series now fails (exit 1) with the mask's message, the other succeeds."""
+    from kwneuro_pydra.cli import main
+    from tests.bids_data import good_dataset
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=2)
+    (blank,) = (bids_dir / "sub-01" / "dwi").glob("*_dwi.nii.gz")
+    shape = NiftiVolumeResource(blank).get_shape()
+    NiftiVolumeResource.save(InMemoryVolumeResource(np.zeros(shape, np.float32)), blank)
+    out = tmp_path / "out"
+    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug"]) == 1
+    printed = capsys.readouterr()
+    said = " ".join((printed.out + printed.err).split())
+    failed = "sub-01: step 'brain_mask' failed: ValueError: brain_mask: the shells brain mask"
+    assert f"{failed} of {blank} is empty" in said
+    assert "2 series succeeded, 1 failed" in said
+    written = sorted(path.name for path in out.rglob("*fa_dwimap.nii.gz"))
+    assert written == [f"sub-02_ses-{n}_model-tensor_param-fa_dwimap.nii.gz" for n in (1, 2)]
 
 
 def test_a_near_empty_mask_fails_too() -> None:

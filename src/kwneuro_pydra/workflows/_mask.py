@@ -162,14 +162,13 @@ def shells_mask(
             tissue and background means, in mm (0 keeps Otsu's threshold).
         bridge_mm: The widest bridge cut, in mm (0 cuts none).
 
-    A sample that is not finite (NaN in a damaged volume) counts as background there.
-
     Returns:
-        The boolean mask (empty when no image has any contrast).
+        The boolean mask (empty when no image has any contrast). A voxel whose mean is NaN or
+        infinite counts as background (it is in the mask when surrounded by it: a hole).
     """
     mask = np.zeros(images[0].shape, dtype=bool)
-    for image in images:
-        finite = np.where(np.isfinite(image), image, 0).astype(np.float32, copy=False)
+    for image in images:  # a NaN or infinite mean (one bad sample) counts as background
+        finite = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
         mask |= _local_threshold(finite, voxel_size, neighbourhood_mm)
     if not mask.any():
         return mask
