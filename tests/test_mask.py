@@ -289,7 +289,7 @@ def test_an_empty_mask_fails_its_series_in_the_bids_app(
     failed = "sub-01: step 'brain_mask' failed: ValueError: brain_mask: the shells brain mask"
     assert f"{failed} of {blank} is empty" in said
     assert "2 series succeeded, 1 failed" in said
-    written = sorted(path.name for path in out.rglob("*fa_dwimap.nii.gz"))
+    written = sorted(path.name for path in out.rglob("*param-fa_dwimap.nii.gz"))
     assert written == [f"sub-02_ses-{n}_model-tensor_param-fa_dwimap.nii.gz" for n in (1, 2)]
 
 
