@@ -172,13 +172,15 @@ def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
                  "--fit-method", "OLS", "--bmax", "1200", *MASK]) == 0  # fmt: skip
     record = json.loads((out / "kwneuro-pydra-options.json").read_text())
     assert record["Parameters"] == {
-        "fit_method": "OLS", "bmax": 1200.0, "median_radius": 1, "numpass": 1,
+        "fit_method": "OLS", "bmax": 1200.0, "mask_method": "shells", "median_radius": 1,
+        "numpass": 1,
     }  # fmt: skip
     recorded = kwneuro("status", str(bids_dir), str(out))  # no option repeated
     assert recorded.returncode == 0 and recorded.stderr == "", recorded.stderr
     assert "9 steps cached, 0 steps stale, 0 steps missing" in recorded.stdout
     assert (
-        "DTI options: --fit-method OLS --bmax 1200 --mask-median-radius 1 --mask-numpass 1 "
+        "DTI options: --fit-method OLS --bmax 1200 --mask-method shells --mask-median-radius 1 "
+        "--mask-numpass 1 "
         f"(as given, else the run's, recorded in {out / 'kwneuro-pydra-options.json'})"
     ) in recorded.stdout
     # an option given overrides the record, and status says they differ
@@ -194,7 +196,8 @@ def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
     assert broken.returncode == 0
     assert "fit_method: expected one of WLS, OLS, got 'LS'" in broken.stderr
     assert "2 steps cached, 0 steps stale, 7 steps missing" in broken.stdout  # mean_b0 ...
-    assert "DTI options: --fit-method WLS --bmax 1500 --mask-median-radius 4" in broken.stdout
+    shown = "DTI options: --fit-method WLS --bmax 1500 --mask-method shells --mask-median-radius 4"
+    assert shown in broken.stdout
 
 
 ON_SLURM = ("run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm")

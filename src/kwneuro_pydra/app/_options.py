@@ -136,7 +136,7 @@ def parameters() -> tuple[Parameter, ...]:
         The parameters in the order the command line lists them.
     """
     from kwneuro_pydra.workflows.bids_app import bids_dti
-    from kwneuro_pydra.workflows.dti import FIT_METHODS
+    from kwneuro_pydra.workflows.dti import FIT_METHODS, MASK_METHODS
 
     default = {n: p.default for n, p in inspect.signature(bids_dti).parameters.items()}
     return (
@@ -152,11 +152,19 @@ def parameters() -> tuple[Parameter, ...]:
             "--bmax", "bmax", positive_float, default["bmax"], "highest shell to fit, s/mm²", "B"
         ),
         Parameter(
+            "--mask-method",
+            "mask_method",
+            str,
+            default["mask_method"],
+            "brain mask: shells (every volume, as MRtrix3's dwi2mask) or median-otsu (dipy's)",
+            choices=MASK_METHODS,
+        ),
+        Parameter(
             "--mask-median-radius",
             "median_radius",
             natural,
             default["median_radius"],
-            "median filter radius of the median-Otsu brain mask, voxels",
+            "median filter radius of the median-otsu brain mask, voxels",
             "R",
         ),
         Parameter(
@@ -164,7 +172,7 @@ def parameters() -> tuple[Parameter, ...]:
             "numpass",
             positive_int,
             default["numpass"],
-            "median filter passes of the brain mask",
+            "median filter passes of the median-otsu brain mask",
             "N",
         ),
     )
