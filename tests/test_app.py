@@ -432,3 +432,18 @@ def test_crash_records_go_to_output_dir_logs_not_home_and_only_the_last_runs_sta
     (run,) = jobs.glob("run-*")  # the first run's folder went with the second run
     assert list(run.rglob("_error.pklz"))
     assert jobs.stat().st_mode & 0o077 == 0  # pickles that are loaded: yours alone
+
+
+def test_the_report_and_sidecars_record_the_command_the_worker_and_the_fit(
+    tmp_path: Path,
+) -> None:
+    bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
+    ran = run_bids_app(bids_dir, out, parameters={**PARAMETERS, "bmax": 1000.0},
+                       worker="debug", command=["kwneuro-pydra", "run", "B&D"])  # fmt: skip
+    assert ran.ok
+    page = (out / "report.html").read_text()
+    assert "kwneuro-pydra run B&amp;D" in page and "debug" in page
+    (fa,) = out.glob("sub-01/dwi/*param-fa_dwimap.json")
+    sidecar = json.loads(fa.read_text())
+    assert sidecar["FitMethod"] == "WLS" and sidecar["ShellsLeftOut"] == [], sidecar
+    assert [shell["BValue"] for shell in sidecar["ShellsFitted"]] == [1000.0], sidecar

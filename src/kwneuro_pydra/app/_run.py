@@ -3,8 +3,10 @@ compute the rest with Pydra, then write BIDS-Derivatives, the reports and the ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
@@ -206,6 +208,7 @@ def run_bids_app(
     worker: str = "cf",
     force: Collection[str] = (),
     on_progress: Callable[[Progress], None] | None = None,
+    command: Sequence[str] | None = None,
     **scheduler: Any,
 ) -> AppRun:
     """Fit DTI to every DWI series of a BIDS dataset; write derivatives and reports.
@@ -228,6 +231,8 @@ def run_bids_app(
         worker: The Pydra worker: one of `WORKERS`.
         force: Steps to compute again (and what depends on them); a step name or several.
         on_progress: Called with a `Progress` when computing starts and when it ends.
+        command: The command line shown in the report's About section (default
+            ``sys.argv``: the program that called this).
         **scheduler: Passed to `kwneuro_pydra.pydra.run_subjects`: ``n_procs`` (cf), and
             for ``slurm`` ``sbatch_args``, ``resources``, ``granularity``,
             ``pending_timeout``, ``poll_delay``; ``job_cache``, Pydra's job cache (its crash
@@ -288,6 +293,7 @@ def run_bids_app(
             values,
             counts,
             found.no_dwi,
+            about=(tuple(sys.argv if command is None else command), worker),
         )
     series = tuple(
         SeriesOutcome(
@@ -455,8 +461,12 @@ def _write_outputs(
     parameters: dict[str, Any],
     counts: Sequence[StepCount],
     no_dwi: Sequence[str],
+    *,
+    about: tuple[Sequence[str], str],
 ) -> tuple[dict[str, tuple[Path, ...]], list[Path]]:
     """Write each series' derivatives, the dataset description and the reports.
+
+    ``about`` is the command line and the worker, for the report's About section.
 
     Returns:
         Series name -> its derivatives, and the report pages (the group's first).
@@ -485,8 +495,13 @@ def _write_outputs(
         outputs = dict(zip(bids_app.OUTPUTS, unit.plan.outputs, strict=True))
         maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
         with Cache(work_dir / unit.name):  # the linked entries' digests stay memoised there
+            fit = outputs["dti"].fit
             written = write_derivatives(
-                series, maps, output_dir, parameters=unit.parameters or parameters
+                series,
+                maps,
+                output_dir,
+                parameters=unit.parameters or parameters,
+                fit=None if fit is None else dataclasses.asdict(fit),
             )
         derivatives[unit.name] = tuple(written)
         figures = {
@@ -521,6 +536,10 @@ def _write_outputs(
         f"from {bids_dir} · kwneuro-pydra {__version__}",
         distributions=distributions,
         steps_table=[(c.step, c.computed, c.reused, c.failed, c.seconds) for c in counts],
+        command=about[0],
+        worker=about[1],
+        parameters=parameters,
+        steps=bids_app.STEPS,
     )
     return derivatives, pages
 
