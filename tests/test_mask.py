@@ -107,7 +107,7 @@ SCHEMES: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def heads() -> dict[str, HeadPhantom]:
-    made = {}
+    made: dict[str, HeadPhantom] = {}
     for name, options in SCHEMES.items():
         options = dict(options)
         if options.pop("scheme", None):
@@ -163,7 +163,7 @@ def test_shells_mask_is_closer_to_the_truth_than_mrtrix_dwi2mask(
     NiftiVolumeResource.save(dwi.volume, paths[0])
     FslBvalResource.save(dwi.bval, paths[1])
     FslBvecResource.save(dwi.bvec, paths[2])
-    mrtrix = run_dwi2mask(*paths, tmp_path / "mask.nii")
+    mrtrix = run_dwi2mask(paths[0], paths[1], paths[2], tmp_path / "mask.nii")
     ours = dice(mask_of(dwi), phantom.brain)
     assert ours >= dice(mrtrix, phantom.brain)
     assert dice(mrtrix, mask_of(dwi)) > 0.99
@@ -195,7 +195,7 @@ def test_shells_mask_covers_the_tissue_of_dipys_datasets(name: str, tmp_path: Pa
     assert (ours & dipys).sum() >= 0.93 * dipys.sum()
     assert dice(ours, dipys) > 0.6
     if shutil.which("dwi2mask") and name != "small_101D":
-        assert dice(ours, run_dwi2mask(*files, tmp_path / "mask.nii")) > 0.85
+        assert dice(ours, run_dwi2mask(files[0], files[1], files[2], tmp_path / "mask.nii")) > 0.85
 
 
 def test_nan_and_infinite_samples_do_not_break_the_shells_mask() -> None:

@@ -206,8 +206,7 @@ def test_the_phantom_writes_fsl_b_vectors_that_mrtrix_reads_as_its_truth(tmp_pat
     theirs = mrtrix_vector(tmp_path, *paths)
     bundles = np.isin(truth.labels, [3, 4])  # curved: x and another component
     assert np.median(angles(theirs, truth.direction)[bundles]) < 0.5
-    dwi = Dwi(*(cls(p) for cls, p in zip(
-        (NiftiVolumeResource, FslBvalResource, FslBvecResource), paths, strict=True)))  # fmt: skip
+    dwi = Dwi(NiftiVolumeResource(paths[0]), FslBvalResource(paths[1]), FslBvecResource(paths[2]))
     ours = estimate_dti(dwi, frame="world").evecs.get_array()[..., :, 0]
     assert np.median(angles(ours, truth.direction)[bundles]) < 0.5
 
