@@ -29,6 +29,7 @@ __all__ = [
     "read_regular",
     "temporary_name",
     "write_atomic",
+    "write_new",
 ]
 
 
@@ -141,6 +142,27 @@ def open_shared(path: str | Path) -> int:
     return fd
 
 
+def write_new(path: str | Path, data: bytes, mode: int = 0o666) -> None:
+    """Create ``path`` (which must not exist, not even as a link) holding ``data``.
+
+    Args:
+        path: The new file; its folder must exist.
+        data: Its content.
+        mode: Permission bits, before the umask.
+
+    Raises:
+        UnsafeFileError: ``path`` is a symbolic link.
+        OSError: ``path`` exists or cannot be written.
+    """
+    fd = open_new(path, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> None:
     """Replace ``path`` with ``data`` in one step: written aside, then renamed over it.
 
@@ -161,13 +183,7 @@ def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> None:
         raise UnsafeFileError(path)
     temporary = temporary_name(path)
     try:
-        fd = open_new(temporary, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        write_new(temporary, data, mode)
         os.replace(temporary, path)
     except OSError as error:
         with contextlib.suppress(OSError):

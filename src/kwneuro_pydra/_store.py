@@ -41,7 +41,7 @@ from kwneuro_pydra._filedigest import (
     is_settled,
     stat_key,
 )
-from kwneuro_pydra._files import open_new, read_regular
+from kwneuro_pydra._files import read_regular, write_new
 from kwneuro_pydra._lock import LOCK_FILE, EntryLock
 from kwneuro_pydra._sidecar import (
     DIGEST_PREFIX,
@@ -105,16 +105,6 @@ def _open_to_the_group(directory: str) -> None:
 
 _NEARLY_FULL = 1 << 20
 """Bytes free below which a file system counts as full."""
-
-
-def _write_new(path: str, data: bytes) -> None:
-    fd = open_new(path, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -254,7 +244,7 @@ class Store:
                 "created": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "library": library(),
             }
-            _write_new(f"{tmp}/{sidecar_name(step)}", dump(sidecar))
+            write_new(f"{tmp}/{sidecar_name(step)}", dump(sidecar), 0o644)
             _open_to_the_group(tmp)  # complete: nothing more is written into it
             self._swap_in(tmp, target)
         except BaseException:
