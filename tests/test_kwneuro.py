@@ -486,3 +486,36 @@ def test_pipeline_through_run_subjects(worker: str, tmp_path: Path) -> None:
 
 
 assert kwneuro_pydra.adopt is adopt
+
+
+def test_ls_says_it_sees_a_flat_kwneuro_cache_and_both_caches_share_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kwneuro.cache import Cache as KwneuroCache
+    from kwneuro.cache import CacheSpec as KwneuroSpec
+    from kwneuro.cache import cacheable as kwneuro_cacheable
+
+    from kwneuro_pydra.cli import main
+
+    spec = KwneuroSpec(
+        files=["n.txt"],
+        save=lambda n, d: (d / "n.txt").write_text(str(n)),
+        load=lambda d: int((d / "n.txt").read_text()),
+    )
+
+    @kwneuro_cacheable(spec)
+    def square(n: int) -> int:
+        return n * n
+
+    folder = tmp_path / "cache"
+    with KwneuroCache(folder):
+        assert square(3) == 9  # kwneuro's flat files
+    with Cache(folder):
+        assert square(4) == 16  # adopted: an entry of ours beside them
+    capsys.readouterr()
+    assert main(["ls", str(folder)]) == 0
+    said = capsys.readouterr().out
+    assert "1 entry" in said
+    assert f"{folder} also holds a flat kwneuro 1.0 cache (square): not read here" in said
+    with KwneuroCache(folder):
+        assert square(3) == 9  # kwneuro's own cache still reads its files

@@ -31,6 +31,7 @@ import importlib.abc
 import importlib.machinery
 import inspect
 import json
+import os
 import sys
 import types
 import warnings
@@ -44,7 +45,14 @@ from kwneuro_pydra._filedigest import file_digest
 from kwneuro_pydra._fingerprint import fingerprint
 from kwneuro_pydra._step import CacheSpec, Step
 
-__all__ = ["AdoptedStep", "adopt", "install", "is_upstream_step", "kwneuro_version"]
+__all__ = [
+    "AdoptedStep",
+    "adopt",
+    "flat_cache_steps",
+    "install",
+    "is_upstream_step",
+    "kwneuro_version",
+]
 
 _PACKAGE = "kwneuro"
 
@@ -109,6 +117,31 @@ class AdoptedStep(Step):
                     f"{self.name!r} stored it; remove the entry (Cache.clear) or force the step"
                 )
         return super().load(directory)
+
+
+def flat_cache_steps(folder: Path) -> list[str]:
+    """The steps of a flat kwneuro 1.0 cache in ``folder`` (``<step>.params.json`` files).
+
+    kwneuro 1.0's `Cache` keeps one result per step, flat in its folder; this library does
+    not read those files (its entries are ``<step>/<key>/``), so such steps are computed
+    once more in a folder shared with kwneuro.
+
+    Args:
+        folder: A cache folder.
+
+    Returns:
+        The step names, sorted; none when ``folder`` holds no flat kwneuro cache.
+    """
+    suffix = ".params.json"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(
+        name[: -len(suffix)]
+        for name in names
+        if name.endswith(suffix) and os.path.isfile(os.path.join(folder, name))
+    )
 
 
 def is_upstream_step(function: object) -> bool:

@@ -471,8 +471,7 @@ def _write_outputs(
     Returns:
         Series name -> its derivatives, and the report pages (the group's first).
     """
-    from kwneuro_pydra.report import group_distributions
-    from kwneuro_pydra.report._html import SeriesReport, StepRecord, write_reports
+    from kwneuro_pydra.report import SeriesReport, StepRecord, group_distributions, write_reports
 
     bids_app = pipeline()
     source = _source_name(bids_dir)

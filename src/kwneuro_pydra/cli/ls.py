@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from kwneuro_pydra._kwneuro import flat_cache_steps
 from kwneuro_pydra.cli._common import plural, size
 from kwneuro_pydra.cli._select import select
 
@@ -72,4 +73,10 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join([*cells, row[-1]]))
     total = sum(entry.nbytes for _, entry in entries)
     print(f"{plural(len(entries), 'entry', 'entries')}, {size(total)}, in {selection.describe()}")
+    for folder in dict.fromkeys([selection.root, *selection.caches]):
+        if flat := flat_cache_steps(folder):
+            print(
+                f"{folder} also holds a flat kwneuro 1.0 cache ({', '.join(flat)}): not read "
+                "here, its steps are computed once more (see docs/kwneuro.md)"
+            )
     return 0

@@ -20,7 +20,7 @@ from kwneuro_pydra._kwneuro import AdoptedStep, adopt, is_upstream_step
 from kwneuro_pydra._step import Step
 from kwneuro_pydra.pydra import _failures, _pickling  # noqa: F401  (_pickling registers)
 from kwneuro_pydra.pydra._hash import stable_checksums  # registers our hashing in every process
-from kwneuro_pydra.resources._kwneuro import accepting
+from kwneuro_pydra.resources import accepting
 
 __all__ = [
     "FORCE_ENV",

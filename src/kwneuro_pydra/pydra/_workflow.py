@@ -32,7 +32,7 @@ from kwneuro_pydra.pydra._task import (
     step_function,
     to_task,
 )
-from kwneuro_pydra.resources._kwneuro import CONVERSION_HINT, accepting, is_kwneuro_value
+from kwneuro_pydra.resources import CONVERSION_HINT, accepting, is_kwneuro_value
 
 __all__ = ["Calls", "discover", "to_workflow"]
 

@@ -23,6 +23,7 @@ from kwneuro_pydra.report._figures import (
     map_mosaic,
     summarise,
 )
+from kwneuro_pydra.report._html import SeriesReport, StepRecord, write_reports
 
 __all__ = [
     "FA_BINS",
@@ -30,10 +31,13 @@ __all__ = [
     "PNG",
     "STATS",
     "Png",
+    "SeriesReport",
     "SeriesStats",
+    "StepRecord",
     "b0_mosaic",
     "gradient_sphere",
     "group_distributions",
     "map_mosaic",
     "summarise",
+    "write_reports",
 ]

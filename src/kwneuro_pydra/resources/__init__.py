@@ -63,7 +63,13 @@ from kwneuro_pydra.resources._gradients import (
     InMemoryBvalResource,
     InMemoryBvecResource,
 )
-from kwneuro_pydra.resources._kwneuro import from_kwneuro, to_kwneuro
+from kwneuro_pydra.resources._kwneuro import (
+    CONVERSION_HINT,
+    accepting,
+    from_kwneuro,
+    is_kwneuro_value,
+    to_kwneuro,
+)
 from kwneuro_pydra.resources._volume import (
     InMemoryVolumeResource,
     NiftiVolumeResource,
@@ -73,6 +79,7 @@ from kwneuro_pydra.resources._volume import (
 __all__ = [
     "B0_THRESHOLD",
     "BVEC_NORM_TOLERANCE",
+    "CONVERSION_HINT",
     "BvalResource",
     "BvecResource",
     "Dwi",
@@ -86,7 +93,9 @@ __all__ = [
     "Resource",
     "ResourceFileError",
     "VolumeResource",
+    "accepting",
     "from_kwneuro",
+    "is_kwneuro_value",
     "normalize_path",
     "source_of",
     "to_kwneuro",

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from kwneuro_pydra.resources import B0_THRESHOLD, Dwi, source_of
-from kwneuro_pydra.resources._dwi import BVEC_NORM_TOLERANCE
+from kwneuro_pydra.resources import B0_THRESHOLD, BVEC_NORM_TOLERANCE, Dwi, source_of
 
 __all__ = [
     "BVEC_ROUNDING",
