@@ -167,7 +167,8 @@ def _read_persistent(directory: Path, key: StatKey) -> str | None:
 
 def _write_persistent(directory: Path, key: StatKey, digest: str) -> None:
     """Store a digest in the memo directory; on any failure (a full disk, a read-only cache)
-    leave nothing behind, not even the temporary file."""
+    leave nothing behind, not even the temporary file.
+    """
     target = _memo_file(directory, key)
     tmp = target.parent / f"{MEMO_TMP_PREFIX}{secrets.token_hex(8)}-{target.name}"
     try:
@@ -292,7 +293,8 @@ def _memoised(key: StatKey, size: int) -> str | None:
 
 def _checked(path: str | Path, hashed: _Hashed, *, settled: bool) -> _Hashed:
     """Memoise a digest unless the file changed while it was hashed (then warn) or may
-    still change unseen (see `is_settled`)."""
+    still change unseen (see `is_settled`).
+    """
     if not hashed.steady:
         global _unsteady
         _unsteady += 1

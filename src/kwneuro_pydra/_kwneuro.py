@@ -83,7 +83,8 @@ class AdoptedStep(Step):
     @property
     def contents(self) -> str:
         """The entry file listing the digests of the files kwneuro writes without declaring
-        them (the ANTs files of a ``TransformResource``, say)."""
+        them (the ANTs files of a ``TransformResource``, say).
+        """
         return f"{self.name}.contents.json"
 
     def files(self) -> list[str]:
@@ -257,7 +258,8 @@ def _adopting_cacheable(original: Callable[..., Any]) -> Callable[..., Any]:
 class _WatchedCache:
     """Stands for ``kwneuro.cache._active_cache``: warns once per step when an unadopted
     kwneuro step runs inside one of our caches (it would run uncached, silently), and
-    refuses one called while a workflow is built (it would run on stand-ins)."""
+    refuses one called while a workflow is built (it would run on stand-ins).
+    """
 
     def __init__(self, variable: Any) -> None:
         self.variable = variable
@@ -296,7 +298,8 @@ class _WatchedCache:
 
 def _register_fingerprints(reg: types.ModuleType) -> None:
     """Content fingerprints of kwneuro's `TransformResource` (by its files) and ANTs
-    transforms in memory (by their parameters)."""
+    transforms in memory (by their parameters).
+    """
     import ants  # type: ignore[import-untyped]  # kwneuro.reg imported it already
 
     @fingerprint.register(ants.core.ants_transform.ANTsTransform)

@@ -67,7 +67,8 @@ def _slot(key: str) -> int:
 
 def _lock_key(fd: int, key: str, *, wait: bool) -> bool:
     """Lock ``key`` through the open file ``fd``; False if it is held elsewhere and ``wait``
-    is off."""
+    is off.
+    """
     try:
         if _OFD:
             command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
@@ -99,7 +100,8 @@ _threads = threading.local()
 
 def _this_thread() -> _Open:
     """This thread's open lock files; none in a forked child (its descriptors would share
-    the parent's locks)."""
+    the parent's locks).
+    """
     mine: _Open | None = getattr(_threads, "open", None)
     if mine is None or mine.pid != os.getpid():
         mine = _threads.open = _Open()
@@ -112,7 +114,8 @@ def _unlock_key(fd: int, key: str) -> None:
 
 def held(path: str | Path, key: str | None = None) -> bool:
     """True when some open file holds the lock of ``key`` in the lock file ``path`` (any key
-    when ``key`` is None). A missing lock file holds nothing."""
+    when ``key`` is None). A missing lock file holds nothing.
+    """
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:  # none, or a link planted there: holds nothing
@@ -217,7 +220,8 @@ class EntryLock:
 
     def _drop(self, mine: _Open, fd: int, locked: bool) -> None:
         """Release this key's share of ``fd``: unlock its byte, close the file when no other
-        key of this thread holds it (closing drops every lock of the file)."""
+        key of this thread holds it (closing drops every lock of the file).
+        """
         keys = mine.keys[fd]
         keys.discard(self.key)
         if keys:

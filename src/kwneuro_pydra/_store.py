@@ -85,7 +85,8 @@ def _parse_sidecar(path: str, step: str, key: str, entry_dir: str) -> Entry:
 
 def _write_outputs(write: Callable[[Path], None], directory: str) -> None:
     """Call ``write(directory)``; a short write reported without an error number (numpy's
-    ``tofile`` does) on a file system with almost no space left is the ENOSPC it is."""
+    ``tofile`` does) on a file system with almost no space left is the ENOSPC it is.
+    """
     try:
         write(Path(directory))
     except OSError as error:
@@ -98,7 +99,8 @@ def _write_outputs(write: Callable[[Path], None], directory: str) -> None:
 
 def _open_to_the_group(directory: str) -> None:
     """Give a directory made with mode 0700 the mode the umask gives (a lab's ``umask 002``
-    shares it with the group), keeping the setgid bit it inherited."""
+    shares it with the group), keeping the setgid bit it inherited.
+    """
     special = stat.S_IMODE(os.stat(directory).st_mode) & ~0o777
     os.chmod(directory, special | (0o777 & ~umask()))
 
@@ -288,7 +290,8 @@ class Store:
 
     def steps(self) -> list[str]:
         """Return the names of the steps that have a directory in this cache (a link is not
-        one: listing, pruning and clearing never reach through it)."""
+        one: listing, pruning and clearing never reach through it).
+        """
         if not self.root.is_dir():
             return []
         return sorted(

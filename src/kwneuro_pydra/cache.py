@@ -177,6 +177,7 @@ class Explanation:
     causes: tuple[MissReason, ...] = ()
 
     def __str__(self) -> str:
+        """The verdict as a person reads it: ``step: hit (entry ...)``, or the reasons."""
         if self.hit:
             return f"{self.step}: hit (entry {self.key[:12]})"
         lines = [f"{self.step}: miss"] + [f"  - {reason}" for reason in self.reasons]
@@ -254,6 +255,7 @@ class Cache:
     .. versionadded:: 0.1"""
 
     def __post_init__(self) -> None:
+        """Check the options, open the store and warn once about a shared root's umask."""
         self.cache_dir = _prepare_directory(Path(self.cache_dir))
         if self.verify_inputs not in ("stat", "content"):
             raise ValueError(
@@ -285,6 +287,7 @@ class Cache:
         self._tokens: list[tuple[Token[StepHandler | None], contextlib.ExitStack]] = []
 
     def __enter__(self) -> Cache:
+        """Make this the active cache of the current context; return it."""
         memo = contextlib.ExitStack()
         memo.enter_context(memo_directory(self._store.memo_dir))
         self._tokens.append((_HANDLER.set(self), memo))
@@ -297,6 +300,7 @@ class Cache:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Restore the cache that was active before; exceptions propagate."""
         token, memo = self._tokens.pop()
         _ENTERED[0] -= 1
         memo.close()
@@ -496,7 +500,8 @@ class Cache:
         """The intact entry of a call in ``stores`` (default: this cache, then the
         ``read_only`` ones) holding ``files`` (default: the step's): of the step's current
         code when ``check_code`` holds (``key``, when given, is its entry key), else the
-        newest entry of any code."""
+        newest entry of any code.
+        """
         files = step.files() if files is None else files
         for store in (self._store, *self._shared) if stores is None else stores:
             if self.check_code:
@@ -512,7 +517,8 @@ class Cache:
         self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> StepArguments | None:
         """The call's arguments as ``step`` keys them, input files read as ``verify_inputs``
-        says."""
+        says.
+        """
         if self.verify_inputs == "content":
             with digests_by_content():
                 return step.arguments(args, kwargs)
@@ -609,7 +615,8 @@ class Cache:
         self, step: Step, arguments: StepArguments, key: str | None = None
     ) -> tuple[Entry, Any] | None:
         """The entry that serves a call and its loaded result, without the lock; None when
-        the step is forced or nothing serves it."""
+        the step is forced or nothing serves it.
+        """
         if self._forced(step) or not (entry := self._entry(step, arguments, key=key)):
             return None
         try:
@@ -766,7 +773,8 @@ def _newest(
     step: Step | None = None,
 ) -> Entry | None:
     """The newest intact entry of step ``name`` in ``store`` holding these arguments, made
-    by any code (of ``step``'s function, when given)."""
+    by any code (of ``step``'s function, when given).
+    """
     for entry in reversed(list(store.entries(name, warn=warn))):
         mine = step is None or _made_by(entry, step)
         if mine and entry.selected_by(arguments.scalars, arguments.hashes):
@@ -776,7 +784,8 @@ def _newest(
 
 def _made_by(entry: Entry, step: Step) -> bool:
     """True unless the entry records another function than the step's (one of the same step
-    name in another module, say)."""
+    name in another module, say).
+    """
     return entry.function is None or entry.function == step.function
 
 

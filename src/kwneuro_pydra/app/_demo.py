@@ -1,5 +1,6 @@
 """The demo: a BIDS dataset of phantoms written beside its derivatives, and the maps' error
-against the phantoms' ground truth."""
+against the phantoms' ground truth.
+"""
 
 from __future__ import annotations
 

@@ -9,4 +9,5 @@ __all__ = ["AppError", "BidsError"]
 
 class AppError(ValueError):
     """An option of the app cannot be used (an unknown step or worker, a folder that cannot
-    be written, a scheduler option without its worker); the message names it."""
+    be written, a scheduler option without its worker); the message names it.
+    """

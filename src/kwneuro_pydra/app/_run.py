@@ -1,5 +1,6 @@
 """`run_bids_app`: discover the DWI series of a BIDS dataset, serve what the cache holds,
-compute the rest with Pydra, then write BIDS-Derivatives, the reports and the run's record."""
+compute the rest with Pydra, then write BIDS-Derivatives, the reports and the run's record.
+"""
 
 from __future__ import annotations
 
@@ -375,7 +376,8 @@ def _step_outcomes(unit: Unit, steps: Sequence[str], start: float) -> tuple[Step
     """What each step did for ``unit``: computed in this run, reused, failed or not run.
 
     The step that failed is failed, whatever an older entry of it holds (a forced step that
-    now raises); an older entry of a step after it served nothing: not run."""
+    now raises); an older entry of a step after it served nothing: not run.
+    """
     if unit.dwi is None:
         return ()
     rows, failed = [], False
@@ -422,7 +424,8 @@ def _recorded_units(
 ) -> list[Unit]:
     """The series earlier runs into ``work_dir`` ran and this one did not, as they stand:
     failed as recorded, else served by the cache with the parameters they ran with (for the
-    group report)."""
+    group report).
+    """
     wanted = set(record) - ran
     if not wanted:
         return []

@@ -1,5 +1,6 @@
 """The BIDS app's units of work: discovered series, their caches and plans, and the record of
-every series run into an output folder."""
+every series run into an output folder.
+"""
 
 from __future__ import annotations
 
@@ -215,7 +216,8 @@ def recording(work_dir: Path, ran: Sequence[Unit]) -> Iterator[dict[str, dict[st
 
 def _lock_file(path: Path) -> int:
     """A descriptor of the record's lock file, never through a link; read-only when another
-    member of a shared work folder made it (``flock`` needs no write access)."""
+    member of a shared work folder made it (``flock`` needs no write access).
+    """
     try:
         return open_shared(path)
     except PermissionError:

@@ -62,7 +62,8 @@ class AppStatus:
     @property
     def counts(self) -> dict[str, int]:
         """State -> steps in it over every series (a series that cannot load counts one
-        failed)."""
+        failed).
+        """
         counts = dict.fromkeys(STATES, 0)
         for series in self.series:
             for state in series.states.values():

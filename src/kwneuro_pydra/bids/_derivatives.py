@@ -160,7 +160,8 @@ def place(source: Path, target: Path) -> None:
 
 def _copied(source: Path, target: Path) -> bool:
     """True when ``target`` is a copy `place` made of ``source``: a regular file of its size
-    and modification time (which the copy takes; a cache entry's files never change)."""
+    and modification time (which the copy takes; a cache entry's files never change).
+    """
     made, copy = os.stat(source), os.lstat(target)
     return stat.S_ISREG(copy.st_mode) and (copy.st_size, copy.st_mtime_ns) == (
         made.st_size,

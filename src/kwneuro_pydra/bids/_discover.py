@@ -60,8 +60,9 @@ class DwiSeries:
 
     @property
     def name(self) -> str:
-        """The source entities as they start the file name, e.g. ``sub-01_ses-2_run-1`` (bytes
-        of the name that are not UTF-8 as ``\\xff``)."""
+        r"""The source entities as they start the file name, e.g. ``sub-01_ses-2_run-1`` (bytes
+        of the name that are not UTF-8 as ``\xff``).
+        """
         return _shown(self.nifti.name.split("_dwi.nii")[0])
 
     @property
@@ -71,7 +72,7 @@ class DwiSeries:
 
     @property
     def source(self) -> str:
-        """The DWI's path relative to the dataset root (bytes not UTF-8 as ``\\xff``)."""
+        r"""The DWI's path relative to the dataset root (bytes not UTF-8 as ``\xff``)."""
         return _shown(self.nifti.relative_to(self.root))
 
     def load(self) -> Dwi:
@@ -177,7 +178,8 @@ def discover(
 
 def _index(root: Path) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """bids2table's rows of the dataset; subjects it cannot index (a file name that is not
-    UTF-8) are left out, each with such a file."""
+    UTF-8) are left out, each with such a file.
+    """
     import bids2table  # type: ignore[import-untyped]
 
     columns = ["sub", "ses", "datatype", "suffix", "ext", "path", "root"]
@@ -206,7 +208,7 @@ def _is_utf8(name: str) -> bool:
 
 
 def _shown(path: Path | str) -> str:
-    """A path as text that can be printed: bytes that are not UTF-8 as ``\\xff``."""
+    r"""A path as text that can be printed: bytes that are not UTF-8 as ``\xff``."""
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
@@ -249,7 +251,8 @@ def _check_known(kind: str, wanted: set[str], known: set[str]) -> None:
 
 class _Finder:
     """BIDS inheritance over one dataset, with its folders' listings and files' entities
-    (parsed by bids2table) remembered for the duration of a discovery."""
+    (parsed by bids2table) remembered for the duration of a discovery.
+    """
 
     def __init__(self, root: Path) -> None:
         import bids2table
@@ -273,7 +276,8 @@ class _Finder:
     def inherited(self, image: Path, wanted: dict[str, str], ext: str) -> Path | None:
         """The file of extension ``ext`` that applies to ``image`` (of entities ``wanted``)
         by BIDS inheritance: the nearest, from its folder up to the root, whose entities
-        are a subset of the image's; None when there is none."""
+        are a subset of the image's; None when there is none.
+        """
         folder = image.parent
         while True:
             for candidate in self.candidates(folder, f"*{wanted['suffix']}{ext}"):

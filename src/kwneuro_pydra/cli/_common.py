@@ -172,7 +172,8 @@ def _plain_warning(
     line: str | None = None,
 ) -> str:
     """A warning as the command shows it: its class and message; where it was raised only
-    with ``-vv``."""
+    with ``-vv``.
+    """
     return f"{category.__name__}: {message}"
 
 

@@ -13,7 +13,8 @@ __all__ = ["LiveProgress", "print_summary"]
 class LiveProgress:
     """An ``on_progress`` for `kwneuro_pydra.app.run_bids_app`: subjects x steps (reused,
     computed, to do) on the terminal while Pydra runs, stopped when computing ends (also on
-    Ctrl-C). Shows nothing when quiet or when stderr is not a terminal."""
+    Ctrl-C). Shows nothing when quiet or when stderr is not a terminal.
+    """
 
     def __init__(self, verbosity: int) -> None:
         self.shown = verbosity >= 0 and console().is_terminal

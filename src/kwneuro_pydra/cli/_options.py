@@ -41,5 +41,6 @@ def add_dti_options(parser: argparse.ArgumentParser, *, recorded: bool = False) 
 
 def parameters_of(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline's parameters given by parsed arguments (those left out are None with
-    ``recorded``)."""
+    ``recorded``).
+    """
     return {option.name: getattr(args, option.name) for option in parameters()}

@@ -97,7 +97,8 @@ def _table(found: AppStatus) -> Any:
 
 def _line(name: str, states: Mapping[str, str], failure: str | None) -> str:
     """``sub-01: 3 cached; stale: estimate_dti; 5 missing from dti_statistics``: one series on
-    one line (the steps not cached are named; the missing ones follow the first)."""
+    one line (the steps not cached are named; the missing ones follow the first).
+    """
     from rich.markup import escape
 
     if not states:

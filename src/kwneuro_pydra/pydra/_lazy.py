@@ -119,7 +119,8 @@ class Lazy:
 
 def _method_of(kind: Any, name: str) -> Callable[..., Any] | None:
     """The function defined as method ``name`` of class ``kind`` (not static, not a class
-    method, not a property), or None."""
+    method, not a property), or None.
+    """
     if not isinstance(kind, type) or name.startswith("__"):
         return None
     attribute = inspect.getattr_static(kind, name, None)

@@ -231,7 +231,8 @@ def _canonical(volume: VolumeResource) -> _Oriented:
 
 def _slices(shape: tuple[int, ...], inside: NDArray[np.bool_]) -> list[list[tuple[int, int]]]:
     """Per plane (sagittal, coronal, axial): ``(axis, index)`` of evenly spaced slices
-    through the extent of ``inside`` (the whole volume when it is empty)."""
+    through the extent of ``inside`` (the whole volume when it is empty).
+    """
     planes = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)

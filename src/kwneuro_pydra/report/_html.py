@@ -323,7 +323,8 @@ def _about(
 
 def _methods(reports: Sequence[SeriesReport], steps: Mapping[str, Mapping[str, Any]]) -> str:
     """The methods paragraph, from what was run: the fit's record of each series (method,
-    bmax, shells fitted and left out) and, when the run gave them, the mask's parameters."""
+    bmax, shells fitted and left out) and, when the run gave them, the mask's parameters.
+    """
     done = [r.stats for r in reports if r.stats is not None and r.stats.method]
     if not done:
         return ""

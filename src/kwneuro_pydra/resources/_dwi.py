@@ -164,7 +164,8 @@ class Dwi:
     @classmethod
     def _cache_files(cls, step_name: str) -> list[str]:
         """Cache protocol: its parts' files, ``<step_name>.nii.gz`` (or ``.nii`` per the active
-        cache), ``<step_name>.bval`` and ``<step_name>.bvec``."""
+        cache), ``<step_name>.bval`` and ``<step_name>.bvec``.
+        """
         return [
             *VolumeResource._cache_files(step_name),
             *BvalResource._cache_files(step_name),
@@ -180,7 +181,8 @@ class Dwi:
     @classmethod
     def _cache_load(cls, cache_dir: Path, step_name: str) -> "Dwi":
         """Cache protocol: a `Dwi` of `NiftiVolumeResource`, `FslBvalResource` and
-        `FslBvecResource` over the entry's files."""
+        `FslBvecResource` over the entry's files.
+        """
         return cls(
             VolumeResource._cache_load(cache_dir, step_name),
             BvalResource._cache_load(cache_dir, step_name),

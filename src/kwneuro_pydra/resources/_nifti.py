@@ -124,7 +124,8 @@ def _plain(value: Any) -> Any:
 
 def meaningful_header(metadata: dict[str, Any], ndim: int) -> dict[str, Any]:
     """The header fields of ``metadata`` that change an ``ndim``-D image's meaning, as plain
-    values: `MEANINGFUL_FIELDS`, qfac and the zooms."""
+    values: `MEANINGFUL_FIELDS`, qfac and the zooms.
+    """
     header = header_from_metadata(metadata)
     fields: dict[str, Any] = {name: _plain(header[name]) for name in MEANINGFUL_FIELDS}
     # pixdim[0] is qfac (qform handedness), then one zoom per dimension present.

@@ -123,7 +123,8 @@ by default the physical memory of the machine."""
 
 def max_image_bytes() -> int:
     """The largest image a NIfTI header may declare (`MAX_IMAGE_ENV`, else the machine's
-    physical memory)."""
+    physical memory).
+    """
     given = os.environ.get(MAX_IMAGE_ENV)
     if given:
         return int(float(given) * 2**20)

@@ -78,7 +78,8 @@ def eigh3(tensor: Float64) -> tuple[Float64, Float64]:
 
 def _symmetric(upper: dict[tuple[int, int], Float64]) -> list[list[Float64]]:
     """A 3 x 3 matrix of arrays from its upper triangle; ``a[i][j]`` *is* ``a[j][i]``, so a
-    rotation that updates one updates both."""
+    rotation that updates one updates both.
+    """
     return [[upper[min(i, j), max(i, j)] for j in range(3)] for i in range(3)]
 
 

@@ -187,7 +187,8 @@ def _local_threshold(
     image: NDArray[np.float32], voxel_size: NDArray[np.float64], neighbourhood_mm: float
 ) -> NDArray[np.bool_]:
     """Otsu's mask of an image, refined to half-way between the local tissue and background
-    means (see `shells_mask`)."""
+    means (see `shells_mask`).
+    """
     threshold = otsu_threshold(image)
     first: NDArray[np.bool_] = image > threshold
     if neighbourhood_mm <= 0 or not first.any() or first.all():
@@ -233,7 +234,8 @@ def median_filter(volume: NDArray[Any], radius: int) -> NDArray[Any]:
 def _windowed_median(volume: NDArray[Any], radius: int, *, rank_blocks: bool) -> NDArray[Any]:
     """`median_filter` by `numpy.partition` of each slice's windows; with ``rank_blocks``, of
     the ranks of the values each tile of rows and slices reads (at most 65536: uint16). The
-    tiles are shared by up to `MEDIAN_THREADS` threads (numpy releases the GIL)."""
+    tiles are shared by up to `MEDIAN_THREADS` threads (numpy releases the GIL).
+    """
     side = 2 * radius + 1
     padded = np.pad(volume, radius, mode="symmetric")  # scipy's "reflect"
     out = np.empty_like(volume)
@@ -271,7 +273,8 @@ def _windowed_median(volume: NDArray[Any], radius: int, *, rank_blocks: bool) ->
 
 def _tile(width: int, radius: int) -> tuple[int, int]:
     """Rows and slices of the output per tile whose windows read at most 65536 values
-    (``width`` padded columns), the fewest values read per output voxel."""
+    (``width`` padded columns), the fewest values read per output voxel.
+    """
     best = (1.0e9, 1, 1)
     for depth in range(1, 8 * radius + 2):
         block = _UINT16_VALUES // (width * (depth + 2 * radius)) - 2 * radius

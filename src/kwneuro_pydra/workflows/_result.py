@@ -139,7 +139,8 @@ class DtiResult:
     @classmethod
     def _cache_files(cls, step_name: str) -> list[str]:
         """Cache protocol: one volume file per map, ``<step_name>_<map>.nii.gz``, and
-        ``<step_name>_fit.json``."""
+        ``<step_name>_fit.json``.
+        """
         volumes = [
             file for name in _MAPS for file in VolumeResource._cache_files(f"{step_name}_{name}")
         ]
@@ -147,7 +148,8 @@ class DtiResult:
 
     def _cache_save(self, cache_dir: Path, step_name: str) -> None:
         """Cache protocol: write each map into ``cache_dir`` by the volume protocol, and the
-        record (``null`` when None)."""
+        record (``null`` when None).
+        """
         for name, volume in self.maps().items():
             VolumeResource._cache_save(volume, cache_dir, f"{step_name}_{name}")
         text = "null" if self.fit is None else self.fit.to_json()

@@ -328,7 +328,8 @@ def _fit_block(
     world: bool,
 ) -> None:
     """Fit the voxels ``within`` the slices ``block`` into ``result``, counting odd ones
-    (and setting the maps of the unusable ones to NaN)."""
+    (and setting the maps of the unusable ones to NaN).
+    """
     signal = data[:, :, block][within]
     if not keep.all():
         signal = signal[:, keep]

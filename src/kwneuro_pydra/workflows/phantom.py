@@ -212,7 +212,8 @@ def _tissues(shape: tuple[int, int, int]) -> tuple[NDArray[np.uint8], NDArray[np
 
 def _frames(direction: NDArray[np.float64]) -> NDArray[np.float64]:
     """Orthonormal frames (columns) whose first axis is ``direction``; the second is
-    orthogonal to z when it can be (x otherwise)."""
+    orthogonal to z when it can be (x otherwise).
+    """
     helper = np.where(np.abs(direction[..., 2:3]) > 0.9, [1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
     second = np.cross(helper, direction)
     second /= np.linalg.norm(second, axis=-1, keepdims=True)
