@@ -965,12 +965,14 @@ def test_a_second_test_cluster_runs_beside_this_one(tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in Path("/etc/slurm").glob("*")} == etc
 
 
-def test_max_running_throttles_a_job_array(tmp_path: Path) -> None:
-    """max_running=1: the array's %1, its three tasks one after the other."""
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_max_running_throttles_the_jobs(granularity: str, tmp_path: Path) -> None:
+    """max_running=1: a job array's %1, or one job a time from the submitter; the jobs run
+    one after the other."""
     subjects = {f"sub-0{i}": {"x": float(i)} for i in (1, 2, 3)}
     root = tmp_path / "slurm"
     results = run_subjects(_scheduler_steps.lingering, subjects, root, worker="slurm",
-                           granularity="subject", max_running=1, **FAST)  # fmt: skip
+                           granularity=granularity, max_running=1, **FAST)  # fmt: skip
     assert {s: r.outputs for s, r in results.items()} == {"sub-01": 2.0, "sub-02": 4.0,
                                                           "sub-03": 6.0}  # fmt: skip
     tasks = [job for s in subjects for job in submitted(root, s)]

@@ -180,7 +180,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             submitted, started, ended, its reason changed); the delay doubles while nothing
             does, up to ``max_poll_delay``. Each look is one ``squeue`` for all the jobs
             followed, and one ``sacct`` for those that left the queue.
-        max_poll_delay: The longest delay between two looks at the queue.
+        max_poll_delay: The longest delay between two looks at the queue (default: 60 s,
+            or ``poll_delay`` if longer).
         resources: What each step's jobs ask for, by step name: ``{"estimate_dti":
             {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (see `run_subjects`); kept
             as a `Request` per step.
@@ -219,7 +220,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     per_subject: bool = False
     steps: tuple[str, ...] = attrs.field(default=(), converter=_names)
     max_running: int | None = None
-    max_poll_delay: float = 60.0
+    max_poll_delay: float | None = None
     pending_timeout: float | None = None
     node_grace: float = 600.0
     controller_timeout: float = 600.0
@@ -248,6 +249,13 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             isinstance(self.max_running, int) and self.max_running > 0
         ):
             raise ValueError(f"max_running={self.max_running!r}: expected a positive integer")
+        if self.max_poll_delay is None:
+            self.max_poll_delay = max(60.0, self.poll_delay)
+        if not self.max_poll_delay >= self.poll_delay > 0:
+            raise ValueError(
+                f"poll_delay={self.poll_delay!r}, max_poll_delay={self.max_poll_delay!r}: "
+                "expected 0 < poll_delay <= max_poll_delay"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         state: dict[str, Any] = super().__getstate__()
@@ -458,6 +466,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     async def _poll(self) -> None:
         """Look at the queue for all the jobs followed, until none is; back off while
         nothing changes."""
+        assert self.max_poll_delay is not None  # set when the worker is made
         delay, longest = self.poll_delay, await _longest_delay(self.max_poll_delay)
         assert self._news is not None
         while self._followed:
