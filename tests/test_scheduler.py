@@ -136,6 +136,8 @@ def test_max_running_must_be_a_positive_integer() -> None:
         with pytest.raises(ValueError, match="expected 0 < poll_delay <= max_poll_delay"):
             SlurmWorker(poll_delay=poll, max_poll_delay=longest)  # type: ignore[call-arg]
     assert SlurmWorker(poll_delay=90).max_poll_delay == 90  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match=r"detach needs a job per subject"):
+        SlurmWorker(detach=True)  # type: ignore[call-arg]
     assert SlurmWorker(poll_delay=5).max_poll_delay == 60  # type: ignore[call-arg]
 
 
@@ -254,10 +256,10 @@ def test_the_cluster_options_of_the_command_line() -> None:
 
     parser = argparse.ArgumentParser()
     add_cluster_options(parser)
-    given = parser.parse_args(["--max-running", "20", "--max-poll-delay", "30",
+    given = parser.parse_args(["--max-running", "20", "--max-poll-delay", "30", "--detach",
                                "--job-cache", "/tmp/j"])  # fmt: skip
     assert cluster_options(given) == {"max_running": 20, "max_poll_delay": 30.0,
-                                      "job_cache": Path("/tmp/j")}  # fmt: skip
+                                      "detach": True, "job_cache": Path("/tmp/j")}  # fmt: skip
     assert cluster_options(parser.parse_args([])) == {}
     with pytest.raises(SystemExit):
         parser.parse_args(["--max-running", "0"])

@@ -205,7 +205,8 @@ def status_parameters(args: argparse.Namespace, output_dir: Path) -> tuple[dict[
 
 
 def add_cluster_options(group: Any) -> None:
-    """Add ``--max-running``, ``--max-poll-delay`` (``--worker slurm``) and ``--job-cache``.
+    """Add ``--max-running``, ``--max-poll-delay``, ``--detach`` (``--worker slurm``) and
+    ``--job-cache``.
 
     Args:
         group: An argparse parser or argument group (``run``'s cluster options).
@@ -219,6 +220,10 @@ def add_cluster_options(group: Any) -> None:
         help="longest delay between looks at the queue while nothing changes (default 60)",
     )  # fmt: skip
     group.add_argument(
+        "--detach", action="store_true", default=None,
+        help="submit the jobs (--granularity subject) and exit; a later run collects them",
+    )  # fmt: skip
+    group.add_argument(
         "--job-cache", type=Path, metavar="DIR",
         help="Pydra's job cache (default ~/.cache/kwneuro-pydra/jobs/...): private to you, "
         "visible from the nodes",
@@ -227,5 +232,5 @@ def add_cluster_options(group: Any) -> None:
 
 def cluster_options(args: argparse.Namespace) -> dict[str, Any]:
     """The `run_subjects` keyword arguments of `add_cluster_options`' options, when given."""
-    names = ("max_running", "max_poll_delay", "job_cache")
+    names = ("max_running", "max_poll_delay", "detach", "job_cache")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

@@ -41,7 +41,16 @@ from pydra.workers import base, slurm  # type: ignore[import-untyped]
 from kwneuro_pydra.pydra._resources import Request, for_subject, refuse_owned, requests
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
-__all__ = ["JOB_NAME", "STUCK_REASONS", "SchedulerError", "SlurmWorker", "read_record", "stuck"]
+__all__ = [
+    "JOB_NAME",
+    "STUCK_REASONS",
+    "SchedulerError",
+    "SlurmWorker",
+    "cancel_recorded",
+    "read_record",
+    "recorded_states",
+    "stuck",
+]
 
 MEANINGS = {
     "CANCELLED": "the job was cancelled (scancel, or by an administrator)",
@@ -148,7 +157,7 @@ class SchedulerError(RuntimeError):
         state: Slurm's state (``TIMEOUT``, ``OUT_OF_MEMORY``, ``CANCELLED`` ...), ``PENDING``
             for a job cancelled after ``pending_timeout``, ``UNKNOWN`` when neither the
             controller nor accounting knows the job (or the controller stopped answering),
-            ``SBATCH`` when sbatch refused it.
+            ``SBATCH`` when sbatch refused it, ``DETACHED`` for a job left to run.
         step: The step the job ran, or ``"all steps"`` for a job per subject.
     """
 
@@ -204,6 +213,10 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             what it runs, the job id, the subject, the step); a later worker given the same
             file follows a job still queued or running instead of submitting it again.
             None: no record.
+        detach: Submit (or find queued from the record) each job and leave it to run: its
+            subject is reported ``DETACHED``; a later run with the same ``record`` follows the
+            jobs still queued or running and collects what they cached. Needs
+            ``per_subject`` (a job per node would leave the later steps unsubmitted).
         directory: Working directory of the jobs (default: the current directory when the
             worker is made; Pydra changes directory while it runs workflows, and a job
             imports the steps from there as ``python -m`` does).
@@ -226,6 +239,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     controller_timeout: float = 600.0
     log_dir: str | None = None
     record: str | None = None
+    detach: bool = False
     directory: str = attrs.field(factory=os.getcwd)
     failures: dict[str, SchedulerError] = attrs.field(factory=dict)
     job_ids: list[str] = attrs.field(factory=list)
@@ -249,6 +263,11 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             isinstance(self.max_running, int) and self.max_running > 0
         ):
             raise ValueError(f"max_running={self.max_running!r}: expected a positive integer")
+        if self.detach and not self.per_subject:
+            raise ValueError(
+                "detach needs a job per subject (granularity='subject'): with a job per node "
+                "the steps after the first could not be submitted"
+            )
         if self.max_poll_delay is None:
             self.max_poll_delay = max(60.0, self.poll_delay)
         if not self.max_poll_delay >= self.poll_delay > 0:
@@ -303,6 +322,12 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             _append(log, f"slurm job {job_id}: {step} followed (submitted by an earlier run)")
         else:
             job_id, errors = await self._submit_job(job, rerun, subject, step, request, log)
+        if self.detach:
+            message = (
+                f"Slurm job {job_id} ({step} for {subject}) is left to run (detached): run "
+                "again to collect the results"
+            )
+            raise self._failed(subject, step, job_id, "DETACHED", message, log)
         state = await self._wait(job_id, subject, step, log)
         tail = _tail(errors)
         if state in ("FAILED", "CANCELLED") and _MEMORY_KILL.search(tail):
@@ -663,6 +688,41 @@ async def _states(job_ids: list[str]) -> tuple[dict[str, _Outcome], int]:
                 why = _Unanswered(" ".join(said.split()) or "nothing") if not answered else None
                 found[job] = why or LookupError(err.strip() or "nothing")
     return {job: found[job] for job in job_ids}, queries
+
+
+def recorded_states(record: str | os.PathLike[str]) -> dict[str, tuple[str, str, str]]:
+    """What the jobs of a worker's ``record`` are doing now (one ``squeue``, one ``sacct``).
+
+    Args:
+        record: The record file (``<cache_root>/.logs/slurm-jobs.tsv`` for `run_subjects`).
+
+    Returns:
+        Subject -> (job id, step, Slurm's state or ``UNKNOWN``) of the last job recorded for
+        each subject.
+    """
+    last: dict[str, tuple[str, str]] = {}
+    for line in Path(record).read_text().splitlines() if Path(record).exists() else ():
+        fields = line.split("\t")
+        if len(fields) == 5:
+            last[fields[2]] = (fields[1], fields[3])
+    if not last:
+        return {}
+    found, _ = asyncio.run(_states(sorted({job for job, _ in last.values()})))
+    states = {job: "UNKNOWN" if isinstance(o, LookupError) else o[0] for job, o in found.items()}
+    return {subject: (job, step, states[job]) for subject, (job, step) in last.items()}
+
+
+def cancel_recorded(record: str | os.PathLike[str]) -> list[str]:
+    """Cancel the jobs of a worker's ``record`` still queued or running (one ``scancel``).
+
+    Returns:
+        The ids of the jobs cancelled.
+    """
+    states = recorded_states(record).values()
+    live = sorted(job for job, _, state in states if state not in _FINAL | {"UNKNOWN"})
+    if live:
+        subprocess.run(["scancel", *live], capture_output=True, check=False)
+    return live
 
 
 def _array_row(job: str, rows: dict[str, str]) -> str | None:
