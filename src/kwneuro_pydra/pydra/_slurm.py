@@ -316,7 +316,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         else:
             request = self.resources.get(step, Request())
         log = self._log_file(subject)
-        earlier = await self._earlier(job.checksum)
+        earlier = None if rerun else await self._earlier(job)  # rerun: compute anew
         if earlier is not None:
             job_id, errors = earlier
             _append(log, f"slurm job {job_id}: {step} followed (submitted by an earlier run)")
@@ -518,12 +518,13 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             polled.set_result(found)
             delay = self.poll_delay if changed else min(delay * 2, longest)
 
-    async def _earlier(self, checksum: str) -> tuple[str, Path] | None:
-        """The job (its id and stderr file) an earlier run submitted for ``checksum``, if it
-        is still queued or running (and is the user's)."""
+    async def _earlier(self, job: Any) -> tuple[str, Path] | None:
+        """The job (its id and stderr file) an earlier run submitted for ``job``, if it is
+        still queued or running (and is the user's), or completed with its result in the job
+        cache (it ended after this run looked at the subject's cache)."""
         if self._records is None:
             self._records = read_record(self.record)
-        found = self._records.get(checksum)
+        found = self._records.get(job.checksum)
         if found is None or found[0] in self.job_ids:
             return None
         try:
@@ -532,6 +533,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             return None
         finally:
             self._followed.discard(found[0])
+        if state == "COMPLETED" and (Path(job.cache_dir) / "_result.pklz").exists():
+            return found
         return None if state in _FINAL else found
 
     def close(self) -> None:
