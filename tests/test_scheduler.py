@@ -98,7 +98,7 @@ def test_two_steps_setting_one_option_differently_are_refused_in_one_job(
     found = requests({"brain_mask": {"options": first}, "fa_map": {"options": second}}, STEPS)
     with pytest.raises(ValueError, match=r"resources: steps 'brain_mask' and 'fa_map' run in one "
                        r"job per subject but ask for different --(partition|gres) "):  # fmt: skip
-        for_subject(found, STEPS)
+        for_subject(found, sorted(STEPS))
     with pytest.raises(ValueError, match="ask for different"):  # before anything is submitted
         run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, tmp_path, worker="slurm",
                      granularity="subject", resources={"brain_mask": {"options": first},
@@ -132,6 +132,13 @@ def test_max_running_must_be_a_positive_integer() -> None:
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match=f"max_running={bad!r}: expected a positive integer"):
             SlurmWorker(max_running=bad)  # type: ignore[call-arg]
+    for poll, longest in ((0, 60), (5, 1)):
+        with pytest.raises(ValueError, match="expected 0 < poll_delay <= max_poll_delay"):
+            SlurmWorker(poll_delay=poll, max_poll_delay=longest)  # type: ignore[call-arg]
+    assert SlurmWorker(poll_delay=90).max_poll_delay == 90  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match=r"detach needs a job per subject"):
+        SlurmWorker(detach=True)  # type: ignore[call-arg]
+    assert SlurmWorker(poll_delay=5).max_poll_delay == 60  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(

@@ -966,15 +966,52 @@ def test_a_second_test_cluster_runs_beside_this_one(tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in Path("/etc/slurm").glob("*")} == etc
 
 
-def test_max_running_throttles_a_job_array(tmp_path: Path) -> None:
-    """max_running=1: the array's %1, its three tasks one after the other."""
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_max_running_throttles_the_jobs(granularity: str, tmp_path: Path) -> None:
+    """max_running=1: a job array's %1, or one job a time from the submitter; the jobs run
+    one after the other."""
     subjects = {f"sub-0{i}": {"x": float(i)} for i in (1, 2, 3)}
     root = tmp_path / "slurm"
     results = run_subjects(_scheduler_steps.lingering, subjects, root, worker="slurm",
-                           granularity="subject", max_running=1, **FAST)  # fmt: skip
+                           granularity=granularity, max_running=1, **FAST)  # fmt: skip
     assert {s: r.outputs for s, r in results.items()} == {"sub-01": 2.0, "sub-02": 4.0,
                                                           "sub-03": 6.0}  # fmt: skip
     tasks = [job for s in subjects for job in submitted(root, s)]
     rows = accounting(tasks, "Start", "End")
     spans = sorted((_seconds(rows[j]["Start"]), _seconds(rows[j]["End"])) for j in tasks)
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), spans
+
+
+def test_a_detached_run_leaves_its_jobs_which_can_be_seen_cancelled_or_collected(
+    tmp_path: Path,
+) -> None:
+    from kwneuro_pydra.pydra._slurm import cancel_recorded, recorded_states
+
+    subjects = {f"sub-0{i}": {"dwi": f"s{i}"} for i in (1, 2, 3)}
+    root = tmp_path / "slurm"
+    record = root / ".logs" / "slurm-jobs.tsv"
+    blocker = block_the_node(tmp_path)
+    try:
+        start = time.monotonic()
+        left = run_subjects(steps.pipeline, subjects, root, worker="slurm",
+                            granularity="subject", detach=True, **FAST)  # fmt: skip
+        assert time.monotonic() - start < 60  # the node is held for 300 s: nothing waited
+        errors = {s: r.failure.exception for s, r in left.items() if r.failure}
+        assert {s: e.state for s, e in errors.items()} == dict.fromkeys(subjects, "DETACHED")
+        first = {s: e.job_id for s, e in errors.items()}
+        pending = {s: (j, "all steps", "PENDING") for s, j in first.items()}
+        assert recorded_states(record) == pending
+        assert cancel_recorded(record) == sorted(first.values())
+        assert {state for _, _, state in recorded_states(record).values()} == {"CANCELLED"}
+        again = run_subjects(steps.pipeline, subjects, root, worker="slurm",
+                             granularity="subject", detach=True, **FAST)  # fmt: skip
+        second = {s: r.failure.exception.job_id for s, r in again.items() if r.failure}
+        assert set(second) == set(subjects) and not set(second.values()) & set(first.values())
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    collected = run_subjects(steps.pipeline, subjects, root, worker="slurm",
+                             granularity="subject", **FAST)  # fmt: skip
+    assert {s: r.outputs for s, r in collected.items()} == {
+        s: f"dti({v['dwi']},mask({v['dwi']},0.5))" for s, v in subjects.items()
+    }
+    assert tasks_of(root, list(subjects)) == {s: [first[s], second[s]] for s in subjects}

@@ -35,7 +35,7 @@ RECORD = "slurm-jobs.tsv"
 """The record of the jobs submitted into a cache root, in `LOG_DIR` (see `SlurmWorker`)."""
 POLL_DELAY = 5.0
 """Seconds between looks at the queue while something changes (`SlurmWorker.poll_delay`)."""
-SLURM_OPTIONS = ("sbatch_args", "poll_delay", "max_poll_delay", "max_running")
+SLURM_OPTIONS = ("sbatch_args", "poll_delay", "max_poll_delay", "max_running", "detach")
 """The worker options `run_subjects` passes on to `SlurmWorker`."""
 
 
@@ -145,9 +145,9 @@ def cancel_on_interrupt(worker: Any) -> Iterator[None]:
     """Ctrl-C or SIGTERM while a scheduler runs this run's jobs: cancel them, say so in one line.
 
     Only jobs this run submitted are cancelled (not those it followed from an earlier run's
-    record). Ctrl-C is raised again; SIGTERM exits with status 143.
+    record); none when the worker detaches. Ctrl-C is raised again; SIGTERM exits with status 143.
     """
-    if not isinstance(worker, SlurmWorker):
+    if not isinstance(worker, SlurmWorker) or worker.detach:
         yield
         return
     main = threading.current_thread() is threading.main_thread()

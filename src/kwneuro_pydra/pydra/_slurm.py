@@ -41,7 +41,16 @@ from pydra.workers import base, slurm  # type: ignore[import-untyped]
 from kwneuro_pydra.pydra._resources import Request, for_subject, refuse_owned, requests
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
-__all__ = ["JOB_NAME", "STUCK_REASONS", "SchedulerError", "SlurmWorker", "read_record", "stuck"]
+__all__ = [
+    "JOB_NAME",
+    "STUCK_REASONS",
+    "SchedulerError",
+    "SlurmWorker",
+    "cancel_recorded",
+    "read_record",
+    "recorded_states",
+    "stuck",
+]
 
 MEANINGS = {
     "CANCELLED": "the job was cancelled (scancel, or by an administrator)",
@@ -105,7 +114,8 @@ def stuck(reason: str) -> bool:
 
 def read_record(path: str | os.PathLike[str] | None) -> dict[str, tuple[str, Path]]:
     """The jobs a worker's ``record`` file lists: Pydra checksum -> (job id, stderr file);
-    the last line for a checksum wins, a truncated last line is ignored."""
+    the last line for a checksum wins, a truncated last line is ignored.
+    """
     if path is None:
         return {}
     try:
@@ -140,6 +150,10 @@ def _as_requests(resources: Any) -> dict[str, Request]:
     return requests(resources, resources or ())
 
 
+ALL_STEPS = "all steps"
+"""How logs, job names and the job record name the job of a whole subject (its steps)."""
+
+
 class SchedulerError(RuntimeError):
     """A job the scheduler did not run to completion (or would not run at all).
 
@@ -148,11 +162,11 @@ class SchedulerError(RuntimeError):
         state: Slurm's state (``TIMEOUT``, ``OUT_OF_MEMORY``, ``CANCELLED`` ...), ``PENDING``
             for a job cancelled after ``pending_timeout``, ``UNKNOWN`` when neither the
             controller nor accounting knows the job (or the controller stopped answering),
-            ``SBATCH`` when sbatch refused it.
-        step: The step the job ran, or ``"all steps"`` for a job per subject.
+            ``SBATCH`` when sbatch refused it, ``DETACHED`` for a job left to run.
+        step: The step the job ran, or None for a job per subject (all its steps).
     """
 
-    def __init__(self, message: str, *, job_id: str | None, state: str, step: str) -> None:
+    def __init__(self, message: str, *, job_id: str | None, state: str, step: str | None) -> None:
         super().__init__(message)
         self.job_id = job_id
         self.state = state
@@ -162,7 +176,7 @@ class SchedulerError(RuntimeError):
         return _rebuild, (str(self), self.job_id, self.state, self.step)
 
 
-def _rebuild(message: str, job_id: str | None, state: str, step: str) -> SchedulerError:
+def _rebuild(message: str, job_id: str | None, state: str, step: str | None) -> SchedulerError:
     return SchedulerError(message, job_id=job_id, state=state, step=step)
 
 
@@ -180,7 +194,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             submitted, started, ended, its reason changed); the delay doubles while nothing
             does, up to ``max_poll_delay``. Each look is one ``squeue`` for all the jobs
             followed, and one ``sacct`` for those that left the queue.
-        max_poll_delay: The longest delay between two looks at the queue.
+        max_poll_delay: The longest delay between two looks at the queue (default: 60 s,
+            or ``poll_delay`` if longer).
         resources: What each step's jobs ask for, by step name: ``{"estimate_dti":
             {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (see `run_subjects`); kept
             as a `Request` per step.
@@ -203,6 +218,10 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             what it runs, the job id, the subject, the step); a later worker given the same
             file follows a job still queued or running instead of submitting it again.
             None: no record.
+        detach: Submit (or find queued from the record) each job and leave it to run: its
+            subject is reported ``DETACHED``; a later run with the same ``record`` follows the
+            jobs still queued or running and collects what they cached. Needs
+            ``per_subject`` (a job per node would leave the later steps unsubmitted).
         directory: Working directory of the jobs (default: the current directory when the
             worker is made; Pydra changes directory while it runs workflows, and a job
             imports the steps from there as ``python -m`` does).
@@ -219,12 +238,13 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     per_subject: bool = False
     steps: tuple[str, ...] = attrs.field(default=(), converter=_names)
     max_running: int | None = None
-    max_poll_delay: float = 60.0
+    max_poll_delay: float | None = None
     pending_timeout: float | None = None
     node_grace: float = 600.0
     controller_timeout: float = 600.0
     log_dir: str | None = None
     record: str | None = None
+    detach: bool = False
     directory: str = attrs.field(factory=os.getcwd)
     failures: dict[str, SchedulerError] = attrs.field(factory=dict)
     job_ids: list[str] = attrs.field(factory=list)
@@ -248,6 +268,18 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             isinstance(self.max_running, int) and self.max_running > 0
         ):
             raise ValueError(f"max_running={self.max_running!r}: expected a positive integer")
+        if self.detach and not self.per_subject:
+            raise ValueError(
+                "detach needs a job per subject (granularity='subject'): with a job per node "
+                "the steps after the first could not be submitted"
+            )
+        if self.max_poll_delay is None:
+            self.max_poll_delay = max(60.0, self.poll_delay)
+        if not self.max_poll_delay >= self.poll_delay > 0:
+            raise ValueError(
+                f"poll_delay={self.poll_delay!r}, max_poll_delay={self.max_poll_delay!r}: "
+                "expected 0 < poll_delay <= max_poll_delay"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         state: dict[str, Any] = super().__getstate__()
@@ -283,18 +315,24 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     async def _run(self, job: Any, rerun: bool) -> bool:
         subject_dir = _subject_dir(job)
         subject = Path(subject_dir).name if subject_dir else job.name
-        step = "all steps" if job.is_async else type(job.task).__name__
+        step = ALL_STEPS if job.is_async else type(job.task).__name__
         if job.is_async:
             request = for_subject(self.resources, self.steps)
         else:
             request = self.resources.get(step, Request())
         log = self._log_file(subject)
-        earlier = await self._earlier(job.checksum)
+        earlier = None if rerun else await self._earlier(job)  # rerun: compute anew
         if earlier is not None:
             job_id, errors = earlier
             _append(log, f"slurm job {job_id}: {step} followed (submitted by an earlier run)")
         else:
             job_id, errors = await self._submit_job(job, rerun, subject, step, request, log)
+        if self.detach:
+            message = (
+                f"Slurm job {job_id} ({step} for {subject}) is left to run (detached): run "
+                "again to collect the results"
+            )
+            raise self._failed(subject, step, job_id, "DETACHED", message, log)
         state = await self._wait(job_id, subject, step, log)
         tail = _tail(errors)
         if state in ("FAILED", "CANCELLED") and _MEMORY_KILL.search(tail):
@@ -457,7 +495,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
 
     async def _poll(self) -> None:
         """Look at the queue for all the jobs followed, until none is; back off while
-        nothing changes."""
+        nothing changes.
+        """
+        assert self.max_poll_delay is not None  # set when the worker is made
         delay, longest = self.poll_delay, await _longest_delay(self.max_poll_delay)
         assert self._news is not None
         while self._followed:
@@ -484,12 +524,14 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             polled.set_result(found)
             delay = self.poll_delay if changed else min(delay * 2, longest)
 
-    async def _earlier(self, checksum: str) -> tuple[str, Path] | None:
-        """The job (its id and stderr file) an earlier run submitted for ``checksum``, if it
-        is still queued or running (and is the user's)."""
+    async def _earlier(self, job: Any) -> tuple[str, Path] | None:
+        """The job (its id and stderr file) an earlier run submitted for ``job``, if it is
+        still queued or running (and is the user's), or completed with its result in the job
+        cache (it ended after this run looked at the subject's cache).
+        """
         if self._records is None:
             self._records = read_record(self.record)
-        found = self._records.get(checksum)
+        found = self._records.get(job.checksum)
         if found is None or found[0] in self.job_ids:
             return None
         try:
@@ -498,6 +540,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             return None
         finally:
             self._followed.discard(found[0])
+        if state == "COMPLETED" and (Path(job.cache_dir) / "_result.pklz").exists():
+            return found
         return None if state in _FINAL else found
 
     def close(self) -> None:
@@ -537,7 +581,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         message: str,
         log: Path | None,
     ) -> SchedulerError:
-        error = SchedulerError(message, job_id=job_id, state=state, step=step)
+        error = SchedulerError(
+            message, job_id=job_id, state=state, step=None if step == ALL_STEPS else step
+        )
         self.failures.setdefault(subject, error)
         _append(log, message)
         return error
@@ -565,7 +611,8 @@ async def _config() -> dict[str, str]:
 
 async def _longest_delay(wanted: float) -> float:
     """``wanted``, or less without accounting: a job's outcome is then known only while the
-    controller remembers the job, ``MinJobAge`` seconds after it ends; look twice as often."""
+    controller remembers the job, ``MinJobAge`` seconds after it ends; look twice as often.
+    """
     config = await _config()
     if config.get("AccountingStorageType", "accounting_storage/none") != "accounting_storage/none":
         return wanted
@@ -656,10 +703,46 @@ async def _states(job_ids: list[str]) -> tuple[dict[str, _Outcome], int]:
     return {job: found[job] for job in job_ids}, queries
 
 
+def recorded_states(record: str | os.PathLike[str]) -> dict[str, tuple[str, str, str]]:
+    """What the jobs of a worker's ``record`` are doing now (one ``squeue``, one ``sacct``).
+
+    Args:
+        record: The record file (``<cache_root>/.logs/slurm-jobs.tsv`` for `run_subjects`).
+
+    Returns:
+        Subject -> (job id, step, Slurm's state or ``UNKNOWN``) of the last job recorded for
+        each subject.
+    """
+    last: dict[str, tuple[str, str]] = {}
+    for line in Path(record).read_text().splitlines() if Path(record).exists() else ():
+        fields = line.split("\t")
+        if len(fields) == 5:
+            last[fields[2]] = (fields[1], fields[3])
+    if not last:
+        return {}
+    found, _ = asyncio.run(_states(sorted({job for job, _ in last.values()})))
+    states = {job: "UNKNOWN" if isinstance(o, LookupError) else o[0] for job, o in found.items()}
+    return {subject: (job, step, states[job]) for subject, (job, step) in last.items()}
+
+
+def cancel_recorded(record: str | os.PathLike[str]) -> list[str]:
+    """Cancel the jobs of a worker's ``record`` still queued or running (one ``scancel``).
+
+    Returns:
+        The ids of the jobs cancelled.
+    """
+    states = recorded_states(record).values()
+    live = sorted(job for job, _, state in states if state not in _FINAL | {"UNKNOWN"})
+    if live:
+        subprocess.run(["scancel", *live], capture_output=True, check=False)
+    return live
+
+
 def _array_row(job: str, rows: dict[str, str]) -> str | None:
     """The state sacct records for array task ``job`` as part of its array: Slurm 22.05
     keeps no record of its own for a task cancelled before it started, only the array's
-    (``<array>_[0-3]``, or ``<array>`` when its tasks were cancelled one by one)."""
+    (``<array>_[0-3]``, or ``<array>`` when its tasks were cancelled one by one).
+    """
     array, _, index = job.partition("_")
     if not index:
         return None
