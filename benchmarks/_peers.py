@@ -128,9 +128,17 @@ def _install_kwneuro() -> None:
     PEERS_DIR.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="kwneuro-", dir=PEERS_DIR))
     command = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-deps", "--target", str(staging), f"kwneuro=={KWNEURO_VERSION}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--target",
+        str(staging),
+        f"kwneuro=={KWNEURO_VERSION}",
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:

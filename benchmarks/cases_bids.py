@@ -52,9 +52,13 @@ def bids_index(sizes: Sizes, workdir: Path) -> Section:
     root = _empty_tree(workdir / "ds", subjects)
     series = len(discover(root))
     section = Section("bids-index", f"index a {subjects}-subject BIDS tree ({series} DWI series)")
-    section.rows.append(Row(f"{OURS}: discover (bids2table)", measure(
-        lambda: discover(root), repeat=sizes.heavy_repeat
-    ), note="entities, sessions, .bval/.bvec by inheritance"))  # fmt: skip
+    section.rows.append(
+        Row(
+            f"{OURS}: discover (bids2table)",
+            measure(lambda: discover(root), repeat=sizes.heavy_repeat),
+            note="entities, sessions, .bval/.bvec by inheritance",
+        )
+    )
     try:
         import bids  # type: ignore[import-untyped]
     except ImportError:
@@ -65,8 +69,13 @@ def bids_index(sizes: Sizes, workdir: Path) -> Section:
         bids.BIDSLayout(str(root), validate=False).get(suffix="dwi", extension=".nii.gz")
 
     label = "pybids: BIDSLayout + get"
-    section.rows.append(Row(label, measure(pybids, repeat=1, warmup=0),
-                            note="its SQLite index; get_bval per series not in"))  # fmt: skip
+    section.rows.append(
+        Row(
+            label,
+            measure(pybids, repeat=1, warmup=0),
+            note="its SQLite index; get_bval per series not in",
+        )
+    )
     section.rows[0] = Row(
         section.rows[0].label, section.rows[0].timing, peers=(label,), note=section.rows[0].note
     )
@@ -96,16 +105,29 @@ def bids_cached_run(sizes: Sizes, workdir: Path) -> Section:
     subjects = sizes.subjects
     bids_dir = write_demo_dataset(workdir / "bids", subjects=subjects, shape=(16, 16, 10))
     out = workdir / "out"
-    args = (str(bids_dir), str(out), "participant", "--worker", "debug",
-            "--mask-median-radius", "1", "--mask-numpass", "1")  # fmt: skip
+    args = (
+        str(bids_dir),
+        str(out),
+        "participant",
+        "--worker",
+        "debug",
+        "--mask-median-radius",
+        "1",
+        "--mask-numpass",
+        "1",
+    )
     _quiet_run(*args)
     series = len(list(out.glob("sub-*/**/*fa_dwimap.nii.gz")))
     section = Section(
         "bids-cached-run", f"fully cached run of {subjects} subjects ({series} DWI series)"
     )
-    section.rows.append(Row(f"{OURS}: kwneuro-pydra run (all cached)", measure(
-        lambda: _quiet_run(*args), repeat=sizes.heavy_repeat
-    ), note="target < 5 s for 100 subjects"))  # fmt: skip
+    section.rows.append(
+        Row(
+            f"{OURS}: kwneuro-pydra run (all cached)",
+            measure(lambda: _quiet_run(*args), repeat=sizes.heavy_repeat),
+            note="target < 5 s for 100 subjects",
+        )
+    )
     return section
 
 
@@ -117,8 +139,13 @@ def bids_cold_run(sizes: Sizes, workdir: Path) -> Section:
     subjects = min(sizes.subjects, 20)
     shape = sizes.array_shape[:3] if sizes.array_shape[0] >= 16 else (16, 16, 10)
     volumes = sizes.array_shape[3] if len(sizes.array_shape) > 3 else 65
-    bids_dir = write_demo_dataset(workdir / "bids-cold", subjects=subjects, shape=shape,
-                                  b0_volumes=5, directions=max(volumes - 5, 6))  # fmt: skip
+    bids_dir = write_demo_dataset(
+        workdir / "bids-cold",
+        subjects=subjects,
+        shape=shape,
+        b0_volumes=5,
+        directions=max(volumes - 5, 6),
+    )
     out = workdir / "out-cold"
     args = (str(bids_dir), str(out), "participant", "--worker", "cf", "--n-procs", "2")
     series = len(list(bids_dir.glob("sub-*/**/*_dwi.nii.gz")))
@@ -152,8 +179,7 @@ def report_figures(sizes: Sizes, workdir: Path) -> Section:
     affine = dwi.volume.get_affine()
     mask = InMemoryVolumeResource((b0 > np.percentile(b0, 50)).astype(np.uint8), affine)
     b0_volume = InMemoryVolumeResource(b0, affine)
-    rgb = InMemoryVolumeResource(np.random.default_rng(0).random((*shape, 3), np.float32),
-                                 affine)  # fmt: skip
+    rgb = InMemoryVolumeResource(np.random.default_rng(0).random((*shape, 3), np.float32), affine)
 
     def render() -> None:
         b0_mosaic(b0_volume, mask)

@@ -218,8 +218,13 @@ def fingerprint_file(sizes: Sizes, workdir: Path) -> Section:
     repeat, calls = sizes.repeat, sizes.hit_calls
     found = apis(section)
     rows = section.rows
-    rows.append(Row(read_cold, file_read(lambda: cold.path, size, repeat=repeat, setup=cold),
-                    note="a fresh file each time, evicted from the page cache"))  # fmt: skip
+    rows.append(
+        Row(
+            read_cold,
+            file_read(lambda: cold.path, size, repeat=repeat, setup=cold),
+            note="a fresh file each time, evicted from the page cache",
+        )
+    )
     if OURS in found:
         fingerprint = found[OURS].fingerprint
         timing = measure(lambda: fingerprint(cold.path), repeat=repeat, setup=cold)
@@ -229,21 +234,47 @@ def fingerprint_file(sizes: Sizes, workdir: Path) -> Section:
     rows.append(Row(stat, measure(lambda: os.stat(warm), repeat=repeat, calls=calls)))
     if OURS in found:
         timing = measure(lambda: fingerprint(warm), repeat=repeat, calls=calls)
-        rows.append(Row(f"{OURS}, warm", timing, limit=stat, peers=(UPSTREAM,),
-                        note="the same file again, in this process"))  # fmt: skip
+        rows.append(
+            Row(
+                f"{OURS}, warm",
+                timing,
+                limit=stat,
+                peers=(UPSTREAM,),
+                note="the same file again, in this process",
+            )
+        )
         first, second = _fingerprint_in_new_processes(
             warm, other, workdir / "cache", sizes.new_processes
         )
-        rows.append(Row(f"{OURS}, warm, new process", first, limit=stat, peers=(UPSTREAM,),
-                        note="first fingerprint call of a new process"))  # fmt: skip
-        rows.append(Row(f"{OURS}, warm, new process, 2nd file", second, limit=stat,
-                        peers=(UPSTREAM,),
-                        note="its next call, on another file memoised on disk"))  # fmt: skip
+        rows.append(
+            Row(
+                f"{OURS}, warm, new process",
+                first,
+                limit=stat,
+                peers=(UPSTREAM,),
+                note="first fingerprint call of a new process",
+            )
+        )
+        rows.append(
+            Row(
+                f"{OURS}, warm, new process, 2nd file",
+                second,
+                limit=stat,
+                peers=(UPSTREAM,),
+                note="its next call, on another file memoised on disk",
+            )
+        )
     if UPSTREAM in found:
         path_fingerprint = found[UPSTREAM]._compute_fingerprint
         timing = measure(lambda: path_fingerprint(warm), repeat=repeat, calls=calls)
-        rows.append(Row(UPSTREAM, timing, limit=stat,
-                        note="sha256 of the path string: content never read (stale)"))  # fmt: skip
+        rows.append(
+            Row(
+                UPSTREAM,
+                timing,
+                limit=stat,
+                note="sha256 of the path string: content never read (stale)",
+            )
+        )
     return section
 
 
@@ -295,8 +326,13 @@ def fingerprint_directory(sizes: Sizes, workdir: Path) -> Section:
         for path in files:
             path.read_bytes()
 
-    rows.append(Row(read_cold, measure(read_all, repeat=repeat, setup=evict_all),
-                    note="evicted from the page cache"))  # fmt: skip
+    rows.append(
+        Row(
+            read_cold,
+            measure(read_all, repeat=repeat, setup=evict_all),
+            note="evicted from the page cache",
+        )
+    )
     rows.append(Row(stat, measure(functools.partial(_stat_tree, root), repeat=repeat)))
     if OURS in found:
         fingerprint = found[OURS].fingerprint
@@ -307,24 +343,51 @@ def fingerprint_directory(sizes: Sizes, workdir: Path) -> Section:
             evict_all()
 
         timing = measure(lambda: fingerprint(root), repeat=repeat, setup=cold)
-        rows.append(Row(f"{OURS}, cold", timing, limit=read_cold,
-                        note="memo emptied, files evicted"))  # fmt: skip
+        rows.append(
+            Row(f"{OURS}, cold", timing, limit=read_cold, note="memo emptied, files evicted")
+        )
         timing = measure(lambda: fingerprint(root), repeat=repeat)
-        rows.append(Row(f"{OURS}, warm", timing, limit=stat, peers=(UPSTREAM, JOBLIB),
-                        note="the same tree again, in this process"))  # fmt: skip
+        rows.append(
+            Row(
+                f"{OURS}, warm",
+                timing,
+                limit=stat,
+                peers=(UPSTREAM, JOBLIB),
+                note="the same tree again, in this process",
+            )
+        )
         runs = sizes.new_processes
         first, _ = _fingerprint_in_new_processes(root, root, workdir / "cache", runs)
         note = "big files' digests from the cache's memo; small ones re-read"
-        rows.append(Row(f"{OURS}, warm, new process", first, limit=stat,
-                        peers=(UPSTREAM, JOBLIB), note=note))  # fmt: skip
+        rows.append(
+            Row(
+                f"{OURS}, warm, new process",
+                first,
+                limit=stat,
+                peers=(UPSTREAM, JOBLIB),
+                note=note,
+            )
+        )
     if UPSTREAM in found:
         path_fingerprint = found[UPSTREAM]._compute_fingerprint
         timing = measure(lambda: path_fingerprint(root), repeat=repeat, calls=sizes.hit_calls)
-        rows.append(Row(UPSTREAM, timing, limit=stat,
-                        note="sha256 of the path string: content never read (stale)"))  # fmt: skip
+        rows.append(
+            Row(
+                UPSTREAM,
+                timing,
+                limit=stat,
+                note="sha256 of the path string: content never read (stale)",
+            )
+        )
     timing = measure(lambda: joblib.hash(root), repeat=repeat, calls=sizes.hit_calls)
-    rows.append(Row(JOBLIB, timing, limit=stat,
-                    note="joblib.hash(Path): the path, content never read (stale)"))  # fmt: skip
+    rows.append(
+        Row(
+            JOBLIB,
+            timing,
+            limit=stat,
+            note="joblib.hash(Path): the path, content never read (stale)",
+        )
+    )
     return section
 
 
@@ -377,25 +440,41 @@ def hit_and_miss(
     for label, (cached, args, _) in participants.items():
         timing = hit_latency(cached, args, repeat=sizes.repeat, calls=hit_calls)
         peers = others if label.startswith(OURS) else ()
-        section.rows.append(Row(f"{label}: hit", timing, limit=limit.label,
-                                peers=tuple(f"{p}: hit" for p in peers),
-                                note=notes.get(label, "")))  # fmt: skip
+        section.rows.append(
+            Row(
+                f"{label}: hit",
+                timing,
+                limit=limit.label,
+                peers=tuple(f"{p}: hit" for p in peers),
+                note=notes.get(label, ""),
+            )
+        )
     misses = miss_latencies(
         {label: (cached, fresh) for label, (cached, _, fresh) in participants.items()},
-        repeat=sizes.repeat, calls=miss_calls,
-    )  # fmt: skip
+        repeat=sizes.repeat,
+        calls=miss_calls,
+    )
     for label, timing in misses.items():
         peers = others if label.startswith(OURS) else ()
-        section.rows.append(Row(f"{label}: miss", timing, limit=limit.label,
-                                peers=tuple(f"{p}: miss" for p in peers),
-                                note="new arguments each call"))  # fmt: skip
+        section.rows.append(
+            Row(
+                f"{label}: miss",
+                timing,
+                limit=limit.label,
+                peers=tuple(f"{p}: miss" for p in peers),
+                note="new arguments each call",
+            )
+        )
     return section
 
 
 def _standard(
-    section: Section, step: Callable[..., Any], args: tuple[Any, ...],
-    fresh: Callable[[int], tuple[Any, ...]], workdir: Path,
-) -> dict[str, tuple[Cached, tuple[Any, ...], Callable[[int], tuple[Any, ...]]]]:  # fmt: skip
+    section: Section,
+    step: Callable[..., Any],
+    args: tuple[Any, ...],
+    fresh: Callable[[int], tuple[Any, ...]],
+    workdir: Path,
+) -> dict[str, tuple[Cached, tuple[Any, ...], Callable[[int], tuple[Any, ...]]]]:
     """Every eager participant caching *step*, each in its own directory."""
     return {
         label: (make(step, workdir / slug(label)), args, fresh)
@@ -415,8 +494,9 @@ def hit_scalars(sizes: Sizes, workdir: Path) -> Section:
         "hit-scalars", "cache hit and miss of a step with only scalar arguments (int, float, str)"
     )
     participants = _standard(section, _scalar_step, args, lambda i: (i + 10, 0.5, "fa"), workdir)
-    return hit_and_miss(section, participants, limit, sizes,
-                        hit_calls=sizes.hit_calls, miss_calls=sizes.miss_calls)  # fmt: skip
+    return hit_and_miss(
+        section, participants, limit, sizes, hit_calls=sizes.hit_calls, miss_calls=sizes.miss_calls
+    )
 
 
 @case("hit-array")

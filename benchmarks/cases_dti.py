@@ -126,8 +126,9 @@ def dti_mask(sizes: Sizes, workdir: Path) -> Section:
     radius = 4 if min(phantom.signal.shape[:3]) >= 16 else 1  # the smoke run's tiny image
 
     def theirs() -> Any:
-        return median_otsu(phantom.signal, vol_idx=b0, median_radius=radius, numpass=radius,
-                           finalize_mask=True)[1]  # fmt: skip
+        return median_otsu(
+            phantom.signal, vol_idx=b0, median_radius=radius, numpass=radius, finalize_mask=True
+        )[1]
 
     def ours() -> Any:
         mask = brain_mask(dwi, mask_method="median-otsu", median_radius=radius, numpass=radius)
@@ -172,11 +173,35 @@ def _mrtrix(folder: Path, dwi: Path, bval: Path, bvec: Path, *options: str) -> d
     np.savetxt(clean, np.nan_to_num(np.loadtxt(bvec)))
     names = {key: folder / f"{key}.nii" for key in ("tensor", "fa", "md", "vector")}
     quiet = ("-quiet", "-force")
-    subprocess.run(["dwi2tensor", *quiet, *options, "-fslgrad", str(clean), str(bval),
-                    str(dwi), str(names["tensor"])], check=True)  # fmt: skip
-    subprocess.run(["tensor2metric", *quiet, "-modulate", "none", "-fa", str(names["fa"]),
-                    "-adc", str(names["md"]), "-vector", str(names["vector"]),
-                    str(names["tensor"])], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "dwi2tensor",
+            *quiet,
+            *options,
+            "-fslgrad",
+            str(clean),
+            str(bval),
+            str(dwi),
+            str(names["tensor"]),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "tensor2metric",
+            *quiet,
+            "-modulate",
+            "none",
+            "-fa",
+            str(names["fa"]),
+            "-adc",
+            str(names["md"]),
+            "-vector",
+            str(names["vector"]),
+            str(names["tensor"]),
+        ],
+        check=True,
+    )
     return {k: np.asarray(nib.load(p).dataobj) for k, p in names.items() if k != "tensor"}  # type: ignore[attr-defined]
 
 
@@ -216,10 +241,17 @@ def dti_mrtrix(sizes: Sizes, workdir: Path) -> Section:
         folder = workdir / f"snr{snr:g}"
         folder.mkdir()
         paths = [folder / name for name in ("dwi.nii.gz", "dwi.bval", "dwi.bvec")]
-        truth = write_phantom(*paths, shape=shape, snr=snr, seed=0, b0_volumes=b0,  # type: ignore[arg-type]
-                              directions=volumes - b0)  # fmt: skip
-        dwi = Dwi(NiftiVolumeResource(paths[0]), FslBvalResource(paths[1]),
-                  FslBvecResource(paths[2]))  # fmt: skip
+        truth = write_phantom(
+            *paths,
+            shape=shape,
+            snr=snr,
+            seed=0,
+            b0_volumes=b0,  # type: ignore[arg-type]
+            directions=volumes - b0,
+        )
+        dwi = Dwi(
+            NiftiVolumeResource(paths[0]), FslBvalResource(paths[1]), FslBvecResource(paths[2])
+        )
         white = np.isin(truth.labels, [2, 3, 4, 5])
         bundles = np.isin(truth.labels, [3, 4, 5])
         mask = InMemoryVolumeResource((truth.labels > 0).astype(np.uint8))
@@ -229,8 +261,11 @@ def dti_mrtrix(sizes: Sizes, workdir: Path) -> Section:
             return estimate_dti(dwi, mask, frame="world")
 
         result = ours()
-        fits["ours WLS"] = (result.fa.get_array(), result.md.get_array(),
-                            result.evecs.get_array()[..., :, 0])  # fmt: skip
+        fits["ours WLS"] = (
+            result.fa.get_array(),
+            result.md.get_array(),
+            result.evecs.get_array()[..., :, 0],
+        )
         table = gradient_table(np.loadtxt(paths[1]), bvecs=np.loadtxt(paths[2]).T)
         signal = np.asarray(dwi.volume.get_array())
         theirs = TensorModel(table, fit_method="WLS").fit(signal, mask=truth.labels > 0)
@@ -274,12 +309,15 @@ def dti_mrtrix(sizes: Sizes, workdir: Path) -> Section:
                 ours_ols = estimate_dti(dwi, fit_method="OLS", frame="world")
             image = nib.load(volume)  # type: ignore[attr-defined]
             subset = folder / "dwi.nii"
-            nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[..., keep], image.affine),  # type: ignore[attr-defined]
-                     subset)  # fmt: skip
+            nib.save(
+                nib.Nifti1Image(np.asarray(image.dataobj)[..., keep], image.affine),  # type: ignore[attr-defined]
+                subset,
+            )
             np.savetxt(folder / "dwi.bval", np.loadtxt(bval)[keep][None])
             np.savetxt(folder / "dwi.bvec", np.asarray(dwi.bvec.get())[keep].T)
-            found = _mrtrix(folder, subset, folder / "dwi.bval", folder / "dwi.bvec",
-                            "-ols", "-iter", "0")  # fmt: skip
+            found = _mrtrix(
+                folder, subset, folder / "dwi.bval", folder / "dwi.bvec", "-ols", "-iter", "0"
+            )
             data = np.asarray(image.dataobj)[..., keep]
             evals = ours_ols.evals.get_array()
             usable = (data.min(axis=-1) > 0) & (evals[..., 2] > 1e-5)

@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     shape = tuple(args.shape)
-    print(f"Dti.estimate_dti on a {shape} x {args.directions + 2} phantom, kwneuro "
-          f"{kwneuro.__version__}; medians of {args.repeat}")  # fmt: skip
+    print(
+        f"Dti.estimate_dti on a {shape} x {args.directions + 2} phantom, kwneuro "
+        f"{kwneuro.__version__}; medians of {args.repeat}"
+    )
     print("| input | cache | tensor fit | miss overhead | hit |\n|---|---|---|---|---|")
     for row in measure(shape, args.directions, args.repeat):  # type: ignore[arg-type]
         print("| " + " | ".join(row) + " |")

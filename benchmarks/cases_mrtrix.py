@@ -47,17 +47,20 @@ def _mrtrix(scope: str, dwi: Path, bval: Path, bvec: Path, out: Path, truth: Pat
         subprocess.run(["dwi2mask", *common, *grad, str(dwi), str(mask)], check=True)
     if scope != "mask":
         tensor = out / "tensor.nii.gz"
-        subprocess.run(["dwi2tensor", *common, *grad, "-mask", str(mask), str(dwi),
-                        str(tensor)], check=True)  # fmt: skip
+        subprocess.run(
+            ["dwi2tensor", *common, *grad, "-mask", str(mask), str(dwi), str(tensor)], check=True
+        )
         metrics = [f"-{m}" for m in ("fa", "adc", "ad", "rd")]
         paths = [str(out / f"{m}.nii.gz") for m in ("fa", "md", "ad", "rd")]
         arguments = [x for pair in zip(metrics, paths, strict=True) for x in pair]
-        subprocess.run(["tensor2metric", *common, *arguments, "-mask", str(mask),
-                        str(tensor)], check=True)  # fmt: skip
+        subprocess.run(
+            ["tensor2metric", *common, *arguments, "-mask", str(mask), str(tensor)], check=True
+        )
 
 
-def _child(tool: str, scope: str, dwi_path: str, bval: str, bvec: str, out: str,
-           truth: str) -> None:  # fmt: skip
+def _child(
+    tool: str, scope: str, dwi_path: str, bval: str, bvec: str, out: str, truth: str
+) -> None:
     """One participant's run (in a fresh process): read, compute, write."""
     import nibabel as nib
 
@@ -92,8 +95,13 @@ def _child(tool: str, scope: str, dwi_path: str, bval: str, bvec: str, out: str,
     bvals, bvecs = read_bvals_bvecs(bval, bvec)
     inside = np.asanyarray(nib.load(truth).dataobj) > 0  # type: ignore[attr-defined]
     if scope != "fit":
-        _, inside = median_otsu(data, vol_idx=np.flatnonzero(bvals <= 50), median_radius=4,
-                                numpass=4, finalize_mask=True)  # fmt: skip
+        _, inside = median_otsu(
+            data,
+            vol_idx=np.flatnonzero(bvals <= 50),
+            median_radius=4,
+            numpass=4,
+            finalize_mask=True,
+        )
         nib.save(nib.Nifti1Image(inside.astype(np.uint8), image.affine), out_dir / "mask.nii.gz")
     if scope != "mask":
         fit = TensorModel(gradient_table(bvals, bvecs=bvecs)).fit(data, mask=inside)
@@ -110,10 +118,22 @@ def _run(tool: str, scope: str, files: list[Path], truth: Path, out: Path) -> fl
     if tool == MRTRIX:
         _mrtrix(scope, *files, out, truth)
     else:
-        command = [sys.executable, "-m", "benchmarks.cases_mrtrix", tool, scope,
-                   *map(str, files), str(out), str(truth)]  # fmt: skip
-        subprocess.run(command, check=True, env={**os.environ, **ONE_THREAD},
-                       cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.cases_mrtrix",
+            tool,
+            scope,
+            *map(str, files),
+            str(out),
+            str(truth),
+        ]
+        subprocess.run(
+            command,
+            check=True,
+            env={**os.environ, **ONE_THREAD},
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     return time.perf_counter() - start
 
 
@@ -141,14 +161,17 @@ def main_job_vs_mrtrix(sizes: Sizes, workdir: Path) -> Section:
     dice: dict[tuple[str, str], float] = {}
     for dtype in ("int16",) if smoke else ("int16", "float32"):
         files = [workdir / f"dwi-{dtype}.{suffix}" for suffix in ("nii.gz", "bval", "bvec")]
-        phantom = write_head_phantom(*files, dtype=dtype, voxel_size=voxel, snr=20.0,
-                                     directions=6 if smoke else 60)  # fmt: skip
+        phantom = write_head_phantom(
+            *files, dtype=dtype, voxel_size=voxel, snr=20.0, directions=6 if smoke else 60
+        )
         truth = workdir / "truth.nii.gz"
         NiftiVolumeResource.save(
             InMemoryVolumeResource(phantom.brain.astype(np.uint8), phantom.affine), truth
         )
-        section.title = (f"head phantom {phantom.signal.shape} at {voxel} mm, SNR 20, .nii.gz; "
-                         f"{rounds} interleaved rounds, each run a fresh process")  # fmt: skip
+        section.title = (
+            f"head phantom {phantom.signal.shape} at {voxel} mm, SNR 20, .nii.gz; "
+            f"{rounds} interleaved rounds, each run a fresh process"
+        )
         for _ in range(rounds):
             for scope in scopes:
                 for tool in tools:
@@ -163,12 +186,18 @@ def main_job_vs_mrtrix(sizes: Sizes, workdir: Path) -> Section:
             path.unlink()
         shutil.rmtree(workdir / "out", ignore_errors=True)
     for (dtype, scope, tool), values in samples.items():
-        peers = tuple(f"{dtype} {scope}: {p}" for p in tools if p != tool
-                      and (dtype, scope, p) in samples and tool in (OURS, MEDIAN_OTSU)
-                      and p not in (OURS, MEDIAN_OTSU))  # fmt: skip
+        peers = tuple(
+            f"{dtype} {scope}: {p}"
+            for p in tools
+            if p != tool
+            and (dtype, scope, p) in samples
+            and tool in (OURS, MEDIAN_OTSU)
+            and p not in (OURS, MEDIAN_OTSU)
+        )
         note = f"Dice vs truth {dice[dtype, tool]:.4f}" if scope == "mask" else ""
-        section.rows.append(Row(f"{dtype} {scope}: {tool}", Timing.from_samples(values),
-                                peers=peers, note=note))  # fmt: skip
+        section.rows.append(
+            Row(f"{dtype} {scope}: {tool}", Timing.from_samples(values), peers=peers, note=note)
+        )
     section.notes.append(
         "The machine is shared (2 cores, other jobs running): the ratios of one round are "
         "more telling than the absolute times; MRtrix3's dwi2mask cannot classify a DSI-like "

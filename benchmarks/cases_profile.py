@@ -64,11 +64,15 @@ STEPS = {
     "fit": (("dti", "mean_b0"), ("dti", "estimate_dti")),
     "mask": (("dti", "brain_mask"),),
     "reports": (
-        ("report", "gradient_sphere"), ("bids_app", "dti_statistics"),
-        ("report", "b0_mosaic"), ("bids_app", "fa_mosaic"), ("bids_app", "color_fa_mosaic"),
-        ("bids_app", "md_mosaic"), ("report", "group_distributions"),
+        ("report", "gradient_sphere"),
+        ("bids_app", "dti_statistics"),
+        ("report", "b0_mosaic"),
+        ("bids_app", "fa_mosaic"),
+        ("bids_app", "color_fa_mosaic"),
+        ("bids_app", "md_mosaic"),
+        ("report", "group_distributions"),
     ),
-}  # fmt: skip
+}
 """Category -> the steps (module key, name) whose bodies it times."""
 
 _MODULES = {
@@ -146,10 +150,22 @@ def _targets() -> list[tuple[str, Any, str]]:
     """(category, owner, attribute) of every function the profile times besides the steps.
 
     A module's attribute is replaced where its callers look it up (their own module)."""
-    modules = {name: importlib.import_module(f"kwneuro_pydra.{name}") for name in (
-        "cache", "_code", "_filedigest", "_step", "_store", "app._run", "pydra._hash",
-        "pydra._subjects", "report._html", "resources", "resources._gzip",
-    )}  # fmt: skip
+    modules = {
+        name: importlib.import_module(f"kwneuro_pydra.{name}")
+        for name in (
+            "cache",
+            "_code",
+            "_filedigest",
+            "_step",
+            "_store",
+            "app._run",
+            "pydra._hash",
+            "pydra._subjects",
+            "report._html",
+            "resources",
+            "resources._gzip",
+        )
+    }
     volume = modules["resources"].NiftiVolumeResource
     app = modules["app._run"]
     cf = importlib.import_module("pydra.workers.cf")
@@ -243,19 +259,23 @@ def profile_bids_app(sizes: Sizes, workdir: Path) -> Section:
     smoke = sizes is SMOKE
     subjects, shape = SUBJECTS[smoke], SHAPES[smoke]
     bids_dir = demo.write_demo_dataset(
-        workdir / "bids", subjects=subjects, shape=shape[:3], b0_volumes=B0_VOLUMES,
+        workdir / "bids",
+        subjects=subjects,
+        shape=shape[:3],
+        b0_volumes=B0_VOLUMES,
         directions=shape[3] - B0_VOLUMES,
-    )  # fmt: skip
+    )
     dwis = sorted(bids_dir.glob("sub-*/**/*_dwi.nii.gz"))
     settle(dwis[-1], sizes.settle_s)
-    args = (str(bids_dir), str(workdir / "out"), "participant", "--worker", "cf",
-            "--n-procs", "2")  # fmt: skip
+    args = (str(bids_dir), str(workdir / "out"), "participant", "--worker", "cf", "--n-procs", "2")
     cold_dir, rerun_dir = workdir / "timers-cold", workdir / "timers-rerun"
     cold_dir.mkdir()
     rerun_dir.mkdir()
     # Pydra's job cache under the scratch folder: cold for sure, nothing left in ~/.cache.
-    with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": str(workdir / "xdg")}), \
-            _timed(cold_dir, {p.stat().st_size for p in dwis}) as timers:  # fmt: skip
+    with (
+        mock.patch.dict(os.environ, {"XDG_CACHE_HOME": str(workdir / "xdg")}),
+        _timed(cold_dir, {p.stat().st_size for p in dwis}) as timers,
+    ):
         cpu, start = time.process_time(), time.perf_counter()
         _quiet_run(*args)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -269,14 +289,22 @@ def profile_bids_app(sizes: Sizes, workdir: Path) -> Section:
     seconds, calls, processes = _collect(cold_dir, cpu)
     rerun_seconds, rerun_calls, _ = _collect(rerun_dir, rerun_cpu)
     profile = Profile(
-        seconds=seconds, rerun_seconds=rerun_seconds, wall=wall, rerun_wall=rerun_wall,
+        seconds=seconds,
+        rerun_seconds=rerun_seconds,
+        wall=wall,
+        rerun_wall=rerun_wall,
         dwi_decompressions={
-            name.rsplit(" ", 1)[1]: count for name, count in sorted(calls.items())
+            name.rsplit(" ", 1)[1]: count
+            for name, count in sorted(calls.items())
             if name.startswith("DWI decompressed by ")
         },
-        decompressions=calls["gunzip"], hashed=(calls["_hash_file"], rerun_calls["_hash_file"]),
-        processes=processes, subjects=subjects, series=len(dwis), shape=shape,
-    )  # fmt: skip
+        decompressions=calls["gunzip"],
+        hashed=(calls["_hash_file"], rerun_calls["_hash_file"]),
+        processes=processes,
+        subjects=subjects,
+        series=len(dwis),
+        shape=shape,
+    )
     LAST.append(profile)
     return _section(profile)
 
@@ -316,13 +344,19 @@ def _section(profile: Profile) -> Section:
         rerun = profile.rerun_seconds[name]
         note = f"{share:.1%} of the cold run; rerun {rerun * 1e3:.1f} ms"
         section.rows.append(Row(name, _one(value), note=note))
-    section.rows.append(Row("all categories (process-seconds)", _one(total),
-                            note=f"{profile.processes} processes"))  # fmt: skip
+    section.rows.append(
+        Row("all categories (process-seconds)", _one(total), note=f"{profile.processes} processes")
+    )
     ends = f"{profile.series} series end to end"
     section.rows.append(Row("cold run, wall", _one(profile.wall), note=ends))
-    section.rows.append(Row("fully cached rerun, wall", _one(profile.rerun_wall),
-                            limit="cold run, wall", note="the same command again; "
-                            f"{rerun_total * 1e3:.0f} ms in categories"))  # fmt: skip
+    section.rows.append(
+        Row(
+            "fully cached rerun, wall",
+            _one(profile.rerun_wall),
+            limit="cold run, wall",
+            note=f"the same command again; {rerun_total * 1e3:.0f} ms in categories",
+        )
+    )
     overhead = sum(profile.seconds[c] for c in OVERHEAD)
     product = sum(profile.seconds[c] for c in PRODUCT)
     dwis = sum(profile.dwi_decompressions.values())
@@ -365,11 +399,16 @@ def write_profile_plot(path: Path) -> str:
         return f"profile plot not written: matplotlib is not installed ({path})"
     profile = LAST[-1]
     bars = [
-        (f"cold run\n{sum(profile.seconds.values()):.0f} process-s, {profile.wall:.0f} s wall",
-         profile.seconds),
-        (f"fully cached rerun\n{sum(profile.rerun_seconds.values()):.2f} process-s, "
-         f"{profile.rerun_wall:.2f} s wall", profile.rerun_seconds),
-    ]  # fmt: skip
+        (
+            f"cold run\n{sum(profile.seconds.values()):.0f} process-s, {profile.wall:.0f} s wall",
+            profile.seconds,
+        ),
+        (
+            f"fully cached rerun\n{sum(profile.rerun_seconds.values()):.2f} process-s, "
+            f"{profile.rerun_wall:.2f} s wall",
+            profile.rerun_seconds,
+        ),
+    ]
     colours = plt.get_cmap("tab10").colors
     fig, axis = plt.subplots(figsize=(9.5, 3.4))
     for row, (_, seconds) in enumerate(bars):
@@ -377,11 +416,19 @@ def write_profile_plot(path: Path) -> str:
         left = 0.0
         for index, name in enumerate(CATEGORIES):
             share = 100 * seconds[name] / total
-            axis.barh(row, share, left=left, color=colours[index % 10],
-                      label=name if row == 0 else None)  # fmt: skip
+            axis.barh(
+                row, share, left=left, color=colours[index % 10], label=name if row == 0 else None
+            )
             if share > 4:
-                axis.text(left + share / 2, row, f"{share:.0f}%", ha="center", va="center",
-                          fontsize=9, color="white")  # fmt: skip
+                axis.text(
+                    left + share / 2,
+                    row,
+                    f"{share:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white",
+                )
             left += share
     axis.set_yticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
     axis.invert_yaxis()
@@ -393,8 +440,7 @@ def write_profile_plot(path: Path) -> str:
         f"{profile.series} DWI series of {shape}",
         fontsize=10,
     )
-    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=5, fontsize=8,
-                frameon=False)  # fmt: skip
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=5, fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -91,11 +91,21 @@ def _jobs(root: Path) -> Path:
     return root.with_name(f"{root.name}-jobs")
 
 
-def _run(adapter: _Adapter, pipeline: Any, subjects: Any, root: Path, worker: str,
-         **options: Any) -> None:  # fmt: skip
+def _run(
+    adapter: _Adapter, pipeline: Any, subjects: Any, root: Path, worker: str, **options: Any
+) -> None:
     """`run_subjects` with the job cache next to *root*; raise on the first failed subject."""
-    _check(adapter.pydra.run_subjects(pipeline, subjects, root, worker=worker, progress=False,
-                                      job_cache=_jobs(root), **options))  # fmt: skip
+    _check(
+        adapter.pydra.run_subjects(
+            pipeline,
+            subjects,
+            root,
+            worker=worker,
+            progress=False,
+            job_cache=_jobs(root),
+            **options,
+        )
+    )
 
 
 def _check(results: dict[str, Any]) -> None:
@@ -170,12 +180,25 @@ def pydra_node_overhead(sizes: Sizes, workdir: Path) -> Section:
         timing = measure(plain, repeat=sizes.heavy_repeat, setup=setup)
         section.rows.append(Row(peer, _per(timing, n), note="python.define(fn), no cache"))
         timing = measure(ours, repeat=sizes.heavy_repeat, setup=setup)
-        section.rows.append(Row(f"{OURS}, {worker}", _per(timing, n), peers=(peer,),
-                                note="to_task(step), cache_dir: runs in a Cache"))  # fmt: skip
-        timing = measure(functools.partial(ours, cache=False), repeat=sizes.heavy_repeat,
-                         setup=setup)  # fmt: skip
-        section.rows.append(Row(f"{OURS}, {worker}, no cache_dir", _per(timing, n),
-                                peers=(peer,), note="to_task(step), plain call"))  # fmt: skip
+        section.rows.append(
+            Row(
+                f"{OURS}, {worker}",
+                _per(timing, n),
+                peers=(peer,),
+                note="to_task(step), cache_dir: runs in a Cache",
+            )
+        )
+        timing = measure(
+            functools.partial(ours, cache=False), repeat=sizes.heavy_repeat, setup=setup
+        )
+        section.rows.append(
+            Row(
+                f"{OURS}, {worker}, no cache_dir",
+                _per(timing, n),
+                peers=(peer,),
+                note="to_task(step), plain call",
+            )
+        )
     section.notes.append(
         "each node gets its own cache_dir: concurrent nodes sharing a fresh cache_dir race "
         "in Cache's writability probe (a fixed file name); see the closing notes"
@@ -228,8 +251,9 @@ def _many_subjects(adapter: _Adapter, n: int, sizes: Sizes, workdir: Path) -> _F
     _run(adapter, pipeline, subjects, root, "cf", **cf)
     ours_cold = _one(time.perf_counter() - start)
     ours_bytes = tree_bytes(root) + tree_bytes(_jobs(root))
-    ours_rerun = measure(lambda: _run(adapter, pipeline, subjects, root, "cf", **cf),
-                         repeat=sizes.repeat)  # fmt: skip
+    ours_rerun = measure(
+        lambda: _run(adapter, pipeline, subjects, root, "cf", **cf), repeat=sizes.repeat
+    )
     ours_eager = _eager_hits(adapter, subjects, root, sizes)
     arrays = _arrays(adapter, paths)
     plain_root = workdir / f"plain-{n}"
@@ -242,8 +266,9 @@ def _many_subjects(adapter: _Adapter, n: int, sizes: Sizes, workdir: Path) -> _F
     plain_cold = _one(time.perf_counter() - start)
     plain_bytes = tree_bytes(plain_root)
     plain_rerun = measure(plain, repeat=sizes.repeat)
-    figures = _Figures(n, ours_cold, ours_rerun, ours_eager, ours_bytes,
-                       plain_cold, plain_rerun, plain_bytes)  # fmt: skip
+    figures = _Figures(
+        n, ours_cold, ours_rerun, ours_eager, ours_bytes, plain_cold, plain_rerun, plain_bytes
+    )
     _FIGURES[key] = figures
     return figures
 
@@ -282,13 +307,30 @@ def pydra_rerun(sizes: Sizes, workdir: Path) -> Section:
     peer_cold, peer_rerun = f"{_PLAIN}: cold run", f"{_PLAIN}: fully cached rerun"
     rows = section.rows
     rows.append(Row(peer_cold, f.plain_cold, note="arrays in memory, one run"))
-    rows.append(Row(f"{OURS}: cold run", f.ours_cold, peers=(peer_cold,),
-                    note="run_subjects(pipeline, ...), one run"))  # fmt: skip
+    rows.append(
+        Row(
+            f"{OURS}: cold run",
+            f.ours_cold,
+            peers=(peer_cold,),
+            note="run_subjects(pipeline, ...), one run",
+        )
+    )
     rows.append(Row(peer_rerun, f.plain_rerun, note="the same workflow again"))
-    rows.append(Row(f"{OURS}: fully cached rerun", f.ours_rerun, peers=(peer_rerun,),
-                    note="run_subjects again, end to end after imports"))  # fmt: skip
-    rows.append(Row(f"{OURS}: eager hits, per subject", f.ours_eager_hits,
-                    note="with Cache(root / subject): pipeline(t1)"))  # fmt: skip
+    rows.append(
+        Row(
+            f"{OURS}: fully cached rerun",
+            f.ours_rerun,
+            peers=(peer_rerun,),
+            note="run_subjects again, end to end after imports",
+        )
+    )
+    rows.append(
+        Row(
+            f"{OURS}: eager hits, per subject",
+            f.ours_eager_hits,
+            note="with Cache(root / subject): pipeline(t1)",
+        )
+    )
     root = workdir / f"ours-{n}"
     subjects = {
         s: {"t1": adapter.resources.NiftiVolumeResource(p)}
@@ -296,15 +338,27 @@ def pydra_rerun(sizes: Sizes, workdir: Path) -> Section:
     }
     pipeline = adapter.steps.pipeline
     debug = measure(lambda: _run(adapter, pipeline, subjects, root, "debug"), repeat=sizes.repeat)
-    rows.append(Row(f"{OURS}: fully cached rerun, debug", debug,
-                    note="debug worker: one submission per subject"))  # fmt: skip
+    rows.append(
+        Row(
+            f"{OURS}: fully cached rerun, debug",
+            debug,
+            note="debug worker: one submission per subject",
+        )
+    )
     cf = _workers(sizes)["cf"]
-    without = measure(lambda: _run(adapter, pipeline, subjects, root, "cf", **cf),
-                      repeat=sizes.repeat,
-                      setup=lambda: shutil.rmtree(_jobs(root), ignore_errors=True))  # fmt: skip
-    rows.append(Row(f"{OURS}: rerun without Pydra's job cache", without,
-                    peers=(peer_cold, f"{OURS}: fully cached rerun"),
-                    note="job cache deleted first: served from the subjects' caches"))  # fmt: skip
+    without = measure(
+        lambda: _run(adapter, pipeline, subjects, root, "cf", **cf),
+        repeat=sizes.repeat,
+        setup=lambda: shutil.rmtree(_jobs(root), ignore_errors=True),
+    )
+    rows.append(
+        Row(
+            f"{OURS}: rerun without Pydra's job cache",
+            without,
+            peers=(peer_cold, f"{OURS}: fully cached rerun"),
+            note="job cache deleted first: served from the subjects' caches",
+        )
+    )
     section.notes.append("target: fully cached rerun of 100 subjects x 4 steps under 1 s")
     section.notes.append("a cached rerun submits nothing to Pydra, job cache or not")
     return section
@@ -346,11 +400,18 @@ def pydra_cf_speedup(sizes: Sizes, workdir: Path) -> Section:
             _submit(adapter, task, current[0], worker, **options)
 
         repeat = sizes.heavy_repeat
-        section.rows.append(Row(f"{_PLAIN}, {worker}", measure(plain, repeat=repeat, setup=setup),
-                                limit=ideal))  # fmt: skip
+        section.rows.append(
+            Row(f"{_PLAIN}, {worker}", measure(plain, repeat=repeat, setup=setup), limit=ideal)
+        )
         peers = (f"{_PLAIN}, {worker}", f"{OURS}, debug")
-        section.rows.append(Row(f"{OURS}, {worker}", measure(ours, repeat=repeat, setup=setup),
-                                limit=ideal, peers=peers))  # fmt: skip
+        section.rows.append(
+            Row(
+                f"{OURS}, {worker}",
+                measure(ours, repeat=repeat, setup=setup),
+                limit=ideal,
+                peers=peers,
+            )
+        )
     by_label = {row.label: row.timing.min_ns for row in section.rows}
     for who in (OURS, _PLAIN):
         speedup = by_label[f"{who}, debug"] / by_label[f"{who}, cf"]
@@ -385,18 +446,22 @@ def pydra_bytes(sizes: Sizes, workdir: Path) -> Section:
     _submit(adapter, adapter.plain["pipeline"]().split(t1=arrays), plain_root, "cf", **cf)
 
     def row(label: str, nbytes: float, note: str = "", peers: tuple[str, ...] = ()) -> None:
-        section.rows.append(Row(label, Timing.from_samples([nbytes]), peers=peers, note=note,
-                                unit="B"))  # fmt: skip
+        section.rows.append(
+            Row(label, Timing.from_samples([nbytes]), peers=peers, note=note, unit="B")
+        )
 
     peer = f"{_PLAIN}: per node"
     row(peer, tree_bytes(plain_root) / nodes, "arrays pickled into every job directory")
     jobs = _jobs(root)
-    row(f"{OURS}: per node", (tree_bytes(root) + tree_bytes(jobs)) / nodes,
-        "cache_root and the job cache", peers=(peer,))  # fmt: skip
+    row(
+        f"{OURS}: per node",
+        (tree_bytes(root) + tree_bytes(jobs)) / nodes,
+        "cache_root and the job cache",
+        peers=(peer,),
+    )
     entries = sum(tree_bytes(root / s) for s in paths)
     row(f"{OURS}: cache entries per node", entries / nodes, ".nii.gz results + sidecars")
-    row(f"{OURS}: Pydra job dirs per node", tree_bytes(jobs) / nodes,
-        "pickled tasks and results")  # fmt: skip
+    row(f"{OURS}: Pydra job dirs per node", tree_bytes(jobs) / nodes, "pickled tasks and results")
     for kind in ("python", "workflow"):
         pickles = [p.stat().st_size for p in jobs.glob(f"run-*/{kind}-*/_result.pklz")]
         note = "target: under 64 KB per node" if kind == "python" else "per-subject workflow"
@@ -424,18 +489,38 @@ def scaling(sizes: Sizes, workdir: Path) -> Section:
         prefix = f"{f.subjects} subjects"
         rows = section.rows
         rows.append(Row(f"{prefix}: {_PLAIN}, fully cached rerun", f.plain_rerun))
-        rows.append(Row(f"{prefix}: {OURS}, fully cached rerun", f.ours_rerun,
-                        peers=(f"{prefix}: {_PLAIN}, fully cached rerun",)))  # fmt: skip
+        rows.append(
+            Row(
+                f"{prefix}: {OURS}, fully cached rerun",
+                f.ours_rerun,
+                peers=(f"{prefix}: {_PLAIN}, fully cached rerun",),
+            )
+        )
         plain_cold = _per(f.plain_cold, f.subjects)
         rows.append(Row(f"{prefix}: {_PLAIN}, cold run per subject", plain_cold))
-        rows.append(Row(f"{prefix}: {OURS}, cold run per subject", _per(f.ours_cold, f.subjects),
-                        peers=(f"{prefix}: {_PLAIN}, cold run per subject",)))  # fmt: skip
+        rows.append(
+            Row(
+                f"{prefix}: {OURS}, cold run per subject",
+                _per(f.ours_cold, f.subjects),
+                peers=(f"{prefix}: {_PLAIN}, cold run per subject",),
+            )
+        )
         rows.append(Row(f"{prefix}: {OURS}, eager hits per subject", f.ours_eager_hits))
-        rows.append(Row(f"{prefix}: {_PLAIN}, bytes per subject",
-                        Timing.from_samples([f.plain_bytes / f.subjects]), unit="B"))  # fmt: skip
-        rows.append(Row(f"{prefix}: {OURS}, bytes per subject",
-                        Timing.from_samples([f.ours_bytes / f.subjects]), unit="B",
-                        peers=(f"{prefix}: {_PLAIN}, bytes per subject",)))  # fmt: skip
+        rows.append(
+            Row(
+                f"{prefix}: {_PLAIN}, bytes per subject",
+                Timing.from_samples([f.plain_bytes / f.subjects]),
+                unit="B",
+            )
+        )
+        rows.append(
+            Row(
+                f"{prefix}: {OURS}, bytes per subject",
+                Timing.from_samples([f.ours_bytes / f.subjects]),
+                unit="B",
+                peers=(f"{prefix}: {_PLAIN}, bytes per subject",),
+            )
+        )
     xs = tuple(float(f.subjects) for f in figures)
 
     def curve(name: str, unit: str, values: list[float]) -> None:
@@ -445,15 +530,30 @@ def scaling(sizes: Sizes, workdir: Path) -> Section:
     curve(f"fully cached rerun, {_PLAIN}", "s", [f.plain_rerun.min_ns / 1e9 for f in figures])
     curve(f"cold run, {OURS}", "s", [f.ours_cold.min_ns / 1e9 for f in figures])
     curve(f"cold run, {_PLAIN}", "s", [f.plain_cold.min_ns / 1e9 for f in figures])
-    curve(f"eager hits per subject, {OURS}", "ms per subject",
-          [f.ours_eager_hits.min_ns / 1e6 for f in figures])  # fmt: skip
-    curve(f"cached rerun per subject, {OURS}", "ms per subject",
-          [f.ours_rerun.min_ns / 1e6 / f.subjects for f in figures])  # fmt: skip
-    curve(f"cached rerun per subject, {_PLAIN}", "ms per subject",
-          [f.plain_rerun.min_ns / 1e6 / f.subjects for f in figures])  # fmt: skip
-    curve(f"bytes per subject, {OURS}", "MB per subject",
-          [f.ours_bytes / 1e6 / f.subjects for f in figures])  # fmt: skip
-    curve(f"bytes per subject, {_PLAIN}", "MB per subject",
-          [f.plain_bytes / 1e6 / f.subjects for f in figures])  # fmt: skip
+    curve(
+        f"eager hits per subject, {OURS}",
+        "ms per subject",
+        [f.ours_eager_hits.min_ns / 1e6 for f in figures],
+    )
+    curve(
+        f"cached rerun per subject, {OURS}",
+        "ms per subject",
+        [f.ours_rerun.min_ns / 1e6 / f.subjects for f in figures],
+    )
+    curve(
+        f"cached rerun per subject, {_PLAIN}",
+        "ms per subject",
+        [f.plain_rerun.min_ns / 1e6 / f.subjects for f in figures],
+    )
+    curve(
+        f"bytes per subject, {OURS}",
+        "MB per subject",
+        [f.ours_bytes / 1e6 / f.subjects for f in figures],
+    )
+    curve(
+        f"bytes per subject, {_PLAIN}",
+        "MB per subject",
+        [f.plain_bytes / 1e6 / f.subjects for f in figures],
+    )
     section.notes.append("cold runs: one run each; reruns: min and median of repetitions")
     return section

@@ -107,8 +107,13 @@ def fingerprint_dwi(sizes: Sizes, workdir: Path) -> Section:
     section.rows.append(Row(limit, memory_read(arr, repeat=sizes.repeat), note="one read pass"))
     rows: list[tuple[str, Any, str]] = [(OURS, found[OURS].fingerprint, "fingerprint(dwi)")]
     if UPSTREAM in found:
-        rows.append((UPSTREAM, found[UPSTREAM]._compute_fingerprint,
-                     "its dataclass walk: sha256 of tobytes() (an F-order copy)"))  # fmt: skip
+        rows.append(
+            (
+                UPSTREAM,
+                found[UPSTREAM]._compute_fingerprint,
+                "its dataclass walk: sha256 of tobytes() (an F-order copy)",
+            )
+        )
     rows.append((JOBLIB, joblib.hash, "joblib.hash(dwi): pickle + md5"))
     fingerprint_rows(section, rows, dwi, limit=limit, repeat=sizes.repeat)
     return section
@@ -158,17 +163,36 @@ def hit_file_backed(sizes: Sizes, workdir: Path) -> Section:
     }
     if UPSTREAM in found:
         strings = PathDwi(*paths)
-        participants[UPSTREAM] = (eager(found[UPSTREAM], "upstream"), (strings, 2.0),
-                                  lambda i: (strings, 3.0 + i))  # fmt: skip
+        participants[UPSTREAM] = (
+            eager(found[UPSTREAM], "upstream"),
+            (strings, 2.0),
+            lambda i: (strings, 3.0 + i),
+        )
     memory = _peers.joblib_memory(workdir / "joblib").cache(_dwi_summary)
-    participants[JOBLIB] = ((memory, contextlib.nullcontext()), (memory_dwi, 2.0),
-                            lambda i: (memory_dwi, 3.0 + i))  # fmt: skip
-    hit_and_miss(section, participants, limit, sizes,
-                 hit_calls=max(1, sizes.hit_calls // 20), miss_calls=1, notes=notes)  # fmt: skip
+    participants[JOBLIB] = (
+        (memory, contextlib.nullcontext()),
+        (memory_dwi, 2.0),
+        lambda i: (memory_dwi, 3.0 + i),
+    )
+    hit_and_miss(
+        section,
+        participants,
+        limit,
+        sizes,
+        hit_calls=max(1, sizes.hit_calls // 20),
+        miss_calls=1,
+        notes=notes,
+    )
     volume_bytes = Path(dwi.volume.path).stat().st_size
     buffer_read = file_read(lambda: Path(dwi.volume.path), volume_bytes, repeat=sizes.repeat)
-    section.rows.append(Row("for scale: read the .nii.gz, warm", buffer_read, limit=limit.label,
-                            note=f"{mb(volume_bytes)}: what a content check reads"))  # fmt: skip
+    section.rows.append(
+        Row(
+            "for scale: read the .nii.gz, warm",
+            buffer_read,
+            limit=limit.label,
+            note=f"{mb(volume_bytes)}: what a content check reads",
+        )
+    )
     return section
 
 
@@ -205,9 +229,15 @@ def dwi_entry_storage(sizes: Sizes, workdir: Path) -> Section:
                 producer(0)
 
         timing = measure(save, repeat=repeat, setup=fresh_dir)
-        section.rows.append(Row(f"{label}: save (miss)", timing, limit="limit: np.save",
-                                peers=(f"{NIBABEL}: save", f"{JOBLIB}: save (miss)"),
-                                note="the whole miss: fingerprint, write, publish"))  # fmt: skip
+        section.rows.append(
+            Row(
+                f"{label}: save (miss)",
+                timing,
+                limit="limit: np.save",
+                peers=(f"{NIBABEL}: save", f"{JOBLIB}: save (miss)"),
+                note="the whole miss: fingerprint, write, publish",
+            )
+        )
         entry_dir = current[0]
 
         def load(
@@ -217,21 +247,44 @@ def dwi_entry_storage(sizes: Sizes, workdir: Path) -> Section:
                 return float(producer(0).volume.get_array().sum())
 
         warm = measure(load, repeat=repeat)
-        section.rows.append(Row(f"{label}: load, warm", warm, limit="limit: np.load + sum",
-                                peers=(f"{NIBABEL}: load, warm", f"{JOBLIB}: load, warm"),
-                                note="hit + get_array() + one pass (sum); "
-                                     "decoded once per process, then the memo"))  # fmt: skip
+        section.rows.append(
+            Row(
+                f"{label}: load, warm",
+                warm,
+                limit="limit: np.load + sum",
+                peers=(f"{NIBABEL}: load, warm", f"{JOBLIB}: load, warm"),
+                note="hit + get_array() + one pass (sum); decoded once per process, then the memo",
+            )
+        )
         with _no_volume_memo():
             decoded = measure(load, repeat=repeat)
             cold = measure(load, repeat=repeat, setup=functools.partial(evict_tree, entry_dir))
-        section.rows.append(Row(f"{label}: load, decoded", decoded, limit="limit: np.load + sum",
-                                peers=(f"{NIBABEL}: load, warm", f"{JOBLIB}: load, warm"),
-                                note="the same, decoded every time (memo off)"))  # fmt: skip
-        section.rows.append(Row(f"{label}: load, cold", cold, limit="limit: np.load + sum",
-                                note="the same, entry files evicted (memo off)"))  # fmt: skip
+        section.rows.append(
+            Row(
+                f"{label}: load, decoded",
+                decoded,
+                limit="limit: np.load + sum",
+                peers=(f"{NIBABEL}: load, warm", f"{JOBLIB}: load, warm"),
+                note="the same, decoded every time (memo off)",
+            )
+        )
+        section.rows.append(
+            Row(
+                f"{label}: load, cold",
+                cold,
+                limit="limit: np.load + sum",
+                note="the same, entry files evicted (memo off)",
+            )
+        )
         size = tree_bytes(entry_dir)
-        sizes_row.append(Row(f"{label}: size on disk", Timing.from_samples([size]), unit="B",
-                             note=f"{size / arr.nbytes:.2f} of the array's bytes"))  # fmt: skip
+        sizes_row.append(
+            Row(
+                f"{label}: size on disk",
+                Timing.from_samples([size]),
+                unit="B",
+                note=f"{size / arr.nbytes:.2f} of the array's bytes",
+            )
+        )
     _nibabel_storage(section, arr, workdir, repeat, sizes_row)
     _joblib_storage(section, memory_dwi, workdir, repeat, sizes_row)
     section.rows.extend(sizes_row)
@@ -249,13 +302,26 @@ def _nibabel_storage(
     path = workdir / "nibabel.nii.gz"
     image = nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0]))
     save = measure(lambda: image.to_filename(path), repeat=repeat)
-    section.rows.append(Row(f"{NIBABEL}: save", save, limit="limit: np.save",
-                            note="to_filename, the volume alone"))  # fmt: skip
+    section.rows.append(
+        Row(f"{NIBABEL}: save", save, limit="limit: np.save", note="to_filename, the volume alone")
+    )
     load = measure(lambda: np.asanyarray(nib.load(path).dataobj).sum(), repeat=repeat)
-    section.rows.append(Row(f"{NIBABEL}: load, warm", load, limit="limit: np.load + sum",
-                            note="np.asanyarray(load().dataobj) + one pass"))  # fmt: skip
-    sizes_row.append(Row(f"{NIBABEL}: size on disk", Timing.from_samples([path.stat().st_size]),
-                         unit="B", note="the volume alone"))  # fmt: skip
+    section.rows.append(
+        Row(
+            f"{NIBABEL}: load, warm",
+            load,
+            limit="limit: np.load + sum",
+            note="np.asanyarray(load().dataobj) + one pass",
+        )
+    )
+    sizes_row.append(
+        Row(
+            f"{NIBABEL}: size on disk",
+            Timing.from_samples([path.stat().st_size]),
+            unit="B",
+            note="the volume alone",
+        )
+    )
 
 
 def _joblib_storage(
@@ -275,16 +341,28 @@ def _joblib_storage(
         _peers.joblib_memory(current[0]).cache(make_dwi)(0)
 
     timing = measure(save, repeat=repeat, setup=fresh_dir)
-    section.rows.append(Row(f"{JOBLIB}: save (miss)", timing, limit="limit: np.save",
-                            note="pickle of the in-memory Dwi"))  # fmt: skip
+    section.rows.append(
+        Row(
+            f"{JOBLIB}: save (miss)",
+            timing,
+            limit="limit: np.save",
+            note="pickle of the in-memory Dwi",
+        )
+    )
     directory = current[0]
     cached = _peers.joblib_memory(directory).cache(make_dwi)
 
     def load() -> float:
         return float(cached(0).volume.get_array().sum())
 
-    section.rows.append(Row(f"{JOBLIB}: load, warm", measure(load, repeat=repeat),
-                            limit="limit: np.load + sum", note="unpickle + one pass"))  # fmt: skip
+    section.rows.append(
+        Row(
+            f"{JOBLIB}: load, warm",
+            measure(load, repeat=repeat),
+            limit="limit: np.load + sum",
+            note="unpickle + one pass",
+        )
+    )
     size = tree_bytes(directory)
     sizes_row.append(Row(f"{JOBLIB}: size on disk", Timing.from_samples([size]), unit="B"))
 
@@ -317,54 +395,107 @@ def nifti_gz_io(sizes: Sizes, workdir: Path) -> Section:
     section.title = f"a {mb(arr.nbytes)} DWI volume as .nii.gz: ours ({gzip.BACKEND}) vs nibabel"
     repeat = sizes.heavy_repeat
     raw = workdir / "raw.npy"
-    section.rows.append(Row("limit: np.save", measure(lambda: np.save(raw, arr), repeat=repeat),
-                            note="the raw array to a file (page cache)"))  # fmt: skip
-    section.rows.append(Row("limit: np.load + sum",
-                            measure(lambda: np.load(raw).sum(), repeat=repeat),
-                            note="read back, warm, one pass"))  # fmt: skip
+    section.rows.append(
+        Row(
+            "limit: np.save",
+            measure(lambda: np.save(raw, arr), repeat=repeat),
+            note="the raw array to a file (page cache)",
+        )
+    )
+    section.rows.append(
+        Row(
+            "limit: np.load + sum",
+            measure(lambda: np.load(raw).sum(), repeat=repeat),
+            note="read back, warm, one pass",
+        )
+    )
     ours, theirs, dumped = workdir / "ours.nii.gz", workdir / "nibabel.nii.gz", workdir / "a.pkl"
     image = nib.Nifti1Image(arr, affine)
     save_peers = ("nibabel: to_filename", "joblib.dump, zlib 1")
-    section.rows.append(Row("ours: NiftiVolumeResource.save",
-                            measure(lambda: resources.NiftiVolumeResource.save(volume, ours),
-                                    repeat=repeat),
-                            limit="limit: np.save", peers=save_peers,
-                            note=f"{gzip.BACKEND}, up to {gzip.MAX_THREADS} threads"))  # fmt: skip
+    section.rows.append(
+        Row(
+            "ours: NiftiVolumeResource.save",
+            measure(lambda: resources.NiftiVolumeResource.save(volume, ours), repeat=repeat),
+            limit="limit: np.save",
+            peers=save_peers,
+            note=f"{gzip.BACKEND}, up to {gzip.MAX_THREADS} threads",
+        )
+    )
     threads = gzip.MAX_THREADS
     gzip.MAX_THREADS = 1
     try:
         one = measure(lambda: resources.NiftiVolumeResource.save(volume, ours), repeat=repeat)
     finally:
         gzip.MAX_THREADS = threads
-    section.rows.append(Row("ours: save, one thread", one, limit="limit: np.save",
-                            peers=save_peers, note="the same bytes"))  # fmt: skip
-    section.rows.append(Row("nibabel: to_filename",
-                            measure(lambda: image.to_filename(theirs), repeat=repeat),
-                            limit="limit: np.save", note="zlib level 1"))  # fmt: skip
+    section.rows.append(
+        Row(
+            "ours: save, one thread",
+            one,
+            limit="limit: np.save",
+            peers=save_peers,
+            note="the same bytes",
+        )
+    )
+    section.rows.append(
+        Row(
+            "nibabel: to_filename",
+            measure(lambda: image.to_filename(theirs), repeat=repeat),
+            limit="limit: np.save",
+            note="zlib level 1",
+        )
+    )
     dump = measure(lambda: joblib.dump(arr, dumped, compress=("zlib", 1)), repeat=repeat)
-    section.rows.append(Row("joblib.dump, zlib 1", dump, limit="limit: np.save",
-                            note="the array pickled, compressed"))  # fmt: skip
+    section.rows.append(
+        Row(
+            "joblib.dump, zlib 1",
+            dump,
+            limit="limit: np.save",
+            note="the array pickled, compressed",
+        )
+    )
     load_peers = ("nibabel: dataobj + sum", "nibabel: get_fdata + sum", "joblib.load + sum")
     with _no_volume_memo():
-        load = measure(lambda: resources.NiftiVolumeResource(ours).get_array().sum(),
-                       repeat=repeat)  # fmt: skip
-    section.rows.append(Row("ours: get_array + sum", load, limit="limit: np.load + sum",
-                            peers=load_peers, note="decoded every time (memo off)"))  # fmt: skip
-    section.rows.append(Row("nibabel: dataobj + sum",
-                            measure(lambda: np.asanyarray(nib.load(theirs).dataobj).sum(),
-                                    repeat=repeat),
-                            limit="limit: np.load + sum", note="its stored dtype"))  # fmt: skip
-    section.rows.append(Row("nibabel: get_fdata + sum",
-                            measure(lambda: nib.load(theirs).get_fdata().sum(), repeat=repeat),
-                            limit="limit: np.load + sum", note="float64"))  # fmt: skip
-    section.rows.append(Row("joblib.load + sum",
-                            measure(lambda: joblib.load(dumped).sum(), repeat=repeat),
-                            limit="limit: np.load + sum"))  # fmt: skip
+        load = measure(
+            lambda: resources.NiftiVolumeResource(ours).get_array().sum(), repeat=repeat
+        )
+    section.rows.append(
+        Row(
+            "ours: get_array + sum",
+            load,
+            limit="limit: np.load + sum",
+            peers=load_peers,
+            note="decoded every time (memo off)",
+        )
+    )
+    section.rows.append(
+        Row(
+            "nibabel: dataobj + sum",
+            measure(lambda: np.asanyarray(nib.load(theirs).dataobj).sum(), repeat=repeat),
+            limit="limit: np.load + sum",
+            note="its stored dtype",
+        )
+    )
+    section.rows.append(
+        Row(
+            "nibabel: get_fdata + sum",
+            measure(lambda: nib.load(theirs).get_fdata().sum(), repeat=repeat),
+            limit="limit: np.load + sum",
+            note="float64",
+        )
+    )
+    section.rows.append(
+        Row(
+            "joblib.load + sum",
+            measure(lambda: joblib.load(dumped).sum(), repeat=repeat),
+            limit="limit: np.load + sum",
+        )
+    )
     for label, path in (("ours", ours), ("nibabel", theirs), ("joblib", dumped)):
         size = path.stat().st_size
         share = f"{size / theirs.stat().st_size:.3f} of nibabel's"
-        section.rows.append(Row(f"{label}: size on disk", Timing.from_samples([size]), unit="B",
-                                note=share))  # fmt: skip
+        section.rows.append(
+            Row(f"{label}: size on disk", Timing.from_samples([size]), unit="B", note=share)
+        )
     section.notes.append(
         "ours and nibabel's files hold the same NIfTI bytes once decompressed (tested)"
     )

@@ -39,8 +39,9 @@ def _jobs_submitted(root: Path) -> int:
     """sbatch calls made under *root* so far, as the per-subject logs record them (the
     tasks of a job array, ``<array>_<index>``, are one call)."""
     logs = (root / ".logs").glob("*.log")
-    found = (re.findall(r"\] slurm job (\d+)(?:_\d+)?: .+ submitted", log.read_text())
-             for log in logs)  # fmt: skip
+    found = (
+        re.findall(r"\] slurm job (\d+)(?:_\d+)?: .+ submitted", log.read_text()) for log in logs
+    )
     return len({job for jobs in found for job in jobs})
 
 
@@ -71,24 +72,48 @@ def slurm_latency(sizes: Sizes, workdir: Path) -> Section:
 
     def ours(worker: str, **options: Any) -> None:
         root = current[0]
-        _check(adapter.pydra.run_subjects(_slurm_steps.one_step, {"sub-01": {"x": 1.0}}, root,
-                                          worker=worker, job_cache=root / "jobs",
-                                          progress=False, **options))  # fmt: skip
+        _check(
+            adapter.pydra.run_subjects(
+                _slurm_steps.one_step,
+                {"sub-01": {"x": 1.0}},
+                root,
+                worker=worker,
+                job_cache=root / "jobs",
+                progress=False,
+                **options,
+            )
+        )
 
     def plain() -> None:
         _submit(adapter, adapter.plain["affine"](x=1.0), current[0], "slurm", poll_delay=_POLL)
 
     peer = f"{PYDRA}, slurm"
     repeat = sizes.heavy_repeat
-    section.rows.append(Row(peer, measure(plain, repeat=repeat, setup=setup, warmup=0),
-                            note=f"Submitter(worker='slurm'), poll {_POLL:g} s"))  # fmt: skip
+    section.rows.append(
+        Row(
+            peer,
+            measure(plain, repeat=repeat, setup=setup, warmup=0),
+            note=f"Submitter(worker='slurm'), poll {_POLL:g} s",
+        )
+    )
     for poll in (_POLL, 0.2):
-        timing = measure(functools.partial(ours, "slurm", poll_delay=poll), repeat=repeat,
-                         setup=setup, warmup=0)  # fmt: skip
-        section.rows.append(Row(f"{OURS}, slurm, poll {poll:g} s", timing, peers=(peer,),
-                                note="run_subjects: checks, 1 job, replay"))  # fmt: skip
-    timing = measure(functools.partial(ours, "cf", **_workers(sizes)["cf"]), repeat=repeat,
-                     setup=setup, warmup=0)  # fmt: skip
+        timing = measure(
+            functools.partial(ours, "slurm", poll_delay=poll), repeat=repeat, setup=setup, warmup=0
+        )
+        section.rows.append(
+            Row(
+                f"{OURS}, slurm, poll {poll:g} s",
+                timing,
+                peers=(peer,),
+                note="run_subjects: checks, 1 job, replay",
+            )
+        )
+    timing = measure(
+        functools.partial(ours, "cf", **_workers(sizes)["cf"]),
+        repeat=repeat,
+        setup=setup,
+        warmup=0,
+    )
     section.rows.append(Row(f"{OURS}, cf", timing, peers=(peer,), note="no scheduler"))
     section.notes.append(
         "ours includes the checks before submitting (a fresh interpreter imports the steps, "
@@ -107,17 +132,27 @@ def _granularity_runs(sizes: Sizes, workdir: Path) -> dict[str, tuple[Timing, in
     subjects = {s: {"t1": adapter.resources.NiftiVolumeResource(p)} for s, p in paths.items()}
     modes: dict[str, dict[str, Any]] = {
         "slurm, a job per node": {"worker": "slurm", "poll_delay": _POLL},
-        "slurm, a job per subject": {"worker": "slurm", "granularity": "subject",
-                                     "poll_delay": _POLL},
+        "slurm, a job per subject": {
+            "worker": "slurm",
+            "granularity": "subject",
+            "poll_delay": _POLL,
+        },
         "cf": {"worker": "cf", **_workers(sizes)["cf"]},
-    }  # fmt: skip
+    }
     found = {}
     for label, options in modes.items():
         root = workdir / label.replace(", ", "-").replace(" ", "_")
         start = time.perf_counter()
-        _check(adapter.pydra.run_subjects(_slurm_steps.three_steps, subjects, root,
-                                          job_cache=root / "jobs", progress=False,
-                                          **options))  # fmt: skip
+        _check(
+            adapter.pydra.run_subjects(
+                _slurm_steps.three_steps,
+                subjects,
+                root,
+                job_cache=root / "jobs",
+                progress=False,
+                **options,
+            )
+        )
         found[label] = (_one(time.perf_counter() - start), _jobs_submitted(root), root)
     return found
 
@@ -134,30 +169,52 @@ def slurm_granularity(sizes: Sizes, workdir: Path) -> Section:
     per_node = "slurm, a job per node"
     for label, (timing, jobs, _) in runs.items():
         peers = (f"{OURS}, {per_node}",) if label != per_node else ()
-        section.rows.append(Row(f"{OURS}, {label}", timing, peers=peers,
-                                note=f"{jobs} sbatch calls"))  # fmt: skip
+        section.rows.append(
+            Row(f"{OURS}, {label}", timing, peers=peers, note=f"{jobs} sbatch calls")
+        )
 
     root = runs["slurm, a job per subject"][2]
     from benchmarks import _slurm_steps
 
     adapter = _adapter()
-    subjects = {s: {"t1": adapter.resources.NiftiVolumeResource(p)}
-                for s, p in _inputs(adapter, workdir, n, sizes).items()}  # fmt: skip
+    subjects = {
+        s: {"t1": adapter.resources.NiftiVolumeResource(p)}
+        for s, p in _inputs(adapter, workdir, n, sizes).items()
+    }
 
     def rerun() -> None:
-        _check(adapter.pydra.run_subjects(_slurm_steps.three_steps, subjects, root,
-                                          worker="slurm", granularity="subject",
-                                          job_cache=root / "jobs", progress=False))  # fmt: skip
+        _check(
+            adapter.pydra.run_subjects(
+                _slurm_steps.three_steps,
+                subjects,
+                root,
+                worker="slurm",
+                granularity="subject",
+                job_cache=root / "jobs",
+                progress=False,
+            )
+        )
 
     before = _jobs_submitted(root)
     timing = measure(rerun, repeat=sizes.repeat)
-    section.rows.append(Row(f"{OURS}, slurm: fully cached rerun", timing,
-                            note=f"{_jobs_submitted(root) - before} sbatch calls"))  # fmt: skip
-    timing = measure(rerun, repeat=sizes.repeat,
-                     setup=lambda: shutil.rmtree(root / "jobs", ignore_errors=True))  # fmt: skip
+    section.rows.append(
+        Row(
+            f"{OURS}, slurm: fully cached rerun",
+            timing,
+            note=f"{_jobs_submitted(root) - before} sbatch calls",
+        )
+    )
+    timing = measure(
+        rerun, repeat=sizes.repeat, setup=lambda: shutil.rmtree(root / "jobs", ignore_errors=True)
+    )
     calls = _jobs_submitted(root) - before
-    section.rows.append(Row(f"{OURS}, slurm: fully cached rerun, no Pydra job cache", timing,
-                            note=f"{calls} sbatch calls in all"))  # fmt: skip
+    section.rows.append(
+        Row(
+            f"{OURS}, slurm: fully cached rerun, no Pydra job cache",
+            timing,
+            note=f"{calls} sbatch calls in all",
+        )
+    )
     section.notes.append(f"jobs poll every {_POLL:g} s; 2 CPUs shared with other work")
     return section
 
@@ -170,8 +227,9 @@ def _logging_wrappers(where: Path, log: Path) -> str:
     for command in ("squeue", "sacct"):
         real = shutil.which(command)
         wrapper = where / command
-        wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) {command}" >> {log}\n'
-                           f'exec {real} "$@"\n')  # fmt: skip
+        wrapper.write_text(
+            f'#!/bin/sh\necho "$(date +%s.%N) {command}" >> {log}\nexec {real} "$@"\n'
+        )
         wrapper.chmod(0o755)
     return f"{where}:{os.environ['PATH']}"
 
@@ -197,10 +255,19 @@ def load_while_waiting(
     log = workdir / "calls.log"
     path = _logging_wrappers(workdir / "wrappers", log)
     blocker = subprocess.run(
-        ["sbatch", "--parsable", "--exclusive", "--job-name=kwneuro-bench-blocker",
-         f"--output={workdir / 'blocker.out'}", "--wrap", "sleep 3600"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        [
+            "sbatch",
+            "--parsable",
+            "--exclusive",
+            "--job-name=kwneuro-bench-blocker",
+            f"--output={workdir / 'blocker.out'}",
+            "--wrap",
+            "sleep 3600",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     root = workdir / "load"
     marks: dict[str, float] = {}
 
@@ -221,10 +288,19 @@ def load_while_waiting(
     start = time.perf_counter()
     try:
         subjects = {f"sub-{i:03d}": {"x": float(i)} for i in range(n)}
-        _check(adapter.pydra.run_subjects(_slurm_steps.one_step, subjects, root, worker="slurm",
-                                          granularity="subject", job_cache=root / "jobs",
-                                          progress=False, poll_delay=poll,
-                                          max_poll_delay=max_poll))  # fmt: skip
+        _check(
+            adapter.pydra.run_subjects(
+                _slurm_steps.one_step,
+                subjects,
+                root,
+                worker="slurm",
+                granularity="subject",
+                job_cache=root / "jobs",
+                progress=False,
+                poll_delay=poll,
+                max_poll_delay=max_poll,
+            )
+        )
     finally:
         os.environ["PATH"] = prior
         watcher.join()
@@ -252,8 +328,13 @@ def slurm_load(sizes: Sizes, workdir: Path) -> Section:
     if _unavailable(section):
         return section
     found = load_while_waiting(n, window, poll, max_poll, workdir)
-    section.rows.append(Row(f"{OURS}, slurm, poll {poll:g} s up to {max_poll:g} s",
-                            _one(found["wall"]), note="whole run, cold"))  # fmt: skip
+    section.rows.append(
+        Row(
+            f"{OURS}, slurm, poll {poll:g} s up to {max_poll:g} s",
+            _one(found["wall"]),
+            note="whole run, cold",
+        )
+    )
     section.notes.append(
         f"while waiting: {found['queries']:.1f} scheduler queries a minute "
         f"({found['looks']:.1f} squeue, {found['sacct']:.1f} sacct) for {n} jobs; submitter "

@@ -142,16 +142,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m benchmarks.run", description=(__doc__ or "").splitlines()[0]
     )
     parser.add_argument("--smoke", action="store_true", help="every case at tiny sizes, fast")
-    parser.add_argument("--only", action="append", choices=sorted(CASES), metavar="CASE",
-                        help="run only this case (repeatable); see --list")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(CASES),
+        metavar="CASE",
+        help="run only this case (repeatable); see --list",
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--workdir", type=Path, help="where to write scratch files (a disk)")
-    parser.add_argument("--markdown", type=Path, metavar="PAGE",
-                        help="also write the results page (e.g. docs/benchmarks.md)")  # fmt: skip
-    parser.add_argument("--plot", type=Path, metavar="PNG",
-                        help="also draw the scaling curves (a .png)")  # fmt: skip
-    parser.add_argument("--profile-plot", type=Path, metavar="PNG",
-                        help="also draw the main job's time split (a .png)")  # fmt: skip
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="PAGE",
+        help="also write the results page (e.g. docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--plot", type=Path, metavar="PNG", help="also draw the scaling curves (a .png)"
+    )
+    parser.add_argument(
+        "--profile-plot",
+        type=Path,
+        metavar="PNG",
+        help="also draw the main job's time split (a .png)",
+    )
     options = parser.parse_args(argv)
     if options.list:
         print("\n".join(_ordered(list(CASES))))

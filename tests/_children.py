@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def python(code: str, env: dict[str, str], cwd: Path) -> str:
     """Run ``code`` (dedented) in a fresh interpreter; return its stdout, asserting success."""
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

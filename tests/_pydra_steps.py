@@ -271,11 +271,13 @@ upstream = _upstream_cache_module()
 
 if upstream is not None:
 
-    @upstream.cacheable(upstream.CacheSpec(  # type: ignore[attr-defined,untyped-decorator]
-        files=["up_square.json"],
-        save=lambda r, d: (d / "up_square.json").write_text(json.dumps(r)),
-        load=lambda d: json.loads((d / "up_square.json").read_text()),
-    ))  # fmt: skip
+    @upstream.cacheable(
+        upstream.CacheSpec(  # type: ignore[attr-defined,untyped-decorator]
+            files=["up_square.json"],
+            save=lambda r, d: (d / "up_square.json").write_text(json.dumps(r)),
+            load=lambda d: json.loads((d / "up_square.json").read_text()),
+        )
+    )
     def up_square(x: float) -> float:
         _count("up_square")
         return x * x

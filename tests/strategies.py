@@ -218,9 +218,11 @@ def symmetric_3x3(draw: st.DrawFn) -> np.ndarray:
     evals = [first, draw(st.just(first) | magnitudes), draw(st.just(first) | magnitudes)]
     quaternion = np.array(draw(st.lists(st.floats(-1, 1), min_size=4, max_size=4)))
     w, x, y, z = quaternion / (np.linalg.norm(quaternion) or 1.0)
-    rotation = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])  # fmt: skip
+    rotation = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
     return np.asarray(rotation @ np.diag(evals) @ rotation.T)

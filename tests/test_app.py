@@ -438,8 +438,13 @@ def test_the_report_and_sidecars_record_the_command_the_worker_and_the_fit(
     tmp_path: Path,
 ) -> None:
     bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
-    ran = run_bids_app(bids_dir, out, parameters={**PARAMETERS, "bmax": 1000.0},
-                       worker="debug", command=["kwneuro-pydra", "run", "B&D"])  # fmt: skip
+    ran = run_bids_app(
+        bids_dir,
+        out,
+        parameters={**PARAMETERS, "bmax": 1000.0},
+        worker="debug",
+        command=["kwneuro-pydra", "run", "B&D"],
+    )
     assert ran.ok
     page = (out / "report.html").read_text()
     assert "kwneuro-pydra run B&amp;D" in page and "debug" in page

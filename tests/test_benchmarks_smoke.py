@@ -30,8 +30,12 @@ FAST = ("hit-scalars", "nifti-gz-io", "pydra-rerun", "dti-mask", "bids-index")
 def _cases() -> list[str]:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--list"],
-        cwd=REPO, capture_output=True, text=True, check=True, env=_env(),
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_env(),
+    )
     return done.stdout.split()
 
 
@@ -46,8 +50,12 @@ def _check_smoke_run(cases: list[str], workdir: Path, env: dict[str, str]) -> No
     only = [arg for name in cases for arg in ("--only", name)]
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--smoke", "--workdir", str(workdir), *only],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode == 0, f"smoke run failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     for name in cases:
         assert f"### {name}: " in done.stdout, f"case {name} printed no table:\n{done.stderr}"

@@ -29,8 +29,12 @@ def test_every_dwi_series_is_a_unit_with_its_b_table_by_inheritance(tmp_path: Pa
 
     series = {s.name: s for s in discover(root)}
 
-    assert sorted(series) == ["sub-01_run-1", "sub-01_run-2", "sub-02_ses-a_acq-hi",
-                              "sub-02_ses-b_acq-lo"]  # fmt: skip
+    assert sorted(series) == [
+        "sub-01_run-1",
+        "sub-01_run-2",
+        "sub-02_ses-a_acq-hi",
+        "sub-02_ses-b_acq-lo",
+    ]
     assert series["sub-01_run-1"].bval == root / "sub-01/dwi/sub-01_run-1_dwi.bval"
     assert series["sub-01_run-2"].bval == root / "sub-01/dwi/sub-01_dwi.bval"
     assert series["sub-02_ses-a_acq-hi"].bval == root / "dwi.bval"

@@ -68,10 +68,16 @@ def text(value: str, where: Path) -> TextFile:
 def test_public_names_are_pinned() -> None:
     assert kwneuro_pydra.__all__ == sorted(kwneuro_pydra.__all__)
     assert set(kwneuro_pydra.__all__) == {
-        "Cache", "CacheSpec", "Entry", "Explanation", "__version__", "adopt", "cacheable",
+        "Cache",
+        "CacheSpec",
+        "Entry",
+        "Explanation",
+        "__version__",
+        "adopt",
+        "cacheable",
         "current_cache",
         "fingerprint",
-    }  # fmt: skip
+    }
     for name in ("Cache", "CacheSpec", "cacheable"):
         assert getattr(cache_module, name) is getattr(kwneuro_pydra, name)
     assert "pydra" not in sys.modules or "kwneuro_pydra.pydra" in sys.modules
@@ -385,9 +391,13 @@ def test_chained_steps_never_go_stale(tmp_path: Path) -> None:
     finally:
         del os.environ["KWNEURO_TEST_NONCE"]
     assert calls == [
-        ("write", "a"), ("shout", "a"), ("write", "b"), ("shout", "b"),
-        ("write", "a"), ("shout", "ax"),
-    ]  # fmt: skip
+        ("write", "a"),
+        ("shout", "a"),
+        ("write", "b"),
+        ("shout", "b"),
+        ("write", "a"),
+        ("shout", "ax"),
+    ]
 
 
 def test_path_arguments_are_keyed_by_content(tmp_path: Path) -> None:
@@ -647,8 +657,11 @@ def test_protocol_step_returning_the_wrong_type(tmp_path: Path) -> None:
 
 
 def test_save_that_skips_a_declared_file(tmp_path: Path) -> None:
-    @cacheable(CacheSpec(files=["a.npy", "b.npy"], save=lambda r, d: np.save(d / "a.npy", r),
-                         load=np.load))  # fmt: skip
+    @cacheable(
+        CacheSpec(
+            files=["a.npy", "b.npy"], save=lambda r, d: np.save(d / "a.npy", r), load=np.load
+        )
+    )
     def half(x: int) -> np.ndarray:
         return np.zeros(x)
 

@@ -25,9 +25,12 @@ MAPS = ("desc-brain_mask", "model-tensor_param-fa_dwimap", "model-tensor_param-m
 def kwneuro(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed command in a fresh process, as a user does."""
     return subprocess.run(
-        [sys.executable, "-m", "kwneuro_pydra.cli", *args], capture_output=True, text=True,
-        input=stdin, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        [sys.executable, "-m", "kwneuro_pydra.cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,11 @@ def test_run_writes_bids_derivatives_linked_to_the_cache(ran: tuple[Path, Path])
     assert description["GeneratedBy"][0]["Name"] == "kwneuro-pydra"
     assert description["SourceDatasets"] == [{"URL": bids_dir.absolute().as_uri()}]
     for folder, name in [
-        ("sub-01/dwi", "sub-01"), ("sub-02/ses-1/dwi", "sub-02_ses-1"),
-        ("sub-02/ses-2/dwi", "sub-02_ses-2"), ("sub-03/dwi", "sub-03"),
-    ]:  # fmt: skip
+        ("sub-01/dwi", "sub-01"),
+        ("sub-02/ses-1/dwi", "sub-02_ses-1"),
+        ("sub-02/ses-2/dwi", "sub-02_ses-2"),
+        ("sub-03/dwi", "sub-03"),
+    ]:
         for entities in MAPS:
             image = out / folder / f"{name}_{entities}.nii.gz"
             sidecar = json.loads(image.with_name(f"{name}_{entities}.json").read_text())
@@ -85,8 +90,13 @@ def test_force_recomputes_that_step_only(ran: tuple[Path, Path]) -> None:
     bids_dir, out = ran
     figure = out / "sub-03" / "figures" / "sub-03_desc-md_dwi.png"
     inode = figure.stat().st_ino
-    result = run_bids_app(bids_dir, out, worker="debug", force={"md_mosaic"},
-                          parameters={"median_radius": 1, "numpass": 1})  # fmt: skip
+    result = run_bids_app(
+        bids_dir,
+        out,
+        worker="debug",
+        force={"md_mosaic"},
+        parameters={"median_radius": 1, "numpass": 1},
+    )
     assert result.ok
     counts = {c.step: (c.computed, c.reused) for c in result.steps}
     assert counts["md_mosaic"] == (4, 0)
@@ -97,8 +107,20 @@ def test_force_recomputes_that_step_only(ran: tuple[Path, Path]) -> None:
 def test_participant_label_runs_only_those(tmp_path: Path, ran: tuple[Path, Path]) -> None:
     bids_dir, _ = ran
     out = tmp_path / "out"
-    code = main(["run", str(bids_dir), str(out), "participant", "--participant-label", "sub-03",
-                 "--worker", "debug", "-q", *MASK])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(bids_dir),
+            str(out),
+            "participant",
+            "--participant-label",
+            "sub-03",
+            "--worker",
+            "debug",
+            "-q",
+            *MASK,
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in out.glob("sub-*.html")) == ["sub-03.html"]
 
@@ -150,16 +172,30 @@ def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
     assert before.returncode == 0, before.stderr
     assert "9 steps missing" in before.stdout
     assert not (tmp_path / "out").exists()  # status writes nothing
-    assert main(["run", str(bids_dir), str(tmp_path / "out"), "participant", "--worker", "debug",
-                 "-q", *MASK]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                str(bids_dir),
+                str(tmp_path / "out"),
+                "participant",
+                "--worker",
+                "debug",
+                "-q",
+                *MASK,
+            ]
+        )
+        == 0
+    )
     after = kwneuro("status", str(bids_dir), str(tmp_path / "out"), *MASK)
     assert "9 steps cached, 0 steps stale, 0 steps missing, 0 steps failed" in after.stdout
     (entry,) = Cache(tmp_path / "out" / ".kwneuro-cache" / "sub-01").entries("estimate_dti")
     sidecar = entry.path / "estimate_dti.params.json"
     record = {**json.loads(sidecar.read_text()), "code": "0" * 64}  # as if made by older code
     sidecar.write_text(json.dumps(record))
-    entry.path.rename(entry.path.with_name(entry_key(record["scalars"], record["hashes"],
-                                                     record["code"])))  # fmt: skip
+    entry.path.rename(
+        entry.path.with_name(entry_key(record["scalars"], record["hashes"], record["code"]))
+    )
     stale = kwneuro("status", str(bids_dir), str(tmp_path / "out"), *MASK)
     assert "3 steps cached, 1 step stale, 5 steps missing, 0 steps failed" in stale.stdout
     row = next(line for line in stale.stdout.splitlines() if line.startswith("│ sub-01"))
@@ -168,13 +204,33 @@ def test_status_shows_missing_then_cached(tmp_path: Path) -> None:
 
 def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
     bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
-    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q",
-                 "--fit-method", "OLS", "--bmax", "1200", *MASK]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                str(bids_dir),
+                str(out),
+                "participant",
+                "--worker",
+                "debug",
+                "-q",
+                "--fit-method",
+                "OLS",
+                "--bmax",
+                "1200",
+                *MASK,
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "kwneuro-pydra-options.json").read_text())
     assert record["Parameters"] == {
-        "fit_method": "OLS", "bmax": 1200.0, "mask_method": "shells", "median_radius": 1,
+        "fit_method": "OLS",
+        "bmax": 1200.0,
+        "mask_method": "shells",
+        "median_radius": 1,
         "numpass": 1,
-    }  # fmt: skip
+    }
     recorded = kwneuro("status", str(bids_dir), str(out))  # no option repeated
     assert recorded.returncode == 0 and recorded.stderr == "", recorded.stderr
     assert "9 steps cached, 0 steps stale, 0 steps missing" in recorded.stdout
@@ -289,10 +345,20 @@ def test_ls_lists_a_cache_root_with_a_header_and_file_names(ran: tuple[Path, Pat
         result = kwneuro("ls", str(where))
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        assert lines[0].split() == ["CACHE", "STEP", "KEY", "CREATED", "(UTC)", "TIME", "SIZE",
-                                    "FILES"]  # fmt: skip
-        assert any("sub-02_ses-1" in line and "estimate_dti" in line and
-                   "estimate_dti_fa.nii.gz" in line for line in lines)  # fmt: skip
+        assert lines[0].split() == [
+            "CACHE",
+            "STEP",
+            "KEY",
+            "CREATED",
+            "(UTC)",
+            "TIME",
+            "SIZE",
+            "FILES",
+        ]
+        assert any(
+            "sub-02_ses-1" in line and "estimate_dti" in line and "estimate_dti_fa.nii.gz" in line
+            for line in lines
+        )
         assert lines[-1].startswith("37 entries")  # 4 series x 9 steps + the group figure
     one = kwneuro("ls", str(out / ".kwneuro-cache" / "sub-01"), "estimate_dti")
     assert one.stdout.splitlines()[-1].startswith("1 entry, ")
@@ -335,8 +401,11 @@ def test_demo_prints_where_the_report_is(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = tmp_path / "demo" / "derivatives" / "report.html"
     assert f"Report: {report}" in result.stdout.splitlines()
-    rows = {line.split("│")[1].strip(): line.split("│")[2:5] for line in result.stdout.splitlines()
-            if line.startswith("│ sub-")}  # fmt: skip
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2:5]
+        for line in result.stdout.splitlines()
+        if line.startswith("│ sub-")
+    }
     assert sorted(rows) == ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
     for voxels, fa_error, md_error in rows.values():  # the demo's error against ground truth
         assert int(voxels) > 1000 and float(fa_error) < 0.05 and float(md_error[:-2]) < 5
@@ -418,8 +487,10 @@ def test_a_rerun_in_a_new_process_reads_no_large_file_again(tmp_path: Path) -> N
 
 def test_a_warning_says_its_class_and_message_and_where_only_with_vv(tmp_path: Path) -> None:
     bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
-    assert main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q",
-                 *MASK]) == 0  # fmt: skip
+    assert (
+        main(["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q", *MASK])
+        == 0
+    )
     (entry,) = Cache(out / ".kwneuro-cache" / "sub-01").entries("mean_b0")
     (entry.path / "mean_b0.params.json").write_text("{")  # a damaged entry warns
     plain = kwneuro("status", str(bids_dir), str(out), *MASK)
@@ -457,9 +528,13 @@ def test_a_forced_step_that_raises_fails_its_series_and_the_run(
         [sys.executable, "-m", "kwneuro_pydra.cli", *args, "--force", "estimate_dti"],
         capture_output=True,
         text=True,
-        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(tmp_path / "site"),
-             "KWNEURO_TEST_BREAK_FIT": "1"},
-    )  # fmt: skip
+        env={
+            **os.environ,
+            "COLUMNS": "200",
+            "PYTHONPATH": str(tmp_path / "site"),
+            "KWNEURO_TEST_BREAK_FIT": "1",
+        },
+    )
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert broken.stderr.splitlines() == [
         "FAILED sub-01: step 'estimate_dti' failed: FloatingPointError: the fit is broken by "
@@ -493,17 +568,31 @@ def test_slurm_without_a_reachable_controller_says_so(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    lines = [line for line in conf.read_text().splitlines()
-             if not line.strip().lower().startswith("slurmctldport")]  # fmt: skip
+    lines = [
+        line
+        for line in conf.read_text().splitlines()
+        if not line.strip().lower().startswith("slurmctldport")
+    ]
     (tmp_path / "slurm.conf").write_text("\n".join([*lines, f"SlurmctldPort={port}", ""]))
     bids_dir = good_dataset(tmp_path / "bids", subjects=1)
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "kwneuro_pydra.cli", "run", str(bids_dir), str(tmp_path / "out"),
-         "participant", "--worker", "slurm", *MASK],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "kwneuro_pydra.cli",
+            "run",
+            str(bids_dir),
+            str(tmp_path / "out"),
+            "participant",
+            "--worker",
+            "slurm",
+            *MASK,
+        ],
+        capture_output=True,
+        text=True,
         env={**os.environ, "COLUMNS": "200", "SLURM_CONF": str(tmp_path / "slurm.conf")},
-    )  # fmt: skip
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     (line,) = result.stderr.splitlines()
     assert "no Slurm controller reachable (scontrol ping: Slurmctld(primary) at " in line

@@ -47,8 +47,13 @@ def test_collection_installs_and_imports_no_peer(tmp_path: Path) -> None:
     before = sorted(p.name for p in (REPO / "benchmarks").iterdir())
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, f"collection failed:\n{done.stdout[-4000:]}\n{done.stderr}"
     assert " error" not in done.stdout.splitlines()[-1], done.stdout[-4000:]
     imported = {p.name: p.read_text() for p in marks.iterdir()}

@@ -233,8 +233,11 @@ def test_negative_samples_are_clipped_like_dipy_with_a_warning() -> None:
     phantom = make_phantom(SMALL, seed=4)
     signal = phantom.signal.copy()
     signal[4:8, 8, 4, 5] = -20.0
-    dwi = Dwi(InMemoryVolumeResource(signal), InMemoryBvalResource(phantom.bvals),
-              InMemoryBvecResource(phantom.bvecs))  # fmt: skip
+    dwi = Dwi(
+        InMemoryVolumeResource(signal),
+        InMemoryBvalResource(phantom.bvals),
+        InMemoryBvecResource(phantom.bvecs),
+    )
     with pytest.warns(UserWarning, match=r"4 voxels of in memory have negative samples"):
         result = estimate_dti(dwi)
     clipped = np.maximum(signal, 1e-4)
@@ -337,8 +340,11 @@ def _gradual_dwi() -> Dwi:
     b0 += np.random.default_rng(0).normal(0, 20, b0.shape)
     bvals, bvecs = gradient_scheme(b0_volumes=1, directions=6)
     signal = np.repeat(np.abs(b0)[..., None], len(bvals), axis=-1)
-    return Dwi(InMemoryVolumeResource(signal.astype(np.float32)), InMemoryBvalResource(bvals),
-               InMemoryBvecResource(bvecs))  # fmt: skip
+    return Dwi(
+        InMemoryVolumeResource(signal.astype(np.float32)),
+        InMemoryBvalResource(bvals),
+        InMemoryBvecResource(bvecs),
+    )
 
 
 @pytest.mark.parametrize(
@@ -452,8 +458,10 @@ def test_wls_with_vanishing_weights_gives_the_minimum_norm_solution_as_dipys_pin
     beta[0, 0] = 100.0  # weights vanish wherever the gradient has an x part
     w = np.exp(design @ beta - (design @ beta).max(axis=0))
     assert (w[:, 0] ** 2 == 0).sum() > 6
-    expected = np.stack([np.linalg.pinv(design * w[:, i, None]) @ (w[:, i] * log_s[:, i])
-                         for i in range(2)], axis=1)  # fmt: skip
+    expected = np.stack(
+        [np.linalg.pinv(design * w[:, i, None]) @ (w[:, i] * log_s[:, i]) for i in range(2)],
+        axis=1,
+    )
     np.testing.assert_allclose(_weighted(log_s, design, beta), expected, rtol=1e-8, atol=1e-12)
 
 

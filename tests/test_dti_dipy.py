@@ -129,8 +129,9 @@ def test_fa_is_sqrt_one_half_of_the_eigenvalue_spread_as_dipy(
     fa = ours.fa.get_array()[mask]
     np.testing.assert_allclose(fa, fractional_anisotropy(evals), atol=1e-6)
     spread = np.linalg.norm(evals - evals.mean(axis=1, keepdims=True), axis=1)
-    np.testing.assert_allclose(fa, np.sqrt(1.5) * spread / np.linalg.norm(evals, axis=1),
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        fa, np.sqrt(1.5) * spread / np.linalg.norm(evals, axis=1), atol=1e-6
+    )
     assert 0.2 < np.median(fa) < 0.9  # anisotropic enough for the factor to matter
 
 
@@ -174,9 +175,12 @@ def test_brain_mask_matches_dipy_on_a_phantom_and_finds_the_brain() -> None:
     volume = brain_mask(phantom.dwi(), mask_method="median-otsu", median_radius=2, numpass=2)
     mask = volume.get_array() != 0
     _, theirs = dipy.segment.mask.median_otsu(
-        phantom.signal, vol_idx=np.flatnonzero(phantom.bvals == 0), median_radius=2,
-        numpass=2, finalize_mask=True,
-    )  # fmt: skip
+        phantom.signal,
+        vol_idx=np.flatnonzero(phantom.bvals == 0),
+        median_radius=2,
+        numpass=2,
+        finalize_mask=True,
+    )
     assert dice(mask, theirs) > 0.999
     assert dice(mask, phantom.truth.labels > 0) > 0.9
 

@@ -503,7 +503,7 @@ def test_ls_says_it_sees_a_flat_kwneuro_cache_and_both_caches_share_the_folder(
         load=lambda d: int((d / "n.txt").read_text()),
     )
 
-    @kwneuro_cacheable(spec)
+    @kwneuro_cacheable(spec)  # type: ignore[untyped-decorator]
     def square(n: int) -> int:
         return n * n
 

@@ -98,11 +98,19 @@ def test_write_head_phantom_writes_int16_or_float32_and_returns_the_truth(
 SCHEMES: dict[str, dict[str, Any]] = {
     "single shell 2 mm SNR 20": {"snr": 20.0, **FEW},
     "single shell 2x2x3 mm SNR 20 int16": {"snr": 20.0, "voxel_size": (2, 2, 3), **FEW},
-    "two shells 2x2x3 mm SNR 20": {"snr": 20.0, "voxel_size": (2, 2, 3), "b0_volumes": 1,
-                                   "directions": 8, "shells": (1000.0, 3000.0)},
-    "DSI-like small_101D 2x2x3 mm SNR 25": {"snr": 25.0, "voxel_size": (2, 2, 3),
-                                             "scheme": "small_101D"},
-}  # fmt: skip
+    "two shells 2x2x3 mm SNR 20": {
+        "snr": 20.0,
+        "voxel_size": (2, 2, 3),
+        "b0_volumes": 1,
+        "directions": 8,
+        "shells": (1000.0, 3000.0),
+    },
+    "DSI-like small_101D 2x2x3 mm SNR 25": {
+        "snr": 25.0,
+        "voxel_size": (2, 2, 3),
+        "scheme": "small_101D",
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +153,11 @@ def test_bridges_narrower_than_bridge_mm_are_cut() -> None:
     b0 += np.random.default_rng(0).normal(0, 10, b0.shape)
     bvals, bvecs = gradient_scheme(b0_volumes=1, directions=6)
     signal = np.repeat(np.abs(b0)[..., None], len(bvals), axis=-1).astype(np.float32)
-    dwi = Dwi(InMemoryVolumeResource(signal, np.diag([2.0, 2, 2, 1])),
-              InMemoryBvalResource(bvals), InMemoryBvecResource(bvecs))  # fmt: skip
+    dwi = Dwi(
+        InMemoryVolumeResource(signal, np.diag([2.0, 2, 2, 1])),
+        InMemoryBvalResource(bvals),
+        InMemoryBvecResource(bvecs),
+    )
     cut = mask_of(dwi, bridge_mm=8.0)
     assert not (cut & eye).any() and dice(cut, head) > 0.99
     for kept in (mask_of(dwi, bridge_mm=0.0), mask_of(dwi, bridge_mm=3.0)):
@@ -170,8 +181,21 @@ def test_shells_mask_is_closer_to_the_truth_than_mrtrix_dwi2mask(
 
 
 def run_dwi2mask(dwi: Path, bval: Path, bvec: Path, out: Path) -> NDArray[np.bool_]:
-    subprocess.run(["dwi2mask", "-quiet", "-force", "-nthreads", "1", "-fslgrad", str(bvec),
-                    str(bval), str(dwi), str(out)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "dwi2mask",
+            "-quiet",
+            "-force",
+            "-nthreads",
+            "1",
+            "-fslgrad",
+            str(bvec),
+            str(bval),
+            str(dwi),
+            str(out),
+        ],
+        check=True,
+    )
     mask: NDArray[np.bool_] = np.asarray(NiftiVolumeResource(out).get_array()) != 0
     return mask
 
@@ -189,9 +213,12 @@ def test_shells_mask_covers_the_tissue_of_dipys_datasets(name: str, tmp_path: Pa
     ours = mask_of(dwi)
     data, bvals = dwi.volume.get_array(), np.asarray(dwi.bval.get())
     _, dipys = dipy.segment.mask.median_otsu(
-        data, vol_idx=np.flatnonzero(bvals <= 50), median_radius=4, numpass=4,
+        data,
+        vol_idx=np.flatnonzero(bvals <= 50),
+        median_radius=4,
+        numpass=4,
         finalize_mask=True,
-    )  # fmt: skip
+    )
     assert (ours & dipys).sum() >= 0.93 * dipys.sum()
     assert dice(ours, dipys) > 0.6
     if shutil.which("dwi2mask") and name != "small_101D":
@@ -206,8 +233,11 @@ def test_nan_and_infinite_samples_do_not_break_the_shells_mask() -> None:
     inside = tuple(np.array(phantom.brain.shape) // 2)
     signal[(*inside, 3)] = np.nan
     signal[1, 1, 1, :] = np.inf
-    dwi = Dwi(InMemoryVolumeResource(signal, phantom.affine), InMemoryBvalResource(phantom.bvals),
-              InMemoryBvecResource(phantom.bvecs))  # fmt: skip
+    dwi = Dwi(
+        InMemoryVolumeResource(signal, phantom.affine),
+        InMemoryBvalResource(phantom.bvals),
+        InMemoryBvecResource(phantom.bvecs),
+    )
     mask = mask_of(dwi)
     assert phantom.brain[inside] and mask[inside] and not mask[1, 1, 1]
     assert dice(mask, phantom.brain) > 0.995
@@ -262,8 +292,10 @@ def test_an_empty_mask_fails_naming_the_dwi_and_what_to_try(method: str, tmp_pat
     NiftiVolumeResource.save(InMemoryVolumeResource(np.zeros((20, 20, 12, 8), np.int16)), path)
     dwi = Dwi(NiftiVolumeResource(path), InMemoryBvalResource(bvals), InMemoryBvecResource(bvecs))
     other = next(m for m in MASK_METHODS if m != method)
-    expected = (rf"brain_mask: the {method} brain mask of {path} is empty \(0 of 4800 voxels, "
-                rf"under 0.5%\).*try mask_method='{other}'")  # fmt: skip
+    expected = (
+        rf"brain_mask: the {method} brain mask of {path} is empty \(0 of 4800 voxels, "
+        rf"under 0.5%\).*try mask_method='{other}'"
+    )
     with pytest.raises(ValueError, match=expected):
         brain_mask(dwi, mask_method=method)
     with pytest.raises(ValueError, match=expected):
@@ -298,8 +330,9 @@ def test_a_near_empty_mask_fails_too() -> None:
     bvals, bvecs = gradient_scheme(b0_volumes=2, directions=6)
     signal = np.zeros((30, 30, 20, 8), np.float32)
     signal[14:17, 14:17, 9:12] = 1000  # 27 voxels of 18000
-    dwi = Dwi(InMemoryVolumeResource(signal), InMemoryBvalResource(bvals),
-              InMemoryBvecResource(bvecs))  # fmt: skip
+    dwi = Dwi(
+        InMemoryVolumeResource(signal), InMemoryBvalResource(bvals), InMemoryBvecResource(bvecs)
+    )
     with pytest.raises(ValueError, match=r"is nearly empty \(27 of 18000 voxels"):
         brain_mask(dwi)
     with pytest.raises(ValueError, match=r"mask_method must be one of shells, median-otsu"):

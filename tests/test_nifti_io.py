@@ -146,9 +146,13 @@ def test_any_volume_round_trips_bit_identical_with_nibabel(
 @pytest.mark.parametrize("suffix", SUFFIXES)
 @pytest.mark.parametrize(
     ("dtype", "scaled", "big_endian"),
-    [*((d, False, False) for d in DTYPES), (np.int16, True, False), (np.float32, False, True),
-     (np.int16, True, True)],
-)  # fmt: skip
+    [
+        *((d, False, False) for d in DTYPES),
+        (np.int16, True, False),
+        (np.float32, False, True),
+        (np.int16, True, True),
+    ],
+)
 def test_we_read_nibabel_files_bit_identical(
     tmp_path: Path, suffix: str, dtype: Any, scaled: bool, big_endian: bool
 ) -> None:
@@ -238,8 +242,11 @@ def test_standard_library_fallback_without_isal(tmp_path: Path) -> None:
     assert _gzip.BACKEND == "isal"
     done = subprocess.run(
         [sys.executable, "-c", _FALLBACK, str(tmp_path)],
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "fallback ok" in done.stdout
     fallback = tmp_path / "fallback.nii.gz"

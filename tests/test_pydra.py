@@ -146,8 +146,13 @@ def test_upstream_kwneuro_cacheable_steps(counts: Path, tmp_path: Path) -> None:
 def test_numpy_hash_tells_shape_dtype_and_order_apart(counts: Path) -> None:
     task = to_task(steps.describe)
     a = np.arange(6, dtype=np.int64)
-    variants = [a, a.reshape(2, 3), a.view(np.float64), np.asfortranarray(a.reshape(2, 3)),
-                a.astype(np.int32)]  # fmt: skip
+    variants = [
+        a,
+        a.reshape(2, 3),
+        a.view(np.float64),
+        np.asfortranarray(a.reshape(2, 3)),
+        a.astype(np.int32),
+    ]
     sums = [task(a=v)._checksum for v in variants]
     assert len(set(sums)) == len(variants)
     assert task(a=a.copy())._checksum == sums[0]
@@ -281,10 +286,18 @@ def test_a_step_edit_invalidates_the_workflow_result(tmp_path: Path) -> None:
             f"def step(x: float) -> float:\n    return {body}\n"
             "def pipe(x: float) -> float:\n    return step(x)\n"
         )
-        env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}",
-                   PYDRA_HASH_CACHE=str(tmp_path / "h"))  # fmt: skip
-        done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
-                              capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+        env = dict(
+            os.environ,
+            PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}",
+            PYDRA_HASH_CACHE=str(tmp_path / "h"),
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout.split()[-1])
     assert outputs == ["2.0", "101.0"]

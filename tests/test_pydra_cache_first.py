@@ -89,13 +89,17 @@ def test_force_schedules_only_the_forced_steps_and_what_depends_on_them(
     first = run_subjects(steps.stamped, SUBJECTS, root, worker=worker, job_cache=jobs)
     before = {s: steps.executions(counts, s) for s in ("stamp", "add_one", "double")}
     shutil.rmtree(jobs)  # what is left in it afterwards is what the forced run scheduled
-    forced = run_subjects(steps.stamped, SUBJECTS, root, worker=worker, job_cache=jobs,
-                          force={"add_one"})  # fmt: skip
+    forced = run_subjects(
+        steps.stamped, SUBJECTS, root, worker=worker, job_cache=jobs, force={"add_one"}
+    )
     assert {s: r.outputs for s, r in forced.items()} == {s: r.outputs for s, r in first.items()}
     after = {s: steps.executions(counts, s) for s in ("stamp", "add_one", "double")}
     n = len(SUBJECTS)
-    assert after == {"stamp": before["stamp"], "add_one": before["add_one"] + n,
-                     "double": before["double"] + n}  # fmt: skip
+    assert after == {
+        "stamp": before["stamp"],
+        "add_one": before["add_one"] + n,
+        "double": before["double"] + n,
+    }
     assert sum(name.startswith("python-") for name in jobs_run(jobs)) == 2 * n
 
 
@@ -123,8 +127,9 @@ def test_steps_their_cache_answers_are_not_scheduled(
     root, jobs = tmp_path / "derivatives", tmp_path / "jobs"
     with Cache(root / "sub-01"):
         assert steps.add_one(1.0) == 2.0  # the first step of chain4, cached eagerly
-    results = run_subjects(steps.chain4, {"sub-01": {"x": 1.0}}, root, worker=worker,
-                           job_cache=jobs)  # fmt: skip
+    results = run_subjects(
+        steps.chain4, {"sub-01": {"x": 1.0}}, root, worker=worker, job_cache=jobs
+    )
     assert results["sub-01"].outputs == 10.0
     assert sum(name.startswith("python-") for name in jobs_run(jobs)) == 3
     assert steps.executions(counts) == 4  # add_one eagerly once, then three nodes
@@ -134,8 +139,7 @@ def test_steps_their_cache_answers_are_not_scheduled(
         for entry in Cache(root / "sub-01").entries(step):
             shutil.rmtree(entry.path)
     shutil.rmtree(jobs)
-    again = run_subjects(steps.chain4, {"sub-01": {"x": 1.0}}, root, worker=worker,
-                         job_cache=jobs)  # fmt: skip
+    again = run_subjects(steps.chain4, {"sub-01": {"x": 1.0}}, root, worker=worker, job_cache=jobs)
     assert again["sub-01"].outputs == 10.0
     assert steps.executions(counts) == 8
 

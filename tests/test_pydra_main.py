@@ -67,8 +67,13 @@ EXPECTED = {"a": [4.0, None], "b": [7.0, None]}
 
 
 def run_script(script: Path, *args: str | Path) -> object:
-    done = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
-                          text=True, cwd=script.parent, env=child_env())  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=script.parent,
+        env=child_env(),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -106,8 +111,13 @@ def test_a_job_of_a_script_runs_in_a_fresh_interpreter(tmp_path: Path) -> None:
             print(scripts / "_job.pklz", job.checksum)
         """)
     )
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "s"), str(tmp_path / "p")],
-                          capture_output=True, text=True, env=child_env(), check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "s"), str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=True,
+    )
     pickled, checksum = done.stdout.split()
     python(
         f"""
@@ -138,8 +148,12 @@ def test_a_pipeline_workers_cannot_receive_is_refused_before_submitting(tmp_path
         .replace("    return x * SCALE", "    with LOCK:\n        return x * SCALE")
     )
     jobs = tmp_path / "jobs"
-    done = subprocess.run([sys.executable, str(script), "debug", str(tmp_path / "d"), str(jobs)],
-                          capture_output=True, text=True, env=child_env())  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), "debug", str(tmp_path / "d"), str(jobs)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ValueError: pipeline pipeline cannot be sent to Pydra's workers")
@@ -158,8 +172,12 @@ def test_steps_defined_in_a_notebook_run_as_nodes(tmp_path: Path) -> None:
         " for w in ('cf', 'debug')]))",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
+    nbclient.NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
     outputs = notebook.cells[-1].outputs
     printed = [o["text"] for o in outputs if o.get("name") == "stdout"]
     assert json.loads(printed[-1].strip().splitlines()[-1]) == [EXPECTED, EXPECTED], outputs

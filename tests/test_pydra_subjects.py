@@ -120,8 +120,10 @@ def test_progress_is_visible(
     assert "[kwneuro-pydra] 4/6 nodes computed, 1 failed" in err
     messages = [r.getMessage() for r in caplog.records]
     assert "[sub-01] brain_mask: done in" in "\n".join(messages)
-    assert any("2 subject(s) done, 1 failed" in m and "sub-02: step 'brain_mask' failed" in m
-               for m in messages)  # fmt: skip
+    assert any(
+        "2 subject(s) done, 1 failed" in m and "sub-02: step 'brain_mask' failed" in m
+        for m in messages
+    )
 
 
 def test_inputs_are_checked(tmp_path: Path) -> None:
@@ -185,8 +187,14 @@ def test_pins_checksums_agree_across_processes(tmp_path: Path) -> None:
     """
     env = child_env(PYDRA_HASH_CACHE=str(tmp_path / "h"))
     pickled = tmp_path / "tasks.pkl"
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(pickled)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(pickled)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     built_here = done.stdout.split()
     built_again = python(code, env, tmp_path).split()
     unpickled = python(
@@ -268,8 +276,9 @@ def test_a_forced_step_that_raises_fails_its_subject_whatever_an_older_entry_hol
     monkeypatch.setenv("KWNEURO_TEST_STAMP", "raise")
     with Cache(root / "sub-01", force={"stamp"}), pytest.raises(ValueError, match="told to"):
         steps.stamp(1.0)  # eagerly: the forced call raises, the old entry notwithstanding
-    forced = run_subjects(steps.stamped, subjects, root, worker=worker, job_cache=jobs,
-                          force={"stamp"}, **options)  # fmt: skip
+    forced = run_subjects(
+        steps.stamped, subjects, root, worker=worker, job_cache=jobs, force={"stamp"}, **options
+    )
     for subject, result in forced.items():
         assert not result.ok and result.outputs is None, subject
         assert result.failure is not None and result.failure.step == "stamp"
@@ -278,6 +287,7 @@ def test_a_forced_step_that_raises_fails_its_subject_whatever_an_older_entry_hol
     assert Cache(root / "sub-01").load(steps.stamp, 1.0) == "1.0:old"  # kept, not served
 
     monkeypatch.setenv("KWNEURO_TEST_STAMP", "new")  # fixed: the forced rerun succeeds
-    again = run_subjects(steps.stamped, subjects, root, worker=worker, job_cache=jobs,
-                         force={"stamp"}, **options)  # fmt: skip
+    again = run_subjects(
+        steps.stamped, subjects, root, worker=worker, job_cache=jobs, force={"stamp"}, **options
+    )
     assert again["sub-02"].outputs == ("2.0:new", 6.0)

@@ -47,8 +47,9 @@ def test_pickles_planted_in_a_shared_cache_root_are_never_loaded(tmp_path: Path)
         for name in ("_result.pklz", "_error.pklz", "_job.pklz"):
             plant(root / ".pydra" / checksum / name, marker)
         plant(root / subject / _failures.ERRORS_DIR / "brain_mask.pkl", marker)
-    results = run_subjects(steps.pipeline, subjects, root, worker="debug",
-                           job_cache=tmp_path / "jobs")  # fmt: skip
+    results = run_subjects(
+        steps.pipeline, subjects, root, worker="debug", job_cache=tmp_path / "jobs"
+    )
     assert not marker.exists()
     assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"
     failure = results["sub-02"].failure

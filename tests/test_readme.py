@@ -44,8 +44,11 @@ def test_readme_demo_runs_twice_in_a_row_and_after_deleting_its_output(tmp_path:
     setup = README.read_text().split("## Set up on a fresh machine")[1]
     command = re.findall(r"```bash\n(.*?)\n```", setup, re.S)[0].split(" && ")[1]
     assert command == "kwneuro-pydra demo demo-output"
-    env = {**os.environ, "COLUMNS": "200",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
 
     def demo() -> str:
         done = subprocess.run(

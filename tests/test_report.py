@@ -54,11 +54,22 @@ def open_in_chromium(page: Path) -> tuple[list[str], list[str]]:
     probe.write_text(page.read_text().replace("</body>", _CHECK + "</body>"))
     try:
         result = subprocess.run(
-            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
-             probe.as_uri()],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         probe.unlink()
     found = re.search(r"<title>CHECKED (.*?)</title>", result.stdout)
@@ -73,8 +84,9 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     bids_dir = good_dataset(root / "bids", subjects=2)
     add_series(bids_dir, "sub-03", b0=False)
-    code = main(["run", str(bids_dir), str(root / "out"), "participant", "--worker", "debug",
-                 "-q", *MASK])  # fmt: skip
+    code = main(
+        ["run", str(bids_dir), str(root / "out"), "participant", "--worker", "debug", "-q", *MASK]
+    )
     assert code == 1
     return root / "out"
 
@@ -115,8 +127,13 @@ def test_figures_are_relative_links_to_files_under_the_subject_folder(reported: 
 
 def test_the_report_shows_numbers_steps_and_failures(reported: Path) -> None:
     page = (reported / "sub-01.html").read_text()
-    for text in ("Voxels in mask", "Median FA", "Median MD", "b=0 (2), b=1000 (30)",
-                 "estimate_dti</td><td>computed"):  # fmt: skip
+    for text in (
+        "Voxels in mask",
+        "Median FA",
+        "Median MD",
+        "b=0 (2), b=1000 (30)",
+        "estimate_dti</td><td>computed",
+    ):
         assert text in page
     failed = (reported / "sub-03.html").read_text()
     assert "mean_b0</td><td>failed" in failed
@@ -170,7 +187,8 @@ def test_the_gradient_sphere_draws_a_multi_shell_table(tmp_path: Path) -> None:
     bvals = np.array([0.0] + [1000.0] * 6 + [2000.0] * 6)
     dwi = Dwi(
         InMemoryVolumeResource(np.ones((2, 2, 2, 13), np.float32), np.eye(4)),
-        InMemoryBvalResource(bvals), InMemoryBvecResource(bvecs),
-    )  # fmt: skip
+        InMemoryBvalResource(bvals),
+        InMemoryBvecResource(bvecs),
+    )
     pixels = _png_pixels(gradient_sphere(dwi).read())
     assert pixels.shape[:2] == (306, 324)

@@ -43,23 +43,38 @@ def test_a_request_becomes_sbatch_options() -> None:
 @pytest.mark.parametrize(
     ("resources", "message"),
     [
-        ({"mask": {"mem": "1G"}}, "resources name a step the pipeline does not call: 'mask' "
-                                  r"\(its steps: brain_mask, estimate_dti, fa_map\)"),
-        ({"fa_map": "2G"}, r"resources\['fa_map'\] must be a mapping of mem, cpus, time, "
-                           "options, not str"),
-        ({"fa_map": {"memory": "2G"}}, r"resources\['fa_map'\]: unknown key\(s\) 'memory' "
-                                       r"\(expected some of mem, cpus, time, options\)"),
-        ({"fa_map": {"mem": "2 GB"}}, r"resources\['fa_map'\]\['mem'\] = '2 GB': expected a "
-                                      "size such as '500M'"),
+        (
+            {"mask": {"mem": "1G"}},
+            "resources name a step the pipeline does not call: 'mask' "
+            r"\(its steps: brain_mask, estimate_dti, fa_map\)",
+        ),
+        (
+            {"fa_map": "2G"},
+            r"resources\['fa_map'\] must be a mapping of mem, cpus, time, "
+            "options, not str",
+        ),
+        (
+            {"fa_map": {"memory": "2G"}},
+            r"resources\['fa_map'\]: unknown key\(s\) 'memory' "
+            r"\(expected some of mem, cpus, time, options\)",
+        ),
+        (
+            {"fa_map": {"mem": "2 GB"}},
+            r"resources\['fa_map'\]\['mem'\] = '2 GB': expected a "
+            "size such as '500M'",
+        ),
         ({"fa_map": {"mem": 0}}, r"\['mem'\] = 0: expected a size"),
         ({"fa_map": {"cpus": 1.5}}, r"\['cpus'\] = 1.5: expected a positive integer"),
         ({"fa_map": {"cpus": True}}, r"\['cpus'\] = True: expected a positive integer"),
-        ({"fa_map": {"time": "half an hour"}}, r"\['time'\] = 'half an hour': expected a "
-                                               "Slurm duration"),
+        (
+            {"fa_map": {"time": "half an hour"}},
+            r"\['time'\] = 'half an hour': expected a "
+            "Slurm duration",
+        ),
         ({"fa_map": {"time": "00:00:00"}}, "expected a positive duration"),
         ({"fa_map": {"options": ["-p", "x"]}}, "expected a string of sbatch options"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_name_the_step_the_key_and_what_was_expected(
     resources: dict[str, object], message: str
 ) -> None:
@@ -89,31 +104,50 @@ def test_a_job_per_subject_asks_for_the_largest_and_the_sum_of_all_steps_times()
 
 @pytest.mark.parametrize(
     ("first", "second"),
-    [("--partition=a", "--partition=b"), ("-p a", "--partition b"), ("-pa", "--partition=b"),
-     ("--gres=gpu:1", "--gres=gpu:2")],
-)  # fmt: skip
+    [
+        ("--partition=a", "--partition=b"),
+        ("-p a", "--partition b"),
+        ("-pa", "--partition=b"),
+        ("--gres=gpu:1", "--gres=gpu:2"),
+    ],
+)
 def test_two_steps_setting_one_option_differently_are_refused_in_one_job(
     first: str, second: str, tmp_path: Path
 ) -> None:
     found = requests({"brain_mask": {"options": first}, "fa_map": {"options": second}}, STEPS)
-    with pytest.raises(ValueError, match=r"resources: steps 'brain_mask' and 'fa_map' run in one "
-                       r"job per subject but ask for different --(partition|gres) "):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"resources: steps 'brain_mask' and 'fa_map' run in one "
+        r"job per subject but ask for different --(partition|gres) ",
+    ):
         for_subject(found, sorted(STEPS))
     with pytest.raises(ValueError, match="ask for different"):  # before anything is submitted
-        run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, tmp_path, worker="slurm",
-                     granularity="subject", resources={"brain_mask": {"options": first},
-                                                       "fa_map": {"options": second}})  # fmt: skip
+        run_subjects(
+            steps.pipeline3,
+            {"sub-01": {"dwi": "a"}},
+            tmp_path,
+            worker="slurm",
+            granularity="subject",
+            resources={"brain_mask": {"options": first}, "fa_map": {"options": second}},
+        )
     assert not (tmp_path / ".logs").exists()
 
 
 @pytest.mark.parametrize(
     ("given", "why"),
-    [("--array=0-4", "submits a job per subject as job arrays itself; throttle them with "
-                     r"max_running \(--max-running\)"),
-     ("-a 1-3", "as job arrays itself"), ("--job-name=mine", "names each job after its subject"),
-     ("-J mine", "names each job"), ("--parsable", "reads the job id"),
-     ("--wrap=true", "submits its own job script")],
-)  # fmt: skip
+    [
+        (
+            "--array=0-4",
+            "submits a job per subject as job arrays itself; throttle them with "
+            r"max_running \(--max-running\)",
+        ),
+        ("-a 1-3", "as job arrays itself"),
+        ("--job-name=mine", "names each job after its subject"),
+        ("-J mine", "names each job"),
+        ("--parsable", "reads the job id"),
+        ("--wrap=true", "submits its own job script"),
+    ],
+)
 def test_sbatch_options_the_worker_sets_itself_are_refused_with_the_reason(
     given: str, why: str, tmp_path: Path
 ) -> None:
@@ -143,12 +177,22 @@ def test_max_running_must_be_a_positive_integer() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "stuck_"),
-    [("Resources", False), ("Priority", False), ("Dependency", False), ("BeginTime", False),
-     ("JobArrayTaskLimit", False), ("None", False), ("PartitionDown", True),
-     ("DependencyNeverSatisfied", True), ("BadConstraints", True),
-     ("ReqNodeNotAvail, UnavailableNodes:vm-2", True), ("AssocGrpCpuLimit", True),
-     ("QOSMaxWallDurationPerJobLimit", True), ("InvalidAccount", True)],
-)  # fmt: skip
+    [
+        ("Resources", False),
+        ("Priority", False),
+        ("Dependency", False),
+        ("BeginTime", False),
+        ("JobArrayTaskLimit", False),
+        ("None", False),
+        ("PartitionDown", True),
+        ("DependencyNeverSatisfied", True),
+        ("BadConstraints", True),
+        ("ReqNodeNotAvail, UnavailableNodes:vm-2", True),
+        ("AssocGrpCpuLimit", True),
+        ("QOSMaxWallDurationPerJobLimit", True),
+        ("InvalidAccount", True),
+    ],
+)
 def test_pending_reasons_that_waiting_does_not_resolve(reason: str, stuck_: bool) -> None:
     assert stuck(reason) is stuck_
 
@@ -166,8 +210,10 @@ def test_an_array_task_without_its_own_record_takes_its_arrays() -> None:
 def test_the_record_of_jobs_ignores_a_line_cut_short(tmp_path: Path) -> None:
     record = tmp_path / "slurm-jobs.tsv"
     assert read_record(record) == {}
-    record.write_text("abc\t12_0\tsub-01\tall steps\t/j/e.err\nabc\t13_0\tsub-01\tall steps"
-                      "\t/j/f.err\ndef\t14\tsub-02\tfa_map\t/j")  # killed mid-write  # fmt: skip
+    record.write_text(
+        "abc\t12_0\tsub-01\tall steps\t/j/e.err\nabc\t13_0\tsub-01\tall steps"
+        "\t/j/f.err\ndef\t14\tsub-02\tfa_map\t/j"
+    )  # killed mid-write
     assert read_record(record) == {"abc": ("13_0", Path("/j/f.err"))}
 
 
@@ -204,10 +250,19 @@ def test_unknown_workers_and_misplaced_options_are_refused(tmp_path: Path) -> No
     one = {"sub-01": {"dwi": "a"}}
     with pytest.raises(ValueError, match=r"unknown worker 'slurmm': expected one of .*cf"):
         run_subjects(steps.pipeline, one, tmp_path, worker="slurmm")
-    with pytest.raises(ValueError, match=r"resources, pending_timeout need worker='slurm' "
-                       r"\(worker is 'cf'\)"):  # fmt: skip
-        run_subjects(steps.pipeline, one, tmp_path, worker="cf",
-                     resources={"brain_mask": {"mem": "1G"}}, pending_timeout=5)  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"resources, pending_timeout need worker='slurm' "
+        r"\(worker is 'cf'\)",
+    ):
+        run_subjects(
+            steps.pipeline,
+            one,
+            tmp_path,
+            worker="cf",
+            resources={"brain_mask": {"mem": "1G"}},
+            pending_timeout=5,
+        )
     with pytest.raises(ValueError, match=r"granularity='job': expected one of 'node', 'subject'"):
         run_subjects(steps.pipeline, one, tmp_path, worker="cf", granularity="job")
     assert not any(tmp_path.iterdir())  # nothing written
@@ -223,8 +278,11 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
         yield where
         where.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)],
-                             capture_output=True, text=True)  # fmt: skip
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a read-only file system here: {mounted.stderr.strip()}")
     try:
@@ -234,16 +292,22 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_cache_root_that_cannot_be_written_is_refused(read_only: Path) -> None:
-    with pytest.raises(ValueError, match=f"cache root {read_only / 'derivatives'} is not "
-                       r"writable: \[Errno (30|13)\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=f"cache root {read_only / 'derivatives'} is not "
+        r"writable: \[Errno (30|13)\]",
+    ):
         run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, read_only / "derivatives")
 
 
 def test_the_file_system_of_a_path_is_read_from_the_mount_table(tmp_path: Path) -> None:
     mount, kind = file_system_of(tmp_path)
     assert Path(mount) == tmp_path or Path(mount) in tmp_path.parents
-    found = subprocess.run(["findmnt", "-n", "-o", "TARGET,FSTYPE", "-T", str(tmp_path)],
-                           capture_output=True, text=True)  # fmt: skip
+    found = subprocess.run(
+        ["findmnt", "-n", "-o", "TARGET,FSTYPE", "-T", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     if found.returncode == 0:
         assert found.stdout.split() == [mount, kind]
     assert file_system_of(Path("/proc/self"))[1] == "proc" not in LOCAL_FILE_SYSTEMS
@@ -258,10 +322,23 @@ def test_the_cluster_options_of_the_command_line() -> None:
     parser.add_argument("--worker", default="cf")
     parser.add_argument("--n-procs", type=int)
     add_scheduler_options(parser)
-    given = parser.parse_args(["--worker", "slurm", "--max-running", "20",
-                               "--max-poll-delay", "30", "--job-cache", "/tmp/j"])  # fmt: skip
-    assert scheduler_options(given) == {"max_running": 20, "max_poll_delay": 30.0,
-                                        "job_cache": Path("/tmp/j")}  # fmt: skip
+    given = parser.parse_args(
+        [
+            "--worker",
+            "slurm",
+            "--max-running",
+            "20",
+            "--max-poll-delay",
+            "30",
+            "--job-cache",
+            "/tmp/j",
+        ]
+    )
+    assert scheduler_options(given) == {
+        "max_running": 20,
+        "max_poll_delay": 30.0,
+        "job_cache": Path("/tmp/j"),
+    }
     assert scheduler_options(parser.parse_args([])) == {}
     assert scheduler_options(parser.parse_args(["--job-cache", "j"])) == {"job_cache": Path("j")}
     with pytest.raises(SystemExit):

@@ -33,8 +33,9 @@ from tests.test_dti_dipy import dipy_dwi
 SMALL = (16, 16, 8)
 
 
-def in_memory(signal: NDArray[np.floating], bvals: NDArray[np.floating],
-              bvecs: NDArray[np.floating]) -> Dwi:  # fmt: skip
+def in_memory(
+    signal: NDArray[np.floating], bvals: NDArray[np.floating], bvecs: NDArray[np.floating]
+) -> Dwi:
     """A DWI with an identity affine (voxel axes are world axes, no FSL flip needed...)."""
     return Dwi(
         InMemoryVolumeResource(np.asarray(signal, np.float32)),
@@ -43,8 +44,12 @@ def in_memory(signal: NDArray[np.floating], bvals: NDArray[np.floating],
     )
 
 
-def dipy_fit(signal: NDArray[np.floating], bvals: NDArray[np.floating],
-             bvecs: NDArray[np.floating], method: str = "WLS") -> object:  # fmt: skip
+def dipy_fit(
+    signal: NDArray[np.floating],
+    bvals: NDArray[np.floating],
+    bvecs: NDArray[np.floating],
+    method: str = "WLS",
+) -> object:
     table = gradient_table(np.asarray(bvals), bvecs=np.asarray(bvecs))
     return TensorModel(table, fit_method=method).fit(np.asarray(signal, np.float64))
 
@@ -100,10 +105,14 @@ def test_two_decimal_b_vectors_fit_and_match_dipy(tmp_path: Path) -> None:
     assert np.abs(norms - 1).max() > 3e-3
     np.savetxt(tmp_path / "dwi.bvec", rounded.T, fmt="%.2f")
     shutil.copy(str(dipy_dwi("small_64D").bval.path), tmp_path / "dwi.bval")  # type: ignore[attr-defined]
-    ours = Dwi(dwi.volume, FslBvalResource(tmp_path / "dwi.bval"),
-               FslBvecResource(tmp_path / "dwi.bvec"))  # fmt: skip
-    with pytest.warns(UserWarning, match=r"b-vectors of .*dwi\.bvec are not of unit length .*"
-                      r"normalised"):  # fmt: skip
+    ours = Dwi(
+        dwi.volume, FslBvalResource(tmp_path / "dwi.bval"), FslBvecResource(tmp_path / "dwi.bvec")
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"b-vectors of .*dwi\.bvec are not of unit length .*"
+        r"normalised",
+    ):
         result = estimate_dti(ours)
     data = np.asarray(dwi.volume.get_array(), np.float64)
     fitted = np.isfinite(result.fa.get_array()) & (data.min(axis=-1) > 0)
@@ -164,10 +173,35 @@ def mrtrix_vector(directory: Path, dwi: Path, bval: Path, bvec: Path) -> NDArray
     np.savetxt(clean, np.nan_to_num(np.loadtxt(bvec)))
     tensor, vector = directory / "tensor.nii", directory / "vector.nii"
     run = {"check": True, "capture_output": True}
-    subprocess.run(["dwi2tensor", "-quiet", "-force", "-ols", "-iter", "0", "-fslgrad",
-                    str(clean), str(bval), str(dwi), str(tensor)], **run)  # type: ignore[call-overload]  # fmt: skip
-    subprocess.run(["tensor2metric", "-quiet", "-force", "-modulate", "none", "-vector",
-                    str(vector), str(tensor)], **run)  # type: ignore[call-overload]  # fmt: skip
+    subprocess.run(
+        [
+            "dwi2tensor",
+            "-quiet",
+            "-force",
+            "-ols",
+            "-iter",
+            "0",
+            "-fslgrad",
+            str(clean),
+            str(bval),
+            str(dwi),
+            str(tensor),
+        ],
+        **run,
+    )  # type: ignore[call-overload]
+    subprocess.run(
+        [
+            "tensor2metric",
+            "-quiet",
+            "-force",
+            "-modulate",
+            "none",
+            "-vector",
+            str(vector),
+            str(tensor),
+        ],
+        **run,
+    )  # type: ignore[call-overload]
     return np.asarray(nib.load(vector).dataobj, np.float32)  # type: ignore[attr-defined]
 
 

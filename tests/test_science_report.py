@@ -64,8 +64,11 @@ def left_right_dwi(linear: NDArray[np.float64]) -> Dwi:
     affine = np.eye(4)
     affine[:3, :3] = linear
     bvecs = fsl_bvecs(gradients, affine)
-    return Dwi(InMemoryVolumeResource(data, affine), InMemoryBvalResource(bvals),
-               InMemoryBvecResource(bvecs))  # fmt: skip
+    return Dwi(
+        InMemoryVolumeResource(data, affine),
+        InMemoryBvalResource(bvals),
+        InMemoryBvecResource(bvecs),
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,8 +124,9 @@ def test_scalar_mosaics_have_a_colour_bar_and_tiles_a_gap() -> None:
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     volume = InMemoryVolumeResource(ramp, affine)
     mask = InMemoryVolumeResource(np.ones(ramp.shape, np.uint8), affine)
-    with_bar = pixels(map_mosaic(volume, mask, high=3e-3, colormap="viridis",
-                                 label="MD (mm²/s)").read())  # fmt: skip
+    with_bar = pixels(
+        map_mosaic(volume, mask, high=3e-3, colormap="viridis", label="MD (mm²/s)").read()
+    )
     from matplotlib import colormaps
 
     bar_row = with_bar[-26]  # the colour bar's middle row
@@ -142,9 +146,11 @@ def phantom_series() -> tuple[Dwi, SeriesReport]:
     phantom = make_phantom((20, 20, 12), seed=5, shells=(1000.0, 3000.0))
     signal = phantom.signal.copy()
     signal[10, 10, 6, 4] = np.nan  # one unfitted voxel inside the mask
-    dwi = Dwi(InMemoryVolumeResource(signal, np.diag([2.0, 2, 2, 1])),
-              InMemoryBvalResource(phantom.bvals),
-              InMemoryBvecResource(fsl_bvecs(phantom.bvecs, np.diag([2.0, 2, 2, 1]))))  # fmt: skip
+    dwi = Dwi(
+        InMemoryVolumeResource(signal, np.diag([2.0, 2, 2, 1])),
+        InMemoryBvalResource(phantom.bvals),
+        InMemoryBvecResource(fsl_bvecs(phantom.bvecs, np.diag([2.0, 2, 2, 1]))),
+    )
     mask = brain_mask(dwi, median_radius=1, numpass=1)
     with (
         pytest.warns(UserWarning, match="leaving out 30 volumes of b=3000"),
@@ -172,22 +178,45 @@ def test_the_report_states_what_was_fitted_methods_provenance_and_writes_the_qc_
     _, report = phantom_series()
     failed = SeriesReport("sub-02", "02", "sub-02/dwi/sub-02_dwi.nii.gz", failure="no b=0")
     write_reports(
-        tmp_path, [report, failed], title="t", summary="s",
-        command=["kwneuro-pydra", "run", "bids", "out", "participant"], worker="cf",
+        tmp_path,
+        [report, failed],
+        title="t",
+        summary="s",
+        command=["kwneuro-pydra", "run", "bids", "out", "participant"],
+        worker="cf",
         parameters={"median_radius": 1, "numpass": 1, "fit_method": "WLS"},
         steps=[brain_mask, estimate_dti],
-    )  # fmt: skip
+    )
     subject = (tmp_path / "sub-01.html").read_text()
-    for text in ("Unfitted voxels (NaN)", "Fitted (WLS)", "b=0 (2), b=1000 (30)",
-                 "Left out", "b=3000 (30)", "leaving out 30 volumes"):  # fmt: skip
+    for text in (
+        "Unfitted voxels (NaN)",
+        "Fitted (WLS)",
+        "b=0 (2), b=1000 (30)",
+        "Left out",
+        "b=3000 (30)",
+        "leaving out 30 volumes",
+    ):
         assert text in subject, text
     group = (tmp_path / "report.html").read_text()
-    for text in ("kwneuro-pydra run bids out participant", "Worker</th><td>cf",
-                 "numpy version", "dipy version", "nibabel version", "pydra version",
-                 "median_radius=1", "fit_method=&#x27;WLS&#x27;", "Methods",
-                 "weighted least squares", "median filter radius 1 voxels",
-                 "Volumes fitted: b=0 (2), b=1000 (30) (left out: b=3000 (30))",
-                 "Basser PJ", "Chung S", "Otsu N", "Gorgolewski KJ", QC_TABLE):  # fmt: skip
+    for text in (
+        "kwneuro-pydra run bids out participant",
+        "Worker</th><td>cf",
+        "numpy version",
+        "dipy version",
+        "nibabel version",
+        "pydra version",
+        "median_radius=1",
+        "fit_method=&#x27;WLS&#x27;",
+        "Methods",
+        "weighted least squares",
+        "median filter radius 1 voxels",
+        "Volumes fitted: b=0 (2), b=1000 (30) (left out: b=3000 (30))",
+        "Basser PJ",
+        "Chung S",
+        "Otsu N",
+        "Gorgolewski KJ",
+        QC_TABLE,
+    ):
         assert text in group, text
     rows = list(csv.DictReader(io.StringIO((tmp_path / QC_TABLE).read_text()), delimiter="\t"))
     assert [r["series"] for r in rows] == ["sub-01", "sub-02"]
@@ -229,8 +258,13 @@ def test_sidecars_carry_the_fit_record(demo: Path, tmp_path: Path) -> None:
         dti = estimate_dti(series.load())  # file-backed maps, as the app links them
     assert dti.fit is not None
     fit = dataclasses.replace(dti.fit, left_out=((3000.0, 30),), notes=("a warning",))
-    write_derivatives(series, dti.maps(), tmp_path / "out", parameters={"bmax": 1500.0},
-                      fit=dataclasses.asdict(fit))  # fmt: skip
+    write_derivatives(
+        series,
+        dti.maps(),
+        tmp_path / "out",
+        parameters={"bmax": 1500.0},
+        fit=dataclasses.asdict(fit),
+    )
     folder = tmp_path / "out" / "sub-01" / "dwi"
     fa = json.loads((folder / "sub-01_model-tensor_param-fa_dwimap.json").read_text())
     assert fa["FitMethod"] == "WLS" and fa["B0Volumes"] == 2
@@ -255,8 +289,12 @@ def test_the_bids_validator_finds_only_the_bep016_names(demo: Path) -> None:
     """BEP016 (``_dwimap``) is not in the validator's schema yet: those files are
     NOT_INCLUDED; nothing else may be reported, but the hint that the description lists
     fewer than two authors (the derivatives' authors are not ours to name)."""
-    result = subprocess.run([validator(), str(demo / "derivatives"), "--json"],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [validator(), str(demo / "derivatives"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     issues = json.loads(result.stdout)["issues"]["issues"]
     others = [
         (i["code"], i.get("location"))
@@ -283,11 +321,16 @@ def test_shells_left_out_reach_the_console_from_a_worker(
     (bids / "dataset_description.json").write_text(
         json.dumps({"Name": "shells", "BIDSVersion": "1.10.0"})
     )
-    write_phantom(*(folder / f"sub-01_dwi{s}" for s in (".nii.gz", ".bval", ".bvec")),
-                  shape=(16, 16, 10), shells=(1000.0, 3000.0), directions=12)  # fmt: skip
+    write_phantom(
+        *(folder / f"sub-01_dwi{s}" for s in (".nii.gz", ".bval", ".bvec")),
+        shape=(16, 16, 10),
+        shells=(1000.0, 3000.0),
+        directions=12,
+    )
     for _ in range(2):  # computed, then served from the cache
-        code = main(["run", str(bids), str(tmp_path / "out"), "participant", "--worker", "cf",
-                     *MASK])  # fmt: skip
+        code = main(
+            ["run", str(bids), str(tmp_path / "out"), "participant", "--worker", "cf", *MASK]
+        )
         assert code == 0
         said = capsys.readouterr()
         assert "sub-01: estimate_dti: fitting the tensor to b=1000" in said.out + said.err

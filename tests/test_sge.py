@@ -42,10 +42,15 @@ def test_the_app_and_the_command_line_refuse_sge_as_a_usage_error(tmp_path: Path
     bids_dir = good_dataset(tmp_path / "bids", subjects=1)
     with pytest.raises(AppError, match="SGE worker is broken"):
         run_bids_app(bids_dir, tmp_path / "out", worker="sge")
-    for command in (["run", str(bids_dir), str(tmp_path / "out"), "participant"],
-                    ["demo", str(tmp_path / "demo")]):  # fmt: skip
-        done = subprocess.run([sys.executable, "-m", "kwneuro_pydra.cli", *command, "--worker",
-                               "sge"], capture_output=True, text=True)  # fmt: skip
+    for command in (
+        ["run", str(bids_dir), str(tmp_path / "out"), "participant"],
+        ["demo", str(tmp_path / "demo")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "kwneuro_pydra.cli", *command, "--worker", "sge"],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 2 and "invalid choice: 'sge'" in done.stderr, done.stderr
         assert len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()

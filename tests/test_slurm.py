@@ -40,8 +40,9 @@ pytestmark = pytest.mark.slurm
 FAST: dict[str, Any] = {"poll_delay": 0.2}
 
 
-PRIVATE_CONF = Path(os.environ.get("KWNEURO_SLURM_STATE", "/var/tmp/kwneuro-slurm"), "etc",
-                    "slurm.conf")  # fmt: skip
+PRIVATE_CONF = Path(
+    os.environ.get("KWNEURO_SLURM_STATE", "/var/tmp/kwneuro-slurm"), "etc", "slurm.conf"
+)
 """Where ``.ci/slurm/start.sh`` writes its cluster's configuration."""
 
 
@@ -82,11 +83,15 @@ def accounting(job_ids: list[str], *more: str) -> dict[str, dict[str, str]]:
     for _ in range(50):
         done = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         lines = done.stdout.splitlines()
-        rows = {r["JobID"]: r for r in (dict(zip(fields, line.split("|"), strict=True))
-                                        for line in lines)}  # fmt: skip
+        rows = {
+            r["JobID"]: r
+            for r in (dict(zip(fields, line.split("|"), strict=True)) for line in lines)
+        }
         filled = (r["ReqCPUS"] != "0" and all(r[f] for f in fields) for r in rows.values())
         if set(rows) >= set(job_ids) and all(filled):
             break
@@ -97,8 +102,10 @@ def accounting(job_ids: list[str], *more: str) -> dict[str, dict[str, str]]:
 def asked(job_ids: dict[str, str]) -> dict[str, tuple[str, str, str]]:
     """(memory, CPUs, time limit) each step's job asked for, by step, from sacct."""
     rows = accounting(list(job_ids))
-    return {step: (rows[j]["ReqMem"], rows[j]["ReqCPUS"], rows[j]["Timelimit"])
-            for j, step in job_ids.items()}  # fmt: skip
+    return {
+        step: (rows[j]["ReqMem"], rows[j]["ReqCPUS"], rows[j]["Timelimit"])
+        for j, step in job_ids.items()
+    }
 
 
 def test_each_step_gets_its_own_request_and_a_rerun_submits_only_what_it_must(
@@ -109,10 +116,17 @@ def test_each_step_gets_its_own_request_and_a_rerun_submits_only_what_it_must(
         "estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"},
     }
     root = tmp_path / "slurm"
-    results = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
-                           resources=resources, **FAST)  # fmt: skip
-    reference = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, tmp_path / "debug",
-                             worker="debug")  # fmt: skip
+    results = run_subjects(
+        steps.pipeline3,
+        {"sub-01": {"dwi": "a"}},
+        root,
+        worker="slurm",
+        resources=resources,
+        **FAST,
+    )
+    reference = run_subjects(
+        steps.pipeline3, {"sub-01": {"dwi": "a"}}, tmp_path / "debug", worker="debug"
+    )
     assert results["sub-01"].ok and results["sub-01"].outputs == reference["sub-01"].outputs
     for name in ("brain_mask", "estimate_dti", "fa_map"):  # the entries, byte for byte
         ours = sorted(p for p in (root / "sub-01").rglob(f"{name}.json"))
@@ -135,13 +149,25 @@ def test_each_step_gets_its_own_request_and_a_rerun_submits_only_what_it_must(
     for job, step in jobs.items():  # the node's own log records, tagged with its job
         assert f"[job {job} {step}] kwneuro_pydra.pydra INFO: [sub-01] {step}: done" in log
 
-    again = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
-                         resources=resources, **FAST)  # fmt: skip
+    again = run_subjects(
+        steps.pipeline3,
+        {"sub-01": {"dwi": "a"}},
+        root,
+        worker="slurm",
+        resources=resources,
+        **FAST,
+    )
     assert again["sub-01"].outputs == results["sub-01"].outputs
     assert submitted(root, "sub-01") == jobs
 
-    forced = run_subjects(steps.pipeline3, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
-                          force={"estimate_dti"}, **FAST)  # fmt: skip
+    forced = run_subjects(
+        steps.pipeline3,
+        {"sub-01": {"dwi": "a"}},
+        root,
+        worker="slurm",
+        force={"estimate_dti"},
+        **FAST,
+    )
     assert forced["sub-01"].outputs == results["sub-01"].outputs
     log = (root / ".logs" / "sub-01.log").read_text()
     computed = {step: log.count(f"INFO: {step}: computing") for step in jobs.values()}
@@ -158,8 +184,15 @@ def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
     }
     subjects = {"sub-01": {"dwi": "a"}, "sub-02": {"dwi": "bad"}, "sub-03": {"dwi": "c"}}
     root = tmp_path / "slurm"
-    results = run_subjects(steps.pipeline3, subjects, root, worker="slurm",
-                           granularity="subject", resources=resources, **FAST)  # fmt: skip
+    results = run_subjects(
+        steps.pipeline3,
+        subjects,
+        root,
+        worker="slurm",
+        granularity="subject",
+        resources=resources,
+        **FAST,
+    )
     reference = run_subjects(steps.pipeline3, subjects, tmp_path / "debug", worker="debug")
     assert {s: r.outputs for s, r in results.items()} == {
         s: r.outputs for s, r in reference.items()
@@ -187,10 +220,19 @@ def test_one_job_per_subject_runs_its_steps_inside(tmp_path: Path) -> None:
 def block_the_node(tmp_path: Path) -> str:
     """Submit a job holding both CPUs of the default partition's node; return its id."""
     return subprocess.run(
-        ["sbatch", "--parsable", "--cpus-per-task=2", "--job-name=kwneuro-test-blocker",
-         f"--output={tmp_path / 'blocker.out'}", "--wrap", "sleep 300"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        [
+            "sbatch",
+            "--parsable",
+            "--cpus-per-task=2",
+            "--job-name=kwneuro-test-blocker",
+            f"--output={tmp_path / 'blocker.out'}",
+            "--wrap",
+            "sleep 300",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def test_a_job_pending_on_resources_is_never_cancelled(tmp_path: Path) -> None:
@@ -198,8 +240,15 @@ def test_a_job_pending_on_resources_is_never_cancelled(tmp_path: Path) -> None:
     blocker = block_the_node(tmp_path)
     threading.Timer(6, subprocess.run, (["scancel", blocker],)).start()
     root = tmp_path / "slurm"
-    results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
-                           pending_timeout=1, max_poll_delay=0.5, **FAST)  # fmt: skip
+    results = run_subjects(
+        steps.pipeline,
+        {"sub-01": {"dwi": "a"}},
+        root,
+        worker="slurm",
+        pending_timeout=1,
+        max_poll_delay=0.5,
+        **FAST,
+    )
     assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"
     jobs = submitted(root, "sub-01")
     assert sorted(jobs.values()) == ["brain_mask", "estimate_dti"]  # each once
@@ -218,14 +267,22 @@ def _seconds(stamp: str) -> float:
 def test_a_job_pending_on_a_dependency_never_satisfied_is_cancelled(tmp_path: Path) -> None:
     failed = subprocess.run(
         ["sbatch", "--parsable", f"--output={tmp_path / 'failed.out'}", "--wrap", "false"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     while accounting([failed])[failed]["State"] != "FAILED":
         time.sleep(0.2)
     root = tmp_path / "slurm"
-    results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
-                           sbatch_args=f"--dependency=afterok:{failed}", pending_timeout=2,
-                           **FAST)  # fmt: skip
+    results = run_subjects(
+        steps.pipeline,
+        {"sub-01": {"dwi": "a"}},
+        root,
+        worker="slurm",
+        sbatch_args=f"--dependency=afterok:{failed}",
+        pending_timeout=2,
+        **FAST,
+    )
     failure = results["sub-01"].failure
     assert failure is not None and isinstance(failure.exception, SchedulerError)
     jobs = submitted(root, "sub-01")
@@ -240,8 +297,9 @@ def test_a_job_pending_on_a_dependency_never_satisfied_is_cancelled(tmp_path: Pa
 
 def test_a_cancelled_job_is_said_plainly_and_not_resubmitted(tmp_path: Path) -> None:
     root = tmp_path / "slurm"
-    results = run_subjects(_scheduler_steps.cancelled, {"sub-01": {"x": 1.0}}, root,
-                           worker="slurm", **FAST)  # fmt: skip
+    results = run_subjects(
+        _scheduler_steps.cancelled, {"sub-01": {"x": 1.0}}, root, worker="slurm", **FAST
+    )
     failure = results["sub-01"].failure
     assert failure is not None and isinstance(failure.exception, SchedulerError)
     jobs = submitted(root, "sub-01")
@@ -257,8 +315,14 @@ def test_a_cancelled_job_is_said_plainly_and_not_resubmitted(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_a_job_over_its_time_limit_is_said_plainly(tmp_path: Path) -> None:
     root = tmp_path / "slurm"
-    results = run_subjects(_scheduler_steps.overrunning, {"sub-01": {"x": 1.0}}, root,
-                           worker="slurm", resources={"overrun": {"time": 1}}, **FAST)  # fmt: skip
+    results = run_subjects(
+        _scheduler_steps.overrunning,
+        {"sub-01": {"x": 1.0}},
+        root,
+        worker="slurm",
+        resources={"overrun": {"time": 1}},
+        **FAST,
+    )
     failure = results["sub-01"].failure
     assert failure is not None and isinstance(failure.exception, SchedulerError)
     assert failure.exception.state == "TIMEOUT"
@@ -269,8 +333,14 @@ def test_a_job_over_its_time_limit_is_said_plainly(tmp_path: Path) -> None:
 def test_a_job_out_of_memory_is_said_plainly(tmp_path: Path) -> None:
     root = tmp_path / "slurm"
     resources = {"hungry": {"mem": "300M"}}
-    results = run_subjects(_scheduler_steps.starving, {"sub-01": {"x": 1.0}}, root,
-                           worker="slurm", resources=resources, **FAST)  # fmt: skip
+    results = run_subjects(
+        _scheduler_steps.starving,
+        {"sub-01": {"x": 1.0}},
+        root,
+        worker="slurm",
+        resources=resources,
+        **FAST,
+    )
     failure = results["sub-01"].failure
     assert failure is not None and isinstance(failure.exception, SchedulerError)
     assert failure.exception.state == "OUT_OF_MEMORY"
@@ -281,14 +351,17 @@ def test_a_job_out_of_memory_is_said_plainly(tmp_path: Path) -> None:
 def test_a_node_failing_under_a_job_is_said_plainly(tmp_path: Path) -> None:
     root = tmp_path / "slurm"
     try:
-        results = run_subjects(_scheduler_steps.failing_node, {"sub-01": {"x": 1.0}}, root,
-                               worker="slurm", **FAST)  # fmt: skip
+        results = run_subjects(
+            _scheduler_steps.failing_node, {"sub-01": {"x": 1.0}}, root, worker="slurm", **FAST
+        )
     finally:  # bring the node back (ReturnToService may already have)
-        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
-                               text=True, check=True).stdout.split()  # fmt: skip
+        nodes = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True
+        ).stdout.split()
         for node in set(nodes):  # resuming a node that is up only makes scontrol complain
-            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True
+            )
         for _ in range(100):
             if slurm_unavailable() is None:
                 break
@@ -313,8 +386,9 @@ def test_without_accounting_jobs_are_still_followed(
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
     assert subprocess.run(["sacct", "-n"], capture_output=True).returncode != 0
     with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
-        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, tmp_path / "c",
-                               worker="slurm", **FAST)  # fmt: skip
+        results = run_subjects(
+            steps.pipeline, {"sub-01": {"dwi": "a"}}, tmp_path / "c", worker="slurm", **FAST
+        )
     assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"
 
 
@@ -325,8 +399,12 @@ def test_a_cache_root_on_a_local_file_system_is_warned_about_where_jobs_see_two_
     its default partition one. tmp_path is on this machine's disk: not shared."""
     mount, kind = file_system_of(tmp_path)
     assert kind in LOCAL_FILE_SYSTEMS
-    nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "two", "-o", "%N %t"],
-                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    nodes = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", "two", "-o", "%N %t"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert len({line.split()[0] for line in nodes.splitlines()}) == 2
     root = tmp_path / "slurm"
     local = (
@@ -334,8 +412,14 @@ def test_a_cache_root_on_a_local_file_system_is_warned_about_where_jobs_see_two_
         "jobs may run on any of the 2 nodes of partition two: jobs on other nodes will not see it"
     )
     with pytest.warns(ClusterWarning) as caught:
-        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "a"}}, root, worker="slurm",
-                               sbatch_args="--partition=two", **FAST)  # fmt: skip
+        results = run_subjects(
+            steps.pipeline,
+            {"sub-01": {"dwi": "a"}},
+            root,
+            worker="slurm",
+            sbatch_args="--partition=two",
+            **FAST,
+        )
     assert any(str(w.message).startswith(local) for w in caught), [str(w.message) for w in caught]
     assert results["sub-01"].outputs == "dti(a,mask(a,0.5))"  # both nodes see this machine's disk
     jobs = submitted(root, "sub-01")
@@ -399,8 +483,9 @@ PartitionName=forgetful Nodes=forgetful Default=YES MaxTime=INFINITE State=UP
         with open(self.where / f"{daemon}.log", "a") as log:
             self.daemons[daemon] = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
         for _ in range(150):
-            up = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True,
-                                text=True).stdout.split()  # fmt: skip
+            up = subprocess.run(
+                ["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True
+            ).stdout.split()
             if up and (daemon == "slurmctld" or up[0] in ("idle", "mix", "alloc")):
                 return
             time.sleep(0.2)
@@ -445,8 +530,13 @@ def submitter(code: str, cluster: PrivateCluster, *args: Path | str) -> subproce
     from tests._children import child_env
 
     env = child_env(SLURM_CONF=str(cluster.conf))
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def first_job(root: Path, process: subprocess.Popen[str]) -> str:
@@ -488,8 +578,12 @@ def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
         job = first_job(root, process)  # it lingers 3 s
         process.send_signal(signal.SIGSTOP)
         for _ in range(300):  # until the controller has forgotten the job
-            said = subprocess.run(["squeue", "-h", "-t", "all", "-j", job], env=forgetful.env,
-                                  capture_output=True, text=True)  # fmt: skip
+            said = subprocess.run(
+                ["squeue", "-h", "-t", "all", "-j", job],
+                env=forgetful.env,
+                capture_output=True,
+                text=True,
+            )
             if "Invalid job id" in said.stderr:
                 break
             time.sleep(0.2)
@@ -514,8 +608,14 @@ def test_a_job_neither_the_controller_nor_accounting_knows_is_said_unknown(
     # The job did complete: its step is cached, and a rerun submits only the next step.
     monkeypatch.setenv("SLURM_CONF", str(forgetful.conf))
     with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
-        again = run_subjects(_scheduler_steps.lingering, {"sub-01": {"x": 1.0}}, root,
-                             worker="slurm", job_cache=jobs, **FAST)  # fmt: skip
+        again = run_subjects(
+            _scheduler_steps.lingering,
+            {"sub-01": {"x": 1.0}},
+            root,
+            worker="slurm",
+            job_cache=jobs,
+            **FAST,
+        )
     assert again["sub-01"].outputs == 2.0
     assert list(submitted(root, "sub-01").values()) == ["linger", "double"]
 
@@ -527,8 +627,15 @@ def test_subjects_beyond_the_largest_job_array_go_to_another_array(
     subjects = {f"sub-0{i}": {"x": float(i)} for i in (1, 2, 3)}
     root, jobs = tmp_path / "slurm", tmp_path / "jobs"
     with pytest.warns(ClusterWarning, match="Slurm accounting unavailable"):
-        results = run_subjects(steps.chain4, subjects, root, worker="slurm",
-                               granularity="subject", job_cache=jobs, **FAST)  # fmt: skip
+        results = run_subjects(
+            steps.chain4,
+            subjects,
+            root,
+            worker="slurm",
+            granularity="subject",
+            job_cache=jobs,
+            **FAST,
+        )
     outputs = {s: r.outputs for s, r in results.items()}
     assert outputs == {"sub-01": 10.0, "sub-02": 14.0, "sub-03": 18.0}
     tasks = sorted(job.split("_") for s in subjects for job in submitted(root, s))
@@ -644,8 +751,9 @@ def test_what_cannot_work_is_refused_before_submitting(tmp_path: Path, outsider:
         match=r"Slurm refuses the options of estimate_dti \(.*"
         r"--cpus-per-task=64\): .*Requested node configuration is not available",
     ):
-        run_subjects(steps.pipeline, one, root, worker="slurm",
-                     resources={"estimate_dti": {"cpus": 64}})  # fmt: skip
+        run_subjects(
+            steps.pipeline, one, root, worker="slurm", resources={"estimate_dti": {"cpus": 64}}
+        )
     with pytest.raises(
         ValueError,
         match=r"step 'outside' \(outside_steps.outside\): "
@@ -684,8 +792,11 @@ def test_every_command_of_the_cluster_page_runs(tmp_path: Path) -> None:
             continue
         if kind == "bash" and "start.sh" in code:  # Slurm is up, the test points at it
             code = re.sub(r"\.ci/slurm/start.sh\n|export SLURM_CONF=.*\n", "", code)
-        command = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [
-            sys.executable, "-c", code]  # fmt: skip
+        command = (
+            ["bash", "-euo", "pipefail", "-c", code]
+            if kind == "bash"
+            else [sys.executable, "-c", code]
+        )
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, f"{code}\n{done.stdout}\n{done.stderr}"
         outputs.append(done.stdout)
@@ -707,7 +818,9 @@ def test_steps_defined_in_a_script_run_on_slurm(granularity: str, tmp_path: Path
     from tests.test_pydra_main import EXPECTED, STEPS, run_script
 
     script = tmp_path / "analysis.py"
-    script.write_text(textwrap.dedent(STEPS) + textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(STEPS)
+        + textwrap.dedent(f"""
         if __name__ == "__main__":
             import sys
             results = run_subjects(pipeline, {{"a": {{"x": 1.0}}, "b": {{"x": 2.0}}}},
@@ -715,7 +828,8 @@ def test_steps_defined_in_a_script_run_on_slurm(granularity: str, tmp_path: Path
                                    poll_delay=0.2)
             print(json.dumps({{s: [r.outputs, str(r.failure) if r.failure else None]
                               for s, r in results.items()}}))
-    """))  # fmt: skip
+    """)
+    )
     assert run_script(script, tmp_path / "derivatives") == EXPECTED
     assert len(submitted(tmp_path / "derivatives", "a")) == (2 if granularity == "node" else 1)
 
@@ -728,8 +842,19 @@ def test_the_bids_app_runs_on_slurm_with_per_step_requests(tmp_path: Path) -> No
     resources = tmp_path / "resources.toml"
     resources.write_text('[estimate_dti]\nmem = "700M"\ncpus = 2\ntime = "00:20:00"\n')
     out = tmp_path / "out"
-    args = ["run", str(bids_dir), str(out), "participant", "--worker", "slurm", *MASK,
-            "--resources", str(resources), "--poll-delay", "0.2"]  # fmt: skip
+    args = [
+        "run",
+        str(bids_dir),
+        str(out),
+        "participant",
+        "--worker",
+        "slurm",
+        *MASK,
+        "--resources",
+        str(resources),
+        "--poll-delay",
+        "0.2",
+    ]
     assert main(args) == 0
     assert (out / "sub-01/dwi/sub-01_model-tensor_param-fa_dwimap.nii.gz").is_file()
     jobs = submitted(out / ".kwneuro-cache", "sub-01")
@@ -750,8 +875,9 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for command in ("sbatch", "squeue", "sacct"):
         real = shutil.which(command)
         wrapper = where / command
-        wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) {command} $*" >> {log}\n'
-                           f'exec {real} "$@"\n')  # fmt: skip
+        wrapper.write_text(
+            f'#!/bin/sh\necho "$(date +%s.%N) {command} $*" >> {log}\nexec {real} "$@"\n'
+        )
         wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{where}:{os.environ['PATH']}")
     return log
@@ -781,8 +907,15 @@ def test_all_jobs_are_followed_with_one_query_a_look_backing_off_while_nothing_c
 
     threading.Timer(10, unblock).start()
     root = tmp_path / "slurm"
-    results = run_subjects(steps.pipeline, subjects, root, worker="slurm",
-                           granularity="subject", max_poll_delay=1, **FAST)  # fmt: skip
+    results = run_subjects(
+        steps.pipeline,
+        subjects,
+        root,
+        worker="slurm",
+        granularity="subject",
+        max_poll_delay=1,
+        **FAST,
+    )
     outputs = {s: r.outputs for s, r in results.items()}
     assert outputs == {s: f"dti({v['dwi']},mask({v['dwi']},0.5))" for s, v in subjects.items()}
     found = logged(calls)
@@ -831,9 +964,12 @@ def test_a_rerun_after_the_submitter_died_follows_its_jobs_or_it_cancelled_them(
     blocker = block_the_node(tmp_path)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-c", SUBJECTS, str(root), str(jobs), str(n)], env=child_env(),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-c", SUBJECTS, str(root), str(jobs), str(n)],
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(300):
             if all(tasks_of(root, names).values()) or process.poll() is not None:
                 break
@@ -848,8 +984,9 @@ def test_a_rerun_after_the_submitter_died_follows_its_jobs_or_it_cancelled_them(
         if how == "kill -9":
             assert process.returncode == -signal.SIGKILL
             array = ids[0].split("_")[0]
-            states = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T"],
-                                    capture_output=True, text=True).stdout.split()  # fmt: skip
+            states = subprocess.run(
+                ["squeue", "-h", "-r", "-j", array, "-o", "%T"], capture_output=True, text=True
+            ).stdout.split()
             assert states == ["PENDING"] * n  # still queued
         else:
             said = [line for line in err.splitlines() if line.startswith("kwneuro-pydra:")]
@@ -862,9 +999,16 @@ def test_a_rerun_after_the_submitter_died_follows_its_jobs_or_it_cancelled_them(
             assert process.returncode == (-signal.SIGINT if how == "SIGINT" else 143), err
         # the jobs stay queued while the rerun starts
         threading.Timer(8, subprocess.run, (["scancel", blocker],)).start()
-        again = run_subjects(steps.pipeline, {s: {"dwi": f"s{int(s[4:])}"} for s in names},
-                             root, worker="slurm", granularity="subject", job_cache=jobs,
-                             max_poll_delay=0.5, **FAST)  # fmt: skip
+        again = run_subjects(
+            steps.pipeline,
+            {s: {"dwi": f"s{int(s[4:])}"} for s in names},
+            root,
+            worker="slurm",
+            granularity="subject",
+            job_cache=jobs,
+            max_poll_delay=0.5,
+            **FAST,
+        )
     finally:
         subprocess.run(["scancel", blocker], check=True)
     assert all(r.ok for r in again.values()), again
@@ -876,8 +1020,12 @@ def test_a_rerun_after_the_submitter_died_follows_its_jobs_or_it_cancelled_them(
     else:  # cancelled: one new task each, the old ones never ran
         assert all(len(after[s]) == 2 and after[s][0] == first[s][0] for s in names)
         array = ids[0].split("_")[0]
-        rows = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"],
-                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        rows = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert not set(ids) & {line.split("|")[0] for line in rows.splitlines()}  # none ran
         assert "CANCELLED" in rows
 
@@ -890,12 +1038,22 @@ def test_a_job_limits_threads_to_its_cpus_and_keeps_caches_in_the_job_cache(
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set by the user: kept
     root, jobs = tmp_path / "slurm", tmp_path / "jobs"
-    results = run_subjects(_scheduler_steps.environmental, {"sub-01": {"x": 1.0}}, root,
-                           worker="slurm", job_cache=jobs, resources={"environment": {"cpus": 2}},
-                           **FAST)  # fmt: skip
+    results = run_subjects(
+        _scheduler_steps.environmental,
+        {"sub-01": {"x": 1.0}},
+        root,
+        worker="slurm",
+        job_cache=jobs,
+        resources={"environment": {"cpus": 2}},
+        **FAST,
+    )
     seen = json.loads(results["sub-01"].outputs)
-    assert seen == {"MPLCONFIGDIR": str(jobs / "config" / "matplotlib"), "OMP_NUM_THREADS": "2",
-                    "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "3"}  # fmt: skip
+    assert seen == {
+        "MPLCONFIGDIR": str(jobs / "config" / "matplotlib"),
+        "OMP_NUM_THREADS": "2",
+        "OPENBLAS_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "3",
+    }
 
 
 @pytest.mark.parametrize("granularity", ["node", "subject"])
@@ -903,13 +1061,26 @@ def test_completed_jobs_leave_nothing_in_the_job_cache(granularity: str, tmp_pat
     """A completed job's script, pickle and output files go; a failed job's stay."""
     root, jobs = tmp_path / "slurm", tmp_path / "jobs"
     subjects = {"sub-01": {"x": 1.0}, "sub-02": {"x": 2.0}}
-    results = run_subjects(steps.chain4, subjects, root, worker="slurm", job_cache=jobs,
-                           granularity=granularity, **FAST)  # fmt: skip
+    results = run_subjects(
+        steps.chain4,
+        subjects,
+        root,
+        worker="slurm",
+        job_cache=jobs,
+        granularity=granularity,
+        **FAST,
+    )
     assert all(r.ok for r in results.values())
     assert not list((jobs / "slurm_scripts").iterdir())
-    failed = run_subjects(_scheduler_steps.cancelled, {"sub-01": {"x": 1.0}}, root,
-                          worker="slurm", job_cache=jobs, granularity=granularity,
-                          **FAST)  # fmt: skip
+    failed = run_subjects(
+        _scheduler_steps.cancelled,
+        {"sub-01": {"x": 1.0}},
+        root,
+        worker="slurm",
+        job_cache=jobs,
+        granularity=granularity,
+        **FAST,
+    )
     assert not failed["sub-01"].ok
     kept = sorted(p.name.startswith("array-") for p in (jobs / "slurm_scripts").iterdir())
     assert kept == ([False, True] if granularity == "subject" else [False])  # its script (array)
@@ -924,17 +1095,27 @@ def test_a_second_test_cluster_runs_beside_this_one(tmp_path: Path) -> None:
         pytest.skip("starting Slurm daemons needs root")
     etc = {p: p.stat().st_mtime_ns for p in Path("/etc/slurm").glob("*")}
     state = tmp_path / "second"
-    env = dict(os.environ, KWNEURO_SLURM_STATE=str(state), KWNEURO_SLURM_PORT="7200",
-               KWNEURO_SLURM_CLUSTER="kwsecond")  # fmt: skip
+    env = dict(
+        os.environ,
+        KWNEURO_SLURM_STATE=str(state),
+        KWNEURO_SLURM_PORT="7200",
+        KWNEURO_SLURM_CLUSTER="kwsecond",
+    )
     env.pop("SLURM_CONF", None)
     try:
-        started = subprocess.run([str(ROOT / ".ci/slurm/start.sh")], env=env,
-                                 capture_output=True, text=True, timeout=300)  # fmt: skip
+        started = subprocess.run(
+            [str(ROOT / ".ci/slurm/start.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert started.returncode == 0, started.stderr
         assert started.stdout.splitlines()[-1] == f"export SLURM_CONF={state}/etc/slurm.conf"
         second = dict(os.environ, SLURM_CONF=f"{state}/etc/slurm.conf")
-        config = subprocess.run(["scontrol", "show", "config"], env=second, capture_output=True,
-                                text=True, check=True).stdout  # fmt: skip
+        config = subprocess.run(
+            ["scontrol", "show", "config"], env=second, capture_output=True, text=True, check=True
+        ).stdout
         assert re.search(r"^ClusterName\s*=\s*kwsecond$", config, re.M)
         script = (
             "import sys\nfrom kwneuro_pydra.pydra import run_subjects\n"
@@ -944,21 +1125,31 @@ def test_a_second_test_cluster_runs_beside_this_one(tmp_path: Path) -> None:
         )
         from tests._children import child_env
 
-        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c2")],
-                              env=child_env(SLURM_CONF=second["SLURM_CONF"]),
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "c2")],
+            env=child_env(SLURM_CONF=second["SLURM_CONF"]),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.stdout.strip() == "dti(a,mask(a,0.5))", done.stderr
         jobs = list(submitted(tmp_path / "c2", "sub-01"))
-        rows = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o",
-                               "JobID,Cluster,State"], env=second, capture_output=True,
-                              text=True, check=True).stdout  # fmt: skip
+        rows = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o", "JobID,Cluster,State"],
+            env=second,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert {line.split("|")[1] for line in rows.splitlines()} == {"kwsecond"}
         # meanwhile this one answers as before
-        results = run_subjects(steps.pipeline, {"sub-01": {"dwi": "b"}}, tmp_path / "c1",
-                               worker="slurm", **FAST)  # fmt: skip
+        results = run_subjects(
+            steps.pipeline, {"sub-01": {"dwi": "b"}}, tmp_path / "c1", worker="slurm", **FAST
+        )
         assert results["sub-01"].outputs == "dti(b,mask(b,0.5))"
-        ours = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
+        ours = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, check=True
+        ).stdout
         assert not re.search(r"^ClusterName\s*=\s*kwsecond$", ours, re.M)
     finally:
         subprocess.run([str(ROOT / ".ci/slurm/stop.sh")], env=env, capture_output=True)
@@ -972,10 +1163,20 @@ def test_max_running_throttles_the_jobs(granularity: str, tmp_path: Path) -> Non
     one after the other."""
     subjects = {f"sub-0{i}": {"x": float(i)} for i in (1, 2, 3)}
     root = tmp_path / "slurm"
-    results = run_subjects(_scheduler_steps.lingering, subjects, root, worker="slurm",
-                           granularity=granularity, max_running=1, **FAST)  # fmt: skip
-    assert {s: r.outputs for s, r in results.items()} == {"sub-01": 2.0, "sub-02": 4.0,
-                                                          "sub-03": 6.0}  # fmt: skip
+    results = run_subjects(
+        _scheduler_steps.lingering,
+        subjects,
+        root,
+        worker="slurm",
+        granularity=granularity,
+        max_running=1,
+        **FAST,
+    )
+    assert {s: r.outputs for s, r in results.items()} == {
+        "sub-01": 2.0,
+        "sub-02": 4.0,
+        "sub-03": 6.0,
+    }
     tasks = [job for s in subjects for job in submitted(root, s)]
     rows = accounting(tasks, "Start", "End")
     spans = sorted((_seconds(rows[j]["Start"]), _seconds(rows[j]["End"])) for j in tasks)
@@ -993,8 +1194,15 @@ def test_a_detached_run_leaves_its_jobs_which_can_be_seen_cancelled_or_collected
     blocker = block_the_node(tmp_path)
     try:
         start = time.monotonic()
-        left = run_subjects(steps.pipeline, subjects, root, worker="slurm",
-                            granularity="subject", detach=True, **FAST)  # fmt: skip
+        left = run_subjects(
+            steps.pipeline,
+            subjects,
+            root,
+            worker="slurm",
+            granularity="subject",
+            detach=True,
+            **FAST,
+        )
         assert time.monotonic() - start < 60  # the node is held for 300 s: nothing waited
         errors = {s: r.failure.exception for s, r in left.items() if r.failure}
         assert {s: e.state for s, e in errors.items()} == dict.fromkeys(subjects, "DETACHED")
@@ -1003,14 +1211,22 @@ def test_a_detached_run_leaves_its_jobs_which_can_be_seen_cancelled_or_collected
         assert recorded_states(record) == pending
         assert cancel_recorded(record) == sorted(first.values())
         assert {state for _, _, state in recorded_states(record).values()} == {"CANCELLED"}
-        again = run_subjects(steps.pipeline, subjects, root, worker="slurm",
-                             granularity="subject", detach=True, **FAST)  # fmt: skip
+        again = run_subjects(
+            steps.pipeline,
+            subjects,
+            root,
+            worker="slurm",
+            granularity="subject",
+            detach=True,
+            **FAST,
+        )
         second = {s: r.failure.exception.job_id for s, r in again.items() if r.failure}
         assert set(second) == set(subjects) and not set(second.values()) & set(first.values())
     finally:
         subprocess.run(["scancel", blocker], check=True)
-    collected = run_subjects(steps.pipeline, subjects, root, worker="slurm",
-                             granularity="subject", **FAST)  # fmt: skip
+    collected = run_subjects(
+        steps.pipeline, subjects, root, worker="slurm", granularity="subject", **FAST
+    )
     assert {s: r.outputs for s, r in collected.items()} == {
         s: f"dti({v['dwi']},mask({v['dwi']},0.5))" for s, v in subjects.items()
     }

@@ -119,8 +119,17 @@ def test_a_cached_rerun_with_w_on_another_file_system_copies_nothing_again(
     a cached rerun leaves each one as it is, a recomputed step's maps are copied anew."""
     bids_dir, out = good_dataset(tmp_path / "bids", subjects=1), tmp_path / "out"
     with tmpfs(tmp_path / "work", "64m") as work:
-        args = ["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-w",
-                str(work), *MASK]  # fmt: skip
+        args = [
+            "run",
+            str(bids_dir),
+            str(out),
+            "participant",
+            "--worker",
+            "debug",
+            "-w",
+            str(work),
+            *MASK,
+        ]
         succeeded(kwneuro(*args), 1)
         images = sorted(out.glob("sub-01/dwi/*.nii.gz"))
         assert len(images) == 10 and all(p.stat().st_nlink == 1 for p in images)  # copies

@@ -236,8 +236,10 @@ def _dtype_descr(dtype: np.dtype[Any]) -> bytes:
     if dtype.fields is None:
         return dtype.str.encode()
     fields = sorted(dtype.fields.items(), key=lambda item: item[1][1])
-    parts = [_record("field", name.encode(), _dtype_descr(f[0]), str(f[1]).encode())
-             for name, f in fields]  # fmt: skip
+    parts = [
+        _record("field", name.encode(), _dtype_descr(f[0]), str(f[1]).encode())
+        for name, f in fields
+    ]
     return _record("struct", str(dtype.itemsize).encode(), *parts)
 
 

@@ -75,26 +75,56 @@ ENUM = "class Mode(enum.Enum):\n    SCALE = {k}"
 EDITS = {  # name: (fields before, fields after, result before, result after) for x = 5
     "constant": ({"above": "SCALE = 2", "body": "x * SCALE"}, {"above": "SCALE = 3"}, 10, 15),
     "constant defined below the step": (
-        {"below": "SCALE = 2", "body": "x * SCALE"}, {"below": "SCALE = 3"}, 10, 15),
+        {"below": "SCALE = 2", "body": "x * SCALE"},
+        {"below": "SCALE = 3"},
+        10,
+        15,
+    ),
     "constant read in a comprehension": (
         {"above": "SCALE = 2", "body": "sum([x * SCALE for _ in range(1)])"},
-        {"above": "SCALE = 3"}, 10, 15),
-    "string constant": ({"above": "OP = 'double'", "body": "x * 2 if OP == 'double' else x"},
-                        {"above": "OP = 'same'"}, 10, 5),
-    "tuple constant": ({"above": "W = (1, 2)", "body": "x * W[1]"}, {"above": "W = (1, 3)"},
-                       10, 15),
-    "frozenset constant": ({"above": "S = frozenset({'a', 'b'})", "body": "x * len(S)"},
-                           {"above": "S = frozenset({'a', 'b', 'c'})"}, 10, 15),
-    "numpy scalar constant": ({"above": "S = np.int64(2)", "body": "int(x * S)"},
-                              {"above": "S = np.int64(3)"}, 10, 15),
+        {"above": "SCALE = 3"},
+        10,
+        15,
+    ),
+    "string constant": (
+        {"above": "OP = 'double'", "body": "x * 2 if OP == 'double' else x"},
+        {"above": "OP = 'same'"},
+        10,
+        5,
+    ),
+    "tuple constant": (
+        {"above": "W = (1, 2)", "body": "x * W[1]"},
+        {"above": "W = (1, 3)"},
+        10,
+        15,
+    ),
+    "frozenset constant": (
+        {"above": "S = frozenset({'a', 'b'})", "body": "x * len(S)"},
+        {"above": "S = frozenset({'a', 'b', 'c'})"},
+        10,
+        15,
+    ),
+    "numpy scalar constant": (
+        {"above": "S = np.int64(2)", "body": "int(x * S)"},
+        {"above": "S = np.int64(3)"},
+        10,
+        15,
+    ),
     "frozen dataclass constant": (
-        {"above": FROZEN.format(k=2), "body": "x * PARAMS.k"}, {"above": FROZEN.format(k=3)},
-        10, 15),
-    "enum value": ({"above": ENUM.format(k=2), "body": "x * Mode.SCALE.value"},
-                   {"above": ENUM.format(k=3)}, 10, 15),
+        {"above": FROZEN.format(k=2), "body": "x * PARAMS.k"},
+        {"above": FROZEN.format(k=3)},
+        10,
+        15,
+    ),
+    "enum value": (
+        {"above": ENUM.format(k=2), "body": "x * Mode.SCALE.value"},
+        {"above": ENUM.format(k=3)},
+        10,
+        15,
+    ),
     "CacheSpec.save": ({}, {"saved": "r * 10"}, 10, 100),
     "CacheSpec.load": ({}, {"loaded": 'json.loads((d / "v.json").read_text()) + 1'}, 10, 11),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("edit", EDITS)

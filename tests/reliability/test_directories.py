@@ -77,9 +77,17 @@ def _edits() -> dict[str, Any]:
         (root / "dataset_description.json").unlink()
         (root / "dataset_description.json").mkdir()
 
-    return {f.__name__: f for f in (add_subject, add_empty_directory, rename_a_file,
-                                    edit_in_place_keeping_size_and_mtime, add_a_hidden_file,
-                                    replace_a_file_by_a_directory)}  # fmt: skip
+    return {
+        f.__name__: f
+        for f in (
+            add_subject,
+            add_empty_directory,
+            rename_a_file,
+            edit_in_place_keeping_size_and_mtime,
+            add_a_hidden_file,
+            replace_a_file_by_a_directory,
+        )
+    }
 
 
 @pytest.mark.parametrize("edit", _edits())

@@ -94,9 +94,10 @@ class DwiSeries:
         assert self.bval is not None and self.bvec is not None
         try:
             return Dwi(
-                NiftiVolumeResource(self.nifti), FslBvalResource(self.bval),
+                NiftiVolumeResource(self.nifti),
+                FslBvalResource(self.bval),
                 FslBvecResource(self.bvec),
-            )  # fmt: skip
+            )
         except (OSError, ValueError) as error:
             raise SeriesError(f"{self.source}: {error}") from error
 
@@ -192,8 +193,11 @@ def _index(root: Path) -> tuple[list[dict[str, Any]], dict[str, Path]]:
         bad = next((p for p in folder.rglob("*") if not _is_utf8(p.name)), None)
         if bad is not None:
             unindexed[folder.name.removeprefix("sub-")] = bad
-    keep = [p.name for p in root.glob("sub-*") if p.is_dir()
-            and p.name.removeprefix("sub-") not in unindexed]  # fmt: skip
+    keep = [
+        p.name
+        for p in root.glob("sub-*")
+        if p.is_dir() and p.name.removeprefix("sub-") not in unindexed
+    ]
     if not keep:
         return [], unindexed
     return bids2table.index_dataset(root, keep).select(columns).to_pylist(), unindexed

@@ -108,9 +108,11 @@ def read(cache_dir: Path) -> tuple[str, BaseException, str] | None:
     for _, data in sorted(found, key=lambda pair: pair[0]):
         with contextlib.suppress(KeyError, TypeError):
             exception = _exception(
-                str(data["module"]), str(data["type"]), str(data["message"]),
+                str(data["module"]),
+                str(data["type"]),
+                str(data["message"]),
                 _plain(data.get("args")),
-            )  # fmt: skip
+            )
             return str(data["step"]), exception, str(data["traceback"])
     return None
 

@@ -22,10 +22,12 @@ def main(argv: list[str]) -> None:
     pickled, rerun, log, step = Path(argv[0]), argv[1] == "1", argv[2], argv[3]
     if log:
         handler = logging.FileHandler(log)
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s [job {_job_id()} {step}] %(name)s "
-            "%(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S",
-        ))  # fmt: skip
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s [job {_job_id()} {step}] %(name)s %(levelname)s: %(message)s",
+                "%Y-%m-%d %H:%M:%S",
+            )
+        )
         logger = logging.getLogger("kwneuro_pydra")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -135,12 +135,37 @@ def _operator(symbol: str) -> Any:
 
 
 for _name, _symbol in {
-    "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "add": "+", "radd": "+", "sub": "-",
-    "rsub": "-", "mul": "*", "rmul": "*", "truediv": "/", "rtruediv": "/", "floordiv": "//",
-    "rfloordiv": "//", "mod": "%", "rmod": "%", "pow": "**", "rpow": "**", "matmul": "@",
-    "rmatmul": "@", "and": "&", "rand": "&", "or": "|", "ror": "|", "xor": "^", "rxor": "^",
-    "neg": "unary -", "pos": "unary +", "abs": "abs()", "invert": "~",
-}.items():  # fmt: skip
+    "lt": "<",
+    "le": "<=",
+    "gt": ">",
+    "ge": ">=",
+    "add": "+",
+    "radd": "+",
+    "sub": "-",
+    "rsub": "-",
+    "mul": "*",
+    "rmul": "*",
+    "truediv": "/",
+    "rtruediv": "/",
+    "floordiv": "//",
+    "rfloordiv": "//",
+    "mod": "%",
+    "rmod": "%",
+    "pow": "**",
+    "rpow": "**",
+    "matmul": "@",
+    "rmatmul": "@",
+    "and": "&",
+    "rand": "&",
+    "or": "|",
+    "ror": "|",
+    "xor": "^",
+    "rxor": "^",
+    "neg": "unary -",
+    "pos": "unary +",
+    "abs": "abs()",
+    "invert": "~",
+}.items():
     setattr(Lazy, f"__{_name}__", _operator(_symbol))
 
 

@@ -52,16 +52,31 @@ _NAMES += "squeue and sacct find them"
 _FILES = "each job's output and error go next to its script in the job cache, where why a "
 _FILES += "job failed is read; the steps' log lines are in <cache_root>/.logs/<subject>.log"
 OWNED_OPTIONS = {
-    "--array": _ARRAYS, "-a": _ARRAYS,
-    "--job-name": _NAMES, "-J": _NAMES,
-    "--output": _FILES, "-o": _FILES, "--error": _FILES, "-e": _FILES,
+    "--array": _ARRAYS,
+    "-a": _ARRAYS,
+    "--job-name": _NAMES,
+    "-J": _NAMES,
+    "--output": _FILES,
+    "-o": _FILES,
+    "--error": _FILES,
+    "-e": _FILES,
     "--parsable": "the worker reads the job id from sbatch's own answer",
     "--wrap": "the worker submits its own job script",
-}  # fmt: skip
+}
 """sbatch options the worker sets itself, and why each is refused from users."""
-_SHORT = {"-p": "--partition", "-A": "--account", "-q": "--qos", "-C": "--constraint",
-          "-w": "--nodelist", "-x": "--exclude", "-G": "--gpus", "-N": "--nodes",
-          "-n": "--ntasks", "-c": "--cpus-per-task", "-t": "--time"}  # fmt: skip
+_SHORT = {
+    "-p": "--partition",
+    "-A": "--account",
+    "-q": "--qos",
+    "-C": "--constraint",
+    "-w": "--nodelist",
+    "-x": "--exclude",
+    "-G": "--gpus",
+    "-N": "--nodes",
+    "-n": "--ntasks",
+    "-c": "--cpus-per-task",
+    "-t": "--time",
+}
 """Short sbatch options with a value, by the long name they stand for."""
 
 

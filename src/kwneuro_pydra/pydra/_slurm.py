@@ -87,11 +87,23 @@ JOB_NAME = "kwneuro-pydra:"
 """The start of our jobs' names: ``kwneuro-pydra:sub-01`` (a job per subject),
 ``kwneuro-pydra:sub-01:brain_mask`` (a job per node), ``kwneuro-pydra:sub-01..sub-20`` (a job
 array of several subjects)."""
-STUCK_REASONS = frozenset({
-    "PartitionDown", "PartitionInactive", "PartitionConfig", "PartitionNodeLimit",
-    "PartitionTimeLimit", "BadConstraints", "DependencyNeverSatisfied", "InvalidAccount",
-    "InvalidQOS", "JobHeldAdmin", "FrontEndDown", "ReqNodeNotAvail", "NodeDown",
-})  # fmt: skip
+STUCK_REASONS = frozenset(
+    {
+        "PartitionDown",
+        "PartitionInactive",
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidAccount",
+        "InvalidQOS",
+        "JobHeldAdmin",
+        "FrontEndDown",
+        "ReqNodeNotAvail",
+        "NodeDown",
+    }
+)
 """Slurm's reasons for a pending job that waiting does not resolve (with the association and
 QOS limits, see `stuck`); ``pending_timeout`` counts only time pending for these."""
 _LIMIT = re.compile(r"(Assoc|QOS)\w*Limit\Z")
@@ -283,9 +295,19 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
 
     def __getstate__(self) -> dict[str, Any]:
         state: dict[str, Any] = super().__getstate__()
-        state.update(failures={}, job_ids=[], _array=[], _followed=set(), _final=set(),
-                     _seen={}, _polled=None, _poller=None, _news=None, _slots=None,
-                     _records=None)  # fmt: skip
+        state.update(
+            failures={},
+            job_ids=[],
+            _array=[],
+            _followed=set(),
+            _final=set(),
+            _seen={},
+            _polled=None,
+            _poller=None,
+            _news=None,
+            _slots=None,
+            _records=None,
+        )
         return state
 
     async def submit(self, job: Any, rerun: bool = False) -> Any:
@@ -645,9 +667,11 @@ async def _submit_arrays(
         array = where / "array.sh"
         array.write_text(f'#!/bin/sh\ncase "$SLURM_ARRAY_TASK_ID" in\n{cases}esac\nexit 1\n')
         (where / "tasks.tsv").write_text(
-            "".join(f"{index}\t{subject}\t{script}\n"
-                    for index, (script, subject, _) in enumerate(chunk))
-        )  # fmt: skip
+            "".join(
+                f"{index}\t{subject}\t{script}\n"
+                for index, (script, subject, _) in enumerate(chunk)
+            )
+        )
         first, last = chunk[0][1], chunk[-1][1]
         throttle = f"%{max_running}" if max_running is not None else ""
         array_id, said = await _sbatch(
@@ -674,9 +698,18 @@ async def _states(job_ids: list[str]) -> tuple[dict[str, _Outcome], int]:
     """
     asked = sorted({job.split("_")[0] for job in job_ids})
     rc, out, said = await base.read_and_display_async(
-        "squeue", "--me", "-h", "-r", "-t", "all", "-j", ",".join(asked), "-o", "%i|%T|%r",
+        "squeue",
+        "--me",
+        "-h",
+        "-r",
+        "-t",
+        "all",
+        "-j",
+        ",".join(asked),
+        "-o",
+        "%i|%T|%r",
         hide_display=True,
-    )  # fmt: skip
+    )
     found: dict[str, _Outcome] = {}
     if rc == 0:
         for line in out.splitlines():
@@ -688,9 +721,16 @@ async def _states(job_ids: list[str]) -> tuple[dict[str, _Outcome], int]:
     queries = 1 + bool(left)
     if left:
         rc, out, err = await base.read_and_display_async(
-            "sacct", "-n", "-X", "-P", "-j", ",".join(sorted({j.split("_")[0] for j in left})),
-            "-o", "JobID,State", hide_display=True,
-        )  # fmt: skip
+            "sacct",
+            "-n",
+            "-X",
+            "-P",
+            "-j",
+            ",".join(sorted({j.split("_")[0] for j in left})),
+            "-o",
+            "JobID,State",
+            hide_display=True,
+        )
         rows = dict(line.strip().partition("|")[::2] for line in out.splitlines() if rc == 0)
         for job in left:
             state = rows.get(job) or _array_row(job, rows)

@@ -173,9 +173,14 @@ def run_subjects(
                 f"(its steps: {', '.join(sorted(known))})"
             )
         chosen, options = prepare_worker(
-            worker, root, known, resources=resources, granularity=granularity,
-            pending_timeout=pending_timeout, options=worker_options,
-        )  # fmt: skip
+            worker,
+            root,
+            known,
+            resources=resources,
+            granularity=granularity,
+            pending_timeout=pending_timeout,
+            options=worker_options,
+        )
         forced: set[str] = set()
         for call in calls.values():
             forced |= call.dependents(set(force)) if force else set()
@@ -191,9 +196,14 @@ def run_subjects(
         _log.info(
             "running %s for %d subject(s) (%d served from their caches, %d step(s) to "
             "schedule) with worker %r in %s%s",
-            pipeline.__name__, len(ids), len(ids) - len(tasks), n_nodes, worker, root,
+            pipeline.__name__,
+            len(ids),
+            len(ids) - len(tasks),
+            n_nodes,
+            worker,
+            root,
             f", forcing {', '.join(sorted(forced))}" if forced else "",
-        )  # fmt: skip
+        )
         names = _output_names(calls[ids[0]].n_outputs) if ids else []
         outcomes: dict[str, SubjectResult] = {}
         if tasks:
@@ -219,9 +229,12 @@ def run_subjects(
     failed = [r for r in outcomes.values() if not r.ok]
     _log.info(
         "%s: %d subject(s) done, %d failed in %.2f s%s",
-        pipeline.__name__, len(ids) - len(failed), len(failed), time.perf_counter() - start,
+        pipeline.__name__,
+        len(ids) - len(failed),
+        len(failed),
+        time.perf_counter() - start,
         "".join(f"\n  {r.failure}" for r in failed),
-    )  # fmt: skip
+    )
     return outcomes
 
 

@@ -244,11 +244,13 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
         for p in signature.parameters.values()
     ]
     extra = [
-        inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
-                          annotation=str | None),
-        inspect.Parameter("code_digest", inspect.Parameter.KEYWORD_ONLY, default=calls.digest,
-                          annotation=str),
-    ]  # fmt: skip
+        inspect.Parameter(
+            "cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None
+        ),
+        inspect.Parameter(
+            "code_digest", inspect.Parameter.KEYWORD_ONLY, default=calls.digest, annotation=str
+        ),
+    ]
     constructor.__signature__ = inspect.Signature(params + extra)  # type: ignore[attr-defined]
     constructor.__annotations__ = {p.name: p.annotation for p in params + extra}
     names = ["out"] if calls.n_outputs == 1 else [f"out{i}" for i in range(1, calls.n_outputs + 1)]

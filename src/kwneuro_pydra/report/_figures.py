@@ -128,9 +128,11 @@ def _load_stats(directory: Path) -> SeriesStats:
     pairs = ("shells", "fitted_shells", "left_out")
     raw.update({key: tuple((float(b), int(n)) for b, n in raw.get(key, ())) for key in pairs})
     raw.update(
-        fa_hist=tuple(raw["fa_hist"]), md_hist=tuple(raw["md_hist"]),
-        warnings=tuple(raw["warnings"]), notes=tuple(raw.get("notes", ())),
-    )  # fmt: skip
+        fa_hist=tuple(raw["fa_hist"]),
+        md_hist=tuple(raw["md_hist"]),
+        warnings=tuple(raw["warnings"]),
+        notes=tuple(raw.get("notes", ())),
+    )
     return SeriesStats(**raw)
 
 
@@ -267,8 +269,9 @@ def _resample(tile: NDArray[Any], sizes: tuple[float, float], pixel: float) -> N
     """
     for axis, size in enumerate(sizes):
         count = max(1, round(tile.shape[axis] * size / pixel))
-        index = np.minimum(((np.arange(count) + 0.5) * pixel / size).astype(int),
-                           tile.shape[axis] - 1)  # fmt: skip
+        index = np.minimum(
+            ((np.arange(count) + 0.5) * pixel / size).astype(int), tile.shape[axis] - 1
+        )
         tile = np.take(tile, index, axis=axis)
     return tile
 
@@ -468,8 +471,17 @@ def gradient_sphere(dwi: Dwi) -> Png:
     colours = np.concatenate([bvals[weighted]] * 2)
     shown = axes.scatter(*np.vstack([points, -points]).T, c=colours, cmap="plasma", s=14)
     axes.set_box_aspect((1, 1, 1), zoom=0.85)
-    axes.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xlabel="x", ylabel="y", zlabel="z",
-             xticks=[-1, 0, 1], yticks=[-1, 0, 1], zticks=[-1, 0, 1])  # fmt: skip
+    axes.set(
+        xlim=(-1, 1),
+        ylim=(-1, 1),
+        zlim=(-1, 1),
+        xlabel="x",
+        ylabel="y",
+        zlabel="z",
+        xticks=[-1, 0, 1],
+        yticks=[-1, 0, 1],
+        zticks=[-1, 0, 1],
+    )
     shells = np.unique(np.round(bvals[weighted], -2))
     axes.set_title(
         f"{int(weighted.sum())} directions on {len(shells)} shell{'s' * (len(shells) != 1)}"

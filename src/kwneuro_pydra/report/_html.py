@@ -141,9 +141,11 @@ def _seconds(value: float | None) -> str:
 
 
 def _series_section(report: SeriesReport, figures: Mapping[str, str]) -> str:
-    parts = [f'<section id="{html.escape(report.name)}"><h2>{html.escape(report.name)} '
-             f"{_status(report)}</h2>",
-             f'<p class="muted">Source: {html.escape(report.source)}</p>']  # fmt: skip
+    parts = [
+        f'<section id="{html.escape(report.name)}"><h2>{html.escape(report.name)} '
+        f"{_status(report)}</h2>",
+        f'<p class="muted">Source: {html.escape(report.source)}</p>',
+    ]
     if report.failure:
         parts.append(f'<div class="error">{html.escape(report.failure)}</div>')
     if report.stats is not None:
@@ -270,9 +272,16 @@ def write_reports(
     about = _about(command, worker, stamp, step_parameters)
     methods = _methods(reports, step_parameters)
     _write_qc_table(output_dir / QC_TABLE, reports)
-    _write(pages[0], _page(title, subtitle, _group_body(
-        by_subject, figures, output_dir, distributions, steps_table
-    ) + methods + about))  # fmt: skip
+    _write(
+        pages[0],
+        _page(
+            title,
+            subtitle,
+            _group_body(by_subject, figures, output_dir, distributions, steps_table)
+            + methods
+            + about,
+        ),
+    )
     return pages
 
 
@@ -312,11 +321,13 @@ def _about(
         ("Date", stamp),
         *((f"{name} version", html.escape(v)) for name, v in _versions().items()),
         *(
-            (f"<code>{html.escape(step)}</code>", html.escape(
-                ", ".join(f"{k}={v!r}" for k, v in values.items())))
+            (
+                f"<code>{html.escape(step)}</code>",
+                html.escape(", ".join(f"{k}={v!r}" for k, v in values.items())),
+            )
             for step, values in steps.items()
         ),
-    ]  # fmt: skip
+    ]
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<section id="about"><h2>About this run</h2><table>{table}</table></section>'
 
@@ -376,20 +387,37 @@ def _write_qc_table(path: Path, reports: Sequence[SeriesReport]) -> None:
     """One row per series: mask size, medians, unfitted voxels, shells fitted and left out."""
     buffer = io.StringIO()
     table = csv.writer(buffer, delimiter="\t", lineterminator="\n")
-    table.writerow(["series", "status", "voxels_in_mask", "mask_volume_ml", "median_fa",
-                    "median_md_mm2_per_s", "unfitted_voxels", "shells_fitted",
-                    "shells_left_out"])  # fmt: skip
+    table.writerow(
+        [
+            "series",
+            "status",
+            "voxels_in_mask",
+            "mask_volume_ml",
+            "median_fa",
+            "median_md_mm2_per_s",
+            "unfitted_voxels",
+            "shells_fitted",
+            "shells_left_out",
+        ]
+    )
     for report in reports:
         stats = report.stats
         if stats is None:
             table.writerow([report.name, "failed", *["n/a"] * 7])
             continue
-        table.writerow([
-            report.name, "ok", stats.voxels, f"{stats.volume_ml:.3f}", f"{stats.median_fa:.6g}",
-            f"{stats.median_md:.6g}", stats.unfitted,
-            " ".join(f"{b:g}:{n}" for b, n in stats.fitted_shells) or "n/a",
-            " ".join(f"{b:g}:{n}" for b, n in stats.left_out) or "none",
-        ])  # fmt: skip
+        table.writerow(
+            [
+                report.name,
+                "ok",
+                stats.voxels,
+                f"{stats.volume_ml:.3f}",
+                f"{stats.median_fa:.6g}",
+                f"{stats.median_md:.6g}",
+                stats.unfitted,
+                " ".join(f"{b:g}:{n}" for b, n in stats.fitted_shells) or "n/a",
+                " ".join(f"{b:g}:{n}" for b, n in stats.left_out) or "none",
+            ]
+        )
     _write(path, buffer.getvalue())
 
 
@@ -450,9 +478,11 @@ def _group_body(
             detail = (
                 f'<div class="error">{html.escape(report.failure)}</div>'
                 if report.failure
-                else "".join(f'<div class="warn">{html.escape(w)}</div>'
-                             for w in (stats.warnings if stats else ()))
-            )  # fmt: skip
+                else "".join(
+                    f'<div class="warn">{html.escape(w)}</div>'
+                    for w in (stats.warnings if stats else ())
+                )
+            )
             rows.append(
                 f'<tr><td class="name"><a href="sub-{html.escape(subject)}.html#'
                 f'{html.escape(report.name)}">{html.escape(report.name)}</a></td>'

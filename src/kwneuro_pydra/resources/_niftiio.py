@@ -161,8 +161,9 @@ def _voxels(raw: bytes) -> NDArray[Any]:
     if len(raw) < needed:
         msg = f"the header needs {needed} bytes, the decompressed file has {len(raw)}"
         raise EOFError(msg)
-    unscaled = np.ndarray(proxy.shape, proxy.dtype, buffer=raw, offset=proxy.offset,
-                          order=proxy.order)  # fmt: skip
+    unscaled = np.ndarray(
+        proxy.shape, proxy.dtype, buffer=raw, offset=proxy.offset, order=proxy.order
+    )
     array: NDArray[Any] = apply_read_scaling(
         unscaled, np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
     )

@@ -91,24 +91,42 @@ def color_fa_mosaic(dti: DtiResult, mask: VolumeResource) -> Png:
     return map_mosaic(dti.color_fa, mask)
 
 
-OUTPUTS = ("b0", "mask", "dti", "stats", "b0_mosaic", "fa_mosaic", "color_fa_mosaic",
-           "md_mosaic", "gradients")  # fmt: skip
+OUTPUTS = (
+    "b0",
+    "mask",
+    "dti",
+    "stats",
+    "b0_mosaic",
+    "fa_mosaic",
+    "color_fa_mosaic",
+    "md_mosaic",
+    "gradients",
+)
 """Names of `bids_dti`'s outputs, in order."""
 
 FIGURES = {
     "b0_mosaic": ("b0mask", "Mean b0 with the brain mask outline (red); sagittal, coronal, axial"),
     "fa_mosaic": ("fa", "Fractional anisotropy (0 black, 1 white)"),
-    "color_fa_mosaic": ("colorfa", "Colour FA: red left-right, green anterior-posterior, "
-                        "blue inferior-superior"),
+    "color_fa_mosaic": (
+        "colorfa",
+        "Colour FA: red left-right, green anterior-posterior, blue inferior-superior",
+    ),
     "md_mosaic": ("md", "Mean diffusivity (viridis, 0 to 3·10⁻³ mm²/s)"),
     "gradients": ("gradients", "Gradient table: directions and antipodes at radius b / b-max"),
-}  # fmt: skip
+}
 """Figure outputs -> (``desc`` label of the figure file, caption), in the report's order."""
 
 STEPS = (
-    mean_b0, gradient_sphere, brain_mask, estimate_dti, dti_statistics, b0_mosaic, fa_mosaic,
-    color_fa_mosaic, md_mosaic,
-)  # fmt: skip
+    mean_b0,
+    gradient_sphere,
+    brain_mask,
+    estimate_dti,
+    dti_statistics,
+    b0_mosaic,
+    fa_mosaic,
+    color_fa_mosaic,
+    md_mosaic,
+)
 """The steps `bids_dti` calls, in order."""
 
 
@@ -120,9 +138,7 @@ def bids_dti(
     mask_method: str = "shells",
     median_radius: int = 4,
     numpass: int = 4,
-) -> tuple[
-    VolumeResource, VolumeResource, DtiResult, SeriesStats, Png, Png, Png, Png, Png
-]:  # fmt: skip
+) -> tuple[VolumeResource, VolumeResource, DtiResult, SeriesStats, Png, Png, Png, Png, Png]:
     """Fit DTI inside a brain mask and render the series' report figures.
 
     Args:
@@ -142,6 +158,13 @@ def bids_dti(
     dti = estimate_dti(dwi, mask, fit_method=fit_method, bmax=bmax)
     stats = dti_statistics(dwi, mask, dti)
     return (
-        b0, mask, dti, stats, b0_mosaic(b0, mask), fa_mosaic(dti, mask),
-        color_fa_mosaic(dti, mask), md_mosaic(dti, mask), gradients,
-    )  # fmt: skip
+        b0,
+        mask,
+        dti,
+        stats,
+        b0_mosaic(b0, mask),
+        fa_mosaic(dti, mask),
+        color_fa_mosaic(dti, mask),
+        md_mosaic(dti, mask),
+        gradients,
+    )

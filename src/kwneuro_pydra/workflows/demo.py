@@ -88,9 +88,10 @@ def write_demo_dataset(
     """
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
-        json.dumps({"Name": DEMO_NAME, "BIDSVersion": "1.10.0",
-                    "DatasetType": "raw"}, indent=2) + "\n", encoding="utf-8",
-    )  # fmt: skip
+        json.dumps({"Name": DEMO_NAME, "BIDSVersion": "1.10.0", "DatasetType": "raw"}, indent=2)
+        + "\n",
+        encoding="utf-8",
+    )
     bvals, bvecs = gradient_scheme(b0_volumes=b0_volumes, directions=directions)
     FslBvalResource.save(InMemoryBvalResource(bvals), root / "dwi.bval")
     fsl = fsl_bvecs(bvecs, np.diag([2.0, 2.0, 2.0, 1.0]))  # the images' affine (`Phantom.dwi`)

@@ -147,10 +147,15 @@ def brain_mask(
             (the message names the DWI and what to try).
     """
     if mask_method not in MASK_METHODS:
-        raise ValueError(f"brain_mask: mask_method must be one of {', '.join(MASK_METHODS)}, "
-                         f"got {mask_method!r}")  # fmt: skip
-    for name, value in (("median_radius", median_radius), ("numpass", numpass),
-                        ("dilate", dilate)):  # fmt: skip
+        raise ValueError(
+            f"brain_mask: mask_method must be one of {', '.join(MASK_METHODS)}, "
+            f"got {mask_method!r}"
+        )
+    for name, value in (
+        ("median_radius", median_radius),
+        ("numpass", numpass),
+        ("dilate", dilate),
+    ):
         if int(value) != value or value < 0:
             raise ValueError(f"brain_mask: {name} must be a whole number >= 0, got {value!r}")
     for name, length in (("neighbourhood_mm", neighbourhood_mm), ("bridge_mm", bridge_mm)):
@@ -167,8 +172,12 @@ def brain_mask(
     else:
         images = group_means(dwi.volume.get_array(), volume_groups(np.asarray(dwi.bval.get())))
         voxel_size = np.linalg.norm(np.asarray(dwi.volume.get_affine())[:3, :3], axis=0)
-        mask = shells_mask(images, voxel_size, neighbourhood_mm=float(neighbourhood_mm),
-                           bridge_mm=float(bridge_mm))  # fmt: skip
+        mask = shells_mask(
+            images,
+            voxel_size,
+            neighbourhood_mm=float(neighbourhood_mm),
+            bridge_mm=float(bridge_mm),
+        )
     _check_not_empty(mask, dwi, mask_method)
     return _volume(mask.astype(np.uint8), dwi, "mask", f"kwneuro-pydra {mask_method}")
 
@@ -268,9 +277,14 @@ def estimate_dti(
     design = design_matrix(scheme.bvals, scheme.bvecs)
     method = cast(FitMethod, fit_method)
     fit = fit_volume(
-        dwi.volume.get_array(), inside, scheme.keep, design, method,
-        rotation=world_rotation(dwi.volume.get_affine()), world=frame == "world",
-    )  # fmt: skip
+        dwi.volume.get_array(),
+        inside,
+        scheme.keep,
+        design,
+        method,
+        rotation=world_rotation(dwi.volume.get_affine()),
+        world=frame == "world",
+    )
     where = source_of(dwi.volume)
     notes = list(scheme.notes)
     if fit.nonfinite:
@@ -333,6 +347,5 @@ def dti_pipeline(
     Returns:
         The tensor maps.
     """
-    mask = brain_mask(dwi, mask_method=mask_method, median_radius=median_radius,
-                      numpass=numpass)  # fmt: skip
+    mask = brain_mask(dwi, mask_method=mask_method, median_radius=median_radius, numpass=numpass)
     return estimate_dti(dwi, mask, fit_method=fit_method, bmax=bmax)

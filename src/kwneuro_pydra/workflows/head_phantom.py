@@ -171,8 +171,11 @@ def _anatomy(block: tuple[int, int, int]) -> tuple[NDArray[np.float32], NDArray[
 
 def _fibre_directions(wm: NDArray[np.float32], voxel: NDArray[np.float64]) -> NDArray[np.float32]:
     """Unit vectors along which the white-matter map changes least (x, y, z, 3)."""
-    gradient = [ndimage.gaussian_filter(wm, 1.0, order=tuple(int(i == axis) for i in range(3)))
-                / voxel[axis] for axis in range(3)]  # fmt: skip
+    gradient = [
+        ndimage.gaussian_filter(wm, 1.0, order=tuple(int(i == axis) for i in range(3)))
+        / voxel[axis]
+        for axis in range(3)
+    ]
     structure = np.empty((*wm.shape, 3, 3), np.float32)
     for i in range(3):
         for j in range(i, 3):
@@ -221,13 +224,13 @@ def make_head_phantom(
             ``bvals`` and ``bvecs`` is given.
     """
     if len(voxel_size) != 3 or any(int(v) != v or not 1 <= v <= 4 for v in voxel_size):
-        raise ValueError(f"make_head_phantom: voxel_size must be 3 whole mm from 1 to 4, "
-                         f"got {voxel_size!r}")  # fmt: skip
+        raise ValueError(
+            f"make_head_phantom: voxel_size must be 3 whole mm from 1 to 4, got {voxel_size!r}"
+        )
     if (bvals is None) != (bvecs is None):
         raise ValueError("make_head_phantom: give both bvals and bvecs, or neither")
     if bvals is None or bvecs is None:
-        bvals, bvecs = gradient_scheme(b0_volumes=b0_volumes, directions=directions,
-                                       shells=shells)  # fmt: skip
+        bvals, bvecs = gradient_scheme(b0_volumes=b0_volumes, directions=directions, shells=shells)
     bvals = np.asarray(bvals, dtype=np.float64)
     bvecs = np.asarray(bvecs, dtype=np.float64)
     norms = np.linalg.norm(bvecs, axis=1, keepdims=True)

@@ -57,14 +57,31 @@ __all__ = [
     "write_phantom",
 ]
 
-TISSUES = ("background", "cortex", "deep white matter", "arched bundle", "U-shaped bundle",
-           "straight bundles", "ventricles")  # fmt: skip
+TISSUES = (
+    "background",
+    "cortex",
+    "deep white matter",
+    "arched bundle",
+    "U-shaped bundle",
+    "straight bundles",
+    "ventricles",
+)
 """Tissue names by label (0 is background)."""
 
-_EIGENVALUES = np.array(
-    [[0, 0, 0], [0.9, 0.8, 0.75], [1.1, 0.55, 0.45], [1.7, 0.3, 0.3], [1.5, 0.45, 0.45],
-     [1.6, 0.35, 0.35], [3.0, 3.0, 3.0]]
-) * 1e-3  # fmt: skip
+_EIGENVALUES = (
+    np.array(
+        [
+            [0, 0, 0],
+            [0.9, 0.8, 0.75],
+            [1.1, 0.55, 0.45],
+            [1.7, 0.3, 0.3],
+            [1.5, 0.45, 0.45],
+            [1.6, 0.35, 0.35],
+            [3.0, 3.0, 3.0],
+        ]
+    )
+    * 1e-3
+)
 _S0 = np.array([0.0, 1200.0, 1000.0, 1000.0, 1000.0, 1000.0, 2000.0])
 _REFERENCE_SIGNAL = 1000.0
 """The b=0 signal of white matter; the noise is this divided by the SNR."""
@@ -304,8 +321,9 @@ def write_phantom(
     Returns:
         The ground truth (tissue labels, FA, MD, principal directions).
     """
-    phantom = make_phantom(shape, snr=snr, seed=seed, b0_volumes=b0_volumes,
-                           directions=directions, shells=shells)  # fmt: skip
+    phantom = make_phantom(
+        shape, snr=snr, seed=seed, b0_volumes=b0_volumes, directions=directions, shells=shells
+    )
     dwi = phantom.dwi(voxel_size)
     NiftiVolumeResource.save(dwi.volume, Path(dwi_path))
     FslBvalResource.save(dwi.bval, Path(bval_path))
