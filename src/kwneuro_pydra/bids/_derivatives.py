@@ -88,7 +88,7 @@ DERIVATIVES: tuple[Derivative, ...] = (
     Derivative(
         "mask",
         "desc-brain_mask",
-        "Brain mask (1 inside the brain), median-Otsu",
+        "Brain mask (1 inside the brain)",
         sidecar={"Type": "Brain"},
     ),
     _tensor("fa", "Fractional anisotropy of the diffusion tensor"),

@@ -355,19 +355,28 @@ def _methods(reports: Sequence[SeriesReport], steps: Mapping[str, Mapping[str, A
         "ordinary least-squares fit predicts [2]",
         "OLS": "ordinary least squares of the log-signal",
     }
-    mask = steps.get("brain_mask")
-    mask_text = (
-        f" (median filter radius {mask.get('median_radius')} voxels, "
-        f"{mask.get('numpass')} passes, {mask.get('dilate')} dilations"
-        + (", largest component with holes filled)" if mask.get("finalize_mask") else ")")
-        if mask
-        else ""
-    )
+    mask = steps.get("brain_mask") or {}
+    if mask.get("mask_method", "median-otsu") == "shells":
+        mask_text = (
+            "computed from every volume, as MRtrix3's dwi2mask does: the mean b=0 image and "
+            "each shell's mean image, each thresholded by Otsu's method [3] refined half-way "
+            "between the local tissue and background means (Gaussian weights of "
+            f"{mask.get('neighbourhood_mm')} mm), their union's largest component with holes "
+            f"filled and bridges narrower than {mask.get('bridge_mm')} mm cut"
+        )
+    else:
+        mask_text = "computed by median-Otsu [3, 4] of the mean b=0 image" + (
+            f" (median filter radius {mask.get('median_radius')} voxels, "
+            f"{mask.get('numpass')} passes, {mask.get('dilate')} dilations"
+            + (", largest component with holes filled)" if mask.get("finalize_mask") else ")")
+            if mask
+            else ""
+        )
     versions = _versions()
     text = (
         f"Diffusion tensors [1] were fitted with kwneuro-pydra {versions['kwneuro-pydra']} "
         f"by {' and '.join(how[m] for m in methods)}, as dipy does [4], inside a brain mask "
-        f"computed by median-Otsu [3, 4] of the mean b=0 image{mask_text}. b-values were "
+        f"{mask_text}. b-values were "
         "grouped into shells (sorted neighbours at most "
         f"{' or '.join(f'{t:g}' for _, t in limits)} s/mm² apart) and each shell was fitted "
         f"whole when its median b-value was at most {' or '.join(f'{b:g}' for b, _ in limits)}"
