@@ -1048,8 +1048,9 @@ def test_a_job_limits_threads_to_its_cpus_and_keeps_caches_in_the_job_cache(
         **FAST,
     )
     seen = json.loads(results["sub-01"].outputs)
+    (run,) = jobs.glob("run-*")  # this run's directory of the job cache
     assert seen == {
-        "MPLCONFIGDIR": str(jobs / "config" / "matplotlib"),
+        "MPLCONFIGDIR": str(run / "config" / "matplotlib"),
         "OMP_NUM_THREADS": "2",
         "OPENBLAS_NUM_THREADS": "2",
         "MKL_NUM_THREADS": "3",
@@ -1071,7 +1072,8 @@ def test_completed_jobs_leave_nothing_in_the_job_cache(granularity: str, tmp_pat
         **FAST,
     )
     assert all(r.ok for r in results.values())
-    assert not list((jobs / "slurm_scripts").iterdir())
+    (first,) = jobs.glob("run-*")  # this run's directory of the job cache
+    assert not list((first / "slurm_scripts").iterdir())
     failed = run_subjects(
         _scheduler_steps.cancelled,
         {"sub-01": {"x": 1.0}},
@@ -1082,7 +1084,8 @@ def test_completed_jobs_leave_nothing_in_the_job_cache(granularity: str, tmp_pat
         **FAST,
     )
     assert not failed["sub-01"].ok
-    kept = sorted(p.name.startswith("array-") for p in (jobs / "slurm_scripts").iterdir())
+    (second,) = set(jobs.glob("run-*")) - {first}
+    kept = sorted(p.name.startswith("array-") for p in (second / "slurm_scripts").iterdir())
     assert kept == ([False, True] if granularity == "subject" else [False])  # its script (array)
 
 

@@ -26,7 +26,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 __all__ = ["MAX_AGE", "RUN_PREFIX", "job_cache", "prune", "run_directory"]
@@ -79,20 +79,22 @@ def job_cache(root: Path, given: str | os.PathLike[str] | None) -> Path:
 
 
 @contextlib.contextmanager
-def run_directory(jobs: Path) -> Iterator[Path]:
+def run_directory(jobs: Path, keep: Collection[Path] = ()) -> Iterator[Path]:
     """Make a fresh directory for one run's Pydra job cache, held (locked) while it lasts.
 
-    Before making it, removes the run directories in ``jobs`` that no run holds, and, in
-    every job cache of the default location, those older than `MAX_AGE` with Pydra's hash
-    memo files of that age.
+    Before making it, removes the run directories in ``jobs`` that no run holds (but those
+    of ``keep`` until they are older than `MAX_AGE`), and, in every job cache of the default
+    location, those older than `MAX_AGE` with Pydra's hash memo files of that age.
 
     Args:
         jobs: The job cache (`job_cache`).
+        keep: Run directories whose jobs may still be running or hold results an earlier
+            run's scheduler jobs left (`kwneuro_pydra.pydra._slurm.recorded_runs`).
 
     Yields:
         The new directory (mode 0700), Pydra's ``cache_root`` for this run.
     """
-    prune(jobs, None)
+    prune(jobs, None, keep)
     if jobs.parent == _base():
         with contextlib.suppress(OSError):
             for other in jobs.parent.iterdir():
@@ -113,19 +115,21 @@ def run_directory(jobs: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def prune(jobs: Path, age: float | None) -> None:
+def prune(jobs: Path, age: float | None, keep: Collection[Path] = ()) -> None:
     """Remove the run directories of a job cache that no run holds, and old hash memo files.
 
     Args:
         jobs: A job cache (`job_cache`).
         age: Remove only the run directories unchanged for this many seconds; None: all.
+        keep: Run directories removed only once unchanged for `MAX_AGE`.
     """
     now = time.time()
     cutoff = None if age is None else now - age
+    kept = now - MAX_AGE if cutoff is None else min(cutoff, now - MAX_AGE)
     with contextlib.suppress(OSError):
         for path in jobs.iterdir():
             if path.name.startswith(RUN_PREFIX) and path.is_dir() and not path.is_symlink():
-                _remove_unheld(path, cutoff)
+                _remove_unheld(path, kept if path in keep else cutoff)
     with contextlib.suppress(OSError):
         for path in (jobs / "hash-memo").iterdir():
             with contextlib.suppress(OSError):

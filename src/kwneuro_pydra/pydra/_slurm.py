@@ -48,6 +48,7 @@ __all__ = [
     "SlurmWorker",
     "cancel_recorded",
     "read_record",
+    "recorded_runs",
     "recorded_states",
     "stuck",
 ]
@@ -140,6 +141,43 @@ def read_record(path: str | os.PathLike[str] | None) -> dict[str, tuple[str, Pat
         if line.endswith("\n") and len(fields) == 5:
             found[fields[0]] = (fields[1], Path(fields[4]))
     return found
+
+
+def recorded_runs(record: str | os.PathLike[str] | None, jobs: Path) -> set[Path]:
+    """The run directories of the job cache ``jobs`` that the jobs of ``record`` ran in.
+
+    A job submitted by an earlier run writes its result into that run's directory; kept,
+    a rerun that follows the job (or finds it completed) collects the result from there.
+
+    Args:
+        record: A worker's record file (`SlurmWorker.record`), or None.
+        jobs: The job cache whose run directories hold the jobs' scripts and results.
+
+    Returns:
+        The directories (children of ``jobs``).
+    """
+    runs: set[Path] = set()
+    for _, errors in read_record(record).values():
+        runs.update(p for p in errors.parents if p.parent == jobs)
+    return runs
+
+
+def _collect(job: Any, errors: Path) -> bool:
+    """Bring the result of ``job`` that an earlier run's Slurm job wrote (into that run's
+    job cache, which holds ``errors``) into this run's; True when this run has it.
+    """
+    new = Path(job.cache_dir)
+    if (new / "_result.pklz").exists():
+        return True
+    root = Path(job.cache_root)
+    earlier = next((p for p in errors.parents if p.parent == root.parent), None)
+    if earlier is None or earlier == root:
+        return False
+    old = earlier / new.relative_to(root)
+    if not (old / "_result.pklz").exists():
+        return False
+    shutil.copytree(old, new, symlinks=True, dirs_exist_ok=True)
+    return True
 
 
 class _Unanswered(LookupError):
@@ -363,6 +401,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             log, f"slurm job {job_id}: {step} ended {state}" + f"; stderr:\n{tail}" * bool(tail)
         )
         if state == "COMPLETED":
+            if earlier is not None:  # it wrote its result into the earlier run's job cache
+                _collect(job, errors)
             _tidy(Path(job.cache_root) / "slurm_scripts" / job.checksum, errors)
             return True
         message = f"Slurm job {job_id} ({step} for {subject}) ended {state}: {MEANINGS[state]}"
@@ -562,7 +602,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             return None
         finally:
             self._followed.discard(found[0])
-        if state == "COMPLETED" and (Path(job.cache_dir) / "_result.pklz").exists():
+        if state == "COMPLETED" and _collect(job, found[1]):
             return found
         return None if state in _FINAL else found
 

@@ -28,6 +28,7 @@ from kwneuro_pydra.pydra._scheduler import (
     prepare_worker,
     scheduler_failure,
 )
+from kwneuro_pydra.pydra._slurm import recorded_runs
 
 __all__ = ["StepFailure", "SubjectResult", "run_subjects"]
 
@@ -212,7 +213,9 @@ def run_subjects(
             for s in tasks:
                 _failures.clear(root / s)
             with (
-                _jobs.run_directory(jobs) as run_jobs,
+                _jobs.run_directory(
+                    jobs, recorded_runs(getattr(chosen, "record", None), jobs)
+                ) as run_jobs,
                 _submitting(forced),
                 progress_line(run_jobs, progress, n_nodes),
                 cancel_on_interrupt(chosen),
