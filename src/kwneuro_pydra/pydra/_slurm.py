@@ -268,6 +268,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
             what it runs, the job id, the subject, the step); a later worker given the same
             file follows a job still queued or running instead of submitting it again.
             None: no record.
+        follow: Follow (or collect) the record's jobs of an earlier run; False for a run
+            that forces steps, whose jobs compute anew.
         detach: Submit (or find queued from the record) each job and leave it to run: its
             subject is reported ``DETACHED``; a later run with the same ``record`` follows the
             jobs still queued or running and collects what they cached. Needs
@@ -294,6 +296,7 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     controller_timeout: float = 600.0
     log_dir: str | None = None
     record: str | None = None
+    follow: bool = True
     detach: bool = False
     directory: str = attrs.field(factory=os.getcwd)
     failures: dict[str, SchedulerError] = attrs.field(factory=dict)
@@ -591,6 +594,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
         still queued or running (and is the user's), or completed with its result in the job
         cache (it ended after this run looked at the subject's cache).
         """
+        if not self.follow:
+            return None
         if self._records is None:
             self._records = read_record(self.record)
         found = self._records.get(job.checksum)

@@ -28,7 +28,7 @@ from kwneuro_pydra.pydra._scheduler import (
     prepare_worker,
     scheduler_failure,
 )
-from kwneuro_pydra.pydra._slurm import recorded_runs
+from kwneuro_pydra.pydra._slurm import SlurmWorker, recorded_runs
 
 __all__ = ["StepFailure", "SubjectResult", "run_subjects"]
 
@@ -185,6 +185,8 @@ def run_subjects(
         forced: set[str] = set()
         for call in calls.values():
             forced |= call.dependents(set(force)) if force else set()
+        if forced and isinstance(chosen, SlurmWorker):
+            chosen.follow = False  # a forced step computes anew, never an earlier run's job
         start = time.perf_counter()
         # Cache first: a subject its cache answers is never submitted.
         results = {s: None if forced else _replay(pipeline, s, inputs[s], root) for s in ids}
