@@ -1213,6 +1213,10 @@ def test_a_detached_run_leaves_its_jobs_which_can_be_seen_cancelled_or_collected
         pending = {s: (j, "all steps", "PENDING") for s, j in first.items()}
         assert recorded_states(record) == pending
         assert cancel_recorded(record) == sorted(first.values())
+        deadline = time.monotonic() + 60  # a cancelled pending task reaches sacct a little later
+        while "UNKNOWN" in {state for _, _, state in recorded_states(record).values()}:
+            assert time.monotonic() < deadline, "accounting never recorded the cancellation"
+            time.sleep(1)
         assert {state for _, _, state in recorded_states(record).values()} == {"CANCELLED"}
         again = run_subjects(
             steps.pipeline,
