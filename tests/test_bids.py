@@ -1,4 +1,5 @@
-"""BIDS discovery (bids2table, inheritance) and derivatives writing (names, links, sidecars)."""
+"""BIDS discovery (bids2table, inheritance) and derivatives writing (names, links, sidecars,
+the names of earlier versions)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from typing import Any
 
 import pytest
 
+from kwneuro_pydra.app import app_status
+from kwneuro_pydra.app._options import LEGACY_OPTIONS_FILE, OPTIONS_FILE
 from kwneuro_pydra.bids import BidsError, SeriesError, discover, place, write_json
+from kwneuro_pydra.cli import main
+from kwneuro_pydra.report import GROUP_FIGURE
 from tests._audit import watching
-from tests.bids_data import add_series, bare_dataset, good_dataset
+from tests.bids_data import MASK, add_series, bare_dataset, good_dataset
 
 
 def test_every_dwi_series_is_a_unit_with_its_b_table_by_inheritance(tmp_path: Path) -> None:
@@ -179,3 +184,30 @@ def test_a_file_name_that_is_not_utf8_fails_only_its_subjects_series(tmp_path: P
     assert found["sub-01"].problem is None and found["sub-01"].load() is not None
     with pytest.raises(SeriesError, match=r"sub-03/anat/sub-03_T1w\\xff.nii.gz: a file name"):
         found["sub-03"].load()
+
+
+def test_an_output_folder_of_an_earlier_version_keeps_working(tmp_path: Path) -> None:
+    """Up to 0.1.0 the options record and the group's figure were at names the BIDS
+    validator reports (``kwneuro-pydra-options.json``, ``figures/group_desc-...``). status
+    reads the old record while the new one is absent; the next run moves both."""
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    out = tmp_path / "out"
+    run = ["run", str(bids_dir), str(out), "participant", "--worker", "debug", "-q", *MASK]
+    assert main([*run, "--fit-method", "OLS"]) == 0
+    # what an earlier version left: both files at their old names
+    (out / OPTIONS_FILE).rename(out / LEGACY_OPTIONS_FILE)
+    (out / "figures").mkdir()
+    (out / GROUP_FIGURE).rename(out / "figures" / "group_desc-distributions_dwi.png")
+
+    status = app_status(bids_dir, out)
+    assert status.parameters["fit_method"] == "OLS"  # the old record's, not the default WLS
+    assert f"recorded in {out / LEGACY_OPTIONS_FILE}" in status.options
+    assert {s for series in status.series for s in series.states.values()} == {"cached"}
+
+    assert main([*run, "--fit-method", "OLS"]) == 0
+    assert json.loads((out / OPTIONS_FILE).read_text())["Parameters"]["fit_method"] == "OLS"
+    assert not (out / LEGACY_OPTIONS_FILE).exists()
+    assert not (out / "figures").exists()  # the old figure, and its folder, emptied
+    assert f'src="{GROUP_FIGURE}"' in (out / "report.html").read_text()
+    assert (out / GROUP_FIGURE).is_file()
+    assert f"recorded in {out / OPTIONS_FILE}" in app_status(bids_dir, out).options

@@ -223,7 +223,7 @@ def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
         )
         == 0
     )
-    record = json.loads((out / "kwneuro-pydra-options.json").read_text())
+    record = json.loads((out / "logs" / "kwneuro-pydra-options.json").read_text())
     assert record["Parameters"] == {
         "fit_method": "OLS",
         "bmax": 1200.0,
@@ -237,7 +237,7 @@ def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
     assert (
         "DTI options: --fit-method OLS --bmax 1200 --mask-method shells --mask-median-radius 1 "
         "--mask-numpass 1 "
-        f"(as given, else the run's, recorded in {out / 'kwneuro-pydra-options.json'})"
+        f"(as given, else the run's, recorded in {out / 'logs' / 'kwneuro-pydra-options.json'})"
     ) in recorded.stdout
     # an option given overrides the record, and status says they differ
     wls = kwneuro("status", str(bids_dir), str(out), "--fit-method", "WLS")
@@ -247,7 +247,8 @@ def test_status_looks_up_the_options_the_run_recorded(tmp_path: Path) -> None:
     same = kwneuro("status", str(bids_dir), str(out), "--fit-method", "OLS")
     assert "9 steps cached" in same.stdout and same.stderr == ""
     # a record that cannot be used: said so, and the defaults stand in
-    (out / "kwneuro-pydra-options.json").write_text('{"Parameters": {"fit_method": "LS"}}')
+    record_file = out / "logs" / "kwneuro-pydra-options.json"
+    record_file.write_text('{"Parameters": {"fit_method": "LS"}}')
     broken = kwneuro("status", str(bids_dir), str(out))
     assert broken.returncode == 0
     assert "fit_method: expected one of WLS, OLS, got 'LS'" in broken.stderr

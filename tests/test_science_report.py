@@ -18,9 +18,10 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from kwneuro_pydra import Cache
+from kwneuro_pydra.app._options import LEGACY_OPTIONS_FILE, OPTIONS_FILE
 from kwneuro_pydra.bids import discover, write_derivatives
 from kwneuro_pydra.cli import main
-from kwneuro_pydra.report import map_mosaic, summarise
+from kwneuro_pydra.report import GROUP_FIGURE, map_mosaic, summarise
 from kwneuro_pydra.report._html import QC_TABLE, SeriesReport, write_reports
 from kwneuro_pydra.resources import (
     Dwi,
@@ -241,7 +242,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_derivatives_have_a_readme_a_bidsignore_mask_types_and_colour_fa(demo: Path) -> None:
     out = demo / "derivatives"
     assert "NaN inside it" in (out / "README.md").read_text()
-    assert "figures" in (out / ".bidsignore").read_text().split()
+    assert "sub-*/figures" in (out / ".bidsignore").read_text().split()
     mask = json.loads((out / "sub-01/dwi/sub-01_desc-brain_mask.json").read_text())
     assert mask["Type"] == "Brain"
     assert mask["SpatialReference"] == "bids:raw:sub-01/dwi/sub-01_dwi.nii.gz"
@@ -286,25 +287,49 @@ def validator() -> str:
     return found
 
 
-def test_the_bids_validator_finds_only_the_bep016_names(demo: Path) -> None:
-    """BEP016 (``_dwimap``) is not in the validator's schema yet: those files are
-    NOT_INCLUDED; nothing else may be reported, but the hint that the description lists
-    fewer than two authors (the derivatives' authors are not ours to name)."""
+def validate(derivatives: Path) -> list[tuple[str, str]]:
+    """The validator's findings on ``derivatives`` but for the BEP016 names (``_dwimap``) its
+    schema does not include yet, and the hint that the description lists fewer than two
+    authors (the derivatives' authors are not ours to name): ``(code, location)``."""
     result = subprocess.run(
-        [validator(), str(demo / "derivatives"), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [validator(), str(derivatives), "--json"], capture_output=True, text=True, timeout=300
     )
     issues = json.loads(result.stdout)["issues"]["issues"]
-    others = [
-        (i["code"], i.get("location"))
+    assert any(i["code"] == "NOT_INCLUDED" and "_dwimap." in i["location"] for i in issues)
+    return [
+        (i["code"], i.get("location", ""))
         for i in issues
         if not (i["code"] == "NOT_INCLUDED" and "_dwimap." in i.get("location", ""))
         and i["code"] != "TOO_FEW_AUTHORS"
     ]
-    assert others == []
-    assert any(i["code"] == "NOT_INCLUDED" for i in issues)
+
+
+def test_the_bids_validator_finds_only_the_bep016_names(demo: Path) -> None:
+    """Nothing but BEP016 names is reported, and ``.bidsignore`` names only the report's
+    pages, the subjects' figures and the QC table: the group's figure and the options record
+    pass on their names and folders alone (``docs/``, ``logs/``)."""
+    out = demo / "derivatives"
+    assert (out / GROUP_FIGURE).is_file() and (out / OPTIONS_FILE).is_file()
+    ignored = [
+        line for line in (out / ".bidsignore").read_text().splitlines() if line[:1] not in "#"
+    ]
+    assert ignored == ["/*.html", "sub-*/figures", "/group_*"]
+    assert validate(out) == []
+
+
+def test_the_old_names_of_the_group_figure_and_options_record_were_findings(
+    demo: Path, tmp_path: Path
+) -> None:
+    """The names of earlier versions, under the same ``.bidsignore``: the validator reports
+    them (so the test above would catch them coming back)."""
+    out = tmp_path / "derivatives"
+    shutil.copytree(demo / "derivatives", out, ignore=shutil.ignore_patterns(".kwneuro-cache"))
+    (out / "figures").mkdir()
+    (out / GROUP_FIGURE).rename(out / "figures" / "group_desc-distributions_dwi.png")
+    (out / OPTIONS_FILE).rename(out / LEGACY_OPTIONS_FILE)
+    found = set(validate(out))
+    assert ("ENTITY_WITH_NO_LABEL", "/figures/group_desc-distributions_dwi.png") in found
+    assert ("SIDECAR_WITHOUT_DATAFILE", "/kwneuro-pydra-options.json") in found
 
 
 @pytest.mark.filterwarnings("default:estimate_dti:UserWarning")  # the worker's stay warnings

@@ -1,16 +1,20 @@
 """The BIDS app's DTI parameters: their checks and defaults, and the run's record of them.
 
 A run records the parameters it ran with (and its work folder) in
-``OUTPUT_DIR/kwneuro-pydra-options.json``; `app_status` looks the cache up with them unless
-told otherwise, so ``status`` needs no option repeated.
+``OUTPUT_DIR/logs/kwneuro-pydra-options.json``; `app_status` looks the cache up with them
+unless told otherwise, so ``status`` needs no option repeated. An output folder written by an
+earlier version holds the record at its root (`LEGACY_OPTIONS_FILE`): it is read while the
+new one is absent and removed when a run writes the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +26,7 @@ from kwneuro_pydra.app._errors import AppError
 from kwneuro_pydra.bids import write_json
 
 __all__ = [
+    "LEGACY_OPTIONS_FILE",
     "OPTIONS_FILE",
     "Parameter",
     "check_parameters",
@@ -35,8 +40,15 @@ __all__ = [
     "write_options",
 ]
 
-OPTIONS_FILE = "kwneuro-pydra-options.json"
-"""The file in OUTPUT_DIR recording the DTI options and work folder of the last run."""
+OPTIONS_FILE = "logs/kwneuro-pydra-options.json"
+"""The file in OUTPUT_DIR recording the DTI options and work folder of the last run: in the
+``logs/`` folder BIDS reserves for a derivative dataset's records (the validator does not
+look inside it), next to the run's job cache (`kwneuro_pydra.app.LOGS`)."""
+
+LEGACY_OPTIONS_FILE = "kwneuro-pydra-options.json"
+"""Where versions up to 0.1.0 recorded them, at OUTPUT_DIR's root (which the BIDS validator
+reports as a sidecar without a data file): read while `OPTIONS_FILE` is absent, removed when
+a run writes `OPTIONS_FILE`."""
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T", int, float)
@@ -208,7 +220,10 @@ def check_parameters(given: Mapping[str, Any] | None) -> dict[str, Any]:
 def write_options(
     output_dir: Path, values: Mapping[str, Any], *, version: str, work_dir: Path
 ) -> Path:
-    """Record a run's DTI parameters and work folder in ``OUTPUT_DIR/kwneuro-pydra-options.json``.
+    """Record a run's DTI parameters and work folder in `OPTIONS_FILE`.
+
+    The record an earlier version left at OUTPUT_DIR's root (`LEGACY_OPTIONS_FILE`) is
+    removed: this one replaces it.
 
     Args:
         output_dir: The run's output folder.
@@ -230,11 +245,19 @@ def write_options(
             "WorkDir": str(work_dir),
         },
     )
+    with contextlib.suppress(OSError):  # one left behind is harmless: this one is read first
+        (output_dir / LEGACY_OPTIONS_FILE).unlink()
     return path
 
 
-def _record(output_dir: Path) -> dict[str, Any] | None:
-    path = output_dir / OPTIONS_FILE
+def _record_path(output_dir: Path) -> Path:
+    """The record of the last run: `OPTIONS_FILE`, else an earlier version's, if there."""
+    path, legacy = output_dir / OPTIONS_FILE, output_dir / LEGACY_OPTIONS_FILE
+    return legacy if not os.path.lexists(path) and os.path.lexists(legacy) else path
+
+
+def _record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path`` (None when there is none); ValueError naming it if unusable."""
     try:
         raw = read_regular(path).decode("utf-8")
     except FileNotFoundError:
@@ -262,20 +285,21 @@ def read_options(output_dir: Path) -> dict[str, Any] | None:
     Raises:
         ValueError: The record cannot be read or holds a value no parameter takes.
     """
-    record = _record(output_dir)
+    path = _record_path(output_dir)
+    record = _record(path)
     if record is None:
         return None
     recorded = record["Parameters"]
     try:
         return {p.name: p.check(recorded[p.name]) for p in parameters() if p.name in recorded}
     except ValueError as error:
-        raise ValueError(f"{output_dir / OPTIONS_FILE}: {error}") from None
+        raise ValueError(f"{path}: {error}") from None
 
 
 def recorded_work_dir(output_dir: Path) -> Path | None:
     """The work folder the last run into ``output_dir`` recorded, if any (and readable)."""
     try:
-        record = _record(output_dir)
+        record = _record(_record_path(output_dir))
     except ValueError:
         return None
     work_dir = (record or {}).get("WorkDir")
@@ -301,11 +325,12 @@ def status_parameters(given: Mapping[str, Any], output_dir: Path) -> tuple[dict[
     """
     checked = check_parameters({k: v for k, v in given.items() if v is not None})
     origin = f"the defaults: no run recorded its options in {output_dir}"
+    path = _record_path(output_dir)
     try:
         recorded = read_options(output_dir)
     except ValueError as error:
         _log.warning("ignoring the run's recorded options: %s", error)
-        recorded, origin = None, f"the defaults: {output_dir / OPTIONS_FILE} cannot be used"
+        recorded, origin = None, f"the defaults: {path} cannot be used"
     values, shown = {}, []
     for parameter in parameters():
         mine = checked[parameter.name] if given.get(parameter.name) is not None else None
@@ -315,11 +340,11 @@ def status_parameters(given: Mapping[str, Any], output_dir: Path) -> tuple[dict[
                 "%s: the run recorded %s in %s; showing the cache for %s",
                 parameter.flag,
                 parameter.shown(ran),
-                output_dir / OPTIONS_FILE,
+                path,
                 parameter.shown(mine),
             )
         values[parameter.name] = next(v for v in (mine, ran, parameter.default) if v is not None)
         shown.append(parameter.shown(values[parameter.name]))
     if recorded is not None:
-        origin = f"the run's, recorded in {output_dir / OPTIONS_FILE}"
+        origin = f"the run's, recorded in {path}"
     return values, f"DTI options: {' '.join(shown)} (as given, else {origin})"

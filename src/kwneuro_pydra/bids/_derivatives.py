@@ -230,7 +230,7 @@ def write_dataset_description(
     output_dir: Path, bids_dir: Path, *, version: str, source_name: str | None = None
 ) -> Path:
     """Write ``OUTPUT_DIR/dataset_description.json`` of a derivative dataset, its README and
-    its ``.bidsignore`` (the report, its figures and tables, the options record).
+    its ``.bidsignore`` (the report's pages and figures, the QC table).
 
     Args:
         output_dir: The derivatives folder.
@@ -268,13 +268,12 @@ def write_dataset_description(
 
 
 BIDSIGNORE = """\
-# The visual report and its figures (any `figures` folder: the validator's patterns match
-# folders without a trailing slash), the group's QC table and the run's options record are
-# not BIDS files (see README.md).
-*.html
-figures
-group_*
-kwneuro-pydra-options.json
+# The visual report's pages and the subjects' figures, and the group's QC table, are not
+# BIDS files (see README.md). The group's figure (docs/) and the run's options record
+# (logs/) are in folders BIDS reserves, which the validator does not look inside.
+/*.html
+sub-*/figures
+/group_*
 """
 """``OUTPUT_DIR/.bidsignore``: what the BIDS validator is not to check."""
 
@@ -294,9 +293,10 @@ kwneuro-pydra (`kwneuro-pydra run`), with a visual report.
   convention, voxel axes with the first mirrored for a positive-determinant affine) unless
   the sidecar's `CoordinateFrame` says world; colour FA is in world axes (red left-right,
   green anterior-posterior, blue inferior-superior).
-- `report.html`, `sub-<label>.html`, `figures/`, `sub-<label>/figures/`: the visual report;
-  `group_desc-qc_dwi.tsv`: its numbers per series; `kwneuro-pydra-options.json`: the run's
-  options. These are listed in `.bidsignore`.
+- `report.html`, `sub-<label>.html`, `sub-<label>/figures/`, `docs/figures/`: the visual
+  report; `group_desc-qc_dwi.tsv`: its numbers per series (these are listed in
+  `.bidsignore`); `logs/`: the last run's options (`kwneuro-pydra-options.json`) and
+  Pydra's job folders.
 """
 """``OUTPUT_DIR/README.md`` (``{source}``: the source dataset's name)."""
 

@@ -1,6 +1,6 @@
 """The BIDS app's DTI parameters as command-line options (`kwneuro_pydra.app.parameters`).
 
-``run`` records the parameters it ran with in ``OUTPUT_DIR/kwneuro-pydra-options.json``;
+``run`` records the parameters it ran with in ``OUTPUT_DIR/logs/kwneuro-pydra-options.json``;
 ``status`` looks the cache up with them unless told otherwise, so it needs no option repeated.
 """
 

@@ -7,7 +7,8 @@
   imported only when a figure is drawn.
 - `write_reports` writes ``OUTPUT_DIR/sub-<label>.html`` per subject (figures under
   ``sub-<label>/figures/``), ``OUTPUT_DIR/report.html`` for the group (with a methods
-  paragraph, references and an About section) and ``OUTPUT_DIR/group_desc-qc_dwi.tsv``.
+  paragraph, references and an About section; its figure is `GROUP_FIGURE`) and
+  ``OUTPUT_DIR/group_desc-qc_dwi.tsv``.
 """
 
 from kwneuro_pydra.report._figures import (
@@ -23,10 +24,11 @@ from kwneuro_pydra.report._figures import (
     map_mosaic,
     summarise,
 )
-from kwneuro_pydra.report._html import SeriesReport, StepRecord, write_reports
+from kwneuro_pydra.report._html import GROUP_FIGURE, SeriesReport, StepRecord, write_reports
 
 __all__ = [
     "FA_BINS",
+    "GROUP_FIGURE",
     "MD_BINS",
     "PNG",
     "STATS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import inspect
@@ -21,10 +22,25 @@ from kwneuro_pydra._files import write_atomic
 from kwneuro_pydra.bids import place
 from kwneuro_pydra.report._figures import SeriesStats
 
-__all__ = ["QC_TABLE", "REFERENCES", "SeriesReport", "StepRecord", "write_reports"]
+__all__ = [
+    "GROUP_FIGURE",
+    "QC_TABLE",
+    "REFERENCES",
+    "SeriesReport",
+    "StepRecord",
+    "write_reports",
+]
 
 QC_TABLE = "group_desc-qc_dwi.tsv"
 """The group's machine-readable numbers, one row per series, in the output folder."""
+
+GROUP_FIGURE = "docs/figures/group_desc-distributions_dwi.png"
+"""The group's FA/MD distributions figure, in the output folder: under ``docs/``, a folder
+BIDS reserves in a derivative dataset and the validator does not look inside (at the root
+its name has an entity without a label, ``group``)."""
+
+_LEGACY_GROUP_FIGURE = "figures/group_desc-distributions_dwi.png"
+"""Where versions up to 0.1.0 wrote `GROUP_FIGURE`; removed when the group page is written."""
 
 REFERENCES = {
     "basser": "Basser PJ, Mattiello J, LeBihan D. MR diffusion tensor spectroscopy and "
@@ -458,8 +474,12 @@ def _group_body(
             f"<th>Time computing (this run)</th></tr>{step_rows}</table>"
         )
     parts.append("</section>")
+    legacy = output_dir / _LEGACY_GROUP_FIGURE  # an earlier version's: the page links this one
+    with contextlib.suppress(OSError):
+        legacy.unlink()
+        legacy.parent.rmdir()  # only when empty
     if distributions is not None:
-        target = output_dir / "figures" / "group_desc-distributions_dwi.png"
+        target = output_dir / GROUP_FIGURE
         place(distributions, target)
         parts.append(
             "<section><h2>FA and MD inside the brain mask</h2><figure>"
