@@ -10,7 +10,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from kwneuro_pydra.app._options import LEGACY_OPTIONS_FILE, OPTIONS_FILE
 from kwneuro_pydra.bids import discover, write_derivatives
 from kwneuro_pydra.cli import main
 from kwneuro_pydra.report import GROUP_FIGURE, map_mosaic, summarise
+from kwneuro_pydra.report._figures import _GAP_GREY, _TEXT, _font
 from kwneuro_pydra.report._html import QC_TABLE, SeriesReport, write_reports
 from kwneuro_pydra.resources import (
     Dwi,
@@ -136,6 +139,133 @@ def test_scalar_mosaics_have_a_colour_bar_and_tiles_a_gap() -> None:
         assert np.abs(bar_row - end).max(axis=-1).min() < 0.02
     grey = 48 / 255
     assert np.abs(with_bar[:, 2] - grey).max() < 0.01  # the gap left of the first column
+
+
+def rgb8(data: bytes) -> NDArray[np.uint8]:
+    """A PNG's pixels as 8-bit RGB, exactly as stored."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def mosaic_tiles(rgb: NDArray[np.uint8]) -> list[list[NDArray[np.uint8]]]:
+    """The tiles of a mosaic as found on its PNG: regions apart from the grey gap, at least
+    30 pixels high (not the colour bar), grouped in rows from top to bottom, left to right."""
+    boxes = [
+        box
+        for box in ndimage.find_objects(ndimage.label((rgb != _GAP_GREY).any(axis=-1))[0])
+        if box is not None and box[0].stop - box[0].start >= 30
+    ]
+    rows: dict[int, list[tuple[slice, slice]]] = {}
+    for box in boxes:
+        rows.setdefault(box[0].start, []).append(box)
+    return [
+        [rgb[box] for box in sorted(row, key=lambda b: b[1].start)]
+        for _, row in sorted(rows.items())
+    ]
+
+
+def text_pixels(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Pixels of the labels' yellow (blended over black or grey: red differs from blue)."""
+    return rgb[..., 0] != rgb[..., 2]
+
+
+def cropped(rgb: NDArray[np.uint8], where: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    rows, columns = np.nonzero(where)
+    return rgb[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+
+
+def text_alone(text: str) -> NDArray[np.uint8]:
+    """``text`` drawn alone on black with the figures' font and colour, cropped to its ink."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (160, 40))
+    ImageDraw.Draw(image).text((10, 10), text, fill=_TEXT, font=_font())
+    drawn = np.asarray(image)
+    return cropped(drawn, text_pixels(drawn))
+
+
+def head(storage: str, value: Callable[..., NDArray[np.float64]]) -> tuple[Any, Any]:
+    """A map of ``value(x, y, z)`` (world mm) inside a ball of radius 16 mm, 32^3 voxels of
+    2 mm whose centres are at even millimetres (x = 2i - 32, ...), stored RAS or LAS (x
+    flipped: the same world content); the ball as the mask. The ball leaves the tiles'
+    corners and sides black, where their labels are drawn."""
+    i, j, k = np.indices((32, 32, 32), dtype=np.float64)
+    x, y, z = 2 * i - 32, 2 * j - 32, 2 * k - 32
+    ball = x**2 + y**2 + z**2 < 16**2
+    data = np.where(ball, value(x, y, z), 0.0).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -32.0
+    if storage == "LAS":
+        data, ball = data[::-1], ball[::-1]
+        affine[0, 0], affine[0, 3] = -2.0, 30.0  # voxel 31 - i is where voxel i was
+    return (
+        InMemoryVolumeResource(np.ascontiguousarray(data), affine),
+        InMemoryVolumeResource(np.ascontiguousarray(ball).astype(np.uint8), affine),
+    )
+
+
+@pytest.mark.parametrize("storage", ["RAS", "LAS"])
+def test_the_side_markers_name_the_side_the_subjects_left_is_drawn_on(storage: str) -> None:
+    """A bright blob in the LEFT, anterior part of the head (world x < 0, y > 0): on the
+    PNG, in every coronal and axial tile showing it, the marker on the blob's side is "L"
+    (rendered alone, the same pixels), the other "R"; in sagittal tiles, "A" and "P". The
+    same whether x is stored left to right (RAS) or flipped (LAS)."""
+
+    def left_anterior(x: Any, y: Any, z: Any) -> NDArray[np.float64]:
+        blob = (x + 8) ** 2 + (y - 6) ** 2 + z**2 < 5**2
+        return np.where(blob, 0.8, 0.3)
+
+    volume, mask = head(storage, left_anterior)
+    rows = mosaic_tiles(rgb8(map_mosaic(volume, mask, label="x").read()))
+    assert [len(row) for row in rows] == [6, 6, 6]
+    letters = {c: text_alone(c) for c in "LRPA"}
+    seen = [0, 0, 0]  # tiles showing the blob, per plane
+    planes = [("A", "P"), ("L", "R"), ("L", "R")]
+    for plane, (row, (near, far)) in enumerate(zip(rows, planes, strict=True)):
+        for tile in row:
+            height, width = tile.shape[:2]
+            marks = text_pixels(tile)
+            marks[: height // 3] = marks[2 * height // 3 :] = False  # the top label left out
+            found, count = ndimage.label(marks, structure=np.ones((3, 3)))
+            assert count == 2, count
+            glyphs = sorted(
+                (np.nonzero(found == n)[1].mean(), cropped(tile, found == n)) for n in (1, 2)
+            )
+            side = {}
+            for column, glyph in glyphs:
+                (name,) = [c for c, alone in letters.items() if np.array_equal(glyph, alone)]
+                side[name] = np.sign(column - width / 2)
+            assert set(side) == {near, far} and side[near] == -side[far]
+            grey = (tile[..., 0] == tile[..., 2]) & (tile[..., 0] > 150)  # the blob
+            if grey.sum() > 20:
+                assert np.sign(np.nonzero(grey)[1].mean() - width / 2) == side[near]
+                seen[plane] += 1
+    assert min(seen) >= 2, seen
+
+
+@pytest.mark.parametrize("storage", ["RAS", "LAS"])
+def test_each_tile_is_labelled_with_its_slices_world_position(storage: str) -> None:
+    """Maps whose grey is the world coordinate (x, y, then z; 0.1 at -40 mm, 0.9 at +40
+    mm): each tile's grey says where its slice is, and its label is that position as
+    ``x=<mm> mm`` drawn alone (the same pixels)."""
+    for axis, name in enumerate("xyz"):
+
+        def coordinate(*world: Any, axis: int = axis) -> NDArray[np.float64]:
+            return 0.1 + (np.asarray(world[axis]) + 40) / 100
+
+        volume, mask = head(storage, coordinate)
+        tiles = mosaic_tiles(rgb8(map_mosaic(volume, mask, label="x").read()))[axis]
+        positions = []
+        for tile in tiles:
+            grey = (tile[..., 0] == tile[..., 2]) & (tile[..., 0] > 0)
+            level = np.median(tile[..., 0][grey]) / 255
+            where = 2 * round(((level - 0.1) * 100 - 40) / 2)  # voxel centres: even mm
+            top = text_pixels(tile)
+            top[tile.shape[0] // 3 :] = False
+            assert np.array_equal(cropped(tile, top), text_alone(f"{name}={where} mm")), where
+            positions.append(where)
+        assert positions == sorted(positions) and len(set(positions)) == 6
 
 
 # --- numbers, methods, provenance, QC table -------------------------------------------------
