@@ -245,7 +245,8 @@ def write_reports(
     """Write ``sub-<label>.html`` for every subject, the group's ``report.html`` and its
     `QC_TABLE`.
 
-    Figures are hard-linked (copied across file systems) under ``sub-<label>/figures/`` and
+    Figures are hard-linked (copied across file systems) under ``sub-<label>/figures/`` (the
+    group's at `GROUP_FIGURE`; an earlier version's, at ``figures/``, is removed) and
     referenced by relative links, so the folder can be moved or shared as a whole. The fit's
     warnings of each series (shells left out, ...) are logged (``kwneuro_pydra.report``), so
     that they reach the console even when the fit ran in a worker or came from the cache.
