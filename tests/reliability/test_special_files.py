@@ -58,20 +58,24 @@ def test_fifos_and_devices_as_inputs_fail_at_once_naming_them(tmp_path: Path) ->
     assert out["derivative sidecar"] == "done" and out["sidecar"] == {"a": 1}
 
 
+@pytest.mark.parametrize(
+    "record", ["logs/kwneuro-pydra-options.json", "kwneuro-pydra-options.json"]
+)  # where it is written, and where earlier versions wrote it
 def test_fifos_at_the_apps_records_fail_status_or_are_ignored_never_hang(
-    tmp_path: Path,
+    tmp_path: Path, record: str
 ) -> None:
     bids_dir = good_dataset(tmp_path / "bids", subjects=1)
     out, work = tmp_path / "out", tmp_path / "out" / ".kwneuro-cache"
     work.mkdir(parents=True)
-    os.mkfifo(out / "kwneuro-pydra-options.json")
+    (out / "logs").mkdir()
+    os.mkfifo(out / record)
     os.mkfifo(work / "last-run.json")
     command = [sys.executable, "-m", "kwneuro_pydra.cli", "status", str(bids_dir), str(out)]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"}
     )
     assert done.returncode == 0, done.stderr
-    assert str(out / "kwneuro-pydra-options.json") in done.stderr
+    assert str(out / record) in done.stderr
     assert "not a regular file (a FIFO)" in done.stderr
     assert "sub-01" in done.stdout
 
