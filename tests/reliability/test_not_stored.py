@@ -89,7 +89,8 @@ def test_a_result_another_users_folders_cannot_store_is_still_the_runs(
     console = " ".join(done.stderr.split())  # rich wraps long lines
     for step in pipeline().STEPS:
         assert f"sub-01: step '{step.__name__}': cannot store results in" in console, console
-    assert f"Permission denied: {work / 'sub-01' / 'mean_b0'}" in console, console
+    assert f"Permission denied: {work / 'sub-01' / 'mean_b0' / '.lock'}" in console, console
+    assert console.count("cannot store results in") == len(pipeline().STEPS), "once each"
     assert not any(p.is_file() for p in (work / "sub-01").rglob("*")), "nothing was stored"
     written = _derivatives(output_dir)
     assert written == _derivatives(shared_dir / "reference"), "as a normal run writes them"
