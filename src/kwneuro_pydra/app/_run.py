@@ -283,7 +283,7 @@ def run_bids_app(
         if (
             unit.failure is None
             and not look_up(unit, work, values).complete
-            and unit.not_stored is None
+            and unit.returned is None
         ):
             unit.failure = "its results are not in the cache (a step could not be cached)"
     outcomes = {u.name: _step_outcomes(u, steps, start) for u in all_units}
@@ -366,7 +366,7 @@ def _compute(
             unit.failure = result.failure.reason
             unit.failed_step = result.failure.step
         elif result.not_stored:  # computed, returned as files, uncached (run_subjects warned)
-            unit.not_stored = (result.outputs, result.not_stored)
+            unit.returned = result.outputs
 
 
 def _made_since(cache_dir: Path, step: str, since: float) -> int:
@@ -397,7 +397,7 @@ def _step_outcomes(unit: Unit, steps: Sequence[str], start: float) -> tuple[Step
             rows.append(StepOutcome(step, "failed"))
         elif entry is not None and (made or not failed):
             rows.append(StepOutcome(step, "computed" if made else "reused", entry.duration))
-        elif unit.not_stored is not None and unit.failure is None:
+        elif unit.returned is not None and unit.failure is None:
             rows.append(StepOutcome(step, "computed"))
         else:
             rows.append(StepOutcome(step, "not run"))

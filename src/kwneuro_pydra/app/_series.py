@@ -59,9 +59,9 @@ class Unit:
         failed_step: The step that failed, if any.
         plan: What its cache holds, once looked up.
         parameters: The DTI parameters it was looked up (and run) with.
-        not_stored: What its run returned where steps could not be stored in its cache
-            (a folder this user cannot write, a full disk): the pipeline's outputs (files
-            in Pydra's job cache), and why each such step was not stored.
+        returned: What its run returned when steps could not be stored in its cache (a
+            folder this user cannot write, a full disk): the pipeline's outputs, files in
+            Pydra's job cache; else None.
     """
 
     series: DwiSeries
@@ -70,7 +70,7 @@ class Unit:
     failed_step: str | None = None
     plan: Plan | None = None
     parameters: Mapping[str, Any] | None = None
-    not_stored: tuple[Any, Mapping[str, str]] | None = None
+    returned: Any = None
 
     @property
     def outputs(self) -> Any:
@@ -79,7 +79,7 @@ class Unit:
         """
         if self.plan is not None and self.plan.outputs is not None:
             return self.plan.outputs
-        return None if self.not_stored is None else self.not_stored[0]
+        return self.returned
 
     @property
     def name(self) -> str:
