@@ -136,3 +136,31 @@ def test_a_link_planted_at_a_subjects_figures_folder_is_refused(tmp_path: Path) 
     assert failed.failure is not None
     assert str(output_dir / "sub-01" / "figures") in failed.failure, failed.failure
     assert list(elsewhere.iterdir()) == []
+
+
+def test_run_subjects_returns_and_names_what_a_worker_could_not_store(tmp_path: Path) -> None:
+    """A step folder planted as a link (refused: ELOOP) in one subject's cache: the `cf`
+    worker computes the step, keeps its file-backed result for the step after it, and the
+    warning reaches this process, once."""
+    from kwneuro_pydra.cache import NotStoredWarning
+    from kwneuro_pydra.pydra import run_subjects
+    from tests import _pydra_steps
+
+    root, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "s1").mkdir(parents=True)
+    (root / "s1" / "scale_volume").symlink_to(elsewhere, target_is_directory=True)
+    subjects = {"s1": {"n": 6}, "s2": {"n": 6}}
+    with pytest.warns(NotStoredWarning) as caught:
+        results = run_subjects(
+            _pydra_steps.volumes, subjects, root, worker="cf", job_cache=tmp_path / "jobs"
+        )
+    (warning,) = [str(w.message) for w in caught if w.category is NotStoredWarning]
+    link = root / "s1" / "scale_volume"
+    assert warning.startswith("s1: step 'scale_volume': cannot store results in"), warning
+    assert "symbolic link" in warning and str(link) in warning, warning
+    assert results["s1"].ok and results["s2"].ok
+    assert results["s1"].outputs == pytest.approx(results["s2"].outputs)
+    assert list(results["s1"].not_stored) == ["scale_volume"] and not results["s2"].not_stored
+    assert list(elsewhere.iterdir()) == [], "nothing written through the link"
+    assert (root / "s1" / "volume_mean").is_dir(), "the step after it is stored"
