@@ -132,7 +132,7 @@ def open_shared(path: str | Path) -> int:
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise UnsafeFileError(path) from None
-        raise
+        raise OSError(error.errno, error.strerror, str(path)) from None  # named in full
     finally:
         os.close(folder_fd)
     mode = os.fstat(fd).st_mode

@@ -45,6 +45,7 @@ __all__ = [
     "Explanation",
     "Lookup",
     "MissReason",
+    "NotStoredWarning",
     "StepState",
     "cacheable",
     "current_cache",
@@ -265,7 +266,7 @@ class Cache:
             raise TypeError("Cache(read_only=...) takes a list of cache directories")
         self._shared = [Store(_existing_directory(Path(d))) for d in self.read_only]
         self.read_only = [store.root for store in self._shared]
-        self._unstored: set[str] = set()
+        self._unstored: dict[str, str] = {}
         if isinstance(self.force, str) or not isinstance(self.force, bool | Iterable):
             raise TypeError(
                 f"Cache(force=...) takes a bool or a set of step names, not {self.force!r}"
@@ -691,16 +692,34 @@ class Cache:
             lock.release()
         return step.load(entry.path)
 
+    @property
+    def not_stored(self) -> dict[str, str]:
+        """The steps whose results this cache computed but could not store (a folder it
+        cannot write, a full disk): step name -> the `NotStoredWarning` it gave.
+
+        .. versionadded:: 0.1
+        """
+        return dict(self._unstored)
+
     def _warn_unstored(self, step: Step, error: OSError) -> None:
         """Warn, once per step and `Cache`, that results are computed but not stored."""
         if step.name not in self._unstored:
-            self._unstored.add(step.name)
-            warnings.warn(
+            message = (
                 f"step {step.name!r}: cannot store results in {self.cache_dir} "
-                f"({_cause(error)}); they are computed and returned without being stored",
-                UserWarning,
-                stacklevel=4,
+                f"({_cause(error)}); they are computed and returned without being stored"
             )
+            self._unstored[step.name] = message
+            warnings.warn(message, NotStoredWarning, stacklevel=4)
+
+
+class NotStoredWarning(UserWarning):
+    """A step's result was computed and returned but could not be stored: the cache folder
+    cannot be written (permissions, a read-only file system, a planted link) or the disk is
+    full. The message names the step, the folder and the cause (``Permission denied:
+    <path>``).
+
+    .. versionadded:: 0.1
+    """
 
 
 _CANNOT_STORE = frozenset(

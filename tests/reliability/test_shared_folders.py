@@ -23,6 +23,7 @@ import kwneuro_pydra.cache
 from kwneuro_pydra import Cache
 from kwneuro_pydra._files import UnsafeFileError, write_atomic
 from kwneuro_pydra._lock import LOCK_FILE
+from kwneuro_pydra.app._folders import writable_folder
 from kwneuro_pydra.app._series import RECORD
 from kwneuro_pydra.bids import place, write_json
 from kwneuro_pydra.pydra._failures import ERRORS_DIR
@@ -183,3 +184,20 @@ def test_an_entry_being_written_is_closed_to_the_group_until_it_is_complete(
     (entry,) = cache.entries("rl_slow_save")
     mode = entry.path.stat().st_mode
     assert mode & 0o7777 == 0o2775, f"shared with the group once complete: {oct(mode)}"
+
+
+def test_the_write_probe_of_the_apps_folders_never_follows_a_planted_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's name was the clock's nanoseconds: a member who guesses it (here: a clock
+    that always reads 1) had the app touch a file of theirs choosing through a link."""
+    output, victim = tmp_path / "output", tmp_path / "victim"
+    output.mkdir()
+    victim.write_bytes(SECRET)
+    os.utime(victim, ns=(1, 1))
+    (output / ".kwneuro-write-test-1").symlink_to(victim)
+    monkeypatch.setattr(time, "time_ns", lambda: 1)
+    assert writable_folder(output, "OUTPUT_DIR") == output
+    assert victim.read_bytes() == SECRET and victim.stat().st_mtime_ns == 1
+    assert (output / ".kwneuro-write-test-1").is_symlink(), "the link is not the probe"
+    assert sorted(p.name for p in output.iterdir()) == [".kwneuro-write-test-1"]

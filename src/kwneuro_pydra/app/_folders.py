@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
+from kwneuro_pydra._files import open_new, temporary_name
 from kwneuro_pydra.app._errors import AppError, BidsError
 
 __all__ = ["outside_dataset", "writable_folder"]
@@ -60,8 +60,8 @@ def writable_folder(path: Path, what: str) -> Path:
         raise AppError(f"{what} {path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".kwneuro-write-test-{time.time_ns()}"
-        probe.touch()
+        probe = temporary_name(path / ".kwneuro-write-test")  # never a guessable name
+        os.close(open_new(probe))  # nor through a link planted at it
         probe.unlink()
     except OSError as error:
         raise AppError(f"{what} {path} cannot be written: {error.strerror}") from None

@@ -24,6 +24,7 @@ from kwneuro_pydra.app._folders import outside_dataset, writable_folder
 from kwneuro_pydra.app._options import check_parameters, write_options
 from kwneuro_pydra.app._series import Unit, describe, look_up, pipeline, recording, units
 from kwneuro_pydra.bids import discover, write_dataset_description, write_derivatives
+from kwneuro_pydra.bids._derivatives import no_link_under
 from kwneuro_pydra.cache import Cache
 
 __all__ = [
@@ -279,7 +280,11 @@ def run_bids_app(
         scheduler = {"job_cache": output_dir / LOGS / f"pydra-{os.getuid()}", **scheduler}
         _compute(pending, work, values, worker, force, on_progress, scheduler)
     for unit in pending:  # what each step did, read back from the cache
-        if unit.failure is None and not look_up(unit, work, values).complete:
+        if (
+            unit.failure is None
+            and not look_up(unit, work, values).complete
+            and unit.returned is None
+        ):
             unit.failure = "its results are not in the cache (a step could not be cached)"
     outcomes = {u.name: _step_outcomes(u, steps, start) for u in all_units}
     counts = _counts(all_units, outcomes, steps)
@@ -356,10 +361,12 @@ def _compute(
         if on_progress is not None:
             on_progress(attrs.evolve(progress, done=True))
     for unit in pending:
-        failure = results[unit.name].failure
-        if failure is not None:
-            unit.failure = failure.reason
-            unit.failed_step = failure.step
+        result = results[unit.name]
+        if result.failure is not None:
+            unit.failure = result.failure.reason
+            unit.failed_step = result.failure.step
+        elif result.not_stored:  # computed, returned as files, uncached (run_subjects warned)
+            unit.returned = result.outputs
 
 
 def _made_since(cache_dir: Path, step: str, since: float) -> int:
@@ -376,7 +383,8 @@ def _step_outcomes(unit: Unit, steps: Sequence[str], start: float) -> tuple[Step
     """What each step did for ``unit``: computed in this run, reused, failed or not run.
 
     The step that failed is failed, whatever an older entry of it holds (a forced step that
-    now raises); an older entry of a step after it served nothing: not run.
+    now raises); an older entry of a step after it served nothing: not run. A step of a
+    series that succeeded without an entry was computed, not stored (time unknown).
     """
     if unit.dwi is None:
         return ()
@@ -389,6 +397,8 @@ def _step_outcomes(unit: Unit, steps: Sequence[str], start: float) -> tuple[Step
             rows.append(StepOutcome(step, "failed"))
         elif entry is not None and (made or not failed):
             rows.append(StepOutcome(step, "computed" if made else "reused", entry.duration))
+        elif unit.returned is not None and unit.failure is None:
+            rows.append(StepOutcome(step, "computed"))
         else:
             rows.append(StepOutcome(step, "not run"))
     return tuple(rows)
@@ -483,7 +493,11 @@ def _write_outputs(
     for unit in all_units:
         series = unit.series
         steps = [StepRecord(o.step, o.state, o.seconds) for o in outcomes.get(unit.name, ())]
-        if unit.failure is not None or unit.plan is None or unit.plan.outputs is None:
+        written = None
+        if unit.failure is None and unit.outputs is not None:
+            outputs = dict(zip(bids_app.OUTPUTS, unit.outputs, strict=True))
+            written = _write_series(unit, outputs, output_dir, work_dir, parameters)
+        if written is None:
             reports.append(
                 SeriesReport(
                     unit.name,
@@ -494,17 +508,6 @@ def _write_outputs(
                 )
             )
             continue
-        outputs = dict(zip(bids_app.OUTPUTS, unit.plan.outputs, strict=True))
-        maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
-        with Cache(work_dir / unit.name):  # the linked entries' digests stay memoised there
-            fit = outputs["dti"].fit
-            written = write_derivatives(
-                series,
-                maps,
-                output_dir,
-                parameters=unit.parameters or parameters,
-                fit=None if fit is None else dataclasses.asdict(fit),
-            )
         derivatives[unit.name] = tuple(written)
         figures = {
             label: (outputs[name].path, caption)
@@ -544,6 +547,38 @@ def _write_outputs(
         steps=bids_app.STEPS,
     )
     return derivatives, pages
+
+
+def _write_series(
+    unit: Unit,
+    outputs: Mapping[str, Any],
+    output_dir: Path,
+    work_dir: Path,
+    parameters: Mapping[str, Any],
+) -> list[Path] | None:
+    """Write a series' derivatives; None, its failure set, when they cannot be written.
+
+    Its folders in ``output_dir`` (``sub-<label>/[ses-<label>/]dwi``, ``sub-<label>/figures``)
+    may not be symbolic links: one planted there by someone who can write ``output_dir``
+    is refused, never followed, and named in the series' failure.
+    """
+    series = unit.series
+    try:
+        no_link_under(output_dir, f"sub-{series.subject}/figures")  # the report's
+        maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
+        with Cache(work_dir / unit.name):  # the linked entries' digests stay memoised there
+            fit = outputs["dti"].fit
+            return write_derivatives(
+                series,
+                maps,
+                output_dir,
+                parameters=unit.parameters or parameters,
+                fit=None if fit is None else dataclasses.asdict(fit),
+            )
+    except OSError as error:
+        where = f"{error.strerror}: {error.filename}" if error.filename else error
+        unit.failure = f"its derivatives cannot be written ({where})"
+        return None
 
 
 def _source_name(bids_dir: Path) -> str:

@@ -59,6 +59,9 @@ class Unit:
         failed_step: The step that failed, if any.
         plan: What its cache holds, once looked up.
         parameters: The DTI parameters it was looked up (and run) with.
+        returned: What its run returned when steps could not be stored in its cache (a
+            folder this user cannot write, a full disk): the pipeline's outputs, files in
+            Pydra's job cache; else None.
     """
 
     series: DwiSeries
@@ -67,6 +70,16 @@ class Unit:
     failed_step: str | None = None
     plan: Plan | None = None
     parameters: Mapping[str, Any] | None = None
+    returned: Any = None
+
+    @property
+    def outputs(self) -> Any:
+        """The pipeline's outputs: served by its cache, else what its run returned for
+        steps that could not be stored; None when neither holds them.
+        """
+        if self.plan is not None and self.plan.outputs is not None:
+            return self.plan.outputs
+        return self.returned
 
     @property
     def name(self) -> str:
@@ -192,6 +205,8 @@ def recording(work_dir: Path, ran: Sequence[Unit]) -> Iterator[dict[str, dict[st
     Runs into one work folder (one participant each, at the same time or one after the
     other) each update their own series; the lock keeps a run from losing another's
     update, and, held while the reports are written, makes the last report cover both.
+    A unit that fails inside the context (its derivatives cannot be written) is recorded
+    again, failed, when it ends.
 
     Args:
         work_dir: The work folder.
@@ -203,15 +218,26 @@ def recording(work_dir: Path, ran: Sequence[Unit]) -> Iterator[dict[str, dict[st
     with open(_lock_file(work_dir / f"{RECORD}.lock"), "rb") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         record = read_record(work_dir)
-        for unit in ran:
-            record[unit.name] = {
-                "source": unit.series.source,
-                "step": unit.failed_step,
-                "reason": unit.failure,
-                "parameters": unit.parameters,
-            }
+        mine = _entries(ran)
+        record.update(mine)
         write_atomic(work_dir / RECORD, (json.dumps(record, indent=2) + "\n").encode())
         yield record
+        if _entries(ran) != mine:
+            record.update(_entries(ran))
+            write_atomic(work_dir / RECORD, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def _entries(ran: Sequence[Unit]) -> dict[str, dict[str, Any]]:
+    """The record's entries of ``ran`` (see `read_record`)."""
+    return {
+        unit.name: {
+            "source": unit.series.source,
+            "step": unit.failed_step,
+            "reason": unit.failure,
+            "parameters": unit.parameters,
+        }
+        for unit in ran
+    }
 
 
 def _lock_file(path: Path) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "DERIVATIVES",
     "Derivative",
     "derivative_path",
+    "no_link_under",
     "place",
     "stale_temporaries",
     "write_dataset_description",
@@ -156,6 +157,25 @@ def place(source: Path, target: Path) -> None:
         temporary.unlink(missing_ok=True)
     if before is not None:  # the link changed the entry file's ctime, not its bytes
         carry_over(source, before)
+
+
+def no_link_under(root: Path, folder: str | Path) -> None:
+    """Refuse a symbolic link at any folder of ``folder`` under ``root`` (``sub-01``,
+    ``sub-01/dwi``): a link planted by someone who can write ``root`` would make this
+    process write where it points. ``root`` itself may be a link (the user's choice).
+
+    Args:
+        root: The derivatives folder (OUTPUT_DIR).
+        folder: A folder relative to it; it need not exist.
+
+    Raises:
+        UnsafeFileError: One of its folders is a symbolic link (named; not followed).
+    """
+    path = root
+    for part in Path(folder).parts:
+        path = path / part
+        if path.is_symlink():
+            raise UnsafeFileError(path, "a symbolic link in place of a folder")
 
 
 def _copied(source: Path, target: Path) -> bool:
@@ -363,7 +383,14 @@ def write_derivatives(
 
     Returns:
         The derivative image files written or refreshed.
+
+    Raises:
+        UnsafeFileError: A folder of the series' derivatives (``sub-<label>``, ``dwi``...)
+            or a file to write is a symbolic link (refused, never followed: see
+            `no_link_under`).
+        OSError: A file cannot be written (the error names it).
     """
+    no_link_under(output_dir, series.directory)
     written = []
     for row in DERIVATIVES:
         if row.output not in outputs:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from pydra.engine.result import load_result  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 from pydra.engine.workflow import Workflow  # type: ignore[import-untyped]
 
+from kwneuro_pydra._files import read_regular
 from kwneuro_pydra._plan import plan
+from kwneuro_pydra.cache import NotStoredWarning
 from kwneuro_pydra.pydra import _failures, _jobs, _task, _workflow
 from kwneuro_pydra.pydra._progress import progress_line
 from kwneuro_pydra.pydra._scheduler import (
@@ -73,12 +77,17 @@ class SubjectResult:
         outputs: What the pipeline returned (a tuple for several outputs); None on failure.
         failure: Why it failed, or None.
         cache_dir: The subject's cache directory, ``cache_root/<subject>``.
+        not_stored: The steps whose results were computed but could not be stored in it
+            (a folder this user cannot write, a full disk): step name -> why (the
+            `NotStoredWarning`, which `run_subjects` gives too). Their results in
+            ``outputs`` are files in Pydra's job cache, kept until a later run.
     """
 
     subject: str
     outputs: Any
     failure: StepFailure | None
     cache_dir: Path
+    not_stored: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -223,6 +232,7 @@ def run_subjects(
                 cancel_on_interrupt(chosen),
             ):
                 _submit(workflow_class, tasks, run_jobs, chosen, options)
+                not_stored = _not_stored(run_jobs, {str(root / s): s for s in tasks})
                 for s in tasks:  # a step that raised in this run fails its subject
                     raised = _failures.failed(root / s)
                     outcomes[s] = (
@@ -230,6 +240,8 @@ def run_subjects(
                         or _scheduler_outcome(chosen, s, root)
                         or _from_pydra(workflow_class, s, tasks[s], root, run_jobs, names)
                     )
+                    if s in not_stored and outcomes[s].ok:
+                        outcomes[s] = attrs.evolve(outcomes[s], not_stored=not_stored[s])
         outcomes = {s: results[s] or outcomes[s] for s in ids}
     failed = [r for r in outcomes.values() if not r.ok]
     _log.info(
@@ -401,6 +413,25 @@ def _from_pydra(
         value = tuple(getattr(result.outputs, name) for name in names)
         return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
     return SubjectResult(subject, None, _why(subject, cache_dir, result), cache_dir)
+
+
+def _not_stored(jobs: Path, subjects: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Subject -> step -> why, for the results the nodes of a run could not store; each
+    warned about here (as `NotStoredWarning`), the nodes' own warnings reaching no console.
+
+    Args:
+        jobs: The run's directory of Pydra's job cache.
+        subjects: Subject cache folder (as nodes name it) -> subject id.
+    """
+    found: dict[str, dict[str, str]] = {}
+    for path in sorted(jobs.rglob(f"{_task.NOT_STORED}.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            why = json.loads(read_regular(path))
+            subject, step, message = subjects[why["cache_dir"]], why["step"], why["message"]
+            if step not in found.setdefault(subject, {}):
+                found[subject][step] = str(message)
+                warnings.warn(f"{subject}: {message}", NotStoredWarning, stacklevel=3)
+    return found
 
 
 def _scheduler_outcome(worker: Any, subject: str, root: Path) -> SubjectResult | None:

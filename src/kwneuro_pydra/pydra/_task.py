@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
 import logging
 import os
 import time
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from pydra.compose import python  # type: ignore[import-untyped]
 
 from kwneuro_pydra import cache as _cache
+from kwneuro_pydra._files import write_new
 from kwneuro_pydra._kwneuro import AdoptedStep, adopt, is_upstream_step
 from kwneuro_pydra._step import Step
 from kwneuro_pydra.pydra import _failures, _pickling  # noqa: F401  (_pickling registers)
@@ -24,6 +27,7 @@ from kwneuro_pydra.resources import accepting
 
 __all__ = [
     "FORCE_ENV",
+    "NOT_STORED",
     "RESERVED",
     "SERVE_ENV",
     "absolute_cache_dir",
@@ -231,8 +235,15 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
             with _cache.handling_steps(None):  # type: ignore[arg-type]
                 result = step.fn(**kwargs)
         else:
-            with _cache.Cache(cache_dir, force=forced_steps() & {step.name}) as cache:
+            with (
+                _cache.Cache(cache_dir, force=forced_steps() & {step.name}) as cache,
+                warnings.catch_warnings(),
+            ):
+                # said once by run_subjects, in the process that submitted (see _keep)
+                warnings.simplefilter("ignore", _cache.NotStoredWarning)
                 result = cache.call(step, **kwargs)
+                if step.name in cache.not_stored:
+                    result = _keep(step, result, cache_dir, cache.not_stored[step.name])
     except BaseException as error:
         error.add_note(f"[kwneuro] step {step.name!r} failed (cache_dir={cache_dir})")
         _log.info("%s%s: failed (%s: %s)", where, step.name, type(error).__name__, error)
@@ -243,3 +254,30 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     if len(output_names(function)) > 1:
         return tuple(result)
     return result
+
+
+NOT_STORED = "kwneuro-not-stored"
+"""Folder of a node's job directory holding the result its cache could not store; its
+record (the subject's cache folder, the step and the `NotStoredWarning`'s text) is
+``kwneuro-not-stored.json`` beside it."""
+
+
+def _keep(step: Step, result: Any, cache_dir: str, message: str) -> Any:
+    """The result a cache could not store, saved as the cache saves it, in the node's job
+    directory (the working directory Pydra runs the node in, kept until a later run):
+    returned file-backed, as a stored one is, for the steps after it and the derivatives.
+    The warning is recorded beside it, for `run_subjects` to give where the run was
+    submitted (a worker's warnings reach no console). Returned as it is when it cannot be
+    saved there either (a full disk).
+    """
+    folder = Path.cwd() / NOT_STORED
+    try:
+        folder.mkdir(mode=0o700)
+        step.save(result, folder)
+        kept = step.load(folder)
+        why = {"cache_dir": cache_dir, "step": step.name, "message": message}
+        write_new(folder.with_name(f"{NOT_STORED}.json"), json.dumps(why).encode())
+    except OSError as error:
+        _log.warning("%s; nor can it be kept in %s (%s)", message, folder, error)
+        return result
+    return kept
