@@ -74,3 +74,40 @@ def test_every_other_final_state_is_a_scheduler_error_saying_what_it_means(
     assert worker.failures == {"sub-01": error}  # what run_subjects reports the subject by
     log = (tmp_path / "logs" / "sub-01.log").read_text()
     assert log.rstrip().endswith(expected)
+
+
+def test_a_link_planted_at_a_subject_log_is_refused_before_submitting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write the cache root could plant a link at a subject's log to make the
+    scheduler append to a file of their choosing: refused, naming the log, nothing written."""
+    from kwneuro_pydra._files import UnsafeFileError
+
+    target = tmp_path / "someone-elses-file"
+    target.write_text("theirs\n")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "sub-01.log").symlink_to(target)
+    worker = _worker(tmp_path)
+    with pytest.raises(UnsafeFileError) as raised:
+        _run_one_job(worker, "COMPLETED", tmp_path, monkeypatch)
+    assert raised.value.filename == str(tmp_path / "logs" / "sub-01.log")
+    assert "symbolic link" in str(raised.value)
+    assert target.read_text() == "theirs\n"
+    assert worker.job_ids == []  # refused before sbatch
+
+
+def test_a_link_planted_at_the_job_record_is_refused(tmp_path: Path) -> None:
+    from kwneuro_pydra._files import UnsafeFileError
+    from kwneuro_pydra.pydra._slurm import _append_line
+
+    target = tmp_path / "someone-elses-file"
+    target.write_text("theirs\n")
+    record = tmp_path / "slurm-jobs.tsv"
+    record.symlink_to(target)
+    with pytest.raises(UnsafeFileError, match="symbolic link") as raised:
+        _append_line(record, "checksum\t1_0\tsub-01\tall steps\terr\n")
+    assert raised.value.filename == str(record)
+    assert target.read_text() == "theirs\n"
+    _append_line(tmp_path / "log", "one\n")
+    _append_line(tmp_path / "log", "two\n")  # appends
+    assert (tmp_path / "log").read_text() == "one\ntwo\n"

@@ -23,6 +23,7 @@ scheduling; it submits and watches each job itself (see `_workarounds` for why):
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import shlex
@@ -38,6 +39,7 @@ import attrs
 from pydra.engine.job import save  # type: ignore[import-untyped]
 from pydra.workers import base, slurm  # type: ignore[import-untyped]
 
+from kwneuro_pydra._files import open_shared
 from kwneuro_pydra.pydra._resources import Request, for_subject, refuse_owned, requests
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
@@ -658,8 +660,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     def _log_file(self, subject: str) -> Path | None:
         if self.log_dir is None:
             return None
-        Path(self.log_dir).mkdir(parents=True, exist_ok=True)
-        return Path(self.log_dir) / f"{subject}.log"
+        log = Path(self.log_dir) / f"{subject}.log"
+        _append_line(log, "")  # made, or refused if a link, before anything is submitted
+        return log
 
 
 async def _sbatch(*args: str) -> tuple[str | None, str]:
@@ -887,10 +890,33 @@ def _append(log: Path | None, message: str) -> None:
 
 
 def _append_line(path: Path, line: str) -> None:
-    """Append ``line`` to ``path`` in one write (whole lines from concurrent writers)."""
+    """Append ``line`` to ``path`` in one write (whole lines from concurrent writers).
+
+    Raises:
+        UnsafeFileError: ``path`` (or its folder) is a symbolic link or not a regular file;
+            it is refused, never followed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_append(path)
     try:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def open_append(path: str | os.PathLike[str]) -> int:
+    """Open (or create) a log file for appending, never through a symbolic link.
+
+    Args:
+        path: The file (a subject's log, the job record).
+
+    Returns:
+        A descriptor whose every write goes to the end of the file (the caller closes it).
+
+    Raises:
+        UnsafeFileError: ``path`` or its folder is a symbolic link, or ``path`` is not a
+            regular file (see `kwneuro_pydra._files.open_shared`).
+    """
+    fd = open_shared(path)
+    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)  # and blocking again: a regular file
+    return fd
