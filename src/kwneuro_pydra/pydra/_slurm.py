@@ -904,7 +904,7 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
-def open_append(path: str | os.PathLike[str]) -> int:
+def open_append(path: str | Path) -> int:
     """Open (or create) a log file for appending, never through a symbolic link.
 
     Args:
