@@ -289,6 +289,20 @@ ON_SLURM = ("run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm")
             [*ON_SLURM, "--resources", "{tmp}/none.toml"],
             "--resources: [Errno 2] No such file or directory",
         ),
+        (
+            ["run", "{bids}", "{tmp}/out", "participant", "--detach"],
+            "--detach: only with --worker slurm (got --worker cf)",
+        ),
+        (
+            [*ON_SLURM, "--detach", "--granularity", "node"],
+            "--detach needs a job per series: --granularity subject",
+        ),
+        (["status", "{tmp}"], "no Slurm job recorded in {tmp}/.kwneuro-cache/.logs/slurm-jobs"),
+        (["cancel", "{tmp}"], "no Slurm job recorded in {tmp}/.kwneuro-cache/.logs/slurm-jobs"),
+        (
+            ["status", "{tmp}", "--participant-label", "01", "--fit-method", "OLS"],
+            "--participant-label, --fit-method: only with BIDS_DIR",
+        ),
         (["demo", "{tmp}/demo", "--subjects", "0"], "must be at least 1"),
         (["prune", "{tmp}", "--keep", "0"], "must be at least 1"),
         (["prune", "{tmp}", "--keep", "-1"], "must be at least 1"),
@@ -416,7 +430,7 @@ def test_demo_prints_where_the_report_is(tmp_path: Path) -> None:
 def test_console_script_help_lists_the_commands() -> None:
     result = kwneuro("--help")
     assert result.returncode == 0
-    for command in ("run", "status", "ls", "prune", "clear", "demo"):
+    for command in ("run", "status", "cancel", "ls", "prune", "clear", "demo"):
         assert command in result.stdout
 
 

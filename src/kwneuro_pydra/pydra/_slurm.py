@@ -50,6 +50,7 @@ __all__ = [
     "SlurmWorker",
     "cancel_recorded",
     "read_record",
+    "recorded_jobs",
     "recorded_runs",
     "recorded_states",
     "stuck",
@@ -791,6 +792,23 @@ async def _states(job_ids: list[str]) -> tuple[dict[str, _Outcome], int]:
     return {job: found[job] for job in job_ids}, queries
 
 
+def recorded_jobs(record: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """The last job a worker's ``record`` lists for each subject (no Slurm command).
+
+    Args:
+        record: The record file (`SlurmWorker.record`); missing: no job.
+
+    Returns:
+        Subject -> (job id, step), in the order the subjects were first recorded.
+    """
+    last: dict[str, tuple[str, str]] = {}
+    for line in Path(record).read_text().splitlines() if Path(record).exists() else ():
+        fields = line.split("\t")
+        if len(fields) == 5:
+            last[fields[2]] = (fields[1], fields[3])
+    return last
+
+
 def recorded_states(record: str | os.PathLike[str]) -> dict[str, tuple[str, str, str]]:
     """What the jobs of a worker's ``record`` are doing now (one ``squeue``, one ``sacct``).
 
@@ -801,11 +819,7 @@ def recorded_states(record: str | os.PathLike[str]) -> dict[str, tuple[str, str,
         Subject -> (job id, step, Slurm's state or ``UNKNOWN``) of the last job recorded for
         each subject.
     """
-    last: dict[str, tuple[str, str]] = {}
-    for line in Path(record).read_text().splitlines() if Path(record).exists() else ():
-        fields = line.split("\t")
-        if len(fields) == 5:
-            last[fields[2]] = (fields[1], fields[3])
+    last = recorded_jobs(record)
     if not last:
         return {}
     found, _ = asyncio.run(_states(sorted({job for job, _ in last.values()})))
