@@ -111,3 +111,38 @@ def test_a_link_planted_at_the_job_record_is_refused(tmp_path: Path) -> None:
     _append_line(tmp_path / "log", "one\n")
     _append_line(tmp_path / "log", "two\n")  # appends
     assert (tmp_path / "log").read_text() == "one\ntwo\n"
+
+
+def test_a_line_appended_while_the_record_is_compacted_lands_in_the_new_record(
+    tmp_path: Path,
+) -> None:
+    """`compact_record` replaces the record under an exclusive lock: a submitter appending
+    meanwhile waits, then appends to the new file (never to the replaced one, lost)."""
+    import fcntl
+    import threading
+    import time
+
+    from kwneuro_pydra._files import open_shared, write_atomic
+    from kwneuro_pydra.pydra._slurm import _append_line, compact_record
+
+    record = tmp_path / "slurm-jobs.tsv"
+    old = f"c1\t1_0\tsub-01\tall steps\t{tmp_path}/jobs/run-1/array/slurm-1_0.err\n"
+    new = f"c1\t2_0\tsub-01\tall steps\t{tmp_path}/jobs/run-2/array/slurm-2_0.err\n"
+    record.write_text(old + new)
+    (tmp_path / "jobs" / "run-2").mkdir(parents=True)  # run-1 is gone: its line goes too
+    fd = open_shared(record)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as compact_record holds it while it rewrites
+    late = "c2\t3_0\tsub-02\tall steps\terr\n"
+    appender = threading.Thread(target=_append_line, args=(record, late))
+    appender.start()
+    time.sleep(0.5)
+    assert appender.is_alive()  # waits for the lock
+    write_atomic(record, new.encode())
+    os.close(fd)
+    appender.join(10)
+    assert record.read_text() == new + late
+    record.write_text(old + new + late)
+    assert compact_record(record, dry_run=True) == 1
+    assert record.read_text() == old + new + late
+    assert compact_record(record) == 1
+    assert record.read_text() == new + late

@@ -23,6 +23,7 @@ scheduling; it submits and watches each job itself (see `_workarounds` for why):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import re
@@ -31,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,7 +40,8 @@ import attrs
 from pydra.engine.job import save  # type: ignore[import-untyped]
 from pydra.workers import base, slurm  # type: ignore[import-untyped]
 
-from kwneuro_pydra._files import open_shared
+from kwneuro_pydra._files import open_shared, write_atomic
+from kwneuro_pydra.pydra._jobs import RUN_PREFIX
 from kwneuro_pydra.pydra._resources import Request, for_subject, refuse_owned, requests
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
@@ -49,6 +51,7 @@ __all__ = [
     "SchedulerError",
     "SlurmWorker",
     "cancel_recorded",
+    "compact_record",
     "read_record",
     "recorded_jobs",
     "recorded_runs",
@@ -911,11 +914,68 @@ def _append_line(path: Path, line: str) -> None:
             it is refused, never followed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_append(path)
+    while True:  # the file now at ``path``, not one `compact_record` replaced meanwhile
+        fd = open_append(path)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)
     try:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def compact_record(
+    record: str | os.PathLike[str], *, gone: Collection[Path] = (), dry_run: bool = False
+) -> int:
+    """Drop the lines of a worker's ``record`` that no run can use any more.
+
+    Those are the lines a later line replaces (the same Pydra checksum: `read_record` reads
+    the last), and those whose job ran in a run directory of a job cache that no longer
+    holds it, or that is in ``gone``: the job ended long ago (a run directory a record names
+    is kept `kwneuro_pydra.pydra._jobs.MAX_AGE`), and its result cannot be collected. A
+    line whose job cache is missing altogether is kept (it may live on another machine).
+    The record is replaced atomically while holding it locked: appenders wait, then append
+    to the new file.
+
+    Args:
+        record: The record file.
+        gone: Run directories removed (or, with ``dry_run``, to be removed).
+        dry_run: Count the lines, rewrite nothing.
+
+    Returns:
+        The number of lines dropped.
+
+    Raises:
+        UnsafeFileError: ``record`` is a symbolic link or not a regular file.
+    """
+    fd = open_shared(Path(record))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            lines = stream.read().decode().splitlines(keepends=True)
+        last = {line.split("\t")[0]: index for index, line in enumerate(lines)}
+        kept = [
+            line
+            for index, line in enumerate(lines)
+            if last[line.split("\t")[0]] == index and not _ran_in_gone(line, gone)
+        ]
+        if len(kept) < len(lines) and not dry_run:
+            write_atomic(Path(record), "".join(kept).encode(), mode=0o644)
+        return len(lines) - len(kept)
+    finally:
+        os.close(fd)
+
+
+def _ran_in_gone(line: str, gone: Collection[Path]) -> bool:
+    """True when the record ``line``'s job ran in a run directory that is gone."""
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) != 5:
+        return False  # a line being written, or not ours: kept
+    run = next((p for p in Path(fields[4]).parents if p.name.startswith(RUN_PREFIX)), None)
+    return run is not None and (run in gone or (run.parent.is_dir() and not run.is_dir()))
 
 
 def open_append(path: str | Path) -> int:
