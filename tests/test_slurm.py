@@ -6,6 +6,7 @@ with ``-m slurm``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ import pytest
 
 pytest.importorskip("pydra")
 
-from kwneuro_pydra.pydra import ClusterWarning, SchedulerError, run_subjects, to_task
+from kwneuro_pydra.pydra import ClusterWarning, SchedulerError, SlurmWorker, run_subjects, to_task
 from kwneuro_pydra.pydra._preflight import (
     LOCAL_FILE_SYSTEMS,
     check_slurm,
@@ -1344,3 +1345,76 @@ def test_a_detached_run_is_cancelled_from_the_command_line(tmp_path: Path) -> No
         assert nothing.stdout.splitlines()[-1].startswith("0 Slurm jobs cancelled (none")
     finally:
         subprocess.run(["scancel", blocker], check=True)
+
+
+@pytest.fixture
+def drained() -> Iterator[str]:
+    """Partition ``two``'s second node (``<host>-2``), drained; resumed afterwards."""
+    nodes = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", "two", "-o", "%N"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    node = next(n for n in nodes if n.endswith("-2"))
+    subprocess.run(
+        ["scontrol", "update", f"nodename={node}", "state=drain", "reason=kwneuro-test"],
+        check=True,
+    )
+    try:
+        yield node
+    finally:  # (an error when the test resumed it already)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+
+
+def _run_on(node: str, tmp_path: Path, **options: Any) -> tuple[SlurmWorker, bool | None, float]:
+    """Run one `add_one` node as a job pinned to ``node`` (past `run_subjects`' checks, which
+    refuse a drained node); return the worker, what ``run`` returned (None: it raised a
+    SchedulerError, in ``failures``) and the seconds it took."""
+    from pydra.engine.job import Job  # type: ignore[import-untyped]
+    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+
+    worker = SlurmWorker(
+        sbatch_args=f"--partition=two --nodelist={node}",
+        log_dir=str(tmp_path / "logs"),
+        poll_delay=0.2,
+        max_poll_delay=0.5,
+        **options,
+    )
+    task = to_task(steps.add_one)(x=1.0, cache_dir=str(tmp_path / "sub-01"))
+    start = time.monotonic()
+    with Submitter(cache_root=tmp_path / "p", worker="debug") as submitter:
+        job = Job(task, submitter=submitter, name="n")
+        try:
+            done = submitter.loop.run_until_complete(worker.run(job))
+        except SchedulerError:
+            done = None
+        seconds = time.monotonic() - start
+        left = [task for task in asyncio.all_tasks(submitter.loop) if not task.done()]
+        for task in left:  # the worker's look at the queue, between two looks
+            task.cancel()
+        submitter.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    return worker, done, seconds
+
+
+def test_a_job_pending_on_a_drained_node_waits_node_grace(drained: str, tmp_path: Path) -> None:
+    """ReqNodeNotAvail (a node drained for maintenance) counts towards pending_timeout only
+    after node_grace: a node back within the grace runs the job; one that stays drained has
+    the job cancelled once grace and timeout have passed, with Slurm's reason."""
+    threading.Timer(
+        4, subprocess.run, (["scontrol", "update", f"nodename={drained}", "state=resume"],)
+    ).start()
+    worker, done, _ = _run_on(drained, tmp_path / "back", pending_timeout=1, node_grace=20)
+    assert done is True and worker.failures == {}
+    (job,) = worker.job_ids
+    log = (tmp_path / "back" / "logs" / "sub-01.log").read_text()
+    assert f"slurm job {job}: add_one ended COMPLETED" in log
+    subprocess.run(
+        ["scontrol", "update", f"nodename={drained}", "state=drain", "reason=kwneuro-test"],
+        check=True,
+    )
+    worker, done, seconds = _run_on(drained, tmp_path / "gone", pending_timeout=1, node_grace=4)
+    assert done is None
+    error = worker.failures["sub-01"]
+    assert error.state == "PENDING"
+    assert "Slurm's reason: ReqNodeNotAvail" in str(error)
+    assert 5 <= seconds < 60  # the grace, then the timeout
+    (job,) = worker.job_ids
+    assert accounting([job])[job]["State"].startswith("CANCELLED")
