@@ -1375,13 +1375,9 @@ def _run_on(node: str, tmp_path: Path, **options: Any) -> tuple[SlurmWorker, boo
     from pydra.engine.job import Job  # type: ignore[import-untyped]
     from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
-    worker = SlurmWorker(
-        sbatch_args=f"--partition=two --nodelist={node}",
-        log_dir=str(tmp_path / "logs"),
-        poll_delay=0.2,
-        max_poll_delay=0.5,
-        **options,
-    )
+    worker = SlurmWorker(log_dir=str(tmp_path / "logs"), **options)
+    worker.poll_delay, worker.max_poll_delay = 0.2, 0.5  # poll_delay: Pydra's, untyped
+    worker.sbatch_args = f"--partition=two --nodelist={node}"
     task = to_task(steps.add_one)(x=1.0, cache_dir=str(tmp_path / "sub-01"))
     start = time.monotonic()
     with Submitter(cache_root=tmp_path / "p", worker="debug") as submitter:
