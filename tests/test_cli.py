@@ -290,6 +290,20 @@ ON_SLURM = ("run", "{bids}", "{tmp}/out", "participant", "--worker", "slurm")
             [*ON_SLURM, "--resources", "{tmp}/none.toml"],
             "--resources: [Errno 2] No such file or directory",
         ),
+        (
+            ["run", "{bids}", "{tmp}/out", "participant", "--detach"],
+            "--detach: only with --worker slurm (got --worker cf)",
+        ),
+        (
+            [*ON_SLURM, "--detach", "--granularity", "node"],
+            "--detach needs a job per series: --granularity subject",
+        ),
+        (["status", "{tmp}"], "no Slurm job recorded in {tmp}/.kwneuro-cache/.logs/slurm-jobs"),
+        (["cancel", "{tmp}"], "no Slurm job recorded in {tmp}/.kwneuro-cache/.logs/slurm-jobs"),
+        (
+            ["status", "{tmp}", "--participant-label", "01", "--fit-method", "OLS"],
+            "--participant-label, --fit-method: only with BIDS_DIR",
+        ),
         (["demo", "{tmp}/demo", "--subjects", "0"], "must be at least 1"),
         (["prune", "{tmp}", "--keep", "0"], "must be at least 1"),
         (["prune", "{tmp}", "--keep", "-1"], "must be at least 1"),
@@ -417,7 +431,7 @@ def test_demo_prints_where_the_report_is(tmp_path: Path) -> None:
 def test_console_script_help_lists_the_commands() -> None:
     result = kwneuro("--help")
     assert result.returncode == 0
-    for command in ("run", "status", "ls", "prune", "clear", "demo"):
+    for command in ("run", "status", "cancel", "ls", "prune", "clear", "demo"):
         assert command in result.stdout
 
 
@@ -600,3 +614,62 @@ def test_slurm_without_a_reachable_controller_says_so(tmp_path: Path) -> None:
     assert f"is DOWN): start slurmctld, or point SLURM_CONF (now {tmp_path}/slurm.conf)" in line
     assert "refuses" not in line
     assert time.monotonic() - started < 60
+
+
+def test_prune_prunes_the_job_cache_and_the_scheduler_logs(tmp_path: Path) -> None:
+    """``prune OUTPUT_DIR``: the job cache's run folders no run holds (the newest kept; those
+    the job record names after 7 days), the record's lines of jobs long ended, subject logs
+    unchanged for 30 days; ``--dry-run`` lists them and changes nothing."""
+    import fcntl
+
+    from tests import _pydra_steps as steps
+
+    out = tmp_path / "out"
+    work = out / ".kwneuro-cache"
+    with Cache(work / "sub-01"):
+        steps.add_one(1.0)  # a cache for prune to find
+    jobs = out / "logs" / f"pydra-{os.getuid()}"
+    runs = {
+        name: jobs / f"run-2026010{i}T000000-{name * 8}" for i, name in enumerate("abcde", start=1)
+    }
+    for run in runs.values():
+        (run / "array-x").mkdir(parents=True)
+        (run / ".lock").write_text("")
+    held = os.open(runs["d"] / ".lock", os.O_RDWR)  # a run going on
+    fcntl.flock(held, fcntl.LOCK_EX)
+    logs = work / ".logs"
+    logs.mkdir()
+    record = logs / "slurm-jobs.tsv"
+    lines = [
+        f"c1\t1_0\tsub-01\tall steps\t{runs['a']}/array-x/slurm-1_0.err\n",  # its run: 8 days
+        f"c2\t2_0\tsub-02\tall steps\t{runs['c']}/array-x/slurm-2_0.err\n",  # replaced below
+        f"c2\t3_0\tsub-02\tall steps\t{runs['c']}/array-x/slurm-3_0.err\n",  # kept: its run
+        f"c3\t4\tsub-03\tstep\t{tmp_path}/elsewhere/run-x/slurm-4.err\n",  # job cache unseen
+    ]
+    record.write_text("".join(lines))
+    old = time.time() - 8 * 86400
+    (logs / "sub-01.log").write_text("old\n")
+    (logs / "sub-02.log").write_text("new\n")
+    os.utime(logs / "sub-01.log", (old - 30 * 86400,) * 2)
+    for name in "ab":
+        os.utime(runs[name], (old,) * 2)
+    try:
+        dry = kwneuro("prune", str(out), "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        gone = [runs["a"], runs["b"], logs / "sub-01.log"]
+        for path in gone:
+            assert f"would remove {path}\n" in dry.stdout
+        assert f"would drop 2 lines of jobs long ended from {record}" in dry.stdout
+        assert all(run.is_dir() for run in runs.values()) and (logs / "sub-01.log").exists()
+        assert record.read_text() == "".join(lines)
+        pruned = kwneuro("prune", str(out))
+        assert pruned.returncode == 0, pruned.stderr
+        assert f"dropped 2 lines of jobs long ended from {record}" in pruned.stdout
+        assert not any(path.exists() for path in gone)
+        assert all(runs[name].is_dir() for name in "cde")  # named by the record, held, newest
+        assert record.read_text() == lines[2] + lines[3]
+        assert (logs / "sub-02.log").read_text() == "new\n"
+        again = kwneuro("prune", str(out))
+        assert "dropped" not in again.stdout and "run-" not in again.stdout
+    finally:
+        os.close(held)

@@ -6,7 +6,9 @@ with ``-m slurm``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import os
 import re
 import shutil
@@ -24,7 +26,7 @@ import pytest
 
 pytest.importorskip("pydra")
 
-from kwneuro_pydra.pydra import ClusterWarning, SchedulerError, run_subjects, to_task
+from kwneuro_pydra.pydra import ClusterWarning, SchedulerError, SlurmWorker, run_subjects, to_task
 from kwneuro_pydra.pydra._preflight import (
     LOCAL_FILE_SYSTEMS,
     check_slurm,
@@ -55,6 +57,10 @@ def slurm(monkeypatch: pytest.MonkeyPatch) -> None:
     if "SLURM_CONF" not in os.environ and PRIVATE_CONF.exists():
         monkeypatch.setenv("SLURM_CONF", str(PRIVATE_CONF))
     missing = slurm_unavailable()
+    deadline = time.monotonic() + 60
+    while missing and re.search(r"\bcomp\b", missing) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the node still completes the jobs of the test before
+        missing = slurm_unavailable()
     if missing:
         message = f"{missing}; start one with .ci/slurm/start.sh (as root)"
         if os.environ.get("CI"):
@@ -1238,3 +1244,177 @@ def test_a_detached_run_leaves_its_jobs_which_can_be_seen_cancelled_or_collected
         s: f"dti({v['dwi']},mask({v['dwi']},0.5))" for s, v in subjects.items()
     }
     assert tasks_of(root, list(subjects)) == {s: [first[s], second[s]] for s in subjects}
+
+
+def kwneuro_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the command in a fresh process, as a user does (the cluster of ``SLURM_CONF``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kwneuro_pydra.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def job_states(out: Path) -> dict[str, tuple[str, str]]:
+    """Series -> (job id, state) as ``status OUTPUT_DIR --json`` shows them."""
+    shown = kwneuro_cli("status", out, "--json")
+    assert shown.returncode == 0, shown.stderr
+    return {j["name"]: (j["job_id"], j["state"]) for j in json.loads(shown.stdout)["jobs"]}
+
+
+def wait_for_states(out: Path, wanted: set[str], seconds: float = 240) -> dict[str, str]:
+    """Poll ``status OUTPUT_DIR`` until every series' job is in one of ``wanted``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        states = {name: state for name, (_, state) in job_states(out).items()}
+        if set(states.values()) <= wanted:
+            return states
+        assert time.monotonic() < deadline, states
+        time.sleep(2)
+
+
+def test_the_bids_app_detaches_status_follows_and_a_later_run_collects(tmp_path: Path) -> None:
+    """``run --detach`` submits (a job per series, implied) and exits 0 saying how to follow;
+    ``status OUTPUT_DIR`` shows the jobs queued, then running or completed; the same ``run``
+    without ``--detach`` follows them (submitting nothing) and writes the derivatives."""
+    from tests.bids_data import MASK, good_dataset
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=2)
+    out = tmp_path / "out"
+    args = ["run", bids_dir, out, "participant", "--worker", "slurm", *MASK, "--poll-delay", "0.2"]
+    blocker = block_the_node(tmp_path)
+    try:
+        start = time.monotonic()
+        detached = kwneuro_cli(*args, "--detach")
+        assert detached.returncode == 0, detached.stderr
+        assert time.monotonic() - start < 120  # the node is held: nothing waited for the jobs
+        assert "Submitted 3 series as Slurm jobs and detached" in detached.stdout
+        assert f"kwneuro-pydra status {out}" in detached.stdout
+        assert f"kwneuro-pydra cancel {out}" in detached.stdout
+        assert "without --detach" in detached.stdout
+        assert not (out / "report.html").exists() and not (out / "sub-01").exists()
+        queued = job_states(out)
+        assert set(queued) == {"sub-01", "sub-02_ses-1", "sub-02_ses-2"}
+        assert {state for _, state in queued.values()} == {"queued"}
+        shown = kwneuro_cli("status", out)
+        assert shown.returncode == 0, shown.stderr
+        assert "3 queued" in shown.stdout and f"kwneuro-pydra cancel {out}" in shown.stdout
+        for name, (job, _) in queued.items():
+            assert re.search(rf"{name}\s+job {job}\s+queued \(PENDING\)", shown.stdout)
+        again = kwneuro_cli(*args, "--detach")  # still queued: followed, never submitted again
+        assert again.returncode == 0, again.stderr
+        assert job_states(out) == queued
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    wait_for_states(out, {"running", "completed"})
+    collected = kwneuro_cli(*args)
+    assert collected.returncode == 0, collected.stderr
+    for name in queued:
+        subject, _, session = name.partition("_")
+        folder = out / subject / session / "dwi" if session else out / subject / "dwi"
+        assert (folder / f"{name}_model-tensor_param-fa_dwimap.nii.gz").is_file()
+    assert (out / "report.html").is_file()
+    work = out / ".kwneuro-cache"
+    assert tasks_of(work, list(queued)) == {name: [job] for name, (job, _) in queued.items()}
+    assert wait_for_states(out, {"completed"}) == dict.fromkeys(queued, "completed")
+    assert "Collect the results" in kwneuro_cli("status", out).stdout
+
+
+def test_a_detached_run_is_cancelled_from_the_command_line(tmp_path: Path) -> None:
+    """``cancel OUTPUT_DIR`` cancels the detached run's jobs, naming each; ``status`` then
+    shows them cancelled, and squeue has none of them."""
+    from tests.bids_data import MASK, good_dataset
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    out = tmp_path / "out"
+    args = ["run", bids_dir, out, "participant", "--worker", "slurm", *MASK, "--detach"]
+    blocker = block_the_node(tmp_path)
+    try:
+        assert kwneuro_cli(*args).returncode == 0
+        (name, (job, state)), *_ = job_states(out).items()
+        assert (name, state) == ("sub-01", "queued")
+        cancelled = kwneuro_cli("cancel", out)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert cancelled.stdout.splitlines() == [
+            f"cancelled Slurm job {job} (all steps for sub-01)",
+            "1 Slurm job cancelled",
+        ]
+        assert wait_for_states(out, {"cancelled"}, seconds=60) == {"sub-01": "cancelled"}
+        live = subprocess.run(
+            ["squeue", "--me", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert job not in live
+        nothing = kwneuro_cli("cancel", out)
+        assert nothing.stdout.splitlines()[-1].startswith("0 Slurm jobs cancelled (none")
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+
+
+@pytest.fixture
+def drained() -> Iterator[str]:
+    """Partition ``two``'s second node (``<host>-2``), drained; resumed afterwards."""
+    nodes = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", "two", "-o", "%N"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    node = next(n for n in nodes if n.endswith("-2"))
+    subprocess.run(
+        ["scontrol", "update", f"nodename={node}", "state=drain", "reason=kwneuro-test"],
+        check=True,
+    )
+    try:
+        yield node
+    finally:  # (an error when the test resumed it already)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+
+
+def _run_on(node: str, tmp_path: Path, **options: Any) -> tuple[SlurmWorker, bool | None, float]:
+    """Run one `add_one` node as a job pinned to ``node`` (past `run_subjects`' checks, which
+    refuse a drained node); return the worker, what ``run`` returned (None: it raised a
+    SchedulerError, in ``failures``) and the seconds it took."""
+    from pydra.engine.job import Job  # type: ignore[import-untyped]
+    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+
+    worker = SlurmWorker(log_dir=str(tmp_path / "logs"), **options)
+    worker.poll_delay, worker.max_poll_delay = 0.2, 0.5  # poll_delay: Pydra's, untyped
+    worker.sbatch_args = f"--partition=two --nodelist={node}"
+    task = to_task(steps.add_one)(x=1.0, cache_dir=str(tmp_path / "sub-01"))
+    start = time.monotonic()
+    with Submitter(cache_root=tmp_path / "p", worker="debug") as submitter:
+        job = Job(task, submitter=submitter, name="n")
+        try:
+            done = submitter.loop.run_until_complete(worker.run(job))
+        except SchedulerError:
+            done = None
+        seconds = time.monotonic() - start
+        left = [task for task in asyncio.all_tasks(submitter.loop) if not task.done()]
+        for task in left:  # the worker's look at the queue, between two looks
+            task.cancel()
+        submitter.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    return worker, done, seconds
+
+
+def test_a_job_pending_on_a_drained_node_waits_node_grace(drained: str, tmp_path: Path) -> None:
+    """ReqNodeNotAvail (a node drained for maintenance) counts towards pending_timeout only
+    after node_grace: a node back within the grace runs the job; one that stays drained has
+    the job cancelled once grace and timeout have passed, with Slurm's reason."""
+    threading.Timer(
+        4, subprocess.run, (["scontrol", "update", f"nodename={drained}", "state=resume"],)
+    ).start()
+    worker, done, _ = _run_on(drained, tmp_path / "back", pending_timeout=1, node_grace=20)
+    assert done is True and worker.failures == {}
+    (job,) = worker.job_ids
+    log = (tmp_path / "back" / "logs" / "sub-01.log").read_text()
+    assert f"slurm job {job}: add_one ended COMPLETED" in log
+    subprocess.run(
+        ["scontrol", "update", f"nodename={drained}", "state=drain", "reason=kwneuro-test"],
+        check=True,
+    )
+    worker, done, seconds = _run_on(drained, tmp_path / "gone", pending_timeout=1, node_grace=4)
+    assert done is None
+    error = worker.failures["sub-01"]
+    assert error.state == "PENDING"
+    assert "Slurm's reason: ReqNodeNotAvail" in str(error)
+    assert 5 <= seconds < 60  # the grace, then the timeout
+    (job,) = worker.job_ids
+    assert accounting([job])[job]["State"].startswith("CANCELLED")

@@ -74,3 +74,75 @@ def test_every_other_final_state_is_a_scheduler_error_saying_what_it_means(
     assert worker.failures == {"sub-01": error}  # what run_subjects reports the subject by
     log = (tmp_path / "logs" / "sub-01.log").read_text()
     assert log.rstrip().endswith(expected)
+
+
+def test_a_link_planted_at_a_subject_log_is_refused_before_submitting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write the cache root could plant a link at a subject's log to make the
+    scheduler append to a file of their choosing: refused, naming the log, nothing written."""
+    from kwneuro_pydra._files import UnsafeFileError
+
+    target = tmp_path / "someone-elses-file"
+    target.write_text("theirs\n")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "sub-01.log").symlink_to(target)
+    worker = _worker(tmp_path)
+    with pytest.raises(UnsafeFileError) as raised:
+        _run_one_job(worker, "COMPLETED", tmp_path, monkeypatch)
+    assert raised.value.filename == str(tmp_path / "logs" / "sub-01.log")
+    assert "symbolic link" in str(raised.value)
+    assert target.read_text() == "theirs\n"
+    assert worker.job_ids == []  # refused before sbatch
+
+
+def test_a_link_planted_at_the_job_record_is_refused(tmp_path: Path) -> None:
+    from kwneuro_pydra._files import UnsafeFileError
+    from kwneuro_pydra.pydra._slurm import _append_line
+
+    target = tmp_path / "someone-elses-file"
+    target.write_text("theirs\n")
+    record = tmp_path / "slurm-jobs.tsv"
+    record.symlink_to(target)
+    with pytest.raises(UnsafeFileError, match="symbolic link") as raised:
+        _append_line(record, "checksum\t1_0\tsub-01\tall steps\terr\n")
+    assert raised.value.filename == str(record)
+    assert target.read_text() == "theirs\n"
+    _append_line(tmp_path / "log", "one\n")
+    _append_line(tmp_path / "log", "two\n")  # appends
+    assert (tmp_path / "log").read_text() == "one\ntwo\n"
+
+
+def test_a_line_appended_while_the_record_is_compacted_lands_in_the_new_record(
+    tmp_path: Path,
+) -> None:
+    """`compact_record` replaces the record under an exclusive lock: a submitter appending
+    meanwhile waits, then appends to the new file (never to the replaced one, lost)."""
+    import fcntl
+    import threading
+    import time
+
+    from kwneuro_pydra._files import open_shared, write_atomic
+    from kwneuro_pydra.pydra._slurm import _append_line, compact_record
+
+    record = tmp_path / "slurm-jobs.tsv"
+    old = f"c1\t1_0\tsub-01\tall steps\t{tmp_path}/jobs/run-1/array/slurm-1_0.err\n"
+    new = f"c1\t2_0\tsub-01\tall steps\t{tmp_path}/jobs/run-2/array/slurm-2_0.err\n"
+    record.write_text(old + new)
+    (tmp_path / "jobs" / "run-2").mkdir(parents=True)  # run-1 is gone: its line goes too
+    fd = open_shared(record)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as compact_record holds it while it rewrites
+    late = "c2\t3_0\tsub-02\tall steps\terr\n"
+    appender = threading.Thread(target=_append_line, args=(record, late))
+    appender.start()
+    time.sleep(0.5)
+    assert appender.is_alive()  # waits for the lock
+    write_atomic(record, new.encode())
+    os.close(fd)
+    appender.join(10)
+    assert record.read_text() == new + late
+    record.write_text(old + new + late)
+    assert compact_record(record, dry_run=True) == 1
+    assert record.read_text() == old + new + late
+    assert compact_record(record) == 1
+    assert record.read_text() == new + late

@@ -4,6 +4,8 @@
   computes the rest with Pydra, writes BIDS-Derivatives and the reports, and returns an
   `AppRun` (each series' outcome, what each step did, the report, the derivatives).
 - `app_status` looks every step of every series up in the cache and returns an `AppStatus`.
+- `job_status` and `cancel_jobs`: the Slurm jobs of a run (a detached one, ``detach=True``)
+  as they are now, and cancelling those still queued or running.
 - `write_demo` and `demo_accuracy` are the demo's dataset of phantoms and its error against
   their ground truth.
 - `parameters` describes the pipeline's DTI parameters (the command line makes its options
@@ -37,10 +39,21 @@ from kwneuro_pydra.app._run import (
     run_bids_app,
 )
 from kwneuro_pydra.app._series import RECORD
-from kwneuro_pydra.app._status import STATES, AppStatus, SeriesStatus, app_status
+from kwneuro_pydra.app._status import (
+    JOB_STATES,
+    STATES,
+    AppStatus,
+    JobStatus,
+    SeriesJob,
+    SeriesStatus,
+    app_status,
+    cancel_jobs,
+    job_status,
+)
 from kwneuro_pydra.app._words import plural
 
 __all__ = [
+    "JOB_STATES",
     "LOAD",
     "LOGS",
     "OPTIONS_FILE",
@@ -52,14 +65,18 @@ __all__ = [
     "AppRun",
     "AppStatus",
     "BidsError",
+    "JobStatus",
     "Parameter",
     "Progress",
+    "SeriesJob",
     "SeriesOutcome",
     "SeriesStatus",
     "StepCount",
     "StepOutcome",
     "app_status",
+    "cancel_jobs",
     "demo_accuracy",
+    "job_status",
     "natural",
     "parameters",
     "plural",

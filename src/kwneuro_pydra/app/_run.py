@@ -51,7 +51,14 @@ LOGS = "logs"
 ``run-*`` folder, with the crash records ``_error.pklz`` of what failed in it, kept until the
 next run), never a folder in your home."""
 
-_SLURM_ONLY = ("sbatch_args", "resources", "granularity", "pending_timeout", "poll_delay")
+_SLURM_ONLY = (
+    "sbatch_args",
+    "resources",
+    "granularity",
+    "pending_timeout",
+    "poll_delay",
+    "detach",
+)
 
 
 @attrs.frozen
@@ -84,6 +91,8 @@ class SeriesOutcome:
         failed_step: The step that failed, if a step did.
         steps: What each step did, in the pipeline's order (empty when the DWI cannot load).
         derivatives: The derivative images written for it (absolute paths).
+        job: The Slurm job a detached run (``detach=True``) left to run for it, else None;
+            its ``failure`` says so, and a later run collects its results.
     """
 
     name: str
@@ -94,6 +103,7 @@ class SeriesOutcome:
     failed_step: str | None = None
     steps: tuple[StepOutcome, ...] = ()
     derivatives: tuple[Path, ...] = ()
+    job: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -132,8 +142,9 @@ class AppRun:
         steps: Per step, in the pipeline's order: what it did over the series.
         no_dwi: The selected subjects (labels without ``sub-``) without a DWI series (in the
             sessions selected, when sessions are): in `participants.tsv` or a ``sub-*`` folder.
-        report: The group report, ``OUTPUT_DIR/report.html``.
-        pages: Every report page written (the group's first, then one per subject).
+        report: The group report, ``OUTPUT_DIR/report.html`` (not written by a detached run).
+        pages: Every report page written (the group's first, then one per subject; none for
+            a detached run).
         seconds: How long the run took.
     """
 
@@ -156,6 +167,11 @@ class AppRun:
     def failed(self) -> tuple[SeriesOutcome, ...]:
         """The series that failed."""
         return tuple(s for s in self.series if not s.ok)
+
+    @property
+    def detached(self) -> tuple[SeriesOutcome, ...]:
+        """The series left to run as Slurm jobs (``detach=True``): a later run collects them."""
+        return tuple(s for s in self.series if s.job is not None)
 
     @property
     def derivatives(self) -> tuple[Path, ...]:
@@ -211,6 +227,7 @@ def run_bids_app(
     force: Collection[str] = (),
     on_progress: Callable[[Progress], None] | None = None,
     command: Sequence[str] | None = None,
+    detach: bool = False,
     **scheduler: Any,
 ) -> AppRun:
     """Fit DTI to every DWI series of a BIDS dataset; write derivatives and reports.
@@ -235,6 +252,13 @@ def run_bids_app(
         on_progress: Called with a `Progress` when computing starts and when it ends.
         command: The command line shown in the report's About section (default
             ``sys.argv``: the program that called this).
+        detach: Slurm only: submit the series not served by the cache as a job array (a
+            job per series: ``granularity`` ``"subject"``, implied) and return without
+            waiting; those series come back with their ``job`` (`AppRun.detached`), and
+            neither derivatives, reports nor the record are written. A later run without
+            ``detach`` follows the jobs still queued or running, collects what they cached
+            and writes everything; `kwneuro_pydra.app.job_status` shows their progress and
+            `kwneuro_pydra.app.cancel_jobs` cancels them.
         **scheduler: Passed to `kwneuro_pydra.pydra.run_subjects`: ``n_procs`` (cf), and
             for ``slurm`` ``sbatch_args``, ``resources``, ``granularity``,
             ``pending_timeout``, ``poll_delay``; ``job_cache``, Pydra's job cache (its crash
@@ -259,6 +283,10 @@ def run_bids_app(
     if worker not in WORKERS:
         why = " (Pydra 1.0a12's SGE worker is broken: see docs/cluster.md)" * (worker == "sge")
         raise AppError(f"worker {worker!r}: expected one of {', '.join(WORKERS)}{why}")
+    if detach:  # a job per step would leave the steps after the first unsubmitted
+        if scheduler.get("granularity", "subject") != "subject":
+            raise AppError("detach: needs granularity 'subject' (a job per series)")
+        scheduler = {**scheduler, "granularity": "subject", "detach": True}
     slurm_only = [name for name in _SLURM_ONLY if name in scheduler]
     if slurm_only and worker != "slurm":
         raise AppError(f"{', '.join(slurm_only)}: only with worker 'slurm' (got {worker!r})")
@@ -276,9 +304,10 @@ def run_bids_app(
         for u in all_units
         if u.dwi is not None and (not look_up(u, work, values).complete or force)
     ]
+    detached: dict[str, str] = {}
     if pending:
         scheduler = {"job_cache": output_dir / LOGS / f"pydra-{os.getuid()}", **scheduler}
-        _compute(pending, work, values, worker, force, on_progress, scheduler)
+        detached = _compute(pending, work, values, worker, force, on_progress, scheduler)
     for unit in pending:  # what each step did, read back from the cache
         if (
             unit.failure is None
@@ -286,6 +315,20 @@ def run_bids_app(
             and unit.returned is None
         ):
             unit.failure = "its results are not in the cache (a step could not be cached)"
+    if detached:  # the jobs run on: the run that collects them writes the rest
+        left = tuple(
+            SeriesOutcome(
+                u.name,
+                u.series.subject,
+                u.series.session,
+                u.series.source,
+                u.failure,
+                job=detached.get(u.name),
+            )
+            for u in all_units
+        )
+        report, seconds = output_dir / "report.html", time.time() - start
+        return AppRun(bids_dir, output_dir, work, left, (), found.no_dwi, report, (), seconds)
     outcomes = {u.name: _step_outcomes(u, steps, start) for u in all_units}
     counts = _counts(all_units, outcomes, steps)
     with recording(work, all_units) as record:
@@ -335,8 +378,9 @@ def _compute(
     force: set[str],
     on_progress: Callable[[Progress], None] | None,
     scheduler: dict[str, Any],
-) -> None:
-    from kwneuro_pydra.pydra import run_subjects
+) -> dict[str, str]:
+    """Run the pending series; return the Slurm job of each series a detached run left."""
+    from kwneuro_pydra.pydra import SchedulerError, run_subjects
 
     steps = tuple(s.__name__ for s in pipeline().STEPS)
     reused = {
@@ -360,13 +404,18 @@ def _compute(
     finally:
         if on_progress is not None:
             on_progress(attrs.evolve(progress, done=True))
+    detached = {}
     for unit in pending:
         result = results[unit.name]
         if result.failure is not None:
             unit.failure = result.failure.reason
             unit.failed_step = result.failure.step
+            error = result.failure.exception
+            if isinstance(error, SchedulerError) and error.state == "DETACHED" and error.job_id:
+                detached[unit.name] = error.job_id
         elif result.not_stored:  # computed, returned as files, uncached (run_subjects warned)
             unit.returned = result.outputs
+    return detached
 
 
 def _made_since(cache_dir: Path, step: str, since: float) -> int:

@@ -1,4 +1,6 @@
-"""`app_status`: each series' steps as the cache holds them, for the options of the last run."""
+"""`app_status`: each series' steps as the cache holds them, for the options of the last run;
+`job_status` and `cancel_jobs`: the Slurm jobs of a run (a detached one) as they are now.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +10,22 @@ from typing import Any
 
 import attrs
 
+from kwneuro_pydra.app._errors import AppError
 from kwneuro_pydra.app._options import recorded_work_dir, status_parameters
 from kwneuro_pydra.app._series import describe, look_up, pipeline, read_record, units
-from kwneuro_pydra.cache import StepState
+from kwneuro_pydra.cache import Cache, StepState
 
-__all__ = ["STATES", "AppStatus", "SeriesStatus", "app_status"]
+__all__ = [
+    "JOB_STATES",
+    "STATES",
+    "AppStatus",
+    "JobStatus",
+    "SeriesJob",
+    "SeriesStatus",
+    "app_status",
+    "cancel_jobs",
+    "job_status",
+]
 
 STATES = ("cached", "stale", "missing", "failed")
 """A step's states in `SeriesStatus.states`: served by the cache; in the cache for code that
@@ -137,3 +150,161 @@ def app_status(
             )
         )
     return AppStatus(steps, tuple(series), found.no_dwi, work, values, options)
+
+
+JOB_STATES = ("queued", "running", "completed", "failed", "cancelled", "unknown")
+"""A series' job in `SeriesJob.state`: pending in the queue; running; completed with its steps
+cached (a run collects them); ended otherwise, or a step failed in it; cancelled; neither
+Slurm nor the cache knows."""
+_QUEUED = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
+
+
+@attrs.frozen
+class SeriesJob:
+    """A series' last Slurm job, as Slurm and the cache know it now.
+
+    Attributes:
+        name: The series (its cache folder's name, ``sub-02_ses-1``).
+        job_id: Slurm's job id (``<array>_<index>`` for an array task).
+        step: The step the job ran (``all steps`` for a job per series).
+        slurm_state: Slurm's state (``PENDING``, ``RUNNING``, ``COMPLETED`` ...), or
+            ``UNKNOWN`` when neither the controller nor accounting knows the job.
+        state: One of `JOB_STATES`.
+    """
+
+    name: str
+    job_id: str
+    step: str
+    slurm_state: str
+    state: str
+
+
+@attrs.frozen
+class JobStatus:
+    """What `job_status` found: the jobs a run into a work folder recorded.
+
+    Attributes:
+        work_dir: The cache whose record was read.
+        record: The record, ``WORK_DIR/.logs/slurm-jobs.tsv``.
+        jobs: Each series' last job, in the order they were recorded.
+    """
+
+    work_dir: Path
+    record: Path
+    jobs: tuple[SeriesJob, ...]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """State (`JOB_STATES`) -> number of series in it."""
+        counts = dict.fromkeys(JOB_STATES, 0)
+        for job in self.jobs:
+            counts[job.state] += 1
+        return counts
+
+    @property
+    def live(self) -> tuple[SeriesJob, ...]:
+        """The jobs still queued or running."""
+        return tuple(j for j in self.jobs if j.state in ("queued", "running"))
+
+
+def _record_of(output_dir: str | Path, work_dir: str | Path | None) -> tuple[Path, Path]:
+    """The work folder of the run into ``output_dir`` and its job record (which must exist)."""
+    from kwneuro_pydra.pydra._scheduler import LOG_DIR
+    from kwneuro_pydra.pydra._scheduler import RECORD as JOBS
+
+    output_dir = Path(output_dir).absolute()
+    if work_dir is None:
+        work_dir = recorded_work_dir(output_dir) or output_dir / ".kwneuro-cache"
+    work = Path(work_dir).absolute()
+    record = work / LOG_DIR / JOBS
+    if not record.is_file():
+        raise AppError(
+            f"no Slurm job recorded in {record}: no run into {output_dir} submitted any "
+            "(with --worker slurm); 'status BIDS_DIR OUTPUT_DIR' shows what the cache holds"
+        )
+    return work, record
+
+
+def job_status(output_dir: str | Path, *, work_dir: str | Path | None = None) -> JobStatus:
+    """Each series' last Slurm job in the runs into ``output_dir``, as it is now.
+
+    Slurm is asked once for all the jobs (one ``squeue``, and one ``sacct`` for those that
+    left the queue); the cache says whether a job's steps failed (a completed job whose step
+    raised is ``failed``) and, for a job Slurm no longer knows, whether its steps are cached
+    (``completed``) or failed.
+
+    Args:
+        output_dir: The output folder of the runs.
+        work_dir: The cache; default: the one the last run into ``output_dir`` recorded,
+            else ``OUTPUT_DIR/.kwneuro-cache``.
+
+    Returns:
+        The `JobStatus`.
+
+    Raises:
+        AppError: No run into ``output_dir`` recorded a Slurm job, or Slurm's commands
+            cannot be run.
+    """
+    from kwneuro_pydra.pydra import _failures
+    from kwneuro_pydra.pydra._slurm import MEANINGS, recorded_states
+
+    work, record = _record_of(output_dir, work_dir)
+    try:
+        states = recorded_states(record)
+    except OSError as error:
+        raise AppError(f"cannot ask Slurm about the jobs of {record}: {error}") from None
+    steps = {s.__name__ for s in pipeline().STEPS}
+    jobs = []
+    for name, (job_id, step, slurm) in states.items():
+        cache = work / name
+        if _failures.failed(cache) and slurm not in _QUEUED and slurm != "RUNNING":
+            state = "failed"
+        elif slurm in _QUEUED:
+            state = "queued"
+        elif slurm == "COMPLETED":
+            state = "completed"
+        elif slurm == "CANCELLED":
+            state = "cancelled"
+        elif slurm in MEANINGS:
+            state = "failed"
+        elif slurm != "UNKNOWN":
+            state = "running"  # RUNNING, COMPLETING, CONFIGURING, SUSPENDED ...
+        elif cache.is_dir() and steps <= set(Cache(cache).steps()):
+            state = "completed"  # accounting forgot the job; the cache holds every step
+        else:
+            state = "unknown"
+        jobs.append(SeriesJob(name, job_id, step, slurm, state))
+    return JobStatus(work, record, tuple(jobs))
+
+
+def cancel_jobs(
+    output_dir: str | Path, *, work_dir: str | Path | None = None
+) -> tuple[SeriesJob, ...]:
+    """Cancel the Slurm jobs of the runs into ``output_dir`` still queued or running.
+
+    One ``scancel`` for all of them (see `kwneuro_pydra.pydra._slurm.cancel_recorded`); the
+    cache keeps every step they finished, and a later run submits the rest again.
+
+    Args:
+        output_dir: The output folder of the runs.
+        work_dir: The cache (default as for `job_status`).
+
+    Returns:
+        The jobs cancelled, in the order they were recorded.
+
+    Raises:
+        AppError: No run into ``output_dir`` recorded a Slurm job, or Slurm's commands
+            cannot be run.
+    """
+    from kwneuro_pydra.pydra._slurm import cancel_recorded, recorded_jobs
+
+    _, record = _record_of(output_dir, work_dir)
+    try:
+        cancelled = set(cancel_recorded(record))
+    except OSError as error:
+        raise AppError(f"cannot ask Slurm about the jobs of {record}: {error}") from None
+    return tuple(
+        SeriesJob(name, job_id, step, "CANCELLED", "cancelled")
+        for name, (job_id, step) in recorded_jobs(record).items()
+        if job_id in cancelled
+    )

@@ -1,10 +1,11 @@
 """The ``kwneuro-pydra`` command: the DTI BIDS app, its status, cache maintenance, the demo.
 
-One module per command (`run`, `status`, `ls`, `prune`, `clear`, `demo`), each with
+One module per command (`run`, `status`, `cancel`, `ls`, `prune`, `clear`, `demo`), each with
 ``add_parser(commands, parents)`` and ``run(args) -> int``. Errors are one line on stderr
 (a traceback with ``-v``); exit status 0 on success, 1 when something failed, 2 for usage
 errors (the app's `AppError` and `BidsError` included), 130 on Ctrl-C. The commands parse,
-call the library (`kwneuro_pydra.app` for ``run``, ``status`` and ``demo``) and print.
+call the library (`kwneuro_pydra.app` for ``run``, ``status``, ``cancel`` and ``demo``) and
+print.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from typing import NoReturn
 
 from kwneuro_pydra._version import __version__
 from kwneuro_pydra.app import AppError, BidsError
-from kwneuro_pydra.cli import clear, demo, ls, prune, run, status
+from kwneuro_pydra.cli import cancel, clear, demo, ls, prune, run, status
 from kwneuro_pydra.cli._common import UsageError, logging_to_console
 
 __all__ = ["main"]
 
-_COMMANDS = (run, status, ls, prune, clear, demo)
+_COMMANDS = (run, status, cancel, ls, prune, clear, demo)
 
 
 class _Parser(argparse.ArgumentParser):

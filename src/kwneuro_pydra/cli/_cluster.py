@@ -30,9 +30,15 @@ def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument(
         "--granularity",
         choices=("node", "subject"),
-        default="node",
         help="one job per step call (node, the default) or one per series (subject), the "
         "series submitted together as Slurm job arrays",
+    )
+    cluster.add_argument(
+        "--detach",
+        action="store_true",
+        help="submit the series as a job array (a job per series: implies --granularity "
+        "subject) and exit; 'status OUTPUT_DIR' follows them, 'cancel OUTPUT_DIR' cancels "
+        "them, and running the same command without --detach collects the results",
     )
     cluster.add_argument(
         "--pending-timeout",
@@ -85,8 +91,15 @@ def scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_running": args.max_running,
     }
     given = {name: value for name, value in given.items() if value is not None}
-    if args.granularity != "node":
+    if args.granularity is not None:
         given["granularity"] = args.granularity
+    if args.detach:
+        if args.granularity == "node":
+            raise UsageError(
+                "--detach needs a job per series: --granularity subject (implied when "
+                "--granularity is not given), not node"
+            )
+        given["detach"] = True
     if given and args.worker != "slurm":
         names = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"{names}: only with --worker slurm (got --worker {args.worker})")

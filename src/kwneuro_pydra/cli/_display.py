@@ -1,13 +1,16 @@
-"""What ``run`` and ``demo`` print: the live table while computing, the run's summary."""
+"""What ``run`` and ``demo`` print: the live table while computing, the run's summary (or
+the jobs a detached run left).
+"""
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from kwneuro_pydra.app import AppRun, Progress, plural
 from kwneuro_pydra.cli._common import console
 
-__all__ = ["LiveProgress", "print_summary"]
+__all__ = ["LiveProgress", "print_detached", "print_summary"]
 
 
 class LiveProgress:
@@ -94,3 +97,36 @@ def print_summary(result: AppRun, verbosity: int) -> None:
         soft_wrap=True,
     )
     out.print(f"Report: {result.report}", soft_wrap=True)
+
+
+def print_detached(result: AppRun) -> None:
+    """Print the jobs a detached run left (stdout), the other failures (stderr), and how to
+    follow, cancel and collect them.
+
+    Args:
+        result: The run (`AppRun.detached` not empty).
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    out = Console(highlight=False)
+    out.print(
+        f"Submitted {plural(len(result.detached), 'series', 'series')} as Slurm jobs and "
+        "detached; they run without this command:",
+        soft_wrap=True,
+    )
+    for series in result.detached:
+        out.print(f"  {escape(series.name)}: job {series.job}", soft_wrap=True)
+    for series in result.failed:
+        if series.job is None:
+            console().print(
+                f"[red]FAILED[/red] {escape(f'{series.name}: {series.failure}')}", soft_wrap=True
+            )
+    where = shlex.quote(str(result.output_dir))
+    out.print(f"Follow them:  kwneuro-pydra status {where}", soft_wrap=True)
+    out.print(f"Cancel them:  kwneuro-pydra cancel {where}", soft_wrap=True)
+    out.print(
+        "Collect the results (derivatives and reports): run the same command again without "
+        "--detach (it waits for the jobs still queued or running)",
+        soft_wrap=True,
+    )

@@ -12,7 +12,7 @@ from typing import Any
 from kwneuro_pydra.app import WORKERS, run_bids_app
 from kwneuro_pydra.cli._cluster import add_scheduler_options, scheduler_options
 from kwneuro_pydra.cli._common import positive_int
-from kwneuro_pydra.cli._display import LiveProgress, print_summary
+from kwneuro_pydra.cli._display import LiveProgress, print_detached, print_summary
 from kwneuro_pydra.cli._options import add_dti_options, parameters_of
 
 __all__ = ["add_parser", "add_selection", "run"]
@@ -84,7 +84,9 @@ def _steps(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the BIDS app; return 0 when every series succeeded, else 1."""
+    """Run the BIDS app; return 0 when every series succeeded (or was left to run as a
+    Slurm job, with ``--detach``), else 1.
+    """
     result = run_bids_app(
         args.bids_dir,
         args.output_dir,
@@ -97,5 +99,8 @@ def run(args: argparse.Namespace) -> int:
         on_progress=LiveProgress(args.verbosity),
         **scheduler_options(args),
     )
+    if result.detached:
+        print_detached(result)
+        return 0 if all(s.ok or s.job for s in result.series) else 1
     print_summary(result, args.verbosity)
     return 0 if result.ok else 1

@@ -21,7 +21,9 @@ def main(argv: list[str]) -> None:
     """Run the job ``argv`` describes (see the module docstring)."""
     pickled, rerun, log, step = Path(argv[0]), argv[1] == "1", argv[2], argv[3]
     if log:
-        handler = logging.FileHandler(log)
+        from kwneuro_pydra.pydra._slurm import open_append
+
+        handler = logging.StreamHandler(os.fdopen(open_append(log), "a"))  # never a link
         handler.setFormatter(
             logging.Formatter(
                 f"%(asctime)s [job {_job_id()} {step}] %(name)s %(levelname)s: %(message)s",

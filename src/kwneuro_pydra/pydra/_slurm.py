@@ -23,6 +23,8 @@ scheduling; it submits and watches each job itself (see `_workarounds` for why):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import re
 import shlex
@@ -30,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +40,8 @@ import attrs
 from pydra.engine.job import save  # type: ignore[import-untyped]
 from pydra.workers import base, slurm  # type: ignore[import-untyped]
 
+from kwneuro_pydra._files import open_shared, write_atomic
+from kwneuro_pydra.pydra._jobs import RUN_PREFIX
 from kwneuro_pydra.pydra._resources import Request, for_subject, refuse_owned, requests
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
@@ -47,7 +51,9 @@ __all__ = [
     "SchedulerError",
     "SlurmWorker",
     "cancel_recorded",
+    "compact_record",
     "read_record",
+    "recorded_jobs",
     "recorded_runs",
     "recorded_states",
     "stuck",
@@ -658,8 +664,9 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
     def _log_file(self, subject: str) -> Path | None:
         if self.log_dir is None:
             return None
-        Path(self.log_dir).mkdir(parents=True, exist_ok=True)
-        return Path(self.log_dir) / f"{subject}.log"
+        log = Path(self.log_dir) / f"{subject}.log"
+        _append_line(log, "")  # made, or refused if a link, before anything is submitted
+        return log
 
 
 async def _sbatch(*args: str) -> tuple[str | None, str]:
@@ -788,6 +795,23 @@ async def _states(job_ids: list[str]) -> tuple[dict[str, _Outcome], int]:
     return {job: found[job] for job in job_ids}, queries
 
 
+def recorded_jobs(record: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """The last job a worker's ``record`` lists for each subject (no Slurm command).
+
+    Args:
+        record: The record file (`SlurmWorker.record`); missing: no job.
+
+    Returns:
+        Subject -> (job id, step), in the order the subjects were first recorded.
+    """
+    last: dict[str, tuple[str, str]] = {}
+    for line in Path(record).read_text().splitlines() if Path(record).exists() else ():
+        fields = line.split("\t")
+        if len(fields) == 5:
+            last[fields[2]] = (fields[1], fields[3])
+    return last
+
+
 def recorded_states(record: str | os.PathLike[str]) -> dict[str, tuple[str, str, str]]:
     """What the jobs of a worker's ``record`` are doing now (one ``squeue``, one ``sacct``).
 
@@ -798,11 +822,7 @@ def recorded_states(record: str | os.PathLike[str]) -> dict[str, tuple[str, str,
         Subject -> (job id, step, Slurm's state or ``UNKNOWN``) of the last job recorded for
         each subject.
     """
-    last: dict[str, tuple[str, str]] = {}
-    for line in Path(record).read_text().splitlines() if Path(record).exists() else ():
-        fields = line.split("\t")
-        if len(fields) == 5:
-            last[fields[2]] = (fields[1], fields[3])
+    last = recorded_jobs(record)
     if not last:
         return {}
     found, _ = asyncio.run(_states(sorted({job for job, _ in last.values()})))
@@ -887,10 +907,90 @@ def _append(log: Path | None, message: str) -> None:
 
 
 def _append_line(path: Path, line: str) -> None:
-    """Append ``line`` to ``path`` in one write (whole lines from concurrent writers)."""
+    """Append ``line`` to ``path`` in one write (whole lines from concurrent writers).
+
+    Raises:
+        UnsafeFileError: ``path`` (or its folder) is a symbolic link or not a regular file;
+            it is refused, never followed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    while True:  # the file now at ``path``, not one `compact_record` replaced meanwhile
+        fd = open_append(path)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)
     try:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def compact_record(
+    record: str | os.PathLike[str], *, gone: Collection[Path] = (), dry_run: bool = False
+) -> int:
+    """Drop the lines of a worker's ``record`` that no run can use any more.
+
+    Those are the lines a later line replaces (the same Pydra checksum: `read_record` reads
+    the last), and those whose job ran in a run directory of a job cache that no longer
+    holds it, or that is in ``gone``: the job ended long ago (a run directory a record names
+    is kept `kwneuro_pydra.pydra._jobs.MAX_AGE`), and its result cannot be collected. A
+    line whose job cache is missing altogether is kept (it may live on another machine).
+    The record is replaced atomically while holding it locked: appenders wait, then append
+    to the new file.
+
+    Args:
+        record: The record file.
+        gone: Run directories removed (or, with ``dry_run``, to be removed).
+        dry_run: Count the lines, rewrite nothing.
+
+    Returns:
+        The number of lines dropped.
+
+    Raises:
+        UnsafeFileError: ``record`` is a symbolic link or not a regular file.
+    """
+    fd = open_shared(Path(record))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            lines = stream.read().decode().splitlines(keepends=True)
+        last = {line.split("\t")[0]: index for index, line in enumerate(lines)}
+        kept = [
+            line
+            for index, line in enumerate(lines)
+            if last[line.split("\t")[0]] == index and not _ran_in_gone(line, gone)
+        ]
+        if len(kept) < len(lines) and not dry_run:
+            write_atomic(Path(record), "".join(kept).encode(), mode=0o644)
+        return len(lines) - len(kept)
+    finally:
+        os.close(fd)
+
+
+def _ran_in_gone(line: str, gone: Collection[Path]) -> bool:
+    """True when the record ``line``'s job ran in a run directory that is gone."""
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) != 5:
+        return False  # a line being written, or not ours: kept
+    run = next((p for p in Path(fields[4]).parents if p.name.startswith(RUN_PREFIX)), None)
+    return run is not None and (run in gone or (run.parent.is_dir() and not run.is_dir()))
+
+
+def open_append(path: str | Path) -> int:
+    """Open (or create) a log file for appending, never through a symbolic link.
+
+    Args:
+        path: The file (a subject's log, the job record).
+
+    Returns:
+        A descriptor whose every write goes to the end of the file (the caller closes it).
+
+    Raises:
+        UnsafeFileError: ``path`` or its folder is a symbolic link, or ``path`` is not a
+            regular file (see `kwneuro_pydra._files.open_shared`).
+    """
+    fd = open_shared(path)
+    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)  # and blocking again: a regular file
+    return fd
