@@ -32,12 +32,23 @@ def main(argv: list[str]) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     from pydra.engine.job import load_job  # type: ignore[import-untyped]
-    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
     job = load_job(pickled)
     if not job.is_async:
         job.run(rerun=rerun)  # records the error and an errored result itself
         return
+    run_workflow(job, rerun)
+
+
+def run_workflow(job: Any, rerun: bool) -> None:
+    """Run a workflow's job here, its nodes one after the other (Pydra's ``debug`` worker).
+
+    Args:
+        job: Pydra's job of a workflow (a subject's).
+        rerun: Recompute results Pydra's job cache holds.
+    """
+    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+
     _adopt_main(job.task)
     with Submitter(worker="debug", cache_root=job.cache_root) as submitter:
         job.submitter = submitter
