@@ -338,6 +338,30 @@ def test_a_cold_cf_run_of_the_app_decompresses_each_dwi_once(
     assert str(os.getpid()) not in {pid for pid, _ in lines}  # decoded in the workers
 
 
+def test_a_cf_job_per_subject_makes_the_entries_a_job_per_step_makes(
+    counts: Path, tmp_path: Path
+) -> None:
+    """Each step of a subject's job is cached on its own, under the same entries; a run by
+    steps finds them all (nothing runs again), and so do eager calls."""
+    by_subject = run_subjects(
+        steps.pipeline3, FIXED, tmp_path / "a", worker="cf", n_procs=2, granularity="subject"
+    )
+    by_step = run_subjects(steps.pipeline3, FIXED, tmp_path / "b", worker="cf", n_procs=2)
+    assert {s: r.outputs for s, r in by_subject.items()} == {
+        s: r.outputs for s, r in by_step.items()
+    }
+
+    def entries(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.glob("sub-*/*/*") if p.is_dir()}
+
+    assert entries(tmp_path / "a") == entries(tmp_path / "b")
+    assert len(entries(tmp_path / "a")) == 9  # three subjects x three steps
+    run_subjects(steps.pipeline3, FIXED, tmp_path / "a", worker="cf", n_procs=2)
+    with Cache(tmp_path / "a" / "sub-02"):
+        assert steps.pipeline3("b") == by_subject["sub-02"].outputs
+    assert tally(counts) == {"brain_mask": 6, "estimate_dti": 6, "fa_map": 6}
+
+
 def test_a_job_per_subject_needs_cf_or_slurm(tmp_path: Path) -> None:
     one = {"sub-01": {"dwi": "a"}}
     with pytest.raises(ValueError, match=r"granularity need worker='slurm' or 'cf' \(worker"):
