@@ -5,7 +5,8 @@
 the other in this process (Pydra's ``debug`` worker); the steps of a pipeline defined in
 the user's ``__main__`` are given to this one's. Records of the ``kwneuro_pydra``
 logger at INFO and above are appended to ``LOG`` (when not empty), tagged with the job id
-(``<array>_<index>`` for an array task, as the scheduler's lines say).
+(``<array>_<index>`` for an array task, as the scheduler's lines say). A ``cf`` worker
+process runs a subject's workflow the same way (`run_workflow`, see ``SubjectProcessWorker``).
 """
 
 from __future__ import annotations
