@@ -12,6 +12,9 @@ within each round (interleaved), so that the load of a shared machine falls on a
   RD); our `estimate_dti` (WLS); dipy ``TensorModel`` (WLS).
 - end to end: the mask, then the fit inside it.
 
+Each row notes the least CPU time (user and system) of the participant's processes, which a
+shared host's load changes least.
+
 Run a participant by hand: ``python -m benchmarks.cases_mrtrix ours end-to-end DWI BVAL
 BVEC OUT_DIR [TRUE_MASK]``.
 """
@@ -19,6 +22,7 @@ BVEC OUT_DIR [TRUE_MASK]``.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -110,10 +114,12 @@ def _child(
             nib.save(volume, out_dir / f"{name}.nii.gz")
 
 
-def _run(tool: str, scope: str, files: list[Path], truth: Path, out: Path) -> float:
-    """Seconds of one fresh run of a participant."""
+def _run(tool: str, scope: str, files: list[Path], truth: Path, out: Path) -> tuple[float, float]:
+    """Seconds of one fresh run of a participant: wall time, and CPU time (user and system)
+    of its processes (the figure a shared host's load changes least)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    before = _children_cpu()
     start = time.perf_counter()
     if tool == MRTRIX:
         _mrtrix(scope, *files, out, truth)
@@ -134,7 +140,13 @@ def _run(tool: str, scope: str, files: list[Path], truth: Path, out: Path) -> fl
             env={**os.environ, **ONE_THREAD},
             cwd=Path(__file__).resolve().parent.parent,
         )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - before
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user and system) of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _dice(path: Path, truth: Any) -> float:
@@ -158,6 +170,7 @@ def main_job_vs_mrtrix(sizes: Sizes, workdir: Path) -> Section:
     scopes = SCOPES[:1] if smoke else SCOPES
     section = Section("main-job-vs-mrtrix", "")
     samples: dict[tuple[str, str, str], list[float]] = {}
+    cpu: dict[tuple[str, str, str], list[float]] = {}
     dice: dict[tuple[str, str], float] = {}
     for dtype in ("int16",) if smoke else ("int16", "float32"):
         files = [workdir / f"dwi-{dtype}.{suffix}" for suffix in ("nii.gz", "bval", "bvec")]
@@ -178,8 +191,9 @@ def main_job_vs_mrtrix(sizes: Sizes, workdir: Path) -> Section:
                     if tool == MEDIAN_OTSU and scope == "fit":
                         continue  # the same fit as ours
                     out = workdir / "out"
-                    seconds = _run(tool, scope, files, truth, out)
+                    seconds, cpu_seconds = _run(tool, scope, files, truth, out)
                     samples.setdefault((dtype, scope, tool), []).append(seconds * 1e9)
+                    cpu.setdefault((dtype, scope, tool), []).append(cpu_seconds)
                     if scope == "mask":
                         dice[dtype, tool] = _dice(out / "mask.nii.gz", phantom.brain)
         for path in (*files, truth):
@@ -194,7 +208,9 @@ def main_job_vs_mrtrix(sizes: Sizes, workdir: Path) -> Section:
             and tool in (OURS, MEDIAN_OTSU)
             and p not in (OURS, MEDIAN_OTSU)
         )
-        note = f"Dice vs truth {dice[dtype, tool]:.4f}" if scope == "mask" else ""
+        note = f"CPU {min(cpu[dtype, scope, tool]):.2f} s"
+        if scope == "mask":
+            note += f"; Dice vs truth {dice[dtype, tool]:.4f}"
         section.rows.append(
             Row(f"{dtype} {scope}: {tool}", Timing.from_samples(values), peers=peers, note=note)
         )

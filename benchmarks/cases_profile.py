@@ -18,7 +18,8 @@ place) charges its time to the innermost category it is in:
   fingerprints and file digests;
 - **cache bookkeeping**: the rest of a cached step call (lookups, locks, sidecars, publish),
   the command's plan of each series and the adapter's read-back of results;
-- **Pydra (workers)**: the rest of a job in a worker (unpickling, Pydra's hashing, result files);
+- **Pydra (workers)**: the rest of a job in a worker (unpickling, Pydra's hashing, result files;
+  the app's ``cf`` runs each series' steps as one job of a worker);
 - **Pydra/CLI (submitter)**: the submitting process's CPU time outside the categories above
   (imports, argument parsing, building and scheduling the workflow, the summary).
 
@@ -160,6 +161,7 @@ def _targets() -> list[tuple[str, Any, str]]:
             "_store",
             "app._run",
             "pydra._hash",
+            "pydra._scheduler",
             "pydra._subjects",
             "report._html",
             "resources",
@@ -188,6 +190,7 @@ def _targets() -> list[tuple[str, Any, str]]:
         ("cache bookkeeping", app, "look_up"),
         ("cache bookkeeping", modules["pydra._subjects"], "_replay"),
         ("Pydra (workers)", cf.ConcurrentFuturesWorker, "uncloudpickle_and_run"),
+        ("Pydra (workers)", modules["pydra._scheduler"], "_run_subject"),  # a series' job
     ]
 
 

@@ -280,6 +280,21 @@ def test_median_filter_on_ranks_equals_scipys(
         np.testing.assert_array_equal(median_filter(volume, radius), expected)
 
 
+@pytest.mark.parametrize("levels", [300, None])
+def test_median_filter_passes_equal_scipys_filter_applied_again(levels: int | None) -> None:
+    """Several passes rank the volume once (at most 65536 values) or rank per block again."""
+    volume = np.random.default_rng(2).random((48, 48, 32)).astype(np.float32)
+    if levels:
+        volume = np.round(volume * levels).astype(np.float32)
+    assert (len(np.unique(volume)) > 65536) == (levels is None)
+    expected = volume
+    for _ in range(3):
+        expected = ndimage.median_filter(expected, size=5, mode="reflect")
+    np.testing.assert_array_equal(median_filter(volume, 2, passes=3), expected)
+    for unchanged in (median_filter(volume, 2, passes=0), median_filter(volume, 0, passes=3)):
+        np.testing.assert_array_equal(unchanged, volume)
+
+
 # --- an empty mask fails ------------------------------------------------------------------
 
 

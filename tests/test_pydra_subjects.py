@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import subprocess
 import sys
 import textwrap
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 
 pytest.importorskip("pydra")
 
 from kwneuro_pydra import Cache
+from kwneuro_pydra._filedigest import RACY_WINDOW_NS
+from kwneuro_pydra.app import run_bids_app
 from kwneuro_pydra.pydra import SubjectResult, run_subjects, to_task
+from kwneuro_pydra.resources import _gzip
 from tests import _pydra_steps as steps
 from tests._children import child_env, python
+from tests.bids_data import good_dataset
 
 SUBJECTS = {"sub-01": {"dwi": "a"}, "sub-02": {"dwi": "bad"}, "sub-03": {"dwi": "c"}}
 
@@ -36,7 +44,13 @@ def tally(counts: Path) -> dict[str, int]:
     return {f.name: steps.executions(counts, f.name) for f in sorted(counts.iterdir())}
 
 
-WORKERS = pytest.mark.parametrize(("worker", "options"), [("debug", {}), ("cf", {"n_procs": 2})])
+WORKERS = pytest.mark.parametrize(
+    ("worker", "options"),
+    [("debug", {}), ("cf", {"n_procs": 2}), ("cf", {"n_procs": 2, "granularity": "subject"})],
+    ids=["debug", "cf", "cf-by-subject"],
+)
+MASK_PARAMETERS = {"median_radius": 1, "numpass": 1}
+"""The app's parameters for its small test phantoms (as in tests/test_app.py)."""
 FIXED = dict(SUBJECTS, **{"sub-02": {"dwi": "b"}})
 
 
@@ -291,3 +305,71 @@ def test_a_forced_step_that_raises_fails_its_subject_whatever_an_older_entry_hol
         steps.stamped, subjects, root, worker=worker, job_cache=jobs, force={"stamp"}, **options
     )
     assert again["sub-02"].outputs == ("2.0:new", 6.0)
+
+
+def test_a_cold_cf_run_of_the_app_decompresses_each_dwi_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step reading a series' DWI (mean b0, mask, fit, statistics) is served by the
+    memo of the one process its series runs in; counted in the workers (forked: the patch
+    of the test's process is theirs), each line appended at once (O_APPEND)."""
+    bids_dir = good_dataset(tmp_path / "bids", subjects=2)
+    dwis = {_digest(p.read_bytes()): p.name for p in sorted(bids_dir.rglob("*_dwi.nii.gz"))}
+    assert len(dwis) == 3
+    time.sleep(RACY_WINDOW_NS / 1e9)  # a file changed within it is never memoised
+    counted = tmp_path / "decompressions"
+    real = _gzip.gunzip
+
+    def gunzip(data: bytes, size: int) -> bytes:
+        line = f"{os.getpid()} {_digest(data)}\n".encode()
+        fd = os.open(counted, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        return real(data, size)
+
+    monkeypatch.setattr(_gzip, "gunzip", gunzip)
+    result = run_bids_app(bids_dir, tmp_path / "out", worker="cf", parameters=MASK_PARAMETERS)
+    assert result.ok and all(o.state == "computed" for s in result.series for o in s.steps)
+    lines = [line.split() for line in counted.read_text().splitlines()]
+    per_dwi = Counter(dwis[digest] for _, digest in lines if digest in dwis)
+    assert per_dwi == dict.fromkeys(dwis.values(), 1), per_dwi
+    assert str(os.getpid()) not in {pid for pid, _ in lines}  # decoded in the workers
+
+
+def test_a_cf_job_per_subject_makes_the_entries_a_job_per_step_makes(
+    counts: Path, tmp_path: Path
+) -> None:
+    """Each step of a subject's job is cached on its own, under the same entries; a run by
+    steps finds them all (nothing runs again), and so do eager calls."""
+    by_subject = run_subjects(
+        steps.pipeline3, FIXED, tmp_path / "a", worker="cf", n_procs=2, granularity="subject"
+    )
+    by_step = run_subjects(steps.pipeline3, FIXED, tmp_path / "b", worker="cf", n_procs=2)
+    assert {s: r.outputs for s, r in by_subject.items()} == {
+        s: r.outputs for s, r in by_step.items()
+    }
+
+    def entries(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.glob("sub-*/*/*") if p.is_dir()}
+
+    assert entries(tmp_path / "a") == entries(tmp_path / "b")
+    assert len(entries(tmp_path / "a")) == 9  # three subjects x three steps
+    run_subjects(steps.pipeline3, FIXED, tmp_path / "a", worker="cf", n_procs=2)
+    with Cache(tmp_path / "a" / "sub-02"):
+        assert steps.pipeline3("b") == by_subject["sub-02"].outputs
+    assert tally(counts) == {"brain_mask": 6, "estimate_dti": 6, "fa_map": 6}
+
+
+def test_a_job_per_subject_needs_cf_or_slurm(tmp_path: Path) -> None:
+    one = {"sub-01": {"dwi": "a"}}
+    with pytest.raises(ValueError, match=r"granularity need worker='slurm' or 'cf' \(worker"):
+        run_subjects(steps.pipeline, one, tmp_path, worker="debug", granularity="subject")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) for worker='cf': max_running"):
+        run_subjects(steps.pipeline, one, tmp_path, granularity="subject", max_running=2)
+    assert not any(tmp_path.iterdir())
+
+
+def _digest(data: bytes) -> str:
+    return xxhash.xxh3_64_hexdigest(data)

@@ -389,6 +389,8 @@ def _compute(
     }
     progress = Progress(tuple(u.name for u in pending), steps, work_dir, time.time(), reused)
     subjects = {u.name: {"dwi": u.dwi, **parameters} for u in pending}
+    if worker == "cf":  # a series' steps in one process: its DWI is decompressed once
+        scheduler = {"granularity": "subject", **scheduler}
     if on_progress is not None:
         on_progress(progress)
     try:

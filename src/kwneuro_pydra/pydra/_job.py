@@ -5,7 +5,8 @@
 the other in this process (Pydra's ``debug`` worker); the steps of a pipeline defined in
 the user's ``__main__`` are given to this one's. Records of the ``kwneuro_pydra``
 logger at INFO and above are appended to ``LOG`` (when not empty), tagged with the job id
-(``<array>_<index>`` for an array task, as the scheduler's lines say).
+(``<array>_<index>`` for an array task, as the scheduler's lines say). A ``cf`` worker
+process runs a subject's workflow the same way (`run_workflow`, see ``SubjectProcessWorker``).
 """
 
 from __future__ import annotations
@@ -34,12 +35,23 @@ def main(argv: list[str]) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     from pydra.engine.job import load_job  # type: ignore[import-untyped]
-    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
     job = load_job(pickled)
     if not job.is_async:
         job.run(rerun=rerun)  # records the error and an errored result itself
         return
+    run_workflow(job, rerun)
+
+
+def run_workflow(job: Any, rerun: bool) -> None:
+    """Run a workflow's job here, its nodes one after the other (Pydra's ``debug`` worker).
+
+    Args:
+        job: Pydra's job of a workflow (a subject's).
+        rerun: Recompute results Pydra's job cache holds.
+    """
+    from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
+
     _adopt_main(job.task)
     with Submitter(worker="debug", cache_root=job.cache_root) as submitter:
         job.submitter = submitter

@@ -8,13 +8,17 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import attrs
+import cloudpickle  # type: ignore[import-untyped]
+from pydra.engine.workflow import Workflow  # type: ignore[import-untyped]
 from pydra.workers.base import Worker  # type: ignore[import-untyped]
+from pydra.workers.cf import ConcurrentFuturesWorker  # type: ignore[import-untyped]
 
 from kwneuro_pydra.pydra._preflight import check_cache_root, check_slurm, check_worker
 from kwneuro_pydra.pydra._resources import for_subject, requests
-from kwneuro_pydra.pydra._slurm import SchedulerError, SlurmWorker
+from kwneuro_pydra.pydra._slurm import SchedulerError, SlurmWorker, _subject_dir
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "LOG_DIR",
     "POLL_DELAY",
     "RECORD",
+    "SubjectProcessWorker",
     "cancel_on_interrupt",
     "check_before_submitting",
     "prepare_worker",
@@ -37,6 +42,47 @@ POLL_DELAY = 5.0
 """Seconds between looks at the queue while something changes (`SlurmWorker.poll_delay`)."""
 SLURM_OPTIONS = ("sbatch_args", "poll_delay", "max_poll_delay", "max_running", "detach")
 """The worker options `run_subjects` passes on to `SlurmWorker`."""
+CF_OPTIONS = ("n_procs",)
+"""The worker options `run_subjects` passes on to `SubjectProcessWorker`."""
+
+
+@attrs.define(getstate_setstate=False)  # Pydra's: the pool is not pickled
+class SubjectProcessWorker(ConcurrentFuturesWorker):  # type: ignore[misc]
+    """Pydra's ``cf`` worker that runs each subject's workflow in one of its processes.
+
+    A subject's steps run there one after the other (Pydra's ``debug`` worker, as in a
+    Slurm job per subject), each still cached on its own: the entries are those of a run
+    with a process per node. A volume decoded by one step is served to the next from the
+    process's memo (`kwneuro_pydra.resources`), so a subject's DWI is decompressed once.
+    Subjects run side by side, ``n_procs`` at a time.
+
+    Attributes:
+        n_procs: The processes (default: the CPUs this process may use).
+    """
+
+    _plugin_name: ClassVar[str] = "cf"
+
+    async def submit(self, job: Any, rerun: bool = False) -> Any:
+        """Run a subject's workflow in a process of the pool; other jobs as Pydra does."""
+        if job.is_async and _subject_dir(job) is not None:
+            pickled = cloudpickle.dumps(job)
+            return await self.loop.run_in_executor(self.pool, _run_subject, pickled, rerun)
+        return await super().submit(job, rerun=rerun)
+
+
+def _run_subject(pickled: bytes, rerun: bool) -> None:
+    """Run a pickled subject workflow's job in this process (see `SubjectProcessWorker`).
+
+    Pydra memoizes workflow constructions per process, and a construction serves the steps
+    its cache answers: none may outlive the run of the subject it was made for.
+    """
+    from kwneuro_pydra.pydra._job import run_workflow
+
+    Workflow.clear_cache()
+    try:
+        run_workflow(cloudpickle.loads(pickled), rerun)
+    finally:
+        Workflow.clear_cache()
 
 
 def prepare_worker(
@@ -59,7 +105,8 @@ def prepare_worker(
         root: The cache root (absolute).
         steps: The pipeline's step functions by step name.
         resources: Per-step requests (see `kwneuro_pydra.pydra._resources`).
-        granularity: ``"node"`` (a job per node) or ``"subject"`` (a job per subject).
+        granularity: ``"node"`` (a job per node) or ``"subject"`` (a job per subject: for
+            ``cf``, a `SubjectProcessWorker`).
         pending_timeout: Seconds a job may pend before it is cancelled.
         options: The worker options given to `run_subjects`.
 
@@ -68,7 +115,8 @@ def prepare_worker(
 
     Raises:
         ValueError: See `check_worker`, `check_cache_root`, `requests`, `sbatch_args`; a
-            scheduler option given to a worker without a scheduler; a bad ``granularity``.
+            scheduler option given to a worker without a scheduler; a bad ``granularity``
+            (``"subject"`` needs ``slurm`` or ``cf``); an unknown option of ``cf`` by subject.
     """
     check_worker(worker, Worker.available_plugins())
     check_cache_root(root)
@@ -82,14 +130,23 @@ def prepare_worker(
             name
             for name, value in (
                 ("resources", resources),
-                ("granularity", granularity != "node"),
+                ("granularity", granularity != "node" and worker != "cf"),
                 ("pending_timeout", pending_timeout),
             )
             if value
         ]
         if given:
-            raise ValueError(f"{', '.join(given)} need worker='slurm' (worker is {worker!r})")
-        return worker, options
+            needs = "worker='slurm'" + " or 'cf'" * (given == ["granularity"])
+            raise ValueError(f"{', '.join(given)} need {needs} (worker is {worker!r})")
+        if granularity == "node":
+            return worker, options
+        unknown = sorted(set(options) - set(CF_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) for worker='cf': {', '.join(unknown)} "
+                f"(expected {', '.join(CF_OPTIONS)})"
+            )
+        return SubjectProcessWorker(**options), {}
     unknown = sorted(set(options) - set(SLURM_OPTIONS))
     if unknown:
         raise ValueError(

@@ -140,10 +140,12 @@ def run_subjects(
         resources: Slurm only: what each step's jobs ask for, by step name, e.g.
             ``{"estimate_dti": {"mem": "2G", "cpus": 2, "time": "00:30:00"}}`` (keys
             ``mem``, ``cpus``, ``time``, ``options``; see `load_resources`).
-        granularity: Slurm only: ``"node"`` submits a job per step call; ``"subject"`` a
-            job per subject whose steps run inside it, one after the other, asking for the
-            largest memory and CPUs and the sum of the times of ``resources``; the subjects
-            go in one job array (one sbatch call per ``MaxArraySize`` subjects).
+        granularity: ``"node"`` runs each step call as a job (a process of ``cf``);
+            ``"subject"`` runs each subject's steps one after the other in one job: for
+            ``cf`` in one process of the pool (a DWI is then decompressed once per subject);
+            for Slurm in one job asking for the largest memory and CPUs and the sum of the
+            times of ``resources``, the subjects in one job array (one sbatch call per
+            ``MaxArraySize`` subjects).
         pending_timeout: Slurm only: seconds a job may pend before it is cancelled and its
             subject reported with Slurm's reason; None waits for ever.
         job_cache: Directory of Pydra's job cache; default

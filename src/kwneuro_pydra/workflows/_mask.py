@@ -205,30 +205,37 @@ def _local_threshold(
     return refined
 
 
-def median_filter(volume: NDArray[Any], radius: int) -> NDArray[Any]:
+def median_filter(volume: NDArray[Any], radius: int, passes: int = 1) -> NDArray[Any]:
     """Median over the cube of side ``2 * radius + 1`` around each voxel, edges reflected.
 
-    Equal to ``scipy.ndimage.median_filter(volume, size=2 * radius + 1, mode="reflect")``.
-    The medians are taken of the values' ranks, as uint16 when they fit (the median of
-    ranks is the rank of the median): the volume's own ranks when it has at most 65536
-    distinct values, else the ranks within each block of windows small enough to read at
-    most 65536 values.
+    Equal to ``scipy.ndimage.median_filter(volume, size=2 * radius + 1, mode="reflect")``,
+    applied ``passes`` times. The medians are taken of the values' ranks, as uint16 when
+    they fit (the median of ranks is the rank of the median): the volume's own ranks when
+    it has at most 65536 distinct values (ranked once for every pass: a median is one of
+    its window's values), else the ranks within each block of windows small enough to read
+    at most 65536 values.
 
     Args:
         volume: A 3-D array.
         radius: The cube's radius in voxels (0 returns a copy).
+        passes: How many times the filter is applied, each to the result of the last.
 
     Returns:
         The filtered volume, same shape and dtype.
     """
-    if radius == 0:
-        return np.array(volume, copy=True)
-    values, inverse = np.unique(volume, return_inverse=True)
+    result = np.array(volume, copy=True)
+    if radius == 0 or passes == 0:
+        return result
+    values, inverse = np.unique(result, return_inverse=True)
     if values.size <= _UINT16_VALUES:
-        ranks = inverse.reshape(volume.shape).astype(np.uint16)
-        ranked: NDArray[Any] = values[_windowed_median(ranks, radius, rank_blocks=False)]
+        ranks = inverse.reshape(result.shape).astype(np.uint16)
+        for _ in range(passes):
+            ranks = _windowed_median(ranks, radius, rank_blocks=False)
+        ranked: NDArray[Any] = values[ranks]
         return ranked
-    return _windowed_median(np.asarray(volume), radius, rank_blocks=True)
+    for _ in range(passes):
+        result = _windowed_median(result, radius, rank_blocks=True)
+    return result
 
 
 def _windowed_median(volume: NDArray[Any], radius: int, *, rank_blocks: bool) -> NDArray[Any]:
@@ -332,9 +339,7 @@ def median_otsu(
     Returns:
         The boolean mask.
     """
-    smooth = np.asarray(b0, dtype=np.float32)
-    for _ in range(numpass):
-        smooth = median_filter(smooth, median_radius)
+    smooth = median_filter(np.asarray(b0, dtype=np.float32), median_radius, numpass)
     mask: NDArray[np.bool_] = smooth > otsu_threshold(smooth)
     if dilate:
         cross = ndimage.generate_binary_structure(3, 1)
