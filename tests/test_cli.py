@@ -566,7 +566,22 @@ def test_a_forced_step_that_raises_fails_its_series_and_the_run(
     assert rows["fa_mosaic"] == ["0", "0", "0"]  # not run
     assert "0 series succeeded, 1 failed." in broken.stdout
     assert 'class="failed">failed' in (out / "sub-01.html").read_text()
+    # status: the older entry serves (cached), and the last run's failure is said.
+    status = kwneuro("status", str(bids_dir), str(out), "--json")
+    (series,) = json.loads(status.stdout)["series"]
+    assert series["states"]["estimate_dti"] == "cached"
+    assert series["failure"] == (
+        "step 'estimate_dti' failed: FloatingPointError: the fit is broken by the test"
+    )
+    shown = kwneuro("status", str(bids_dir), str(out)).stdout
+    assert "the last run of sub-01 failed: step 'estimate_dti' failed" in shown
     assert kwneuro(*args).returncode == 0  # the older entry still serves a plain rerun
+    assert (
+        json.loads(kwneuro("status", str(bids_dir), str(out), "--json").stdout)["series"][0][
+            "failure"
+        ]
+        is None
+    )  # that rerun succeeded
 
 
 def test_slurm_without_a_reachable_controller_says_so(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_failure_records_are_json_and_rebuild_no_class_but_builtins(tmp_path: Pa
     assert "LabError: the scanner was off" in traceback
 
     _failures.clear(tmp_path)
-    assert not _failures.failed(tmp_path) and not marker.exists()
+    assert not _failures.failure_recorded(tmp_path) and not marker.exists()
     _failures.record(tmp_path, "step_c", KeyError("k"))
     _failures.record(tmp_path, "step_d", UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"))
     (tmp_path / _failures.ERRORS_DIR / "step_e.json").write_text("{not json")

@@ -19,7 +19,7 @@ from pydra.engine.job import Job  # type: ignore[import-untyped]
 from pydra.engine.submitter import Submitter  # type: ignore[import-untyped]
 
 from kwneuro_pydra.pydra import SchedulerError, SlurmWorker, to_task
-from kwneuro_pydra.pydra._slurm import MEANINGS
+from kwneuro_pydra.pydra._slurm import FINAL_STATE_MEANINGS
 from tests import _pydra_steps as steps
 
 
@@ -60,7 +60,7 @@ def test_a_completed_job_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "add_one ended COMPLETED" in (tmp_path / "logs" / "sub-01.log").read_text()
 
 
-@pytest.mark.parametrize("state", sorted(MEANINGS))
+@pytest.mark.parametrize("state", sorted(FINAL_STATE_MEANINGS))
 def test_every_other_final_state_is_a_scheduler_error_saying_what_it_means(
     state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,7 +69,7 @@ def test_every_other_final_state_is_a_scheduler_error_saying_what_it_means(
         _run_one_job(worker, state, tmp_path, monkeypatch)
     error = raised.value
     assert (error.state, error.job_id, error.step) == (state, "4242", "add_one")
-    expected = f"Slurm job 4242 (add_one for sub-01) ended {state}: {MEANINGS[state]}"
+    expected = f"Slurm job 4242 (add_one for sub-01) ended {state}: {FINAL_STATE_MEANINGS[state]}"
     assert str(error) == expected
     assert worker.failures == {"sub-01": error}  # what run_subjects reports the subject by
     log = (tmp_path / "logs" / "sub-01.log").read_text()

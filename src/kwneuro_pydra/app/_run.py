@@ -23,8 +23,12 @@ from kwneuro_pydra.app._errors import AppError, BidsError
 from kwneuro_pydra.app._folders import outside_dataset, writable_folder
 from kwneuro_pydra.app._options import check_parameters, write_options
 from kwneuro_pydra.app._series import Unit, describe, look_up, pipeline, recording, units
-from kwneuro_pydra.bids import discover, write_dataset_description, write_derivatives
-from kwneuro_pydra.bids._derivatives import no_link_under
+from kwneuro_pydra.bids import (
+    discover,
+    no_link_under,
+    write_dataset_description,
+    write_derivatives,
+)
 from kwneuro_pydra.cache import Cache
 
 __all__ = [

@@ -42,7 +42,9 @@ class SeriesStatus:
         source: The DWI's path in the dataset.
         states: Step -> one of `STATES`, in the pipeline's order (empty when the DWI cannot
             be loaded).
-        failure: Why the DWI cannot be loaded, or why the last run of the series failed.
+        failure: Why the DWI cannot be loaded, or why the last run of the series failed
+            (with the parameters looked up), also when an older entry of the step that
+            failed still serves it (a forced step that raised: its state is ``cached``).
     """
 
     name: str
@@ -139,7 +141,10 @@ def app_status(
         failed_step = recorded.get("step")
         if failed_step in states and states[failed_step] != StepState.CACHED:
             states[failed_step] = StepState.FAILED
-        reason = recorded.get("reason") if StepState.FAILED in states.values() else None
+        # The last run's failure, also where an older entry of the step still serves (a
+        # forced step that raised): the cache answers, but that run did not succeed.
+        same = recorded.get("parameters", values) == values
+        reason = recorded.get("reason") if same or StepState.FAILED in states.values() else None
         series.append(
             SeriesStatus(
                 unit.name,
@@ -209,14 +214,13 @@ class JobStatus:
 
 def _record_of(output_dir: str | Path, work_dir: str | Path | None) -> tuple[Path, Path]:
     """The work folder of the run into ``output_dir`` and its job record (which must exist)."""
-    from kwneuro_pydra.pydra._scheduler import LOG_DIR
-    from kwneuro_pydra.pydra._scheduler import RECORD as JOBS
+    from kwneuro_pydra.pydra import job_record
 
     output_dir = Path(output_dir).absolute()
     if work_dir is None:
         work_dir = recorded_work_dir(output_dir) or output_dir / ".kwneuro-cache"
     work = Path(work_dir).absolute()
-    record = work / LOG_DIR / JOBS
+    record = job_record(work)
     if not record.is_file():
         raise AppError(
             f"no Slurm job recorded in {record}: no run into {output_dir} submitted any "
@@ -245,8 +249,7 @@ def job_status(output_dir: str | Path, *, work_dir: str | Path | None = None) ->
         AppError: No run into ``output_dir`` recorded a Slurm job, or Slurm's commands
             cannot be run.
     """
-    from kwneuro_pydra.pydra import _failures
-    from kwneuro_pydra.pydra._slurm import MEANINGS, recorded_states
+    from kwneuro_pydra.pydra import FINAL_STATE_MEANINGS, failure_recorded, recorded_states
 
     work, record = _record_of(output_dir, work_dir)
     try:
@@ -257,7 +260,7 @@ def job_status(output_dir: str | Path, *, work_dir: str | Path | None = None) ->
     jobs = []
     for name, (job_id, step, slurm) in states.items():
         cache = work / name
-        if _failures.failed(cache) and slurm not in _QUEUED and slurm != "RUNNING":
+        if failure_recorded(cache) and slurm not in _QUEUED and slurm != "RUNNING":
             state = "failed"
         elif slurm in _QUEUED:
             state = "queued"
@@ -265,7 +268,7 @@ def job_status(output_dir: str | Path, *, work_dir: str | Path | None = None) ->
             state = "completed"
         elif slurm == "CANCELLED":
             state = "cancelled"
-        elif slurm in MEANINGS:
+        elif slurm in FINAL_STATE_MEANINGS:
             state = "failed"
         elif slurm != "UNKNOWN":
             state = "running"  # RUNNING, COMPLETING, CONFIGURING, SUSPENDED ...
@@ -282,7 +285,7 @@ def cancel_jobs(
 ) -> tuple[SeriesJob, ...]:
     """Cancel the Slurm jobs of the runs into ``output_dir`` still queued or running.
 
-    One ``scancel`` for all of them (see `kwneuro_pydra.pydra._slurm.cancel_recorded`); the
+    One ``scancel`` for all of them (see `kwneuro_pydra.pydra.cancel_recorded`); the
     cache keeps every step they finished, and a later run submits the rest again.
 
     Args:
@@ -296,7 +299,7 @@ def cancel_jobs(
         AppError: No run into ``output_dir`` recorded a Slurm job, or Slurm's commands
             cannot be run.
     """
-    from kwneuro_pydra.pydra._slurm import cancel_recorded, recorded_jobs
+    from kwneuro_pydra.pydra import cancel_recorded, recorded_jobs
 
     _, record = _record_of(output_dir, work_dir)
     try:

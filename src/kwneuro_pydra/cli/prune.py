@@ -87,7 +87,7 @@ def _prune_scheduler(
     job_caches = {j for j in job_caches if j.is_dir()}
     if not roots and not job_caches:
         return {}
-    from kwneuro_pydra.pydra._jobs import prune_scheduler
+    from kwneuro_pydra.pydra import prune_scheduler
 
     pruned = prune_scheduler(roots, job_caches, age=older, dry_run=dry_run)
     paths += pruned.paths

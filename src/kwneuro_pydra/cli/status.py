@@ -70,6 +70,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the status; return 0."""
     from rich.console import Console
+    from rich.markup import escape
 
     if args.bids_dir is None:
         return _jobs(args)
@@ -93,6 +94,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         for series in found.series:
             out.print(_line(series.name, series.states, series.failure), soft_wrap=True)
+    for series in found.series:
+        if series.states and series.failure:
+            out.print(
+                f"[red]the last run of {escape(series.name)} failed:[/red] "
+                f"{escape(series.failure)}",
+                soft_wrap=True,
+            )
     out.print(", ".join(f"{plural(n, 'step')} {state}" for state, n in found.counts.items()))
     out.print(found.options, soft_wrap=True)
     return 0

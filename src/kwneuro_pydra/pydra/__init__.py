@@ -28,23 +28,40 @@ from typing import Any
 os.environ.setdefault("NO_ET", "1")  # before any Submitter: Pydra checks once per process
 
 from kwneuro_pydra.pydra import _task, _workflow
-from kwneuro_pydra.pydra._failures import StepError
+from kwneuro_pydra.pydra._failures import StepError, failure_recorded
 from kwneuro_pydra.pydra._hash import register_pydra_hash
+from kwneuro_pydra.pydra._jobs import Pruned, prune_scheduler
 from kwneuro_pydra.pydra._lazy import LazyValueError
 from kwneuro_pydra.pydra._preflight import ClusterWarning
 from kwneuro_pydra.pydra._resources import load_resources
-from kwneuro_pydra.pydra._slurm import SchedulerError, SlurmWorker
+from kwneuro_pydra.pydra._scheduler import job_record
+from kwneuro_pydra.pydra._slurm import (
+    FINAL_STATE_MEANINGS,
+    SchedulerError,
+    SlurmWorker,
+    cancel_recorded,
+    recorded_jobs,
+    recorded_states,
+)
 from kwneuro_pydra.pydra._subjects import StepFailure, SubjectResult, run_subjects
 
 __all__ = [
+    "FINAL_STATE_MEANINGS",
     "ClusterWarning",
     "LazyValueError",
+    "Pruned",
     "SchedulerError",
     "SlurmWorker",
     "StepError",
     "StepFailure",
     "SubjectResult",
+    "cancel_recorded",
+    "failure_recorded",
+    "job_record",
     "load_resources",
+    "prune_scheduler",
+    "recorded_jobs",
+    "recorded_states",
     "register_pydra_hash",
     "run_subjects",
     "to_task",

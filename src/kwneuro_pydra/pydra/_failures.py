@@ -19,7 +19,7 @@ from typing import Any
 
 from kwneuro_pydra._files import write_atomic
 
-__all__ = ["ERRORS_DIR", "StepError", "clear", "describe", "failed", "read", "record"]
+__all__ = ["ERRORS_DIR", "StepError", "clear", "describe", "failure_recorded", "read", "record"]
 
 ERRORS_DIR = ".kwneuro-pydra-errors"
 """Directory under a node's cache directory where a failing step records its exception."""
@@ -87,7 +87,7 @@ def _records(cache_dir: Path) -> list[Path]:
     return [p for p in directory.iterdir() if not p.name.startswith(".")]
 
 
-def failed(cache_dir: Path) -> bool:
+def failure_recorded(cache_dir: Path) -> bool:
     """True when a step of this subject recorded a failure since the last `clear`."""
     return bool(_records(cache_dir))
 

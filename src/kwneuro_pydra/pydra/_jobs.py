@@ -253,10 +253,10 @@ def prune_scheduler(
     Raises:
         UnsafeFileError: A job record is a symbolic link (refused, not followed).
     """
-    from kwneuro_pydra.pydra._scheduler import LOG_DIR, RECORD
+    from kwneuro_pydra.pydra._scheduler import job_record
     from kwneuro_pydra.pydra._slurm import compact_record, recorded_runs
 
-    records = [root / LOG_DIR / RECORD for root in cache_roots]
+    records = [job_record(root) for root in cache_roots]
     caches = {default_job_cache(root) for root in cache_roots} | set(job_caches)
     paths: list[Path] = []
     for jobs in sorted(c for c in caches if c.is_dir() and not c.is_symlink()):
@@ -272,7 +272,7 @@ def prune_scheduler(
     cutoff = time.time() - (LOG_AGE if age is None else age)
     for root in cache_roots:
         with contextlib.suppress(OSError):
-            for log in sorted((root / LOG_DIR).glob("*.log")):
+            for log in sorted(job_record(root).parent.glob("*.log")):
                 info = log.lstat()
                 if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
                     if not dry_run:

@@ -29,6 +29,7 @@ __all__ = [
     "SubjectProcessWorker",
     "cancel_on_interrupt",
     "check_before_submitting",
+    "job_record",
     "prepare_worker",
     "scheduler_failure",
 ]
@@ -44,6 +45,18 @@ SLURM_OPTIONS = ("sbatch_args", "poll_delay", "max_poll_delay", "max_running", "
 """The worker options `run_subjects` passes on to `SlurmWorker`."""
 CF_OPTIONS = ("n_procs",)
 """The worker options `run_subjects` passes on to `SubjectProcessWorker`."""
+
+
+def job_record(cache_root: Path) -> Path:
+    """The record of the Slurm jobs submitted into ``cache_root``: ``.logs/slurm-jobs.tsv``.
+
+    Args:
+        cache_root: The cache root of the runs (`run_subjects`' ``cache_root``).
+
+    Returns:
+        The record's path (it exists once a run submitted a job).
+    """
+    return cache_root / LOG_DIR / RECORD
 
 
 @attrs.define(getstate_setstate=False)  # Pydra's: the pool is not pickled
@@ -162,7 +175,7 @@ def prepare_worker(
         steps=tuple(steps),
         pending_timeout=pending_timeout,
         log_dir=str(root / LOG_DIR),
-        record=str(root / LOG_DIR / RECORD),
+        record=str(job_record(root)),
     )
     if chosen.per_subject:
         for_subject(wanted, steps)  # two steps' options that conflict: refused now

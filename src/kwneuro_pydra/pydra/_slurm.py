@@ -46,6 +46,7 @@ from kwneuro_pydra.pydra._resources import Request, for_subject, refuse_owned, r
 from kwneuro_pydra.pydra._workarounds import sbatch_args
 
 __all__ = [
+    "FINAL_STATE_MEANINGS",
     "JOB_NAME",
     "STUCK_REASONS",
     "SchedulerError",
@@ -59,7 +60,7 @@ __all__ = [
     "stuck",
 ]
 
-MEANINGS = {
+FINAL_STATE_MEANINGS = {
     "CANCELLED": "the job was cancelled (scancel, or by an administrator)",
     "TIMEOUT": "the job reached its time limit: raise 'time' for this step",
     "OUT_OF_MEMORY": "the job ran out of memory: raise 'mem' for this step",
@@ -71,7 +72,7 @@ MEANINGS = {
     "FAILED": "the job's command exited with an error",
 }
 """What each final Slurm state other than COMPLETED means, for the messages."""
-_FINAL = frozenset(MEANINGS) | {"COMPLETED"}
+_FINAL = frozenset(FINAL_STATE_MEANINGS) | {"COMPLETED"}
 _MEMORY_KILL = re.compile(r"exceeded (job )?memory limit", re.IGNORECASE)
 """What slurmstepd writes to a job's stderr when jobacct_gather's OverMemoryKill ends it
 (Slurm then records FAILED or CANCELLED, where the cgroup plugin records OUT_OF_MEMORY)."""
@@ -414,7 +415,8 @@ class SlurmWorker(slurm.SlurmWorker):  # type: ignore[misc]
                 _collect(job, errors)
             _tidy(Path(job.cache_root) / "slurm_scripts" / job.checksum, errors)
             return True
-        message = f"Slurm job {job_id} ({step} for {subject}) ended {state}: {MEANINGS[state]}"
+        meaning = FINAL_STATE_MEANINGS[state]
+        message = f"Slurm job {job_id} ({step} for {subject}) ended {state}: {meaning}"
         if state == "FAILED" and tail:
             message += f"; its last error line: {tail.splitlines()[-1]}"
         raise self._failed(subject, step, job_id, state, message, log)

@@ -236,7 +236,7 @@ def run_subjects(
                 _submit(workflow_class, tasks, run_jobs, chosen, options)
                 not_stored = _not_stored(run_jobs, {str(root / s): s for s in tasks})
                 for s in tasks:  # a step that raised in this run fails its subject
-                    raised = _failures.failed(root / s)
+                    raised = _failures.failure_recorded(root / s)
                     outcomes[s] = (
                         (None if raised else _replay(pipeline, s, inputs[s], root))
                         or _scheduler_outcome(chosen, s, root)
@@ -411,7 +411,7 @@ def _from_pydra(
     task = workflow_class(**values)
     result = load_result(task._checksum, [jobs], retries=1, polling_interval=0)
     cache_dir = root / subject
-    if result is not None and not result.errored and not _failures.failed(cache_dir):
+    if result is not None and not result.errored and not _failures.failure_recorded(cache_dir):
         value = tuple(getattr(result.outputs, name) for name in names)
         return SubjectResult(subject, value if len(value) > 1 else value[0], None, cache_dir)
     return SubjectResult(subject, None, _why(subject, cache_dir, result), cache_dir)
@@ -442,7 +442,7 @@ def _scheduler_outcome(worker: Any, subject: str, root: Path) -> SubjectResult |
     A job that merely exited with an error defers to the step's own failure record.
     """
     error = scheduler_failure(worker, subject)
-    if error is None or (error.state == "FAILED" and _failures.failed(root / subject)):
+    if error is None or (error.state == "FAILED" and _failures.failure_recorded(root / subject)):
         return None
     failure = StepFailure(subject, error.step, error, str(error))
     return SubjectResult(subject, None, failure, root / subject)
