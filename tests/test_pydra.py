@@ -238,7 +238,12 @@ def test_results_travel_file_backed_and_result_pickles_stay_small(
     out = run(to_workflow(steps.volumes)(n=n, cache_dir=str(tmp_path / "s")), tmp_path / "p")
     assert out.out == pytest.approx(1.0, abs=0.01)
     sizes = {p.parent.name: p.stat().st_size for p in (tmp_path / "p").glob("*/_result.pklz")}
-    assert len(sizes) == 4 and max(sizes.values()) < 64_000, sizes
+    nodes = [size for name, size in sizes.items() if name.startswith("python-")]
+    assert len(nodes) == 3 and max(nodes) < 64_000, sizes
+    # The workflow's result carries its task class pickled by value (Pydra builds it with
+    # attrs; 47-68 kB with the converters of the process's earlier steps), never the 16 MB.
+    (workflow,) = (size for name, size in sizes.items() if name.startswith("workflow-"))
+    assert workflow < 256_000, sizes
 
 
 # --- workflows ------------------------------------------------------------------------------
