@@ -1418,3 +1418,43 @@ def test_a_job_pending_on_a_drained_node_waits_node_grace(drained: str, tmp_path
     assert 5 <= seconds < 60  # the grace, then the timeout
     (job,) = worker.job_ids
     assert accounting([job])[job]["State"].startswith("CANCELLED")
+
+
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_a_result_a_job_cannot_store_is_returned_and_warned_about_once(
+    granularity: str, tmp_path: Path
+) -> None:
+    """Two step folders of one subject's cache planted as links (refused, never followed):
+    the jobs compute the steps, keep their file-backed results in the job cache (shared with
+    the node) for the step after them, and each step's warning reaches this process, once."""
+    from kwneuro_pydra.cache import NotStoredWarning
+
+    root, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "s1").mkdir(parents=True)
+    unstored = ["make_volume", "scale_volume"]
+    for step in unstored:
+        (root / "s1" / step).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.warns(NotStoredWarning) as caught:
+        results = run_subjects(
+            steps.volumes,
+            {"s1": {"n": 6}, "s2": {"n": 6}},
+            root,
+            worker="slurm",
+            granularity=granularity,
+            job_cache=tmp_path / "jobs",
+            **FAST,
+        )
+    said = sorted(str(w.message) for w in caught if w.category is NotStoredWarning)
+    assert len(said) == len(unstored), said
+    for step, warning in zip(unstored, said, strict=True):
+        assert warning.startswith(f"s1: step '{step}': cannot store results in"), warning
+        assert "symbolic link" in warning and str(root / "s1" / step) in warning, warning
+    assert results["s1"].ok and results["s2"].ok
+    assert results["s1"].outputs == pytest.approx(results["s2"].outputs)
+    assert sorted(results["s1"].not_stored) == unstored and not results["s2"].not_stored
+    assert list(elsewhere.iterdir()) == [], "nothing written through the links"
+    assert (root / "s1" / "volume_mean").is_dir(), "the step after them is stored"
+    kept = (tmp_path / "jobs").rglob("kwneuro-not-stored.json")  # written on the node
+    assert sorted(json.loads(p.read_text())["step"] for p in kept) == unstored
+    assert len(submitted(root, "s1")) == (3 if granularity == "node" else 1)
