@@ -4,11 +4,13 @@ A result computed but not stored (another user's entry folders, made under umask
 ``nobody``, through ``setpriv`` without capabilities, runs the app in a setgid folder shared
 with root) is still the run's: the series succeeds, its derivatives are written from what the
 run returned, and the cache's warning, raised in a worker process, reaches the console of the
-command. A symbolic link planted at a derivative's folder is refused, never followed.
+command. A result that cannot be kept as a file in the job directory either fails its series
+plainly. A symbolic link planted at a derivative's folder is refused, never followed.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -21,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from kwneuro_pydra.app import app_status, run_bids_app
+from kwneuro_pydra.app import AppRun, app_status, run_bids_app
 from kwneuro_pydra.app._series import pipeline, read_record
 from tests.bids_data import MASK, good_dataset
 from tests.reliability._system import NOBODY, require_root
@@ -164,3 +166,70 @@ def test_run_subjects_returns_and_names_what_a_worker_could_not_store(tmp_path: 
     assert list(results["s1"].not_stored) == ["scale_volume"] and not results["s2"].not_stored
     assert list(elsewhere.iterdir()) == [], "nothing written through the link"
     assert (root / "s1" / "volume_mean").is_dir(), "the step after it is stored"
+
+
+def _path_of_length(parent: Path, length: int) -> Path:
+    """A new folder under ``parent`` whose absolute path is ``length`` characters long."""
+    path = parent
+    while len(str(path)) + 201 < length:
+        path /= "x" * 200
+    path /= "y" * (length - len(str(path)) - 1)
+    path.mkdir(parents=True)
+    assert len(str(path)) == length
+    return path
+
+
+def _app_run_with_links(tmp_path: Path, name: str, job_cache: Path) -> tuple[AppRun, list[str]]:
+    """The BIDS app (``cf``) on one series whose step folders in the cache are planted
+    links, so that no result can be stored there: its outcome and the warnings it gave."""
+    from kwneuro_pydra.cache import NotStoredWarning
+
+    bids_dir = tmp_path / "bids"
+    if not bids_dir.exists():
+        good_dataset(bids_dir, subjects=1)
+    output_dir, elsewhere = tmp_path / name, tmp_path / f"{name}-elsewhere"
+    elsewhere.mkdir()
+    work = output_dir / ".kwneuro-cache" / "sub-01"
+    work.mkdir(parents=True)
+    for step in pipeline().STEPS:
+        (work / step.__name__).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.warns(NotStoredWarning) as caught:
+        result = run_bids_app(
+            bids_dir, output_dir, worker="cf", parameters=PARAMETERS, job_cache=job_cache
+        )
+    assert list(elsewhere.iterdir()) == [], "nothing written through the links"
+    return result, [str(w.message) for w in caught if w.category is NotStoredWarning]
+
+
+def test_a_result_neither_stored_nor_kept_as_a_file_fails_its_series_plainly(
+    tmp_path: Path,
+) -> None:
+    """A result the cache cannot store and the job directory cannot keep either is held in
+    memory; the series then fails, naming what is in memory, instead of crashing where its
+    derivatives need files. Keeping is made to fail for real: the job cache's path is so long
+    (PATH_MAX) that Pydra's own files and the records fit, the kept files do not."""
+    from kwneuro_pydra.pydra._task import NOT_STORED
+
+    probe = tmp_path / "probe-jobs"  # the same run with a short path: the lengths it needs
+    result, _ = _app_run_with_links(tmp_path, "probe", probe)
+    assert result.ok
+    paths = [str(p.relative_to(probe)) for p in probe.rglob("*")]
+    fits = max(len(p) for p in paths if f"{NOT_STORED}/" not in p)  # Pydra's and the records
+    kept = min(len(p) for p in paths if f"{NOT_STORED}/" in p)  # the kept files
+    assert kept > fits, "the kept files' paths are the longest ones"
+    jobs = _path_of_length(tmp_path, os.pathconf("/", "PC_PATH_MAX") - 2 - fits)
+
+    result, warned = _app_run_with_links(tmp_path, "out", jobs)
+    assert len(warned) == len(pipeline().STEPS), "each step's warning reaches this process"
+    assert all("nor can it be kept in" in w and "File name too long" in w for w in warned)
+    (failed,) = result.failed
+    assert failed.failure is not None
+    assert failed.failure.startswith(
+        "its results could be neither stored in its cache nor kept as files"
+    ), failed.failure
+    assert "fa, " in failed.failure and "run it again" in failed.failure, failed.failure
+    output_dir = tmp_path / "out"
+    assert not (output_dir / "sub-01" / "dwi").exists(), "no derivatives"
+    assert read_record(result.work_dir)["sub-01"]["reason"] == failed.failure
+    page = (output_dir / "sub-01.html").read_text(encoding="utf-8")
+    assert html.escape(failed.failure) in page

@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import time
 import typing
 import warnings
@@ -266,18 +267,22 @@ def _keep(step: Step, result: Any, cache_dir: str, message: str) -> Any:
     """The result a cache could not store, saved as the cache saves it, in the node's job
     directory (the working directory Pydra runs the node in, kept until a later run):
     returned file-backed, as a stored one is, for the steps after it and the derivatives.
-    The warning is recorded beside it, for `run_subjects` to give where the run was
-    submitted (a worker's warnings reach no console). Returned as it is when it cannot be
-    saved there either (a full disk).
+    Returned as it is, in memory, when it cannot be saved there either (a full disk).
+    Either way the warning is recorded beside it, for `run_subjects` to give where the run
+    was submitted (a worker's warnings reach no console).
     """
     folder = Path.cwd() / NOT_STORED
+    kept = result
     try:
         folder.mkdir(mode=0o700)
         step.save(result, folder)
         kept = step.load(folder)
-        why = {"cache_dir": cache_dir, "step": step.name, "message": message}
+    except OSError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        message = f"{message}; nor can it be kept in {folder} ({error}): it is held in memory"
+    why = {"cache_dir": cache_dir, "step": step.name, "message": message}
+    try:
         write_new(folder.with_name(f"{NOT_STORED}.json"), json.dumps(why).encode())
     except OSError as error:
-        _log.warning("%s; nor can it be kept in %s (%s)", message, folder, error)
-        return result
+        _log.warning("%s; nor can this be recorded for the run (%s)", message, error)
     return kept
