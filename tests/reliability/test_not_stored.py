@@ -25,11 +25,31 @@ import pytest
 
 from kwneuro_pydra.app import AppRun, app_status, run_bids_app
 from kwneuro_pydra.app._series import pipeline, read_record
+from kwneuro_pydra.cache import NotStoredWarning, cacheable
+from kwneuro_pydra.pydra import run_subjects
+from tests._pydra_steps import json_spec
 from tests.bids_data import MASK, good_dataset
 from tests.reliability._system import NOBODY, require_root
 
 PARAMETERS = {"median_radius": 1, "numpass": 1}
 """`MASK` as the app's parameters."""
+
+
+@cacheable(json_spec("inner_plus_one"))
+def inner_plus_one(x: float) -> float:
+    """A step another step calls inside its computation."""
+    return x + 1
+
+
+@cacheable(json_spec("outer_doubled"))
+def outer_doubled(x: float) -> float:
+    """A step calling `inner_plus_one` inside (one node)."""
+    return inner_plus_one(x) * 2
+
+
+def calls_inside(x: float) -> float:
+    """A pipeline of one step, which calls another inside."""
+    return outer_doubled(x)
 
 
 @pytest.fixture
@@ -144,8 +164,6 @@ def test_run_subjects_returns_and_names_what_a_worker_could_not_store(tmp_path: 
     """A step folder planted as a link (refused: ELOOP) in one subject's cache: the `cf`
     worker computes the step, keeps its file-backed result for the step after it, and the
     warning reaches this process, once."""
-    from kwneuro_pydra.cache import NotStoredWarning
-    from kwneuro_pydra.pydra import run_subjects
     from tests import _pydra_steps
 
     root, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
@@ -182,8 +200,6 @@ def _path_of_length(parent: Path, length: int) -> Path:
 def _app_run_with_links(tmp_path: Path, name: str, job_cache: Path) -> tuple[AppRun, list[str]]:
     """The BIDS app (``cf``) on one series whose step folders in the cache are planted
     links, so that no result can be stored there: its outcome and the warnings it gave."""
-    from kwneuro_pydra.cache import NotStoredWarning
-
     bids_dir = tmp_path / "bids"
     if not bids_dir.exists():
         good_dataset(bids_dir, subjects=1)
@@ -233,3 +249,26 @@ def test_a_result_neither_stored_nor_kept_as_a_file_fails_its_series_plainly(
     assert read_record(result.work_dir)["sub-01"]["reason"] == failed.failure
     page = (output_dir / "sub-01.html").read_text(encoding="utf-8")
     assert html.escape(failed.failure) in page
+
+
+@pytest.mark.parametrize("worker", ["cf", "debug"])
+def test_a_step_called_inside_a_node_that_cannot_be_stored_is_warned_about(
+    tmp_path: Path, worker: str
+) -> None:
+    """The node's own step is stored; the step it called inside is not (its folder is a
+    planted link): that step's warning reaches this process too, and ``not_stored`` names
+    it."""
+    root, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "s1").mkdir(parents=True)
+    (root / "s1" / "inner_plus_one").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.warns(NotStoredWarning) as caught:
+        results = run_subjects(
+            calls_inside, {"s1": {"x": 1.0}}, root, worker=worker, job_cache=tmp_path / "jobs"
+        )
+    (warning,) = [str(w.message) for w in caught if w.category is NotStoredWarning]
+    assert warning.startswith("s1: step 'inner_plus_one': cannot store results in"), warning
+    assert results["s1"].ok and results["s1"].outputs == 4.0
+    assert list(results["s1"].not_stored) == ["inner_plus_one"]
+    assert list(elsewhere.iterdir()) == [], "nothing written through the link"
+    assert (root / "s1" / "outer_doubled").is_dir(), "the node's own step is stored"

@@ -432,12 +432,13 @@ def _not_stored(jobs: Path, subjects: Mapping[str, str]) -> dict[str, dict[str, 
     # os.walk passes over what cannot be listed (rglob raises: a path too long, say)
     records = (Path(d, record) for d, _, names in os.walk(jobs) if record in names)
     for path in sorted(records):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             why = json.loads(read_regular(path))
-            subject, step, message = subjects[why["cache_dir"]], why["step"], why["message"]
-            if step not in found.setdefault(subject, {}):
-                found[subject][step] = str(message)
-                warnings.warn(f"{subject}: {message}", NotStoredWarning, stacklevel=3)
+            subject = subjects[why["cache_dir"]]
+            for step, message in why["steps"].items():
+                if step not in found.setdefault(subject, {}):
+                    found[subject][step] = str(message)
+                    warnings.warn(f"{subject}: {message}", NotStoredWarning, stacklevel=3)
     return found
 
 
