@@ -290,5 +290,6 @@ def _keep(step: Step, result: Any, cache_dir: str, unstored: dict[str, str]) -> 
     try:
         write_new(folder.with_name(f"{NOT_STORED}.json"), json.dumps(why).encode())
     except OSError as error:
-        _log.warning("%s; nor can this be recorded for the run (%s)", unstored, error)
+        said = "; ".join(unstored.values())
+        _log.warning("%s; nor can this be recorded for the run (%s)", said, error)
     return kept
