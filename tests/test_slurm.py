@@ -1418,3 +1418,91 @@ def test_a_job_pending_on_a_drained_node_waits_node_grace(drained: str, tmp_path
     assert 5 <= seconds < 60  # the grace, then the timeout
     (job,) = worker.job_ids
     assert accounting([job])[job]["State"].startswith("CANCELLED")
+
+
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_a_result_a_job_cannot_store_is_returned_and_warned_about_once(
+    granularity: str, tmp_path: Path
+) -> None:
+    """Two step folders of one subject's cache planted as links (refused, never followed):
+    the jobs compute the steps, keep their file-backed results in the job cache (shared with
+    the node) for the step after them, and each step's warning reaches this process, once."""
+    from kwneuro_pydra.cache import NotStoredWarning
+
+    root, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "s1").mkdir(parents=True)
+    unstored = ["make_volume", "scale_volume"]
+    for step in unstored:
+        (root / "s1" / step).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.warns(NotStoredWarning) as caught:
+        results = run_subjects(
+            steps.volumes,
+            {"s1": {"n": 6}, "s2": {"n": 6}},
+            root,
+            worker="slurm",
+            granularity=granularity,
+            job_cache=tmp_path / "jobs",
+            **FAST,
+        )
+    said = sorted(str(w.message) for w in caught if w.category is NotStoredWarning)
+    assert len(said) == len(unstored), said
+    for step, warning in zip(unstored, said, strict=True):
+        assert warning.startswith(f"s1: step '{step}': cannot store results in"), warning
+        assert "symbolic link" in warning and str(root / "s1" / step) in warning, warning
+    assert results["s1"].ok and results["s2"].ok
+    assert results["s1"].outputs == pytest.approx(results["s2"].outputs)
+    assert sorted(results["s1"].not_stored) == unstored and not results["s2"].not_stored
+    assert list(elsewhere.iterdir()) == [], "nothing written through the links"
+    assert (root / "s1" / "volume_mean").is_dir(), "the step after them is stored"
+    kept = (tmp_path / "jobs").rglob("kwneuro-not-stored.json")  # written on the node
+    assert sorted(s for p in kept for s in json.loads(p.read_text())["steps"]) == unstored
+    assert len(submitted(root, "s1")) == (3 if granularity == "node" else 1)
+
+
+@pytest.mark.parametrize("granularity", ["node", "subject"])
+def test_the_bids_app_on_slurm_writes_a_series_its_cache_cannot_store(
+    granularity: str, tmp_path: Path
+) -> None:
+    """Every step folder of the series' cache a planted link: the series succeeds on Slurm,
+    its derivatives as a normal run's, each step's warning given once in this process."""
+    from kwneuro_pydra.app import run_bids_app
+    from kwneuro_pydra.app._series import pipeline
+    from kwneuro_pydra.cache import NotStoredWarning
+    from tests.bids_data import good_dataset
+    from tests.reliability.test_not_stored import PARAMETERS, _derivatives
+
+    bids_dir = good_dataset(tmp_path / "bids", subjects=1)
+    reference = run_bids_app(
+        bids_dir, tmp_path / "reference", worker="debug", parameters=PARAMETERS
+    )
+    assert reference.ok
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    work = out / ".kwneuro-cache" / "sub-01"
+    work.mkdir(parents=True)
+    names = [step.__name__ for step in pipeline().STEPS]
+    for name in names:
+        (work / name).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.warns(NotStoredWarning) as caught:
+        result = run_bids_app(
+            bids_dir,
+            out,
+            worker="slurm",
+            parameters=PARAMETERS,
+            granularity=granularity,
+            **FAST,
+        )
+    assert result.ok, [s.failure for s in result.series]
+    said = [str(w.message) for w in caught if w.category is NotStoredWarning]
+    assert len(said) == len(names), said
+    for name in names:  # once each
+        assert sum(w.startswith(f"sub-01: step '{name}': cannot store") for w in said) == 1
+    assert list(elsewhere.iterdir()) == [], "nothing written through the links"
+    written = _derivatives(out)
+    assert written == _derivatives(tmp_path / "reference"), "as a normal run writes them"
+    assert len([n for n in written if n.endswith(".nii.gz")]) == 10
+    assert (out / "sub-01.html").is_file()
+    assert len(submitted(out / ".kwneuro-cache", "sub-01")) == (
+        len(names) if granularity == "node" else 1
+    )

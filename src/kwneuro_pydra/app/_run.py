@@ -618,9 +618,18 @@ def _write_series(
     is refused, never followed, and named in the series' failure.
     """
     series = unit.series
+    maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
+    figures = {name: outputs[name] for name in pipeline().FIGURES}
+    in_memory = [n for n, v in {**maps, **figures}.items() if getattr(v, "path", None) is None]
+    if in_memory:  # computed, but neither stored in its cache nor kept in the job cache
+        unit.failure = (
+            "its results could be neither stored in its cache nor kept as files in Pydra's "
+            f"job cache ({', '.join(in_memory)} held in memory only; see the warnings on "
+            "what could not be stored): free space or fix permissions and run it again"
+        )
+        return None
     try:
         no_link_under(output_dir, f"sub-{series.subject}/figures")  # the report's
-        maps = {"mask": outputs["mask"], **outputs["dti"].maps()}
         with Cache(work_dir / unit.name):  # the linked entries' digests stay memoised there
             fit = outputs["dti"].fit
             return write_derivatives(

@@ -80,7 +80,9 @@ class SubjectResult:
         not_stored: The steps whose results were computed but could not be stored in it
             (a folder this user cannot write, a full disk): step name -> why (the
             `NotStoredWarning`, which `run_subjects` gives too). Their results in
-            ``outputs`` are files in Pydra's job cache, kept until a later run.
+            ``outputs`` are files in Pydra's job cache, kept until a later run; or, where
+            the job directory could not keep them either, held in memory (the warning
+            says so).
     """
 
     subject: str
@@ -426,13 +428,17 @@ def _not_stored(jobs: Path, subjects: Mapping[str, str]) -> dict[str, dict[str, 
         subjects: Subject cache folder (as nodes name it) -> subject id.
     """
     found: dict[str, dict[str, str]] = {}
-    for path in sorted(jobs.rglob(f"{_task.NOT_STORED}.json")):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+    record = f"{_task.NOT_STORED}.json"
+    # os.walk passes over what cannot be listed (rglob raises: a path too long, say)
+    records = (Path(d, record) for d, _, names in os.walk(jobs) if record in names)
+    for path in sorted(records):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             why = json.loads(read_regular(path))
-            subject, step, message = subjects[why["cache_dir"]], why["step"], why["message"]
-            if step not in found.setdefault(subject, {}):
-                found[subject][step] = str(message)
-                warnings.warn(f"{subject}: {message}", NotStoredWarning, stacklevel=3)
+            subject = subjects[why["cache_dir"]]
+            for step, message in why["steps"].items():
+                if step not in found.setdefault(subject, {}):
+                    found[subject][step] = str(message)
+                    warnings.warn(f"{subject}: {message}", NotStoredWarning, stacklevel=3)
     return found
 
 

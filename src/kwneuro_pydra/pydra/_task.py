@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import time
 import typing
 import warnings
@@ -242,8 +243,8 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
                 # said once by run_subjects, in the process that submitted (see _keep)
                 warnings.simplefilter("ignore", _cache.NotStoredWarning)
                 result = cache.call(step, **kwargs)
-                if step.name in cache.not_stored:
-                    result = _keep(step, result, cache_dir, cache.not_stored[step.name])
+                if cache.not_stored:  # the step's, or a step's it called inside
+                    result = _keep(step, result, cache_dir, cache.not_stored)
     except BaseException as error:
         error.add_note(f"[kwneuro] step {step.name!r} failed (cache_dir={cache_dir})")
         _log.info("%s%s: failed (%s: %s)", where, step.name, type(error).__name__, error)
@@ -258,26 +259,37 @@ def _run_node(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
 
 NOT_STORED = "kwneuro-not-stored"
 """Folder of a node's job directory holding the result its cache could not store; its
-record (the subject's cache folder, the step and the `NotStoredWarning`'s text) is
+record (the subject's cache folder, and the `NotStoredWarning`'s text by step) is
 ``kwneuro-not-stored.json`` beside it."""
 
 
-def _keep(step: Step, result: Any, cache_dir: str, message: str) -> Any:
+def _keep(step: Step, result: Any, cache_dir: str, unstored: dict[str, str]) -> Any:
     """The result a cache could not store, saved as the cache saves it, in the node's job
     directory (the working directory Pydra runs the node in, kept until a later run):
     returned file-backed, as a stored one is, for the steps after it and the derivatives.
-    The warning is recorded beside it, for `run_subjects` to give where the run was
-    submitted (a worker's warnings reach no console). Returned as it is when it cannot be
-    saved there either (a full disk).
+    Returned as it is, in memory, when it cannot be saved there either (a full disk).
+    Either way the warnings (``unstored``: the step's, and those of steps it called inside,
+    whose results it used) are recorded beside it, for `run_subjects` to give where the run
+    was submitted (a worker's warnings reach no console).
     """
     folder = Path.cwd() / NOT_STORED
+    kept = result
+    if step.name in unstored:
+        try:
+            folder.mkdir(mode=0o700)
+            step.save(result, folder)
+            kept = step.load(folder)
+        except OSError as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            unstored = {
+                **unstored,
+                step.name: f"{unstored[step.name]}; nor can it be kept in {folder} ({error}): "
+                "it is held in memory",
+            }
+    why = {"cache_dir": cache_dir, "steps": unstored}
     try:
-        folder.mkdir(mode=0o700)
-        step.save(result, folder)
-        kept = step.load(folder)
-        why = {"cache_dir": cache_dir, "step": step.name, "message": message}
         write_new(folder.with_name(f"{NOT_STORED}.json"), json.dumps(why).encode())
     except OSError as error:
-        _log.warning("%s; nor can it be kept in %s (%s)", message, folder, error)
-        return result
+        said = "; ".join(unstored.values())
+        _log.warning("%s; nor can this be recorded for the run (%s)", said, error)
     return kept
