@@ -137,7 +137,7 @@ img.thumb{width:200px;border:1px solid #dde1e7;background:#000}a{color:#1a5fb4}
 
 
 _CONTENT = re.compile(rb'<meta name="kwneuro-pydra-content" content="([0-9a-f]{64})">')
-"""A subject page's digest of its content (`_subject_page`), read back from its first bytes."""
+"""A subject page's digest of its content (`_write_subject_page`), read from its first bytes."""
 
 
 def _page(title: str, subtitle: str, body: str, content: str = "") -> str:
