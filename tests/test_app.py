@@ -282,6 +282,63 @@ def test_runs_of_one_participant_each_compose(tmp_path: Path) -> None:
     assert (tmp_path / "together" / "sub-02.html").is_file()
 
 
+def _identities(out: Path) -> dict[str, tuple[int, int]]:
+    """Each report page and subject figure under ``out``: (inode, modification time)."""
+    found = [*out.glob("*.html"), *out.glob("sub-*/figures/*.png")]
+    return {p.relative_to(out).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns) for p in found}
+
+
+def test_a_participant_run_writes_its_subjects_page_and_others_only_when_out_of_date(
+    tmp_path: Path,
+) -> None:
+    bids_dir = good_dataset(tmp_path / "bids")
+    out = tmp_path / "out"
+    assert run_bids_app(bids_dir, out, worker="debug", parameters=PARAMETERS).ok
+    before = _identities(out)
+    assert len([n for n in before if n.startswith("sub-02/figures/")]) == 10
+    # a rerun of sub-01 alone: its page and the group's, no other page or figure
+    again = run_bids_app(bids_dir, out, participants=["01"], worker="debug", parameters=PARAMETERS)
+    assert again.ok and again.pages == tuple(
+        out / f for f in ("report.html", "sub-01.html", "sub-02.html", "sub-03.html")
+    )
+    after = _identities(out)
+    for name, identity in before.items():
+        if name.startswith(("sub-02", "sub-03")):
+            assert after[name] == identity, name
+    assert after["report.html"] != before["report.html"]
+    assert after["sub-01.html"] != before["sub-01.html"]
+    assert "estimate_dti</td><td>reused" in (out / "sub-01.html").read_text()
+    assert "estimate_dti</td><td>computed" in (out / "sub-02.html").read_text()  # its run's
+    # a page deleted comes back with the next run, whichever participant it runs
+    (out / "sub-03.html").unlink()
+    assert run_bids_app(
+        bids_dir, out, participants=["01"], worker="debug", parameters=PARAMETERS
+    ).ok
+    assert 'id="sub-03"' in (out / "sub-03.html").read_text()
+    # sub-02 again with other parameters: its page shows them
+    ols = {**PARAMETERS, "fit_method": "OLS"}
+    assert run_bids_app(bids_dir, out, participants=["02"], worker="debug", parameters=ols).ok
+    assert "Fitted (OLS)" in (out / "sub-02.html").read_text()
+    # ... and when sub-02 changes through another output folder sharing the work folder, the
+    # next run into this one (of sub-01) brings its page up to date, and only its page
+    work = out / ".kwneuro-cache"
+    assert run_bids_app(
+        bids_dir,
+        tmp_path / "other",
+        work_dir=work,
+        participants=["02"],
+        worker="debug",
+        parameters=PARAMETERS,
+    ).ok
+    before = _identities(out)
+    assert run_bids_app(
+        bids_dir, out, participants=["01"], worker="debug", parameters=PARAMETERS
+    ).ok
+    page = (out / "sub-02.html").read_text()
+    assert "Fitted (WLS)" in page and "Fitted (OLS)" not in page
+    assert _identities(out)["sub-03.html"] == before["sub-03.html"]
+
+
 def test_status_reads_at_80_columns_piped_and_as_json_with_the_runs_work_dir(
     tmp_path: Path,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -14,8 +15,16 @@ import numpy as np
 import pytest
 
 from kwneuro_pydra import Cache
+from kwneuro_pydra._files import UnsafeFileError
 from kwneuro_pydra.cli import main
-from kwneuro_pydra.report import b0_mosaic, gradient_sphere
+from kwneuro_pydra.report import (
+    SeriesReport,
+    SeriesStats,
+    StepRecord,
+    b0_mosaic,
+    gradient_sphere,
+    write_reports,
+)
 from kwneuro_pydra.resources import (
     Dwi,
     InMemoryBvalResource,
@@ -155,6 +164,53 @@ def test_a_failure_message_is_escaped_on_every_page(tmp_path: Path) -> None:
     for name, page in pages.items():
         assert "<scan>" not in page, name
         assert "R&amp;D/&lt;scan&gt;/sub-01/dwi/sub-01_dwi.bval" in page, name
+
+
+def _series(subject: str, source: str, fa: float, ran: bool) -> SeriesReport:
+    """A succeeded series of ``sub-<subject>`` whose fit noted something (no figures)."""
+    stats = SeriesStats(
+        100, 1.0, fa, 0.0008, (), (), ((0.0, 1), (1000.0, 6)), (), notes=("a note",)
+    )
+    steps = [StepRecord("estimate_dti", "computed", 1.0)] if ran else []
+    return SeriesReport(f"sub-{subject}", subject, source, stats=stats, steps=steps)
+
+
+def test_a_subject_page_is_rewritten_when_it_ran_or_shows_other_content_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def write(ran: set[str] | None, fa: float = 0.25) -> dict[str, tuple[int, int]]:
+        reports = [
+            _series("01", "sub-01/dwi/sub-01_dwi.nii.gz", 0.5, ran is None or "sub-01" in ran),
+            _series("02", "sub-02/dwi/\u202esub-02_dwi.nii.gz", fa, ran is None),
+        ]
+        write_reports(tmp_path, reports, title="t", summary="s", ran=ran)
+        pages = (tmp_path / "sub-01.html", tmp_path / "sub-02.html")
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in pages}
+
+    first = write(None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kwneuro_pydra.report"):
+        second = write({"sub-01"})
+    assert second["sub-01.html"] != first["sub-01.html"]
+    assert second["sub-02.html"] == first["sub-02.html"]  # its bidi control escaped alike
+    page = tmp_path / "sub-02.html"
+    assert "estimate_dti</td><td>computed" in page.read_text()  # the steps its run did
+    assert [r.getMessage() for r in caplog.records] == ["sub-01: a note"]  # this run's only
+    assert write({"sub-01"}, fa=0.75)["sub-02.html"] != second["sub-02.html"]
+    text = page.read_text()
+    assert "0.750" in text and "estimate_dti" not in text  # no steps: it did not run
+    # a page of another format (another digest, or none: version 0.2.0's) is rewritten
+    for old in (re.sub('content="[0-9a-f]{12}', 'content="000000000000', text), "<html>"):
+        page.write_text(old)
+        write({"sub-01"}, fa=0.75)
+        assert page.read_text() == text
+    # a link there is refused (as a page is written), never kept, even to a copy of the page
+    copy = tmp_path / "copy.html"
+    copy.write_text(text)
+    page.unlink()
+    page.symlink_to(copy)
+    with pytest.raises(UnsafeFileError):
+        write({"sub-01"}, fa=0.75)
 
 
 def _png_pixels(data: bytes) -> np.ndarray:

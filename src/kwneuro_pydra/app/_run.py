@@ -147,8 +147,9 @@ class AppRun:
         no_dwi: The selected subjects (labels without ``sub-``) without a DWI series (in the
             sessions selected, when sessions are): in `participants.tsv` or a ``sub-*`` folder.
         report: The group report, ``OUTPUT_DIR/report.html`` (not written by a detached run).
-        pages: Every report page written (the group's first, then one per subject; none for
-            a detached run).
+        pages: The report's pages (the group's first, then one per subject; none for a
+            detached run): those of the subjects this run ran are written, any other only
+            when missing or out of date.
         seconds: How long the run took.
     """
 
@@ -346,6 +347,7 @@ def run_bids_app(
             values,
             counts,
             found.no_dwi,
+            ran={u.name for u in all_units},
             about=(tuple(sys.argv if command is None else command), worker),
         )
     series = tuple(
@@ -530,11 +532,14 @@ def _write_outputs(
     counts: Sequence[StepCount],
     no_dwi: Sequence[str],
     *,
+    ran: Collection[str],
     about: tuple[Sequence[str], str],
 ) -> tuple[dict[str, tuple[Path, ...]], list[Path]]:
     """Write each series' derivatives, the dataset description and the reports.
 
-    ``about`` is the command line and the worker, for the report's About section.
+    ``ran`` names the series of this run (their subjects' pages are written; see
+    `kwneuro_pydra.report.write_reports`); ``about`` is the command line and the worker, for
+    the report's About section.
 
     Returns:
         Series name -> its derivatives, and the report pages (the group's first).
@@ -594,6 +599,7 @@ def _write_outputs(
         title=f"kwneuro-pydra DTI report: {source}",
         summary=f"{describe({u.series.subject for u in all_units}, len(all_units), no_dwi)} "
         f"from {bids_dir} · kwneuro-pydra {__version__}",
+        ran=ran,
         distributions=distributions,
         steps_table=[(c.step, c.computed, c.reused, c.failed, c.seconds) for c in counts],
         command=about[0],

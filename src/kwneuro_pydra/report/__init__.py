@@ -6,9 +6,9 @@
   store them with the `PNG` and `STATS` specs. matplotlib (Agg canvas, never a display) is
   imported only when a figure is drawn.
 - `write_reports` writes ``OUTPUT_DIR/sub-<label>.html`` per subject (figures under
-  ``sub-<label>/figures/``), ``OUTPUT_DIR/report.html`` for the group (with a methods
-  paragraph, references and an About section; its figure is `GROUP_FIGURE`) and
-  ``OUTPUT_DIR/group_desc-qc_dwi.tsv``.
+  ``sub-<label>/figures/``; only the run's subjects and pages missing or out of date),
+  ``OUTPUT_DIR/report.html`` for the group (with a methods paragraph, references and an
+  About section; its figure is `GROUP_FIGURE`) and ``OUTPUT_DIR/group_desc-qc_dwi.tsv``.
 """
 
 from kwneuro_pydra.report._figures import (

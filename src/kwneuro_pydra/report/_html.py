@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import html
 import inspect
 import io
 import logging
 import math
+import re
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from kwneuro_pydra._files import write_atomic
+from kwneuro_pydra._files import read_regular, write_atomic
 from kwneuro_pydra.bids import place
 from kwneuro_pydra.report._figures import SeriesStats
 
@@ -134,9 +136,14 @@ img.thumb{width:200px;border:1px solid #dde1e7;background:#000}a{color:#1a5fb4}
 """
 
 
-def _page(title: str, subtitle: str, body: str) -> str:
+_CONTENT = re.compile(rb'<meta name="kwneuro-pydra-content" content="([0-9a-f]{64})">')
+"""A subject page's digest of its content (`_write_subject_page`), read from its first bytes."""
+
+
+def _page(title: str, subtitle: str, body: str, content: str = "") -> str:
+    mark = f'<meta name="kwneuro-pydra-content" content="{content}">' if content else ""
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{mark}'
         f'<title>{html.escape(title)}</title><link rel="icon" href="data:,">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<style>{_STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
@@ -156,7 +163,9 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.2f} s"
 
 
-def _series_section(report: SeriesReport, figures: Mapping[str, str]) -> str:
+def _series_section(
+    report: SeriesReport, figures: Mapping[str, str], *, steps: bool = True
+) -> str:
     parts = [
         f'<section id="{html.escape(report.name)}"><h2>{html.escape(report.name)} '
         f"{_status(report)}</h2>",
@@ -196,7 +205,7 @@ def _series_section(report: SeriesReport, figures: Mapping[str, str]) -> str:
                 "</figcaption></figure>"
             )
         parts.append("</div>")
-    if report.steps:
+    if report.steps and steps:
         rows = "".join(
             f"<tr><td>{html.escape(s.step)}</td><td>{html.escape(s.state)}</td>"
             f'<td class="n">{_seconds(s.seconds)}</td></tr>'
@@ -235,6 +244,7 @@ def write_reports(
     *,
     title: str,
     summary: str,
+    ran: Collection[str] | None = None,
     distributions: Path | None = None,
     steps_table: Sequence[tuple[str, int, int, int, float]] = (),
     command: Sequence[str] = (),
@@ -242,22 +252,33 @@ def write_reports(
     parameters: Mapping[str, Any] | None = None,
     steps: Sequence[Callable[..., Any]] = (),
 ) -> list[Path]:
-    """Write ``sub-<label>.html`` for every subject, the group's ``report.html`` and its
-    `QC_TABLE`.
+    """Write the group's ``report.html`` and its `QC_TABLE`, and ``sub-<label>.html`` for
+    each subject this run ran or whose page is missing or out of date.
+
+    A subject page is rewritten when one of its series is in ``ran``, when it is missing, or
+    when what it shows differs from what it would show now (its series' numbers, figures,
+    failures or derivatives, or the page's format and version): each page carries a digest
+    of its content, all but the Steps tables and the date (what the run that wrote it did,
+    and when). Any other page is left as it is (same file, same modification time), so runs
+    of one participant each write one subject page each, not every subject's page again.
+    The group page and the QC table cover every series and are written every time.
 
     Figures are hard-linked (copied across file systems) under ``sub-<label>/figures/`` (the
     group's at `GROUP_FIGURE`; an earlier version's, at ``figures/``, is removed) and
-    referenced by relative links, so the folder can be moved or shared as a whole. The fit's
-    warnings of each series (shells left out, ...) are logged (``kwneuro_pydra.report``), so
-    that they reach the console even when the fit ran in a worker or came from the cache.
-    The group page ends with an About section (command line, worker, date, versions, the parameters
-    of each step) and a methods paragraph generated from what was run, with references.
+    referenced by relative links, so the folder can be moved or shared as a whole; a figure
+    already linked to its source is left as it is. The fit's warnings of each series in
+    ``ran`` (shells left out, ...) are logged (``kwneuro_pydra.report``), so that they reach
+    the console even when the fit ran in a worker or came from the cache. The group page
+    ends with an About section (command line, worker, date, versions, the parameters of
+    each step) and a methods paragraph generated from what was run, with references.
 
     Args:
         output_dir: The derivatives folder.
         reports: One `SeriesReport` per series (failed ones included).
         title: The pages' heading.
-        summary: One line under the heading (dataset, date, options).
+        summary: One line under the group page's heading (dataset, date, options).
+        ran: The names of the series this run ran (`SeriesReport.name`); None when every
+            series is this run's (every subject page is written).
         distributions: The group's FA/MD distributions figure, if any series succeeded.
         steps_table: Per step: ``(step, computed, reused, failed, seconds)``.
         command: The command line that ran (``sys.argv``), shown in About.
@@ -267,23 +288,24 @@ def write_reports(
         steps: The steps that ran (``bids_app.STEPS``), for their parameters.
 
     Returns:
-        The pages written: the group page first, then one per subject.
+        The report's pages: the group page first, then one per subject (written or left
+        as it was).
     """
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     for report in reports:  # said again here: a worker's or a cached fit's warnings are not
         for note in report.stats.notes if report.stats is not None else ():
-            _log.warning("%s: %s", report.name, note)
-    subtitle = f"{summary} · {stamp}"
+            if ran is None or report.name in ran:
+                _log.warning("%s: %s", report.name, note)
     by_subject: dict[str, list[SeriesReport]] = {}
     for report in reports:
         by_subject.setdefault(report.subject, []).append(report)
     figures = {r.name: _place_figures(r, output_dir) for r in reports}
     pages = [output_dir / "report.html"]
+    package = f"kwneuro-pydra {_versions()['kwneuro-pydra']}"
     for subject, series in by_subject.items():
-        body = "".join(_series_section(r, figures[r.name]) for r in series)
-        body = '<p><a href="report.html">&larr; Group report</a></p>' + body
         page = output_dir / f"sub-{subject}.html"
-        _write(page, _page(f"sub-{subject}", subtitle, body))
+        rewrite = ran is None or any(r.name in ran for r in series)
+        _write_subject_page(page, series, figures, package, stamp, rewrite=rewrite)
         pages.append(page)
     step_parameters = _step_parameters(steps, parameters or {})
     about = _about(command, worker, stamp, step_parameters)
@@ -293,13 +315,54 @@ def write_reports(
         pages[0],
         _page(
             title,
-            subtitle,
+            f"{summary} · {stamp}",
             _group_body(by_subject, figures, output_dir, distributions, steps_table)
             + methods
             + about,
         ),
     )
     return pages
+
+
+def _write_subject_page(
+    page: Path,
+    series: Sequence[SeriesReport],
+    figures: Mapping[str, Mapping[str, str]],
+    package: str,
+    stamp: str,
+    *,
+    rewrite: bool,
+) -> bool:
+    """Write a subject's page, unless ``rewrite`` is False and the page there already shows
+    what it would show now; True when written.
+
+    What it shows is the page less its Steps tables and the date ``stamp`` (what the run
+    that writes it did, and when): a digest of that, kept in the page's head, tells whether
+    it changed. ``package`` is the name and version that wrote it.
+    """
+    title = page.stem
+    stable = f"{len(series)} DWI series · {package}"
+    back = '<p><a href="report.html">&larr; Group report</a></p>'
+    shown = back + "".join(_series_section(r, figures[r.name], steps=False) for r in series)
+    content = hashlib.sha256(_encoded(_page(title, stable, shown))).hexdigest()
+    if not rewrite and _content_of(page) == content:
+        return False
+    body = back + "".join(_series_section(r, figures[r.name]) for r in series)
+    _write(page, _page(title, f"{stable} · {stamp}", body, content))
+    return True
+
+
+def _content_of(page: Path) -> str | None:
+    """The content digest in the head of a subject page; None when it has none or is missing,
+    not a regular file, or a symbolic link (replaced, never kept).
+    """
+    if page.is_symlink():
+        return None
+    try:
+        found = _CONTENT.search(read_regular(page, 512))
+    except OSError:
+        return None
+    return found.group(1).decode() if found else None
 
 
 def _step_parameters(
@@ -530,10 +593,19 @@ def _group_body(
 
 
 def _write(path: Path, text: str) -> None:
-    write_atomic(path, text.translate(_BIDI_ESCAPED).encode("utf-8"))
+    write_atomic(path, _encoded(text))
+
+
+def _encoded(text: str) -> bytes:
+    """A page's bytes as written (see `_BIDI_ESCAPED`)."""
+    if _HAS_BIDI.search(text):  # rare: translate, much slower than a search, only then
+        text = text.translate(_BIDI_ESCAPED)
+    return text.encode("utf-8")
 
 
 _BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _BIDI_ESCAPED = {code: urllib.parse.quote(chr(code)) for code in _BIDI}
 """Bidirectional controls (which can make a name read backwards) shown percent-encoded:
 visible in the text, and the same file name where a link or an image source holds one."""
+
+_HAS_BIDI = re.compile(f"[{''.join(map(chr, _BIDI))}]")
