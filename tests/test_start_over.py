@@ -91,8 +91,9 @@ def test_run_starts_over_after_rm_rf_and_after_clear(tmp_path: Path) -> None:
 @pytest.mark.parametrize("full", ["work folder", "OUTPUT_DIR"])
 def test_run_starts_over_after_a_full_disk(tmp_path: Path, full: str) -> None:
     """The cache (``-w``), or OUTPUT_DIR with its cache, on a tmpfs too small for the run:
-    the run fails, one line; once there is room, the next run succeeds with the maps of a
-    run that had room."""
+    the run fails with one error line (after a warning for each step it computed but could
+    not store); once there is room, the next run succeeds with the maps of a run that had
+    room."""
     bids_dir = good_dataset(tmp_path / "bids", subjects=1)
     reference = tmp_path / "reference"
     succeeded(kwneuro("run", str(bids_dir), str(reference), "participant", *MASK), 1)
@@ -102,8 +103,11 @@ def test_run_starts_over_after_a_full_disk(tmp_path: Path, full: str) -> None:
         args = ["run", str(bids_dir), str(out), "participant", *work, *MASK]
         failed = kwneuro(*args)
         assert failed.returncode == 1, failed.stdout + failed.stderr
-        assert "No space left on device" in failed.stderr
-        assert len(failed.stderr.splitlines()) == 1, failed.stderr
+        lines = failed.stderr.splitlines()
+        errors = [line for line in lines if line.startswith("kwneuro-pydra run: error")]
+        assert len(errors) == 1 and "No space left on device" in errors[0], failed.stderr
+        warnings = [line for line in lines if not line.startswith((" ", "kwneuro-pydra"))]
+        assert all(w.startswith("WARNING  NotStoredWarning: sub-01: step ") for w in warnings)
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         succeeded(kwneuro(*args), 1)
         expected, got = maps(reference), maps(out)
