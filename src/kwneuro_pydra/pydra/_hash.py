@@ -9,7 +9,11 @@ source (a lookup a worker cannot repeat for a step defined in ``__main__`` or a 
 and its Outputs class through each output type's ``__dict__`` and ``__annotations__``
 (which change with process history: an ABC's ``_abc_impl`` caches after ``isinstance``
 checks, say). Our task classes hash instead an identity fixed when the class is built: the
-step's code fingerprint, its name and its outputs' names and types by qualified name.
+step's code fingerprint, its name and its outputs' names and types by qualified name. The
+class itself, where Pydra hashes one (``Workflow.construct`` keys its memo of constructed
+workflows on the workflow's class, ``Task.__eq__`` compares classes), hashes as that identity
+too: Pydra's hash of a class walks its fields, their types and their MROs (about 40 ms for a
+pipeline's workflow class, once for each subject's workflow run by a worker).
 
 **Inputs of our tasks** are hashed with our `fingerprint` where it applies:
 
@@ -165,9 +169,22 @@ def _compute_hashes(self: Any) -> tuple[str, dict[str, str]]:
     return hash_function(sorted(hashes.items())), hashes
 
 
+def _identified_or(fallback: Serializer) -> Serializer:
+    """A serializer of classes hashing one of our task classes by its identity."""
+
+    def serializer(cls: Any, cache: HashCache) -> Iterator[bytes]:
+        identity = cls.__dict__.get(IDENTITY) if isinstance(cls, type) else None
+        if identity is None:  # not ours, or a subclass of ours
+            return fallback(cls, cache)
+        return iter([b"kwneuro-task:" + identity[1].encode()])
+
+    return serializer
+
+
 def _register() -> None:
     if getattr(bytes_repr.dispatch(object), "_kwneuro", False):
         return
+    register_serializer(type, _identified_or(bytes_repr.dispatch(type)))
     register_pydra_hash(np.ndarray)
     register_pydra_hash(np.generic)
     register_serializer(

@@ -23,6 +23,7 @@ from kwneuro_pydra._files import write_new
 from kwneuro_pydra._kwneuro import AdoptedStep, adopt, is_upstream_step
 from kwneuro_pydra._step import Step
 from kwneuro_pydra.pydra import _failures, _pickling  # noqa: F401  (_pickling registers)
+from kwneuro_pydra.pydra._byname import name_by_reference
 from kwneuro_pydra.pydra._hash import stable_checksums  # registers our hashing in every process
 from kwneuro_pydra.resources import accepting
 
@@ -202,6 +203,7 @@ def to_task(function: Callable[..., Any]) -> Any:
     )
     task._kwneuro_named_tuple = named
     stable_checksums(task, step.code, "function")
+    name_by_reference(task, "step", function)  # pickled by name, not by value
     return task
 
 

@@ -18,6 +18,7 @@ from pydra.utils.typing import is_lazy  # type: ignore[import-untyped]
 from kwneuro_pydra import cache as _cache
 from kwneuro_pydra._code import code_fingerprint
 from kwneuro_pydra._step import Step
+from kwneuro_pydra.pydra._byname import name_by_reference
 from kwneuro_pydra.pydra._hash import stable_checksums
 from kwneuro_pydra.pydra._lazy import Lazy, is_concrete, producers_of, unwrap
 from kwneuro_pydra.pydra._task import (
@@ -261,4 +262,5 @@ def to_workflow(pipeline: Callable[..., Any]) -> Any:
         constructor, inputs={"cache_dir": cache_dir_input}, outputs=names, name=pipeline.__name__
     )
     stable_checksums(task, code_fingerprint(pipeline), "constructor")
+    name_by_reference(task, "pipeline", pipeline)  # pickled by name, not by value
     return task
