@@ -321,17 +321,7 @@ def run_bids_app(
         ):
             unit.failure = "its results are not in the cache (a step could not be cached)"
     if detached:  # the jobs run on: the run that collects them writes the rest
-        left = tuple(
-            SeriesOutcome(
-                u.name,
-                u.series.subject,
-                u.series.session,
-                u.series.source,
-                u.failure,
-                job=detached.get(u.name),
-            )
-            for u in all_units
-        )
+        left = tuple(_outcome(u, job=detached.get(u.name)) for u in all_units)
         report, seconds = output_dir / "report.html", time.time() - start
         return AppRun(bids_dir, output_dir, work, left, (), found.no_dwi, report, (), seconds)
     outcomes = {u.name: _step_outcomes(u, steps, start) for u in all_units}
@@ -351,15 +341,11 @@ def run_bids_app(
             about=(tuple(sys.argv if command is None else command), worker),
         )
     series = tuple(
-        SeriesOutcome(
-            u.name,
-            u.series.subject,
-            u.series.session,
-            u.series.source,
-            u.failure,
-            u.failed_step,
-            outcomes[u.name],
-            derivatives.get(u.name, ()),
+        _outcome(
+            u,
+            failed_step=u.failed_step,
+            steps=outcomes[u.name],
+            derivatives=derivatives.get(u.name, ()),
         )
         for u in all_units
     )
@@ -480,6 +466,14 @@ def _counts(
             )
         )
     return tuple(rows)
+
+
+def _outcome(unit: Unit, **fields: Any) -> SeriesOutcome:
+    """The `SeriesOutcome` of ``unit``: its series and failure, and ``fields``."""
+    series = unit.series
+    return SeriesOutcome(
+        unit.name, series.subject, series.session, series.source, unit.failure, **fields
+    )
 
 
 def _recorded_units(

@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kwneuro_pydra import app
 from kwneuro_pydra.app import plural
@@ -18,6 +18,7 @@ from kwneuro_pydra.cache import Cache
 
 __all__ = [
     "UsageError",
+    "add_work_dir",
     "argument_type",
     "caches_under",
     "console",
@@ -36,6 +37,20 @@ T = TypeVar("T")
 
 class UsageError(Exception):
     """A mistake in what the user asked for: one line on stderr, exit status 2."""
+
+
+def add_work_dir(parser: Any, *, recorded: bool) -> None:
+    """Add ``-w/--work-dir``, the cache folder, to ``parser`` (a parser or an argument group).
+
+    Args:
+        parser: Where to add it.
+        recorded: The default is the one the last run into OUTPUT_DIR recorded (commands that
+            look at earlier runs), else ``OUTPUT_DIR/.kwneuro-cache``; False: the latter only.
+    """
+    default = "the last run's, else " * recorded + "OUTPUT_DIR/.kwneuro-cache"
+    parser.add_argument(
+        "-w", "--work-dir", type=Path, metavar="DIR", help=f"the cache (default: {default})"
+    )
 
 
 def size(nbytes: float) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kwneuro_pydra.app import cancel_jobs
-from kwneuro_pydra.cli._common import plural
+from kwneuro_pydra.cli._common import add_work_dir, plural
 
 __all__ = ["add_parser", "run"]
 
@@ -28,13 +28,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "rest.",
     )
     parser.add_argument("output_dir", type=Path, help="the runs' output folder")
-    parser.add_argument(
-        "-w",
-        "--work-dir",
-        type=Path,
-        metavar="DIR",
-        help="the cache (default: the last run's, else OUTPUT_DIR/.kwneuro-cache)",
-    )
+    add_work_dir(parser, recorded=True)
     parser.set_defaults(run=run)
 
 

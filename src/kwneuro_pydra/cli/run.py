@@ -11,7 +11,7 @@ from typing import Any
 
 from kwneuro_pydra.app import WORKERS, run_bids_app
 from kwneuro_pydra.cli._cluster import add_scheduler_options, scheduler_options
-from kwneuro_pydra.cli._common import positive_int
+from kwneuro_pydra.cli._common import add_work_dir, positive_int
 from kwneuro_pydra.cli._display import LiveProgress, print_detached, print_summary
 from kwneuro_pydra.cli._options import add_dti_options, parameters_of
 
@@ -34,13 +34,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_selection(parser)
     add_dti_options(parser)
     execution = parser.add_argument_group("execution")
-    execution.add_argument(
-        "-w",
-        "--work-dir",
-        type=Path,
-        metavar="DIR",
-        help="the cache (default: OUTPUT_DIR/.kwneuro-cache)",
-    )
+    add_work_dir(execution, recorded=False)
     execution.add_argument(
         "--worker", choices=WORKERS, default="cf", help="Pydra worker (default: cf)"
     )

@@ -23,7 +23,7 @@ from kwneuro_pydra.app import (
     job_status,
     parameters,
 )
-from kwneuro_pydra.cli._common import UsageError, plural
+from kwneuro_pydra.cli._common import UsageError, add_work_dir, plural
 from kwneuro_pydra.cli._options import add_dti_options, parameters_of
 from kwneuro_pydra.cli.run import add_selection
 
@@ -52,13 +52,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="the BIDS dataset (left out: show the Slurm jobs of the runs into OUTPUT_DIR)",
     )
     parser.add_argument("output_dir", type=Path, help="the run's output folder")
-    parser.add_argument(
-        "-w",
-        "--work-dir",
-        type=Path,
-        metavar="DIR",
-        help="the cache (default: the run's, else OUTPUT_DIR/.kwneuro-cache)",
-    )
+    add_work_dir(parser, recorded=True)
     parser.add_argument(
         "--json", action="store_true", help="print the status as JSON (for programs)"
     )
