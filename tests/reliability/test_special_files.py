@@ -86,3 +86,32 @@ def test_a_fifo_as_the_dataset_description_is_named_not_opened(tmp_path: Path) -
     os.mkfifo(bids_dir / "dataset_description.json")
     with pytest.raises(BidsError, match=r"its dataset_description\.json is a FIFO"):
         discover(bids_dir)
+
+
+_JOB_RECORD = """
+import json, os
+from pathlib import Path
+from kwneuro_pydra.pydra import job_record, recorded_jobs
+from kwneuro_pydra.pydra._slurm import read_record
+record = job_record(Path({folder!r}))
+record.parent.mkdir()
+os.mkfifo(record)
+out = {{}}
+for name, read in [("jobs", recorded_jobs), ("record", read_record)]:
+    try:
+        out[name] = str(read(record))
+    except Exception as error:
+        out[name] = f"{{type(error).__name__}}: {{error}}"
+print(json.dumps(out))
+"""
+
+
+def test_a_fifo_at_the_slurm_job_record_is_named_never_read(tmp_path: Path) -> None:
+    """Another member of a shared cache's group plants a FIFO at ``.logs/slurm-jobs.tsv``:
+    reading the record (a Slurm run, ``status OUTPUT_DIR``, ``cancel``) fails naming it
+    at once instead of blocking for good."""
+    out = run_python(_JOB_RECORD.format(folder=str(tmp_path)), timeout=30)
+    record = tmp_path / ".logs" / "slurm-jobs.tsv"
+    for name in ("jobs", "record"):
+        assert out[name].startswith("NotRegularFileError"), out[name]
+        assert str(record) in out[name] and "a FIFO" in out[name], out[name]

@@ -40,7 +40,7 @@ import attrs
 from pydra.engine.job import save  # type: ignore[import-untyped]
 from pydra.workers import base, slurm  # type: ignore[import-untyped]
 
-from kwneuro_pydra._files import open_shared, write_atomic
+from kwneuro_pydra._files import open_shared, read_regular, write_atomic
 from kwneuro_pydra.pydra._jobs import RUN_PREFIX
 from kwneuro_pydra.pydra._resources import Request, for_subject, refuse_owned, requests
 from kwneuro_pydra.pydra._workarounds import sbatch_args
@@ -132,18 +132,27 @@ def stuck(reason: str) -> bool:
     return first in STUCK_REASONS or bool(_LIMIT.match(first))
 
 
+def _record_text(path: str | os.PathLike[str]) -> str:
+    """The text of a job record ("" when there is none yet), read as a regular file only.
+
+    Raises:
+        NotRegularFileError: The record is a FIFO, a device or a folder (named; reading a FIFO
+            planted in a shared cache would block for good).
+    """
+    try:
+        return read_regular(Path(path)).decode()
+    except FileNotFoundError:
+        return ""
+
+
 def read_record(path: str | os.PathLike[str] | None) -> dict[str, tuple[str, Path]]:
     """The jobs a worker's ``record`` file lists: Pydra checksum -> (job id, stderr file);
     the last line for a checksum wins, a truncated last line is ignored.
     """
     if path is None:
         return {}
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return {}
     found = {}
-    for line in text.splitlines(keepends=True):
+    for line in _record_text(path).splitlines(keepends=True):
         fields = line.rstrip("\n").split("\t")
         if line.endswith("\n") and len(fields) == 5:
             found[fields[0]] = (fields[1], Path(fields[4]))
@@ -807,7 +816,7 @@ def recorded_jobs(record: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
         Subject -> (job id, step), in the order the subjects were first recorded.
     """
     last: dict[str, tuple[str, str]] = {}
-    for line in Path(record).read_text().splitlines() if Path(record).exists() else ():
+    for line in _record_text(record).splitlines():
         fields = line.split("\t")
         if len(fields) == 5:
             last[fields[2]] = (fields[1], fields[3])
