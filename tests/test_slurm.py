@@ -1302,6 +1302,12 @@ def test_the_bids_app_detaches_status_follows_and_a_later_run_collects(tmp_path:
         assert "3 queued" in shown.stdout and f"kwneuro-pydra cancel {out}" in shown.stdout
         for name, (job, _) in queued.items():
             assert re.search(rf"{name}\s+job {job}\s+queued \(PENDING\)", shown.stdout)
+        cache_table = kwneuro_cli("status", bids_dir, out, "--json")  # says jobs were sent
+        jobs = {name: job for name, (job, _) in queued.items()}
+        assert json.loads(cache_table.stdout)["jobs"] == jobs, cache_table.stderr
+        said = kwneuro_cli("status", bids_dir, out).stdout
+        assert "Slurm jobs were submitted for 3 series not complete in the cache" in said
+        assert all(f"{name} (job {job})" in said for name, job in jobs.items()), said
         again = kwneuro_cli(*args, "--detach")  # still queued: followed, never submitted again
         assert again.returncode == 0, again.stderr
         assert job_states(out) == queued
@@ -1319,6 +1325,7 @@ def test_the_bids_app_detaches_status_follows_and_a_later_run_collects(tmp_path:
     assert tasks_of(work, list(queued)) == {name: [job] for name, (job, _) in queued.items()}
     assert wait_for_states(out, {"completed"}) == dict.fromkeys(queued, "completed")
     assert "Collect the results" in kwneuro_cli("status", out).stdout
+    assert json.loads(kwneuro_cli("status", bids_dir, out, "--json").stdout)["jobs"] == {}
 
 
 def test_a_detached_run_is_cancelled_from_the_command_line(tmp_path: Path) -> None:

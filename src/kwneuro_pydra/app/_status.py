@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = [
     "cancel_jobs",
     "job_status",
 ]
+
+_log = logging.getLogger(__name__)
 
 STATES = ("cached", "stale", "missing", "failed")
 """A step's states in `SeriesStatus.states`: served by the cache; in the cache for code that
@@ -65,6 +68,8 @@ class AppStatus:
         work_dir: The cache looked into.
         parameters: The DTI parameters looked up.
         options: One line: those parameters as options, and where they come from.
+        jobs: Series whose steps are not all cached -> the Slurm job a run recorded for them
+            (a detached run's, still running or not: `job_status` asks Slurm).
     """
 
     steps: tuple[str, ...]
@@ -73,6 +78,7 @@ class AppStatus:
     work_dir: Path
     parameters: Mapping[str, Any]
     options: str
+    jobs: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -154,7 +160,20 @@ def app_status(
                 None if reason is None else str(reason),
             )
         )
-    return AppStatus(steps, tuple(series), found.no_dwi, work, values, options)
+    incomplete = {s.name for s in series if set(s.states.values()) - {StepState.CACHED}}
+    jobs = {n: job for n, job in _recorded_jobs(work).items() if n in incomplete}
+    return AppStatus(steps, tuple(series), found.no_dwi, work, values, options, jobs)
+
+
+def _recorded_jobs(work: Path) -> dict[str, str]:
+    """Series -> the last Slurm job recorded in ``work`` (read from the record, no Slurm)."""
+    from kwneuro_pydra.pydra import job_record, recorded_jobs
+
+    try:
+        return {name: job for name, (job, _) in recorded_jobs(job_record(work)).items()}
+    except OSError as error:
+        _log.warning("cannot read the Slurm job record: %s", error)
+        return {}
 
 
 JOB_STATES = ("queued", "running", "completed", "failed", "cancelled", "unknown")

@@ -96,6 +96,14 @@ def run(args: argparse.Namespace) -> int:
                 soft_wrap=True,
             )
     out.print(", ".join(f"{plural(n, 'step')} {state}" for state, n in found.counts.items()))
+    if found.jobs:
+        listed = ", ".join(f"{name} (job {job})" for name, job in found.jobs.items())
+        out.print(
+            f"Slurm jobs were submitted for {plural(len(found.jobs), 'series', 'series')} not "
+            f"complete in the cache: {escape(listed)}; 'kwneuro-pydra status "
+            f"{escape(str(args.output_dir))}' asks Slurm how they stand",
+            soft_wrap=True,
+        )
     out.print(found.options, soft_wrap=True)
     return 0
 
@@ -154,6 +162,7 @@ def _as_json(found: AppStatus) -> dict[str, Any]:
         ],
         "no_dwi": ["sub-" + s for s in found.no_dwi],
         "counts": found.counts,
+        "jobs": dict(found.jobs),
     }
 
 
